@@ -1,0 +1,291 @@
+//! Circuits: Backend.AI's `/api/circuit*` and our `/v2/circuits`, `/v2/sessions` extensions.
+
+use axum::{Json, extract::State, http::StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{
+    AppState,
+    extract::{IdPath, JsonBody, ManagerAuth, Params, QueryParams, WorkerAuth},
+    models::{
+        BulkDeleteRequest, CircuitResponse, CreateCircuitRequest, CreateCircuitResponse,
+        FrontendResponse, ListCircuitsQuery,
+    },
+};
+use crate::{
+    domain::{
+        AppMode, Circuit, FrontendMode, Protocol, Route, Worker, WorkerStatus, parse_client_ips,
+        validate_host,
+    },
+    error::ApiError,
+    store::{CircuitFilter, NewCircuit, StoreError},
+};
+
+async fn circuit_or_404(state: &AppState, id: Uuid) -> Result<Circuit, ApiError> {
+    state
+        .store
+        .get_circuit(id)
+        .await?
+        .ok_or(ApiError::NotFound("circuit"))
+}
+
+/// Delete circuits and nudge the reconciler for every worker they lived on.
+async fn remove(state: &AppState, ids: &[Uuid]) -> Result<Vec<Circuit>, ApiError> {
+    let gone = state.store.delete_circuits(ids).await?;
+    for c in &gone {
+        state.reconciler.nudge(c.worker_id);
+    }
+    state.metrics.circuits_deleted.inc_by(gone.len() as u64);
+    Ok(gone)
+}
+
+pub(super) async fn get_one(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    IdPath(id): IdPath,
+) -> Result<Json<CircuitResponse>, ApiError> {
+    let c = circuit_or_404(&state, id).await?;
+    Ok(Json(CircuitResponse::new(&c, None)))
+}
+
+pub(super) async fn delete_one(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    IdPath(id): IdPath,
+) -> Result<Json<Value>, ApiError> {
+    if remove(&state, &[id]).await?.is_empty() {
+        return Err(ApiError::NotFound("circuit"));
+    }
+    Ok(Json(json!({ "success": true })))
+}
+
+pub(super) async fn delete_bulk(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    Params(req): Params<BulkDeleteRequest>,
+) -> Result<Json<Value>, ApiError> {
+    remove(&state, &req.circuit_ids.0).await?;
+    Ok(Json(json!({ "success": true })))
+}
+
+pub(super) async fn get_v2(
+    State(state): State<AppState>,
+    _: ManagerAuth,
+    IdPath(id): IdPath,
+) -> Result<Json<CircuitResponse>, ApiError> {
+    let c = circuit_or_404(&state, id).await?;
+    let w = state.store.get_worker(c.worker_id).await?;
+    Ok(Json(CircuitResponse::new(&c, w.as_ref())))
+}
+
+pub(super) async fn delete_v2(
+    State(state): State<AppState>,
+    _: ManagerAuth,
+    IdPath(id): IdPath,
+) -> Result<Json<Value>, ApiError> {
+    if remove(&state, &[id]).await?.is_empty() {
+        return Err(ApiError::NotFound("circuit"));
+    }
+    Ok(Json(json!({ "success": true })))
+}
+
+pub(super) async fn delete_session(
+    State(state): State<AppState>,
+    _: ManagerAuth,
+    IdPath(session_id): IdPath,
+) -> Result<Json<Value>, ApiError> {
+    let gone = state.store.delete_session(session_id).await?;
+    for c in &gone {
+        state.reconciler.nudge(c.worker_id);
+    }
+    state.metrics.circuits_deleted.inc_by(gone.len() as u64);
+    let ids: Vec<Uuid> = gone.iter().map(|c| c.id).collect();
+    Ok(Json(json!({ "success": true, "deleted_circuit_ids": ids })))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    _: ManagerAuth,
+    QueryParams(q): QueryParams<ListCircuitsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let worker_id = match &q.worker {
+        Some(a) => match state.store.worker_by_authority(a).await? {
+            Some(w) => Some(w.id),
+            None => return Ok(Json(json!({ "circuits": [] }))),
+        },
+        None => None,
+    };
+    let filter = CircuitFilter {
+        session_id: q.session_id,
+        user_id: q.user_id,
+        worker_id,
+    };
+    let circuits = state.store.list_circuits(&filter).await?;
+    let workers = state.store.list_workers().await?;
+    let list: Vec<CircuitResponse> = circuits
+        .iter()
+        .map(|c| CircuitResponse::new(c, workers.iter().find(|w| w.id == c.worker_id)))
+        .collect();
+    Ok(Json(json!({ "circuits": list })))
+}
+
+/// Whether a worker can carry a circuit of this protocol.
+fn serves(w: &Worker, protocol: Protocol) -> bool {
+    if protocol == Protocol::Tcp {
+        w.protocol == Protocol::Tcp
+    } else {
+        w.protocol != Protocol::Tcp
+    }
+}
+
+/// Pick a worker: the named one, or among ALIVE workers that serve the protocol and accept
+/// interactive traffic, wildcard workers first (least loaded), then port workers with the most
+/// free ports.
+async fn pick_worker(
+    state: &AppState,
+    authority: Option<&str>,
+    protocol: Protocol,
+) -> Result<Worker, ApiError> {
+    let unavailable = |m: &str| ApiError::WorkerNotAvailable(m.to_string());
+    if let Some(a) = authority {
+        let w = state
+            .store
+            .worker_by_authority(a)
+            .await?
+            .ok_or_else(|| unavailable("no such worker"))?;
+        if w.status != WorkerStatus::Alive || !serves(&w, protocol) {
+            return Err(unavailable(
+                "worker is not alive or does not serve this protocol",
+            ));
+        }
+        return Ok(w);
+    }
+    let counts = state.store.occupied_counts().await?;
+    let candidates = state.store.list_workers().await?.into_iter().filter(|w| {
+        w.status == WorkerStatus::Alive
+            && serves(w, protocol)
+            && w.accepted_traffics.contains(&AppMode::Interactive)
+    });
+    let best = candidates
+        .filter_map(|w| {
+            let used = counts.get(&w.id).copied().unwrap_or(0);
+            match w.frontend_mode {
+                FrontendMode::Wildcard => Some(((1, -used), w)),
+                FrontendMode::Port => {
+                    let free = w.available_slots() - used;
+                    (free > 0).then_some(((0, free), w))
+                }
+            }
+        })
+        .max_by_key(|(k, _)| *k);
+    best.map(|(_, w)| w)
+        .ok_or_else(|| unavailable("no worker with a free slot serves this protocol"))
+}
+
+fn validate_create(req: &CreateCircuitRequest, max_routes: usize) -> Result<Vec<Route>, ApiError> {
+    let bad = |m: String| Err(ApiError::InvalidParams(m));
+    if req.app.is_empty() || req.app.len() > 255 || req.app.chars().any(char::is_control) {
+        return bad("app must be 1-255 printable characters".into());
+    }
+    if req.routes.is_empty() || req.routes.len() > max_routes {
+        return bad(format!("routes must hold 1-{max_routes} entries"));
+    }
+    if let Some(a) = &req.arguments
+        && a.len() > 1000
+    {
+        return bad("arguments must be at most 1000 characters".into());
+    }
+    if let Some(0) = req.port {
+        return bad("port must be 1-65535".into());
+    }
+    let mut routes = Vec::new();
+    for r in &req.routes {
+        validate_host(&r.kernel_host).map_err(ApiError::InvalidParams)?;
+        if r.kernel_port == 0 {
+            return bad("kernel_port must be 1-65535".into());
+        }
+        if !(r.traffic_ratio.is_finite() && r.traffic_ratio >= 0.0) {
+            return bad("traffic_ratio must be a finite number >= 0".into());
+        }
+        let protocol = r.protocol.unwrap_or(req.protocol);
+        if protocol.is_http() != req.protocol.is_http() {
+            return Err(ApiError::UnsupportedProtocol(
+                "routes must match the circuit protocol".into(),
+            ));
+        }
+        routes.push(Route {
+            route_id: r.route_id,
+            session_id: r.session_id,
+            session_name: r.session_name.clone(),
+            kernel_host: r.kernel_host.clone(),
+            kernel_port: r.kernel_port,
+            protocol,
+            traffic_ratio: r.traffic_ratio,
+        });
+    }
+    Ok(routes)
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    _: ManagerAuth,
+    JsonBody(req): JsonBody<CreateCircuitRequest>,
+) -> Result<(StatusCode, Json<CreateCircuitResponse>), ApiError> {
+    let routes = validate_create(&req, state.config.limits.max_routes_per_circuit)?;
+    let ips = match &req.allowed_client_ips {
+        Some(l) => parse_client_ips(&l.0).map_err(ApiError::InvalidParams)?,
+        None => Vec::new(),
+    };
+    let worker = pick_worker(&state, req.worker.as_deref(), req.protocol).await?;
+    if req.port.is_some() && worker.frontend_mode != FrontendMode::Port {
+        return Err(ApiError::InvalidParams(
+            "port given but the worker uses subdomains".into(),
+        ));
+    }
+    let new = NewCircuit {
+        app: req.app,
+        protocol: req.protocol,
+        app_mode: AppMode::Interactive,
+        worker_id: worker.id,
+        preferred_port: req.port,
+        preferred_subdomain: req.subdomain,
+        envs: Value::Object(req.envs.unwrap_or_default()),
+        arguments: req.arguments,
+        open_to_public: req.open_to_public,
+        allowed_client_ips: ips,
+        user_id: Some(req.user_id),
+        endpoint_id: None,
+        runtime_variant: None,
+        routes,
+        idle_timeout: req.idle_timeout,
+    };
+    let c = state
+        .store
+        .create_circuit(&new, &worker)
+        .await
+        .map_err(|e| match e {
+            StoreError::NoFreeSlot => {
+                ApiError::WorkerNotAvailable("no free port on the worker".into())
+            }
+            StoreError::SlotTaken(m) => ApiError::PortNotAvailable(m),
+            StoreError::DuplicateRoute(id) => {
+                ApiError::InvalidParams(format!("route_id {id} appears twice"))
+            }
+            other => other.into(),
+        })?;
+    state.metrics.circuits_created.inc();
+    state.reconciler.nudge(worker.id);
+    tracing::info!(circuit = %c.id, worker = %worker.authority, "Circuit created");
+    let resp = CreateCircuitResponse {
+        id: c.id,
+        url: c.url(&worker),
+        frontend: FrontendResponse {
+            mode: worker.frontend_mode,
+            port: c.port(),
+            subdomain: c.subdomain().map(str::to_string),
+        },
+        worker: worker.authority.clone(),
+        circuit: CircuitResponse::new(&c, Some(&worker)),
+    };
+    Ok((StatusCode::CREATED, Json(resp)))
+}

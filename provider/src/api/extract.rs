@@ -1,0 +1,165 @@
+//! Request extractors: caller authentication, parameters (JSON body, or the query string when
+//! there is no body, as Backend.AI does), and uuid path segments. Every rejection is an
+//! `ApiError` with the Backend.AI body.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Path, Request},
+    http::{HeaderMap, StatusCode, request::Parts},
+};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::AppState;
+use crate::error::ApiError;
+
+/// Caller presented the manager token.
+pub(crate) struct ManagerAuth;
+
+/// Caller presented the worker token or the manager token (the manager may do all a worker
+/// may; a worker may not act as the manager).
+pub(crate) struct WorkerAuth;
+
+/// The secret a request presents: `X-BackendAI-Token: <s>|Bearer <s>|BackendAI <s>`, or
+/// `Authorization: Bearer <s>|BackendAI <s>`.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    let raw = headers
+        .get("x-backendai-token")
+        .or_else(|| headers.get(axum::http::header::AUTHORIZATION))?
+        .to_str()
+        .ok()?
+        .trim();
+    for scheme in ["Bearer ", "BackendAI "] {
+        if let Some(rest) = raw.strip_prefix(scheme) {
+            return Some(rest.trim());
+        }
+    }
+    if headers.contains_key("x-backendai-token") {
+        Some(raw)
+    } else {
+        None
+    }
+}
+
+/// Constant-time equality so a token cannot be guessed byte by byte from timing.
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl FromRequestParts<AppState> for ManagerAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match presented(&parts.headers) {
+            Some(t) if same(t, &state.config.secrets.manager_token) => Ok(ManagerAuth),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for WorkerAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let s = &state.config.secrets;
+        match presented(&parts.headers) {
+            Some(t) if same(t, &s.worker_token) || same(t, &s.manager_token) => Ok(WorkerAuth),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// Parameters from the JSON body, or from the query string when the body is empty.
+pub(crate) struct Params<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Params<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let query = req.uri().query().unwrap_or("").to_string();
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::InvalidParams(e.body_text())
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return serde_urlencoded::from_str(&query)
+                .map(Params)
+                .map_err(|e| ApiError::InvalidParams(e.to_string()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Params)
+            .map_err(|e| ApiError::InvalidParams(e.to_string()))
+    }
+}
+
+/// A JSON body (never the query string).
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::InvalidParams(e.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::InvalidParams(e.to_string()))
+    }
+}
+
+/// Query parameters only.
+pub(crate) struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str(parts.uri.query().unwrap_or(""))
+            .map(QueryParams)
+            .map_err(|e| ApiError::InvalidParams(e.to_string()))
+    }
+}
+
+/// A single uuid path segment; anything else is a 400, never a lookup.
+pub(crate) struct IdPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::InvalidParams(e.body_text()))?;
+        Uuid::parse_str(&raw)
+            .map(IdPath)
+            .map_err(|_| ApiError::InvalidParams(format!("{raw:?} is not a UUID")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_forms() {
+        let mut h = HeaderMap::new();
+        h.insert("x-backendai-token", "s3cret".parse().unwrap());
+        assert_eq!(presented(&h), Some("s3cret"));
+        h.insert("x-backendai-token", "Bearer s3cret".parse().unwrap());
+        assert_eq!(presented(&h), Some("s3cret"));
+        h.insert("x-backendai-token", "BackendAI s3cret".parse().unwrap());
+        assert_eq!(presented(&h), Some("s3cret"));
+        let mut a = HeaderMap::new();
+        a.insert("authorization", "Bearer s3cret".parse().unwrap());
+        assert_eq!(presented(&a), Some("s3cret"));
+        a.insert("authorization", "Basic s3cret".parse().unwrap());
+        assert_eq!(presented(&a), None);
+        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+}

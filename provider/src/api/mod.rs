@@ -1,0 +1,106 @@
+//! The HTTP API: Backend.AI's coordinator routes plus our `/v2/circuits` extensions.
+//!
+//! Handlers stay short: authenticate (extractor), parse (extractor), call the store, nudge
+//! the reconciler, answer. Every failure is an `ApiError`.
+
+mod circuit;
+mod extract;
+mod health;
+mod models;
+mod worker;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderValue, header},
+    middleware::{self, Next},
+    response::Response,
+    routing::{delete, get, put},
+};
+
+use crate::{
+    config::Config, error::ApiError, metrics::Metrics, reconcile::Reconciler, store::Store,
+};
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub reconciler: Arc<Reconciler>,
+    pub metrics: Metrics,
+    pub config: Arc<Config>,
+    pub etcd: crate::etcd::Kv,
+}
+
+/// The provider's router.
+pub fn app(state: AppState) -> Router {
+    let limit = state.config.limits.max_body_bytes;
+    Router::new()
+        .route("/status", get(health::status))
+        .route("/health", get(health::health))
+        .route("/health/livez", get(health::livez))
+        .route("/health/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/api/worker", put(worker::register).get(worker::list))
+        .route(
+            "/api/worker/{worker_id}",
+            get(worker::get_one)
+                .patch(worker::heartbeat)
+                .delete(worker::deregister),
+        )
+        .route("/api/worker/{worker_id}/circuits", get(worker::circuits))
+        .route("/api/slots", get(worker::slots))
+        .route("/api/circuit/_/bulk", delete(circuit::delete_bulk))
+        .route(
+            "/api/circuit/{circuit_id}",
+            get(circuit::get_one).delete(circuit::delete_one),
+        )
+        .route("/v2/circuits", get(circuit::list).post(circuit::create))
+        .route(
+            "/v2/circuits/{circuit_id}",
+            get(circuit::get_v2).delete(circuit::delete_v2),
+        )
+        .route("/v2/sessions/{session_id}", delete(circuit::delete_session))
+        .fallback(|| async { ApiError::UrlNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            common_headers,
+        ))
+        .with_state(state)
+}
+
+/// `Server: BackendAI`, CORS `*` (no credentials) and a request span on every response.
+async fn common_headers(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
+    let mut resp = tracing::Instrument::instrument(next.run(req), span).await;
+    let class = match resp.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[class])
+        .inc();
+    let h = resp.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static("BackendAI"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("*"),
+    );
+    resp
+}

@@ -1,0 +1,364 @@
+//! Wire models (serde). Request models reject unknown fields; response models follow
+//! Backend.AI's `WorkerResponseModel` and `SerializableCircuit`, plus our extensions.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{AppMode, Circuit, Frontend, FrontendMode, Protocol, Route, Worker};
+
+/// `PUT /api/worker`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkerRequest {
+    pub authority: String,
+    pub frontend_mode: FrontendMode,
+    pub protocol: Protocol,
+    pub hostname: String,
+    #[serde(default)]
+    pub tls_listen: bool,
+    #[serde(default)]
+    pub tls_advertised: bool,
+    pub api_port: u16,
+    #[serde(default)]
+    pub port_range: Option<(u16, u16)>,
+    #[serde(default)]
+    pub wildcard_domain: Option<String>,
+    #[serde(default)]
+    pub wildcard_traffic_port: Option<u16>,
+    #[serde(default)]
+    pub filtered_apps_only: bool,
+    #[serde(default)]
+    pub traefik_last_used_marker_path: Option<String>,
+    #[serde(default = "both_traffics")]
+    pub accepted_traffics: Vec<AppMode>,
+    #[serde(default)]
+    pub app_filters: Vec<AppFilter>,
+    /// Extension: where this worker's Traefik reaches authgate.
+    #[serde(default)]
+    pub authgate_url: Option<String>,
+}
+
+fn both_traffics() -> Vec<AppMode> {
+    vec![AppMode::Interactive, AppMode::Inference]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AppFilter {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct SlotResponse {
+    pub frontend_mode: FrontendMode,
+    pub in_use: bool,
+    pub port: Option<u16>,
+    pub subdomain: Option<String>,
+    pub circuit_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WorkerResponse {
+    pub id: Uuid,
+    pub authority: String,
+    pub frontend_mode: FrontendMode,
+    pub protocol: Protocol,
+    pub hostname: String,
+    pub tls_listen: bool,
+    pub tls_advertised: bool,
+    pub api_port: u16,
+    pub port_range: Option<(u16, u16)>,
+    pub wildcard_domain: Option<String>,
+    pub wildcard_traffic_port: Option<u16>,
+    pub filtered_apps_only: bool,
+    pub traefik_last_used_marker_path: Option<String>,
+    pub accepted_traffics: Vec<AppMode>,
+    pub app_filters: serde_json::Value,
+    pub authgate_url: Option<String>,
+    pub available_slots: i64,
+    pub occupied_slots: i64,
+    pub nodes: i64,
+    pub status: String,
+    pub traefik_root_key: String,
+    pub last_heartbeat: String,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots: Option<Vec<SlotResponse>>,
+}
+
+pub(crate) fn iso(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl WorkerResponse {
+    pub(crate) fn new(w: &Worker, occupied: i64, root_key: String) -> Self {
+        WorkerResponse {
+            id: w.id,
+            authority: w.authority.clone(),
+            frontend_mode: w.frontend_mode,
+            protocol: w.protocol,
+            hostname: w.hostname.clone(),
+            tls_listen: w.tls_listen,
+            tls_advertised: w.tls_advertised,
+            api_port: w.api_port,
+            port_range: w.port_range,
+            wildcard_domain: w.wildcard_domain.clone(),
+            wildcard_traffic_port: w.wildcard_traffic_port,
+            filtered_apps_only: w.filtered_apps_only,
+            traefik_last_used_marker_path: w.traefik_last_used_marker_path.clone(),
+            accepted_traffics: w.accepted_traffics.clone(),
+            app_filters: w.app_filters.clone(),
+            authgate_url: w.authgate_url.clone(),
+            available_slots: w.available_slots(),
+            occupied_slots: occupied,
+            nodes: w.nodes,
+            status: w.status.to_string(),
+            traefik_root_key: root_key,
+            last_heartbeat: iso(w.last_heartbeat_ms),
+            created_at: iso(w.created_at_ms),
+            updated_at: iso(w.updated_at_ms),
+            slots: None,
+        }
+    }
+}
+
+/// Backend.AI's `RouteInfo`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RouteInfo {
+    pub route_id: Option<Uuid>,
+    pub session_id: Uuid,
+    pub session_name: Option<String>,
+    pub kernel_host: String,
+    pub kernel_port: u16,
+    pub protocol: Protocol,
+    pub traffic_ratio: f64,
+}
+
+impl From<&Route> for RouteInfo {
+    fn from(r: &Route) -> Self {
+        RouteInfo {
+            route_id: r.route_id,
+            session_id: r.session_id,
+            session_name: r.session_name.clone(),
+            kernel_host: r.kernel_host.clone(),
+            kernel_port: r.kernel_port,
+            protocol: r.protocol,
+            traffic_ratio: r.traffic_ratio,
+        }
+    }
+}
+
+/// Backend.AI's `SerializableCircuit`, plus `generation`, `idle_timeout` and `url`.
+#[derive(Debug, Serialize)]
+pub(crate) struct CircuitResponse {
+    pub id: Uuid,
+    pub app: String,
+    pub protocol: Protocol,
+    pub worker: Uuid,
+    pub app_mode: AppMode,
+    pub frontend_mode: FrontendMode,
+    pub envs: serde_json::Value,
+    pub arguments: Option<String>,
+    pub open_to_public: bool,
+    pub allowed_client_ips: Option<String>,
+    pub port: Option<u16>,
+    pub subdomain: Option<String>,
+    pub user_id: Option<Uuid>,
+    pub endpoint_id: Option<Uuid>,
+    pub runtime_variant: Option<String>,
+    pub route_info: Vec<RouteInfo>,
+    pub session_ids: Vec<Uuid>,
+    pub generation: i64,
+    pub idle_timeout: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl CircuitResponse {
+    pub(crate) fn new(c: &Circuit, worker: Option<&Worker>) -> Self {
+        let ips: Vec<String> = c.allowed_client_ips.iter().map(|n| n.to_string()).collect();
+        CircuitResponse {
+            id: c.id,
+            app: c.app.clone(),
+            protocol: c.protocol,
+            worker: c.worker_id,
+            app_mode: c.app_mode,
+            frontend_mode: match c.frontend {
+                Frontend::Port(_) => FrontendMode::Port,
+                Frontend::Subdomain(_) => FrontendMode::Wildcard,
+            },
+            envs: c.envs.clone(),
+            arguments: c.arguments.clone(),
+            open_to_public: c.open_to_public,
+            allowed_client_ips: if ips.is_empty() {
+                None
+            } else {
+                Some(ips.join(","))
+            },
+            port: c.port(),
+            subdomain: c.subdomain().map(str::to_string),
+            user_id: c.user_id,
+            endpoint_id: c.endpoint_id,
+            runtime_variant: c.runtime_variant.clone(),
+            route_info: c.routes.iter().map(RouteInfo::from).collect(),
+            session_ids: c.session_ids(),
+            generation: c.generation,
+            idle_timeout: c.idle_timeout,
+            url: worker.map(|w| c.url(w)),
+            created_at: iso(c.created_at_ms),
+            updated_at: iso(c.updated_at_ms),
+        }
+    }
+}
+
+/// `allowed_client_ips` as a list or Backend.AI's comma-separated string.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IpList(pub String);
+
+impl<'de> Deserialize<'de> for IpList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::One(s) => IpList(s),
+            Form::Many(v) => IpList(v.join(",")),
+        })
+    }
+}
+
+/// A list of uuids as a JSON list or a comma-separated string.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UuidList(pub Vec<Uuid>);
+
+impl<'de> Deserialize<'de> for UuidList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(String),
+            Many(Vec<Uuid>),
+        }
+        match Form::deserialize(d)? {
+            Form::Many(v) => Ok(UuidList(v)),
+            Form::One(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Uuid::parse_str(s).map_err(serde::de::Error::custom))
+                .collect::<Result<_, _>>()
+                .map(UuidList),
+        }
+    }
+}
+
+/// One route of `POST /v2/circuits`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteRequest {
+    #[serde(default)]
+    pub route_id: Option<Uuid>,
+    pub session_id: Uuid,
+    #[serde(default)]
+    pub session_name: Option<String>,
+    pub kernel_host: String,
+    pub kernel_port: u16,
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    #[serde(default = "one")]
+    pub traffic_ratio: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// `POST /v2/circuits`: an interactive circuit, created directly.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateCircuitRequest {
+    pub app: String,
+    #[serde(default = "http")]
+    pub protocol: Protocol,
+    /// Authority of the worker to place it on; chosen automatically when absent.
+    #[serde(default)]
+    pub worker: Option<String>,
+    pub user_id: Uuid,
+    #[serde(default)]
+    pub open_to_public: bool,
+    #[serde(default)]
+    pub allowed_client_ips: Option<IpList>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub subdomain: Option<String>,
+    #[serde(default)]
+    pub envs: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub arguments: Option<String>,
+    #[serde(default)]
+    pub idle_timeout: Option<u64>,
+    pub routes: Vec<RouteRequest>,
+}
+
+fn http() -> Protocol {
+    Protocol::Http
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct FrontendResponse {
+    pub mode: FrontendMode,
+    pub port: Option<u16>,
+    pub subdomain: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct CreateCircuitResponse {
+    pub id: Uuid,
+    pub url: String,
+    pub frontend: FrontendResponse,
+    pub worker: String,
+    pub circuit: CircuitResponse,
+}
+
+/// `GET /v2/circuits` filters.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListCircuitsQuery {
+    #[serde(default)]
+    pub session_id: Option<Uuid>,
+    #[serde(default)]
+    pub user_id: Option<Uuid>,
+    /// Worker authority.
+    #[serde(default)]
+    pub worker: Option<String>,
+}
+
+/// `GET /api/slots`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SlotsQuery {
+    pub wsproxy_host: String,
+    #[serde(default)]
+    pub in_use: Option<bool>,
+}
+
+/// `DELETE /api/circuit/_/bulk`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BulkDeleteRequest {
+    pub circuit_ids: UuidList,
+}

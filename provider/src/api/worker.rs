@@ -1,0 +1,250 @@
+//! `/api/worker*` and `/api/slots`: worker registration, heartbeat, deregistration, listing.
+
+use axum::{Json, extract::State};
+use serde_json::{Value, json};
+
+use super::{
+    AppState,
+    extract::{IdPath, JsonBody, QueryParams, WorkerAuth},
+    models::{CircuitResponse, SlotResponse, SlotsQuery, WorkerRequest, WorkerResponse},
+};
+use crate::{
+    domain::{FrontendMode, Protocol, Worker, validate_host},
+    error::ApiError,
+    store::WorkerRegistration,
+};
+
+/// Most ports one worker may declare: each is a static Traefik entrypoint.
+const MAX_PORTS_PER_WORKER: u32 = 4096;
+
+fn validate(r: WorkerRequest) -> Result<WorkerRegistration, ApiError> {
+    let bad = |m: String| Err(ApiError::InvalidParams(m));
+    if r.authority.is_empty()
+        || r.authority.len() > 255
+        || r.authority.chars().any(char::is_control)
+    {
+        return bad("authority must be 1-255 printable characters".into());
+    }
+    validate_host(&r.hostname).map_err(ApiError::InvalidParams)?;
+    if r.api_port == 0 {
+        return bad("api_port must be 1-65535".into());
+    }
+    match r.frontend_mode {
+        FrontendMode::Port => match r.port_range {
+            Some((lo, hi)) if lo >= 1 && lo <= hi && u32::from(hi - lo) < MAX_PORTS_PER_WORKER => {}
+            _ => {
+                return bad(format!(
+                    "port mode needs port_range [lo, hi] with 1 <= lo <= hi and at most \
+                     {MAX_PORTS_PER_WORKER} ports"
+                ));
+            }
+        },
+        FrontendMode::Wildcard => {
+            let ok = r.wildcard_domain.as_deref().is_some_and(|d| {
+                d.starts_with('.') && validate_host(&d[1..]).is_ok() && d.len() > 1
+            });
+            if !ok {
+                return bad(
+                    "wildcard mode needs wildcard_domain like \".apps.example.com\"".into(),
+                );
+            }
+            if r.protocol == Protocol::Tcp {
+                return Err(ApiError::UnsupportedProtocol(
+                    "tcp workers need port mode".into(),
+                ));
+            }
+        }
+    }
+    if let Some(u) = &r.authgate_url {
+        let ok = (u.starts_with("http://") || u.starts_with("https://"))
+            && !u.contains(char::is_whitespace)
+            && !u.contains(['`', '"', '?', '#']);
+        if !ok {
+            return bad("authgate_url must be an http(s) URL without query".into());
+        }
+    }
+    if let Some(p) = &r.traefik_last_used_marker_path
+        && p.len() > 1024
+    {
+        return bad("traefik_last_used_marker_path is too long".into());
+    }
+    Ok(WorkerRegistration {
+        authority: r.authority,
+        frontend_mode: r.frontend_mode,
+        protocol: r.protocol,
+        hostname: r.hostname,
+        tls_listen: r.tls_listen,
+        tls_advertised: r.tls_advertised,
+        api_port: r.api_port,
+        port_range: if r.frontend_mode == FrontendMode::Port {
+            r.port_range
+        } else {
+            None
+        },
+        wildcard_domain: r.wildcard_domain,
+        wildcard_traffic_port: r.wildcard_traffic_port,
+        filtered_apps_only: r.filtered_apps_only,
+        traefik_last_used_marker_path: r.traefik_last_used_marker_path,
+        accepted_traffics: r.accepted_traffics,
+        app_filters: serde_json::to_value(r.app_filters).unwrap_or(Value::Array(vec![])),
+        authgate_url: r.authgate_url,
+    })
+}
+
+async fn respond(
+    state: &AppState,
+    w: &Worker,
+    with_slots: bool,
+) -> Result<Json<WorkerResponse>, ApiError> {
+    let circuits = state.store.circuits_of_worker(w.id).await?;
+    let mut resp = WorkerResponse::new(
+        w,
+        circuits.len() as i64,
+        state.reconciler.root_key(&w.authority),
+    );
+    if with_slots {
+        resp.slots = Some(slots_of(w, &circuits, None));
+    }
+    Ok(Json(resp))
+}
+
+fn slots_of(
+    w: &Worker,
+    circuits: &[crate::domain::Circuit],
+    in_use: Option<bool>,
+) -> Vec<SlotResponse> {
+    let mut slots = Vec::new();
+    match (w.frontend_mode, w.port_range) {
+        (FrontendMode::Port, Some((lo, hi))) => {
+            for port in lo..=hi {
+                let c = circuits.iter().find(|c| c.port() == Some(port));
+                slots.push(SlotResponse {
+                    frontend_mode: FrontendMode::Port,
+                    in_use: c.is_some(),
+                    port: Some(port),
+                    subdomain: None,
+                    circuit_id: c.map(|c| c.id),
+                });
+            }
+        }
+        _ => {
+            for c in circuits {
+                slots.push(SlotResponse {
+                    frontend_mode: FrontendMode::Wildcard,
+                    in_use: true,
+                    port: None,
+                    subdomain: c.subdomain().map(str::to_string),
+                    circuit_id: Some(c.id),
+                });
+            }
+        }
+    }
+    if let Some(flag) = in_use {
+        slots.retain(|s| s.in_use == flag);
+    }
+    slots
+}
+
+async fn worker_or_404(state: &AppState, id: uuid::Uuid) -> Result<Worker, ApiError> {
+    state
+        .store
+        .get_worker(id)
+        .await?
+        .ok_or(ApiError::NotFound("worker"))
+}
+
+pub(super) async fn register(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    JsonBody(req): JsonBody<WorkerRequest>,
+) -> Result<Json<WorkerResponse>, ApiError> {
+    let reg = validate(req)?;
+    let w = state.store.upsert_worker(&reg).await?;
+    tracing::info!(authority = %w.authority, id = %w.id, "Worker registered");
+    state.reconciler.nudge(w.id);
+    respond(&state, &w, true).await
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+) -> Result<Json<Value>, ApiError> {
+    let workers = state.store.list_workers().await?;
+    let counts = state.store.occupied_counts().await?;
+    state.metrics.workers.set(workers.len() as i64);
+    let list: Vec<WorkerResponse> = workers
+        .iter()
+        .map(|w| {
+            WorkerResponse::new(
+                w,
+                counts.get(&w.id).copied().unwrap_or(0),
+                state.reconciler.root_key(&w.authority),
+            )
+        })
+        .collect();
+    Ok(Json(json!({ "workers": list })))
+}
+
+pub(super) async fn get_one(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    IdPath(id): IdPath,
+) -> Result<Json<WorkerResponse>, ApiError> {
+    let w = worker_or_404(&state, id).await?;
+    respond(&state, &w, true).await
+}
+
+pub(super) async fn heartbeat(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    IdPath(id): IdPath,
+) -> Result<Json<WorkerResponse>, ApiError> {
+    let w = state
+        .store
+        .heartbeat_worker(id)
+        .await?
+        .ok_or(ApiError::NotFound("worker"))?;
+    respond(&state, &w, false).await
+}
+
+pub(super) async fn deregister(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    IdPath(id): IdPath,
+) -> Result<Json<Value>, ApiError> {
+    let w = state
+        .store
+        .deregister_worker(id)
+        .await?
+        .ok_or(ApiError::NotFound("worker"))?;
+    tracing::info!(authority = %w.authority, nodes = w.nodes, status = %w.status, "Worker deregistered");
+    Ok(Json(json!({ "success": true })))
+}
+
+pub(super) async fn circuits(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    IdPath(id): IdPath,
+) -> Result<Json<Value>, ApiError> {
+    let w = worker_or_404(&state, id).await?;
+    let circuits = state.store.circuits_of_worker(w.id).await?;
+    let list: Vec<CircuitResponse> = circuits
+        .iter()
+        .map(|c| CircuitResponse::new(c, Some(&w)))
+        .collect();
+    Ok(Json(json!({ "circuits": list })))
+}
+
+pub(super) async fn slots(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    QueryParams(q): QueryParams<SlotsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let w = state
+        .store
+        .worker_by_authority(&q.wsproxy_host)
+        .await?
+        .ok_or(ApiError::NotFound("worker"))?;
+    let circuits = state.store.circuits_of_worker(w.id).await?;
+    Ok(Json(json!({ "slots": slots_of(&w, &circuits, q.in_use) })))
+}

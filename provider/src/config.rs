@@ -1,0 +1,351 @@
+//! Typed provider configuration: a TOML file, then `APPPROXY_PROVIDER__*` environment
+//! overrides, then validation that reports every problem at once.
+//!
+//! An override `APPPROXY_PROVIDER__ETCD__NAMESPACE=x` sets `[etcd] namespace = "x"`; values
+//! that parse as TOML (numbers, booleans, arrays) keep their type, everything else is a string.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "APPPROXY_PROVIDER__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the REST API binds.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Browser-facing base URL of this provider (`/status` `advertise_address`).
+    #[serde(default)]
+    pub advertise_base_url: Option<String>,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub etcd: EtcdConfig,
+    pub secrets: Secrets,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path?mode=rwc` (default) or `postgres://…`.
+    #[serde(default = "default_db_url")]
+    pub url: String,
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    #[serde(default = "default_etcd_endpoints")]
+    pub endpoints: Vec<String>,
+    /// Namespace under which every worker's Traefik root key lives.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Prefix for the provider's own keys (leader lease); must not overlap `namespace`.
+    #[serde(default = "default_control_prefix")]
+    pub control_prefix: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// Token the platform manager presents.
+    pub manager_token: String,
+    /// Token workers (authgate) present; must differ from the manager token.
+    pub worker_token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+    /// Most routes one circuit may carry.
+    #[serde(default = "default_max_routes")]
+    pub max_routes_per_circuit: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Full resync period in seconds.
+    #[serde(default = "default_resync")]
+    pub resync_seconds: u64,
+    /// Most etcd operations per transaction (etcd's default `--max-txn-ops` is 128).
+    #[serde(default = "default_max_txn_ops")]
+    pub max_txn_ops: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 10200))
+}
+fn default_db_url() -> String {
+    "sqlite://appproxy.db?mode=rwc".into()
+}
+fn default_pool() -> u32 {
+    8
+}
+fn default_etcd_endpoints() -> Vec<String> {
+    vec!["http://127.0.0.1:2379".into()]
+}
+fn default_namespace() -> String {
+    "traefik".into()
+}
+fn default_control_prefix() -> String {
+    "appproxy-control/".into()
+}
+fn default_body_limit() -> usize {
+    256 * 1024
+}
+fn default_max_routes() -> usize {
+    256
+}
+fn default_resync() -> u64 {
+    30
+}
+fn default_max_txn_ops() -> usize {
+    128
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_db_url(),
+            max_connections: default_pool(),
+        }
+    }
+}
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: default_etcd_endpoints(),
+            namespace: default_namespace(),
+            control_prefix: default_control_prefix(),
+            user: None,
+            password: None,
+        }
+    }
+}
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_body_limit(),
+            max_routes_per_circuit: default_max_routes(),
+        }
+    }
+}
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            resync_seconds: default_resync(),
+            max_txn_ops: default_max_txn_ops(),
+        }
+    }
+}
+
+/// Everything wrong with a configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Load from an optional file plus the given environment (name → value).
+    pub fn load(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut doc: toml::Table =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        apply_env(&mut doc, env);
+        let cfg: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check cross-field rules; collect every violation.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        let s = &self.secrets;
+        if s.manager_token.len() < 16 {
+            errs.push("secrets.manager_token must be at least 16 characters".into());
+        }
+        if s.worker_token.len() < 16 {
+            errs.push("secrets.worker_token must be at least 16 characters".into());
+        }
+        if s.manager_token == s.worker_token {
+            errs.push("secrets.manager_token and secrets.worker_token must differ".into());
+        }
+        let ns = &self.etcd.namespace;
+        let cp = &self.etcd.control_prefix;
+        if ns.is_empty() || ns.contains(char::is_whitespace) {
+            errs.push("etcd.namespace must be a non-empty key without spaces".into());
+        }
+        if cp.is_empty() || cp.starts_with(ns.as_str()) || ns.starts_with(cp.as_str()) {
+            errs.push(format!(
+                "etcd.control_prefix {cp:?} must be non-empty and neither a prefix of nor \
+                 prefixed by etcd.namespace {ns:?} (Traefik watches its root key as a raw prefix)"
+            ));
+        }
+        if self.etcd.endpoints.is_empty() {
+            errs.push("etcd.endpoints must not be empty".into());
+        }
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            errs.push(format!(
+                "database.url {url:?} must start with sqlite: or postgres://"
+            ));
+        }
+        if self.database.max_connections == 0 {
+            errs.push("database.max_connections must be at least 1".into());
+        }
+        if !(2..=128 * 1024).contains(&self.reconcile.max_txn_ops) {
+            errs.push("reconcile.max_txn_ops must be between 2 and 131072".into());
+        }
+        if self.reconcile.resync_seconds == 0 {
+            errs.push("reconcile.resync_seconds must be at least 1".into());
+        }
+        if self.limits.max_body_bytes < 1024 {
+            errs.push("limits.max_body_bytes must be at least 1024".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+
+    pub fn resync_interval(&self) -> Duration {
+        Duration::from_secs(self.reconcile.resync_seconds)
+    }
+}
+
+fn apply_env(doc: &mut toml::Table, env: &BTreeMap<String, String>) {
+    for (name, raw) in env {
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let mut table = &mut *doc;
+        for part in &parts[..parts.len() - 1] {
+            let entry = table
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            table = entry.as_table_mut().expect("just made a table");
+        }
+        table.insert(parts[parts.len() - 1].clone(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn env_overrides_and_defaults() {
+        let cfg = Config::load(
+            None,
+            &env(&[
+                (
+                    "APPPROXY_PROVIDER__SECRETS__MANAGER_TOKEN",
+                    "m".repeat(20).as_str(),
+                ),
+                (
+                    "APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN",
+                    "w".repeat(20).as_str(),
+                ),
+                ("APPPROXY_PROVIDER__LISTEN", "127.0.0.1:1234"),
+                ("APPPROXY_PROVIDER__RECONCILE__MAX_TXN_OPS", "64"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 1234);
+        assert_eq!(cfg.reconcile.max_txn_ops, 64);
+        assert_eq!(cfg.etcd.namespace, "traefik");
+    }
+
+    #[test]
+    fn all_errors_reported_together() {
+        let err = Config::load(
+            None,
+            &env(&[
+                ("APPPROXY_PROVIDER__SECRETS__MANAGER_TOKEN", "short"),
+                ("APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN", "short"),
+                ("APPPROXY_PROVIDER__ETCD__CONTROL_PREFIX", "traefik-cp/"),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("manager_token must be at least"), "{text}");
+        assert!(text.contains("must differ"), "{text}");
+        assert!(text.contains("control_prefix"), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_rejected() {
+        let err = Config::load(
+            None,
+            &env(&[
+                (
+                    "APPPROXY_PROVIDER__SECRETS__MANAGER_TOKEN",
+                    "m".repeat(20).as_str(),
+                ),
+                (
+                    "APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN",
+                    "w".repeat(20).as_str(),
+                ),
+                ("APPPROXY_PROVIDER__BOGUS", "1"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}

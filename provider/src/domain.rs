@@ -1,0 +1,370 @@
+//! Validated domain types and the pure rules on them: subdomain normalisation, lowest-free
+//! port allocation, client-IP allowlists. No axum, sqlx or etcd types here.
+
+use std::{collections::BTreeSet, fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+use uuid::Uuid;
+
+/// A wire enum with a fixed set of lowercase names.
+macro_rules! wire_enum {
+    ($name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $(#[serde(rename = $text)] $variant),+ }
+        impl $name {
+            pub fn as_str(self) -> &'static str { match self { $(Self::$variant => $text),+ } }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s { $($text => Ok(Self::$variant),)+ _ => Err(format!("unknown {} {s:?}", stringify!($name))) }
+            }
+        }
+    };
+}
+
+wire_enum!(Protocol { Http = "http", Grpc = "grpc", H2 = "h2", Tcp = "tcp" });
+wire_enum!(AppMode { Interactive = "interactive", Inference = "inference" });
+wire_enum!(FrontendMode { Port = "port", Wildcard = "wildcard" });
+wire_enum!(WorkerStatus { Alive = "ALIVE", Lost = "LOST", Terminated = "TERMINATED" });
+
+impl Protocol {
+    /// Whether Traefik routes it as HTTP (`http`, `grpc`, `h2`) rather than raw TCP.
+    pub fn is_http(self) -> bool {
+        !matches!(self, Protocol::Tcp)
+    }
+}
+
+/// A worker: one authgate plus the Traefik instances that read its etcd prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worker {
+    pub id: Uuid,
+    pub authority: String,
+    pub frontend_mode: FrontendMode,
+    pub protocol: Protocol,
+    pub hostname: String,
+    pub tls_listen: bool,
+    pub tls_advertised: bool,
+    pub api_port: u16,
+    pub port_range: Option<(u16, u16)>,
+    pub wildcard_domain: Option<String>,
+    pub wildcard_traffic_port: Option<u16>,
+    pub filtered_apps_only: bool,
+    pub traefik_last_used_marker_path: Option<String>,
+    pub accepted_traffics: Vec<AppMode>,
+    pub app_filters: serde_json::Value,
+    /// Where this worker's Traefik reaches its authgate (default `http://127.0.0.1:<api_port>`).
+    pub authgate_url: Option<String>,
+    pub nodes: i64,
+    pub status: WorkerStatus,
+    pub last_heartbeat_ms: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Worker {
+    pub fn use_tls(&self) -> bool {
+        self.tls_listen || self.tls_advertised
+    }
+
+    /// Number of slots: the port range size, or -1 (unbounded) for wildcard workers.
+    pub fn available_slots(&self) -> i64 {
+        match (self.frontend_mode, self.port_range) {
+            (FrontendMode::Port, Some((lo, hi))) => i64::from(hi) - i64::from(lo) + 1,
+            (FrontendMode::Port, None) => 0,
+            (FrontendMode::Wildcard, _) => -1,
+        }
+    }
+
+    /// Base URL of the worker API as users reach it (`/setup` lives there).
+    pub fn api_endpoint(&self) -> String {
+        let scheme = if self.use_tls() { "https" } else { "http" };
+        let default = if self.use_tls() { 443 } else { 80 };
+        if self.api_port == default {
+            format!("{scheme}://{}", self.hostname)
+        } else {
+            format!("{scheme}://{}:{}", self.hostname, self.api_port)
+        }
+    }
+
+    /// Address Traefik uses for ForwardAuth and setup routing.
+    pub fn authgate_base(&self) -> String {
+        match &self.authgate_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://127.0.0.1:{}", self.api_port),
+        }
+    }
+}
+
+/// One backend replica of a circuit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub route_id: Option<Uuid>,
+    pub session_id: Uuid,
+    pub session_name: Option<String>,
+    pub kernel_host: String,
+    pub kernel_port: u16,
+    pub protocol: Protocol,
+    pub traffic_ratio: f64,
+}
+
+/// Where a circuit is reachable on its worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frontend {
+    Port(u16),
+    Subdomain(String),
+}
+
+/// One routable app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Circuit {
+    pub id: Uuid,
+    pub app: String,
+    pub protocol: Protocol,
+    pub app_mode: AppMode,
+    pub worker_id: Uuid,
+    pub frontend: Frontend,
+    pub envs: serde_json::Value,
+    pub arguments: Option<String>,
+    pub open_to_public: bool,
+    pub allowed_client_ips: Vec<ipnet::IpNet>,
+    pub user_id: Option<Uuid>,
+    pub endpoint_id: Option<Uuid>,
+    pub runtime_variant: Option<String>,
+    pub routes: Vec<Route>,
+    pub idle_timeout: Option<u64>,
+    pub generation: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Circuit {
+    /// Distinct session ids of the routes, in route order.
+    pub fn session_ids(&self) -> Vec<Uuid> {
+        let mut seen = BTreeSet::new();
+        self.routes
+            .iter()
+            .map(|r| r.session_id)
+            .filter(|s| seen.insert(*s))
+            .collect()
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        match self.frontend {
+            Frontend::Port(p) => Some(p),
+            Frontend::Subdomain(_) => None,
+        }
+    }
+
+    pub fn subdomain(&self) -> Option<&str> {
+        match &self.frontend {
+            Frontend::Subdomain(s) => Some(s),
+            Frontend::Port(_) => None,
+        }
+    }
+
+    /// The URL users open.
+    pub fn url(&self, worker: &Worker) -> String {
+        let scheme = match (self.protocol, worker.use_tls()) {
+            (Protocol::Tcp, _) => "tcp",
+            (_, true) => "https",
+            (_, false) => "http",
+        };
+        match &self.frontend {
+            Frontend::Port(p) => format!("{scheme}://{}:{p}", worker.hostname),
+            Frontend::Subdomain(s) => {
+                let domain = worker.wildcard_domain.as_deref().unwrap_or("");
+                match worker.wildcard_traffic_port {
+                    Some(80) if scheme == "http" => format!("{scheme}://{s}{domain}"),
+                    Some(443) if scheme == "https" => format!("{scheme}://{s}{domain}"),
+                    Some(p) => format!("{scheme}://{s}{domain}:{p}"),
+                    None => format!("{scheme}://{s}{domain}"),
+                }
+            }
+        }
+    }
+}
+
+/// Lowest port of `lo..=hi` not in `taken`.
+pub fn lowest_free_port(lo: u16, hi: u16, taken: &BTreeSet<u16>) -> Option<u16> {
+    (lo..=hi).find(|p| !taken.contains(p))
+}
+
+/// Normalise a preferred subdomain as Backend.AI does: NFC, lowercase, `.` → `-`, other
+/// characters outside `[a-z0-9-]` → `-` (non-ASCII labels become Punycode `xn--…`), collapse
+/// `--`, trim to 63 characters, strip `-` at both ends. `None` when nothing usable remains.
+pub fn normalize_subdomain(preferred: &str) -> Option<String> {
+    let nfc: String = preferred.nfc().collect::<String>().to_lowercase();
+    let mut parts = Vec::new();
+    for label in nfc.split('.') {
+        if label.is_ascii() {
+            parts.push(label.to_string());
+        } else {
+            match idna::punycode::encode_str(label) {
+                Some(p) => parts.push(format!("xn--{p}")),
+                None => parts.push(String::new()),
+            }
+        }
+    }
+    let joined = parts.join("-");
+    let mut out = String::with_capacity(joined.len());
+    for c in joined.chars() {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        // Collapse runs of `-`, except the `xn--` marker of Punycode labels.
+        if c == '-' && out.ends_with('-') && !out.ends_with("xn-") {
+            continue;
+        }
+        out.push(c);
+    }
+    let trimmed: String = out.chars().take(63).collect();
+    let trimmed = trimmed.trim_matches('-');
+    if trimmed.is_empty() {
+        None
+    } else {
+        Some(trimmed.to_string())
+    }
+}
+
+/// `app-<8 hex>` from a fresh uuid.
+pub fn random_subdomain() -> String {
+    format!("app-{}", &Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// A free subdomain on a worker: the normalised preference (or a random one), with
+/// `-<8 hex>` appended to its first 54 characters on collision.
+pub fn pick_subdomain(preferred: Option<&str>, taken: &BTreeSet<String>) -> String {
+    let base = preferred
+        .and_then(normalize_subdomain)
+        .unwrap_or_else(random_subdomain);
+    if !taken.contains(&base) {
+        return base;
+    }
+    loop {
+        let head: String = base.chars().take(54).collect();
+        let candidate = format!(
+            "{}-{}",
+            head.trim_end_matches('-'),
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        if !taken.contains(&candidate) {
+            return candidate;
+        }
+    }
+}
+
+/// Parse Backend.AI's comma-separated `allowed_client_ips` (CIDRs or bare IPs, v4 or v6).
+pub fn parse_client_ips(text: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if let Ok(net) = s.parse::<ipnet::IpNet>() {
+                Ok(net.trunc())
+            } else if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+                Ok(ipnet::IpNet::from(ip))
+            } else {
+                Err(format!("{s:?} is not an IP address or CIDR"))
+            }
+        })
+        .collect()
+}
+
+/// Validate a kernel host: an IP address or a DNS name (no scheme, path, port or spaces).
+pub fn validate_host(host: &str) -> Result<(), String> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{host:?} is not a valid host name or IP address"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subdomain_normalisation() {
+        let cases = [
+            ("MyApp", Some("myapp")),
+            ("my.app.v2", Some("my-app-v2")),
+            ("a__b  c", Some("a-b-c")),
+            ("--x--", Some("x")),
+            ("!!!", None),
+            ("", None),
+            ("café", Some("xn--caf-dma")),
+            ("bücher.shop", Some("xn--bcher-kva-shop")),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                normalize_subdomain(input).as_deref(),
+                want,
+                "input {input:?}"
+            );
+        }
+        let long = "a".repeat(100);
+        assert_eq!(normalize_subdomain(&long).unwrap().len(), 63);
+    }
+
+    #[test]
+    fn subdomain_collision_appends_suffix() {
+        let taken: BTreeSet<String> = ["jupyter".to_string()].into();
+        let s = pick_subdomain(Some("Jupyter"), &taken);
+        assert!(
+            s.starts_with("jupyter-") && s.len() == "jupyter-".len() + 8,
+            "{s}"
+        );
+        let r = pick_subdomain(None, &BTreeSet::new());
+        assert!(r.starts_with("app-") && r.len() == 12, "{r}");
+        let long = "b".repeat(63);
+        let taken: BTreeSet<String> = [long.clone()].into();
+        let s = pick_subdomain(Some(&long), &taken);
+        assert_eq!(s.len(), 54 + 1 + 8);
+    }
+
+    #[test]
+    fn lowest_free() {
+        let taken: BTreeSet<u16> = [10, 11, 13].into();
+        assert_eq!(lowest_free_port(10, 14, &taken), Some(12));
+        let full: BTreeSet<u16> = (10..=14).collect();
+        assert_eq!(lowest_free_port(10, 14, &full), None);
+    }
+
+    #[test]
+    fn client_ips() {
+        let nets = parse_client_ips("10.0.0.0/8, 192.168.1.5,::1, 2001:db8::/32").unwrap();
+        assert_eq!(nets.len(), 4);
+        assert_eq!(nets[1].to_string(), "192.168.1.5/32");
+        assert!(parse_client_ips("10.0.0.0/33").is_err());
+        assert!(parse_client_ips("evil`)||Host(`x").is_err());
+    }
+
+    #[test]
+    fn hosts() {
+        assert!(validate_host("10.0.0.5").is_ok());
+        assert!(validate_host("::1").is_ok());
+        assert!(validate_host("kernel-1.cluster.local").is_ok());
+        for bad in ["", "a b", "http://x", "x:80", "x/y", "-a", "a..b", "x`)"] {
+            assert!(validate_host(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `appproxy-provider`: the control plane of appproxy.
+//!
+//! Layout:
+//! - [`config`]: typed TOML config with env overrides and validation.
+//! - [`domain`]: validated types and pure allocation rules.
+//! - [`store`]: SQL state (the source of truth), SQLite or PostgreSQL.
+//! - [`render`]: pure circuit → Traefik KV rendering.
+//! - [`etcd`]: thin etcd shell.
+//! - [`reconcile`]: SQL → etcd projection, coalesced, idempotent, self-repairing.
+//! - [`api`]: HTTP handlers (Backend.AI wire + extensions); [`error`]: the only status mapping.
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod etcd;
+pub mod metrics;
+pub mod reconcile;
+pub mod render;
+pub mod store;
+
+use std::sync::Arc;
+
+use tokio::{net::TcpListener, sync::watch};
+
+pub use config::Config;
+
+/// Connect to SQL and etcd, start the reconciler and serve the API on `listener` until
+/// `shutdown` flips to `true`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let store =
+        store::Store::connect(&config.database.url, config.database.max_connections).await?;
+    let kv = etcd::Kv::connect(&config.etcd).await?;
+    let metrics = metrics::Metrics::new();
+    let reconciler = reconcile::Reconciler::new(
+        store.clone(),
+        kv.clone(),
+        config.etcd.namespace.clone(),
+        config.reconcile.max_txn_ops,
+        config.resync_interval(),
+        metrics.clone(),
+    );
+    let rec_task = tokio::spawn(reconciler.clone().run(shutdown.clone()));
+    let state = api::AppState {
+        store,
+        reconciler,
+        metrics,
+        config: Arc::new(config),
+        etcd: kv,
+    };
+    tracing::info!(addr = %listener.local_addr()?, "Provider listening");
+    axum::serve(listener, api::app(state))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|v| *v).await;
+        })
+        .await?;
+    rec_task.abort();
+    Ok(())
+}

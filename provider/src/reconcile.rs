@@ -1,0 +1,430 @@
+//! The reconciler: SQL → render → diff against etcd → per-circuit transactions.
+//!
+//! Handlers never write etcd; they `nudge` the reconciler. A pass takes the set of dirty
+//! workers, renders each from SQL, reads its etcd prefix and applies the difference, packing
+//! whole circuits into transactions of at most `max_txn_ops` operations. Passes start at
+//! once when idle; nudges that arrive during a pass are served by the next one, so a burst of
+//! creates costs Traefik a few reloads instead of one per circuit. Passes also run at start,
+//! every `resync` interval, and when a watch on the namespace shows a change we did not make.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use appproxy_common::names;
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use crate::{
+    etcd::{Kv, KvError, Op},
+    metrics::Metrics,
+    render::{self, Group},
+    store::{Store, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+#[derive(Default)]
+struct Dirty {
+    all: bool,
+    workers: HashSet<Uuid>,
+}
+
+/// Shared handle; clone the `Arc`.
+pub struct Reconciler {
+    store: Store,
+    kv: Kv,
+    namespace: String,
+    max_ops: usize,
+    resync: Duration,
+    metrics: Metrics,
+    // Short critical sections only, never held across `.await`.
+    dirty: Mutex<Dirty>,
+    notify: Notify,
+    /// Revisions of our own transactions, so the watch can tell foreign changes apart.
+    own_revisions: Mutex<VecDeque<i64>>,
+    /// Root key → worker id, refreshed on every pass.
+    roots: Mutex<HashMap<String, Uuid>>,
+}
+
+impl Reconciler {
+    pub fn new(
+        store: Store,
+        kv: Kv,
+        namespace: String,
+        max_ops: usize,
+        resync: Duration,
+        metrics: Metrics,
+    ) -> Arc<Reconciler> {
+        Arc::new(Reconciler {
+            store,
+            kv,
+            namespace,
+            max_ops,
+            resync,
+            metrics,
+            dirty: Mutex::new(Dirty {
+                all: true,
+                workers: HashSet::new(),
+            }),
+            notify: Notify::new(),
+            own_revisions: Mutex::new(VecDeque::new()),
+            roots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Ask for `worker` to be reconciled soon.
+    pub fn nudge(&self, worker: Uuid) {
+        self.dirty
+            .lock()
+            .expect("dirty lock")
+            .workers
+            .insert(worker);
+        self.notify.notify_one();
+    }
+
+    /// Ask for every worker to be reconciled soon.
+    pub fn nudge_all(&self) {
+        self.dirty.lock().expect("dirty lock").all = true;
+        self.notify.notify_one();
+    }
+
+    pub fn root_key(&self, authority: &str) -> String {
+        names::worker_root_key(&self.namespace, authority)
+    }
+
+    /// Run passes until `shutdown` flips; also spawns the watch for foreign changes.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let watcher = tokio::spawn(self.clone().watch_foreign(shutdown.clone()));
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let dirty = std::mem::take(&mut *self.dirty.lock().expect("dirty lock"));
+            if dirty.all || !dirty.workers.is_empty() {
+                let started = std::time::Instant::now();
+                match self.pass(&dirty).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(100);
+                        self.metrics
+                            .reconcile_passes
+                            .with_label_values(&["ok"])
+                            .inc();
+                        self.metrics
+                            .reconcile_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .reconcile_passes
+                            .with_label_values(&["error"])
+                            .inc();
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Reconcile pass failed");
+                        {
+                            let mut d = self.dirty.lock().expect("dirty lock");
+                            d.all |= dirty.all;
+                            d.workers.extend(dirty.workers);
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => break,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.notify.notified() => {}
+                _ = tokio::time::sleep(self.resync) => self.nudge_all(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        watcher.abort();
+    }
+
+    async fn pass(&self, dirty: &Dirty) -> Result<(), ReconcileError> {
+        let workers = self.store.list_workers().await?;
+        {
+            let mut roots = self.roots.lock().expect("roots lock");
+            roots.clear();
+            for w in &workers {
+                roots.insert(self.root_key(&w.authority), w.id);
+            }
+        }
+        for w in workers
+            .iter()
+            .filter(|w| dirty.all || dirty.workers.contains(&w.id))
+        {
+            self.reconcile_worker(w).await?;
+        }
+        Ok(())
+    }
+
+    async fn reconcile_worker(&self, w: &crate::domain::Worker) -> Result<(), ReconcileError> {
+        let circuits = self.store.circuits_of_worker(w.id).await?;
+        let desired = render::render_worker(w, &circuits);
+        let root = self.root_key(&w.authority);
+        let actual = self.kv.get_prefix(&format!("{root}/")).await?;
+        let batches = plan(&root, &desired, &actual, self.max_ops);
+        for ops in batches {
+            let rev = self.kv.txn(&ops).await?;
+            self.metrics.etcd_txns.inc();
+            self.metrics.etcd_ops.inc_by(ops.len() as u64);
+            let mut own = self.own_revisions.lock().expect("own lock");
+            own.push_back(rev);
+            while own.len() > 4096 {
+                own.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    /// Watch the namespace; a change we did not write nudges the worker it belongs to.
+    async fn watch_foreign(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let prefix = format!("{}/", self.namespace.trim_end_matches('/'));
+        loop {
+            let mut stream = match self.kv.watch_prefix(&prefix).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot watch etcd; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            // After (re)connecting we may have missed changes.
+            self.nudge_all();
+            loop {
+                let msg = tokio::select! {
+                    m = stream.message() => m,
+                    _ = shutdown.changed() => return,
+                };
+                match msg {
+                    Ok(Some(resp)) => {
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            let rev = kv.mod_revision();
+                            if self.own_revisions.lock().expect("own lock").contains(&rev) {
+                                continue;
+                            }
+                            let key = String::from_utf8_lossy(kv.key());
+                            let owner = {
+                                let roots = self.roots.lock().expect("roots lock");
+                                roots
+                                    .iter()
+                                    .find(|(root, _)| key.starts_with(root.as_str()))
+                                    .map(|(_, id)| *id)
+                            };
+                            if let Some(id) = owner {
+                                tracing::info!(key = %key, "Foreign change under a worker prefix; repairing");
+                                self.metrics.foreign_changes.inc();
+                                self.nudge(id);
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// The transactions that turn `actual` (full keys) into `desired` (relative keys per group).
+///
+/// Shared objects go first, so the sentinel exists before any deletion. Each group is one
+/// transaction, and whole groups are packed together up to `max_ops`. A group larger than
+/// `max_ops` is split in an order that never exposes a router without its service or
+/// middlewares: non-router puts, then router changes, then non-router deletes. Keys under the
+/// root that belong to no group are deleted (they could poison Traefik's decoder).
+pub fn plan(
+    root: &str,
+    desired: &BTreeMap<Group, render::Kv>,
+    actual: &BTreeMap<String, String>,
+    max_ops: usize,
+) -> Vec<Vec<Op>> {
+    let prefix = format!("{root}/");
+    let mut per_group: BTreeMap<Option<Group>, Vec<Op>> = BTreeMap::new();
+    for (group, kv) in desired {
+        for (rel, value) in kv {
+            let key = format!("{prefix}{rel}");
+            if actual.get(&key) != Some(value) {
+                per_group
+                    .entry(Some(*group))
+                    .or_default()
+                    .push(Op::Put(key, value.clone()));
+            }
+        }
+    }
+    for key in actual.keys() {
+        let rel = &key[prefix.len().min(key.len())..];
+        let group = render::group_of(rel);
+        let wanted = group
+            .and_then(|g| desired.get(&g))
+            .is_some_and(|kv| kv.contains_key(rel));
+        if !wanted {
+            per_group
+                .entry(group)
+                .or_default()
+                .push(Op::Delete(key.clone()));
+        }
+    }
+    // Shared first (Some(Shared) sorts before circuits; None = unknown keys last).
+    let mut ordered: Vec<(Option<Group>, Vec<Op>)> = per_group.into_iter().collect();
+    ordered.sort_by_key(|(g, _)| match g {
+        Some(Group::Shared) => 0,
+        Some(Group::Circuit(_)) => 1,
+        None => 2,
+    });
+    let mut batches: Vec<Vec<Op>> = Vec::new();
+    let mut current: Vec<Op> = Vec::new();
+    for (_, mut ops) in ordered {
+        if ops.len() > max_ops {
+            if !current.is_empty() {
+                batches.push(std::mem::take(&mut current));
+            }
+            ops.sort_by_key(|op| {
+                let router = op.key().contains("/routers/");
+                match (op, router) {
+                    (Op::Put(..), false) => 0,
+                    (_, true) => 1,
+                    (Op::Delete(_), false) => 2,
+                }
+            });
+            for chunk in ops.chunks(max_ops) {
+                batches.push(chunk.to_vec());
+            }
+            continue;
+        }
+        if current.len() + ops.len() > max_ops {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.extend(ops);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(pairs: &[(&str, &str)]) -> render::Kv {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_change_no_ops() {
+        let id = Uuid::new_v4();
+        let name = names::circuit_object(id);
+        let mut desired = BTreeMap::new();
+        desired.insert(Group::Shared, kv(&[("http/services/ap-sentinel/x", "1")]));
+        desired.insert(
+            Group::Circuit(id),
+            kv(&[(&format!("http/routers/{name}/rule"), "r")]),
+        );
+        let actual: BTreeMap<String, String> = [
+            (
+                "t/w./http/services/ap-sentinel/x".to_string(),
+                "1".to_string(),
+            ),
+            (format!("t/w./http/routers/{name}/rule"), "r".to_string()),
+        ]
+        .into();
+        assert!(plan("t/w.", &desired, &actual, 128).is_empty());
+    }
+
+    #[test]
+    fn packs_groups_and_splits_large_ones_safely() {
+        let mut desired = BTreeMap::new();
+        desired.insert(Group::Shared, kv(&[("http/services/ap-sentinel/x", "1")]));
+        let ids: Vec<Uuid> = (0..10).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            let n = names::circuit_object(*id);
+            desired.insert(
+                Group::Circuit(*id),
+                kv(&[
+                    (&format!("http/routers/{n}/rule"), "r"),
+                    (
+                        &format!("http/services/{n}/loadBalancer/servers/0/url"),
+                        "u",
+                    ),
+                ]),
+            );
+        }
+        // A big circuit with 300 servers.
+        let big = Uuid::new_v4();
+        let n = names::circuit_object(big);
+        let mut bigkv = render::Kv::new();
+        bigkv.insert(format!("http/routers/{n}/rule"), "r".into());
+        for i in 0..300 {
+            bigkv.insert(
+                format!("http/services/{n}/loadBalancer/servers/{i}/url"),
+                "u".into(),
+            );
+        }
+        desired.insert(Group::Circuit(big), bigkv);
+        // A stale circuit and a foreign key.
+        let stale = names::circuit_object(Uuid::new_v4());
+        let actual: BTreeMap<String, String> = [
+            (format!("t/w./http/routers/{stale}/rule"), "r".to_string()),
+            (
+                format!("t/w./http/services/{stale}/loadBalancer/servers/0/url"),
+                "u".to_string(),
+            ),
+            (
+                "t/w./http/routers/evil/bogusField".to_string(),
+                "1".to_string(),
+            ),
+        ]
+        .into();
+        let batches = plan("t/w.", &desired, &actual, 128);
+        assert!(batches.iter().all(|b| b.len() <= 128));
+        // Sentinel is written in the first transaction.
+        assert!(batches[0].iter().any(|op| op.key().contains("ap-sentinel")));
+        // The big circuit's router comes after all of its service keys.
+        let flat: Vec<&Op> = batches.iter().flatten().collect();
+        let router_pos = flat
+            .iter()
+            .position(|op| op.key() == format!("t/w./http/routers/{n}/rule"))
+            .unwrap();
+        let last_service = flat
+            .iter()
+            .rposition(|op| op.key().contains(&format!("services/{n}/")))
+            .unwrap();
+        assert!(router_pos > last_service);
+        // Each small circuit is whole within one transaction.
+        for id in &ids {
+            let n = names::circuit_object(*id);
+            let holders: Vec<usize> = batches
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.iter().any(|op| op.key().contains(&n)))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(holders.len(), 1, "circuit split across transactions");
+        }
+        // Stale and foreign keys are deleted.
+        for k in [
+            format!("t/w./http/routers/{stale}/rule"),
+            "t/w./http/routers/evil/bogusField".into(),
+        ] {
+            assert!(flat.contains(&&Op::Delete(k.clone())), "{k} not deleted");
+        }
+        // 1 + 20 + 301 puts + 3 deletes.
+        assert_eq!(flat.len(), 1 + 20 + 301 + 3);
+    }
+}

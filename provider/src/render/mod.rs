@@ -1,0 +1,250 @@
+//! Pure rendering: a worker and its circuits → the Traefik KV pairs under the worker's
+//! root key. No I/O; snapshot-tested.
+//!
+//! Keys are relative to the root key (`http/routers/ap-<id>/rule`). Every key belongs to one
+//! *group*: a circuit (all objects named `ap-<id>…`) or the worker's shared objects
+//! (sentinel, setup router). The reconciler writes one group per transaction, so Traefik never
+//! sees a router without its service or its auth middleware.
+//!
+//! We write few keys per circuit (Traefik's decode cost grows faster than linearly with keys):
+//! no value that equals Traefik's default is written except `trustForwardHeader=false`, whose
+//! explicit form changes which headers Traefik forwards.
+
+use std::collections::BTreeMap;
+
+use appproxy_common::names;
+use uuid::Uuid;
+
+use crate::domain::{AppMode, Circuit, Frontend, FrontendMode, Protocol, Worker};
+
+/// Keys of one group, relative to the worker root key.
+pub type Kv = BTreeMap<String, String>;
+
+/// Owner of a key: a circuit, or the worker's shared objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Group {
+    Shared,
+    Circuit(Uuid),
+}
+
+/// Priority of the shared `/_appproxy/` router: above every circuit rule.
+pub const SETUP_PRIORITY: u32 = 1_000_000;
+
+/// Which group a relative key belongs to: `<proto>/<kind>/<name>/…`.
+pub fn group_of(rel_key: &str) -> Option<Group> {
+    let mut parts = rel_key.split('/');
+    let (_proto, _kind, name) = (parts.next()?, parts.next()?, parts.next()?);
+    match names::circuit_of_object(name) {
+        Some(id) => Some(Group::Circuit(id)),
+        None if name == names::SENTINEL || name == names::SETUP => Some(Group::Shared),
+        None => None,
+    }
+}
+
+/// Entry points of a worker where HTTP apps live.
+pub fn app_entrypoints(worker: &Worker) -> Vec<String> {
+    match (worker.frontend_mode, worker.port_range) {
+        (FrontendMode::Port, Some((lo, hi))) => (lo..=hi).map(names::port_entrypoint).collect(),
+        (FrontendMode::Port, None) => Vec::new(),
+        (FrontendMode::Wildcard, _) => vec![names::APPS_ENTRYPOINT.to_string()],
+    }
+}
+
+/// The worker's shared objects: a sentinel that keeps the prefix non-empty, and for HTTP
+/// workers one `/_appproxy/` router on every app entrypoint that reaches authgate.
+pub fn render_shared(worker: &Worker) -> Kv {
+    let mut kv = Kv::new();
+    kv.insert(
+        format!(
+            "http/services/{}/loadBalancer/servers/0/url",
+            names::SENTINEL
+        ),
+        "http://127.0.0.1:9".into(),
+    );
+    if worker.protocol.is_http() {
+        let eps = app_entrypoints(worker);
+        if !eps.is_empty() {
+            let r = format!("http/routers/{}", names::SETUP);
+            kv.insert(
+                format!("{r}/rule"),
+                format!("PathPrefix(`{}`)", names::SETUP_PATH_PREFIX),
+            );
+            kv.insert(format!("{r}/priority"), SETUP_PRIORITY.to_string());
+            kv.insert(format!("{r}/service"), names::SETUP.into());
+            for (i, ep) in eps.iter().enumerate() {
+                kv.insert(format!("{r}/entryPoints/{i}"), ep.clone());
+            }
+            kv.insert(
+                format!("http/services/{}/loadBalancer/servers/0/url", names::SETUP),
+                worker.authgate_base(),
+            );
+        }
+    }
+    kv
+}
+
+/// All keys of one circuit.
+pub fn render_circuit(worker: &Worker, c: &Circuit) -> Kv {
+    if c.protocol.is_http() {
+        render_http(worker, c)
+    } else {
+        render_tcp(c)
+    }
+}
+
+/// Every group of a worker, desired state.
+pub fn render_worker(worker: &Worker, circuits: &[Circuit]) -> BTreeMap<Group, Kv> {
+    let mut out = BTreeMap::new();
+    out.insert(Group::Shared, render_shared(worker));
+    for c in circuits {
+        out.insert(Group::Circuit(c.id), render_circuit(worker, c));
+    }
+    out
+}
+
+fn entrypoint(c: &Circuit) -> String {
+    match &c.frontend {
+        Frontend::Port(p) => names::port_entrypoint(*p),
+        Frontend::Subdomain(_) => names::APPS_ENTRYPOINT.to_string(),
+    }
+}
+
+fn render_http(worker: &Worker, c: &Circuit) -> Kv {
+    let mut kv = Kv::new();
+    let name = names::circuit_object(c.id);
+    let r = format!("http/routers/{name}");
+    let rule = match &c.frontend {
+        // The entrypoint already identifies the circuit; no Host() that could mismatch.
+        Frontend::Port(_) => "PathPrefix(`/`)".to_string(),
+        Frontend::Subdomain(s) => {
+            format!(
+                "Host(`{s}{}`)",
+                worker.wildcard_domain.as_deref().unwrap_or("")
+            )
+        }
+    };
+    kv.insert(format!("{r}/rule"), rule);
+    kv.insert(format!("{r}/service"), name.clone());
+    kv.insert(format!("{r}/entryPoints/0"), entrypoint(c));
+    let mut mws = Vec::new();
+    if !c.allowed_client_ips.is_empty() {
+        let m = names::ipallow_middleware(c.id);
+        for (i, net) in c.allowed_client_ips.iter().enumerate() {
+            kv.insert(
+                format!("http/middlewares/{m}/ipAllowList/sourceRange/{i}"),
+                net.to_string(),
+            );
+        }
+        mws.push(m);
+    }
+    if !c.open_to_public {
+        let m = names::auth_middleware(c.id);
+        let fa = format!("http/middlewares/{m}/forwardAuth");
+        kv.insert(
+            format!("{fa}/address"),
+            format!(
+                "{}/auth/{}?g={}&m={}",
+                worker.authgate_base(),
+                c.id.as_hyphenated(),
+                c.generation,
+                c.app_mode.as_str()
+            ),
+        );
+        kv.insert(format!("{fa}/trustForwardHeader"), "false".into());
+        // Traefik replaces these request headers with authgate's answer (or deletes them when
+        // authgate omits them): our cookie never reaches the app, nor a bearer token for
+        // inference.
+        let mut headers = vec!["Cookie"];
+        if c.app_mode == AppMode::Inference {
+            headers.push("Authorization");
+        }
+        for (i, h) in headers.iter().enumerate() {
+            kv.insert(format!("{fa}/authResponseHeaders/{i}"), (*h).into());
+        }
+        kv.insert(format!("{fa}/maxResponseBodySize"), "65536".into());
+        mws.push(m);
+    }
+    for (i, m) in mws.iter().enumerate() {
+        kv.insert(format!("{r}/middlewares/{i}"), m.clone());
+    }
+    if worker.tls_listen {
+        kv.insert(format!("{r}/tls/options"), "default".into());
+    }
+    let scheme = match c.protocol {
+        Protocol::Grpc | Protocol::H2 => "h2c",
+        _ => "http",
+    };
+    let s = format!("http/services/{name}/loadBalancer");
+    let weights = weights(c);
+    for (i, route) in c.routes.iter().enumerate() {
+        kv.insert(
+            format!("{s}/servers/{i}/url"),
+            format!(
+                "{scheme}://{}",
+                host_port(&route.kernel_host, route.kernel_port)
+            ),
+        );
+        if let Some(w) = weights.as_ref().map(|w| w[i]) {
+            kv.insert(format!("{s}/servers/{i}/weight"), w.to_string());
+        }
+    }
+    kv
+}
+
+fn render_tcp(c: &Circuit) -> Kv {
+    let mut kv = Kv::new();
+    let name = names::circuit_object(c.id);
+    let r = format!("tcp/routers/{name}");
+    let rule = if c.allowed_client_ips.is_empty() {
+        // Admits IPv4 and IPv6 clients alike (Backend.AI's ClientIP(`0.0.0.0/0`) drops IPv6).
+        "HostSNI(`*`)".to_string()
+    } else {
+        let ips: Vec<String> = c
+            .allowed_client_ips
+            .iter()
+            .map(|n| format!("ClientIP(`{n}`)"))
+            .collect();
+        format!("HostSNI(`*`) && ({})", ips.join(" || "))
+    };
+    kv.insert(format!("{r}/rule"), rule);
+    kv.insert(format!("{r}/service"), name.clone());
+    kv.insert(format!("{r}/entryPoints/0"), entrypoint(c));
+    for (i, route) in c.routes.iter().enumerate() {
+        kv.insert(
+            format!("tcp/services/{name}/loadBalancer/servers/{i}/address"),
+            host_port(&route.kernel_host, route.kernel_port),
+        );
+    }
+    kv
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Integer weights proportional to the routes' `traffic_ratio`, reduced by their gcd;
+/// `None` when all ratios are equal (Traefik's default weight 1 then applies).
+pub fn weights(c: &Circuit) -> Option<Vec<u32>> {
+    let ratios: Vec<f64> = c.routes.iter().map(|r| r.traffic_ratio.max(0.0)).collect();
+    let max = ratios.iter().cloned().fold(0.0_f64, f64::max);
+    if ratios.is_empty() || max <= 0.0 || ratios.iter().all(|r| (*r - ratios[0]).abs() < 1e-9) {
+        return None;
+    }
+    let raw: Vec<u32> = ratios
+        .iter()
+        .map(|r| (r / max * 1000.0).round() as u32)
+        .collect();
+    let g = raw.iter().copied().filter(|w| *w > 0).fold(0, gcd);
+    Some(raw.iter().map(|w| w.checked_div(g).unwrap_or(*w)).collect())
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,673 @@
+//! `Store`: every SQL statement the provider runs.
+
+use std::{collections::BTreeSet, str::FromStr, time::Duration};
+
+use sqlx::{
+    AnyPool, Row,
+    any::{AnyPoolOptions, AnyRow},
+};
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::domain::{
+    AppMode, Circuit, Frontend, FrontendMode, Protocol, Route, Worker, WorkerStatus,
+    lowest_free_port, pick_subdomain,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How many times a create re-runs allocation after losing a unique-index race.
+const ALLOC_ATTEMPTS: usize = 32;
+
+/// Handle to the SQL database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+/// What a worker reports when it registers (`PUT /api/worker`).
+#[derive(Debug, Clone)]
+pub struct WorkerRegistration {
+    pub authority: String,
+    pub frontend_mode: FrontendMode,
+    pub protocol: Protocol,
+    pub hostname: String,
+    pub tls_listen: bool,
+    pub tls_advertised: bool,
+    pub api_port: u16,
+    pub port_range: Option<(u16, u16)>,
+    pub wildcard_domain: Option<String>,
+    pub wildcard_traffic_port: Option<u16>,
+    pub filtered_apps_only: bool,
+    pub traefik_last_used_marker_path: Option<String>,
+    pub accepted_traffics: Vec<AppMode>,
+    pub app_filters: serde_json::Value,
+    pub authgate_url: Option<String>,
+}
+
+/// A circuit to create; the store picks its frontend slot.
+#[derive(Debug, Clone)]
+pub struct NewCircuit {
+    pub app: String,
+    pub protocol: Protocol,
+    pub app_mode: AppMode,
+    pub worker_id: Uuid,
+    pub preferred_port: Option<u16>,
+    pub preferred_subdomain: Option<String>,
+    pub envs: serde_json::Value,
+    pub arguments: Option<String>,
+    pub open_to_public: bool,
+    pub allowed_client_ips: Vec<ipnet::IpNet>,
+    pub user_id: Option<Uuid>,
+    pub endpoint_id: Option<Uuid>,
+    pub runtime_variant: Option<String>,
+    pub routes: Vec<NewRoute>,
+    pub idle_timeout: Option<u64>,
+}
+
+pub type NewRoute = Route;
+
+/// Filters of `GET /v2/circuits`.
+#[derive(Debug, Clone, Default)]
+pub struct CircuitFilter {
+    pub session_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    pub worker_id: Option<Uuid>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+const WORKER_COLS: &str = "id, authority, frontend_mode, protocol, hostname, tls_listen, \
+    tls_advertised, api_port, port_range_lo, port_range_hi, wildcard_domain, \
+    wildcard_traffic_port, filtered_apps_only, traefik_last_used_marker_path, \
+    accepted_traffics, app_filters, authgate_url, nodes, status, last_heartbeat, created_at, \
+    updated_at";
+
+const CIRCUIT_COLS: &str = "id, worker_id, app, protocol, app_mode, frontend_mode, port, \
+    subdomain, envs, arguments, open_to_public, allowed_client_ips, user_id, endpoint_id, \
+    runtime_variant, idle_timeout, generation, created_at, updated_at";
+
+const ROUTE_COLS: &str = "circuit_id, idx, route_id, session_id, session_name, kernel_host, \
+    kernel_port, protocol, traffic_ratio";
+
+fn q(sql: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql)
+}
+
+impl Store {
+    /// Connect, tune SQLite, and apply the embedded migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if sqlite {
+                        sqlx::raw_sql(
+                            "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; \
+                             PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;",
+                        )
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(sqlx::Error::Migrate(Box::new(e))))?;
+        Ok(Store { pool })
+    }
+
+    /// Cheap liveness probe for `/health/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // === workers ===
+
+    /// Insert or update a worker by authority; a re-registration revives it.
+    pub async fn upsert_worker(&self, r: &WorkerRegistration) -> Result<Worker, StoreError> {
+        let now = now_ms();
+        let traffics = join_modes(&r.accepted_traffics);
+        let filters = r.app_filters.to_string();
+        let (lo, hi) = split_range(r.port_range);
+        let existing = self.worker_by_authority(&r.authority).await?;
+        let id = existing.as_ref().map(|w| w.id).unwrap_or_else(Uuid::new_v4);
+        let sql = if existing.is_some() {
+            "UPDATE workers SET frontend_mode=$2, protocol=$3, hostname=$4, tls_listen=$5, \
+             tls_advertised=$6, api_port=$7, port_range_lo=$8, port_range_hi=$9, \
+             wildcard_domain=$10, wildcard_traffic_port=$11, filtered_apps_only=$12, \
+             traefik_last_used_marker_path=$13, accepted_traffics=$14, app_filters=$15, \
+             authgate_url=$16, nodes=nodes+1, status='ALIVE', last_heartbeat=$17, updated_at=$17 \
+             WHERE id=$1"
+        } else {
+            "INSERT INTO workers (id, frontend_mode, protocol, hostname, tls_listen, \
+             tls_advertised, api_port, port_range_lo, port_range_hi, wildcard_domain, \
+             wildcard_traffic_port, filtered_apps_only, traefik_last_used_marker_path, \
+             accepted_traffics, app_filters, authgate_url, last_heartbeat, created_at, \
+             updated_at, authority, nodes, status) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$17,$17,$18,1,'ALIVE')"
+        };
+        let mut query = sqlx::query(sql)
+            .bind(id.to_string())
+            .bind(r.frontend_mode.as_str())
+            .bind(r.protocol.as_str())
+            .bind(r.hostname.clone())
+            .bind(r.tls_listen)
+            .bind(r.tls_advertised)
+            .bind(i64::from(r.api_port))
+            .bind(lo)
+            .bind(hi)
+            .bind(r.wildcard_domain.clone())
+            .bind(r.wildcard_traffic_port.map(i64::from))
+            .bind(r.filtered_apps_only)
+            .bind(r.traefik_last_used_marker_path.clone())
+            .bind(traffics)
+            .bind(filters)
+            .bind(r.authgate_url.clone())
+            .bind(now);
+        if existing.is_none() {
+            query = query.bind(r.authority.clone());
+        }
+        match query.execute(&self.pool).await {
+            Ok(_) => {}
+            // Two registrations of a new authority raced; the other insert won: update it.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && existing.is_none() => {
+                return Box::pin(self.upsert_worker(r)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.get_worker(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("worker vanished".into()))
+    }
+
+    pub async fn get_worker(&self, id: Uuid) -> Result<Option<Worker>, StoreError> {
+        let row = sqlx::query(q(format!("SELECT {WORKER_COLS} FROM workers WHERE id=$1")))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| worker_from_row(&r)).transpose()
+    }
+
+    pub async fn worker_by_authority(&self, authority: &str) -> Result<Option<Worker>, StoreError> {
+        let row = sqlx::query(q(format!(
+            "SELECT {WORKER_COLS} FROM workers WHERE authority=$1"
+        )))
+        .bind(authority.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| worker_from_row(&r)).transpose()
+    }
+
+    pub async fn list_workers(&self) -> Result<Vec<Worker>, StoreError> {
+        let rows = sqlx::query(q(format!(
+            "SELECT {WORKER_COLS} FROM workers ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    /// Record a heartbeat; `None` when the worker is unknown.
+    pub async fn heartbeat_worker(&self, id: Uuid) -> Result<Option<Worker>, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE workers SET last_heartbeat=$2, updated_at=$2, status='ALIVE' WHERE id=$1",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_worker(id).await
+    }
+
+    /// Deregister one node of a worker; the worker becomes LOST when none remain.
+    pub async fn deregister_worker(&self, id: Uuid) -> Result<Option<Worker>, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE workers SET nodes = CASE WHEN nodes > 0 THEN nodes - 1 ELSE 0 END, \
+             status = CASE WHEN nodes <= 1 THEN 'LOST' ELSE status END, updated_at=$2 WHERE id=$1",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_worker(id).await
+    }
+
+    /// Number of circuits per worker.
+    pub async fn occupied_counts(
+        &self,
+    ) -> Result<std::collections::HashMap<Uuid, i64>, StoreError> {
+        let rows = sqlx::query("SELECT worker_id, COUNT(*) FROM circuits GROUP BY worker_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(0).map_err(|e| corrupt("worker_id", e))?;
+                let n: i64 = r.try_get(1).map_err(|e| corrupt("count", e))?;
+                Ok((
+                    Uuid::parse_str(&id).map_err(|e| corrupt("worker_id", e))?,
+                    n,
+                ))
+            })
+            .collect()
+    }
+
+    // === circuits ===
+
+    /// Create a circuit with its routes, allocating the lowest free port (port workers) or a
+    /// free subdomain (wildcard workers).
+    pub async fn create_circuit(
+        &self,
+        c: &NewCircuit,
+        worker: &Worker,
+    ) -> Result<Circuit, StoreError> {
+        let mut seen = BTreeSet::new();
+        for r in &c.routes {
+            if let Some(id) = r.route_id
+                && !seen.insert(id)
+            {
+                return Err(StoreError::DuplicateRoute(id));
+            }
+        }
+        for _ in 0..ALLOC_ATTEMPTS {
+            let frontend = self.allocate(c, worker).await?;
+            match self.insert_circuit(c, worker, &frontend).await {
+                Ok(circuit) => return Ok(circuit),
+                Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+                    if c.preferred_port.is_some() {
+                        return Err(StoreError::SlotTaken("port is already in use".into()));
+                    }
+                    // Lost a race for this slot: allocate again.
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::NoFreeSlot)
+    }
+
+    async fn allocate(&self, c: &NewCircuit, worker: &Worker) -> Result<Frontend, StoreError> {
+        match worker.frontend_mode {
+            FrontendMode::Port => {
+                let (lo, hi) = worker.port_range.ok_or(StoreError::NoFreeSlot)?;
+                let taken: BTreeSet<u16> = sqlx::query(
+                    "SELECT port FROM circuits WHERE worker_id=$1 AND port IS NOT NULL",
+                )
+                .bind(worker.id.to_string())
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .filter_map(|r| r.try_get::<i64, _>(0).ok())
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect();
+                match c.preferred_port {
+                    Some(p) if !(lo..=hi).contains(&p) => Err(StoreError::SlotTaken(format!(
+                        "port {p} is outside the worker's range {lo}-{hi}"
+                    ))),
+                    Some(p) if taken.contains(&p) => {
+                        Err(StoreError::SlotTaken(format!("port {p} is already in use")))
+                    }
+                    Some(p) => Ok(Frontend::Port(p)),
+                    None => lowest_free_port(lo, hi, &taken)
+                        .map(Frontend::Port)
+                        .ok_or(StoreError::NoFreeSlot),
+                }
+            }
+            FrontendMode::Wildcard => {
+                let taken: BTreeSet<String> = sqlx::query(
+                    "SELECT subdomain FROM circuits WHERE worker_id=$1 AND subdomain IS NOT NULL",
+                )
+                .bind(worker.id.to_string())
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .filter_map(|r| r.try_get::<String, _>(0).ok())
+                .collect();
+                Ok(Frontend::Subdomain(pick_subdomain(
+                    c.preferred_subdomain.as_deref(),
+                    &taken,
+                )))
+            }
+        }
+    }
+
+    async fn insert_circuit(
+        &self,
+        c: &NewCircuit,
+        worker: &Worker,
+        frontend: &Frontend,
+    ) -> Result<Circuit, StoreError> {
+        let id = Uuid::new_v4();
+        let now = now_ms();
+        let (port, subdomain) = match frontend {
+            Frontend::Port(p) => (Some(i64::from(*p)), None),
+            Frontend::Subdomain(s) => (None, Some(s.clone())),
+        };
+        let ips: Vec<String> = c.allowed_client_ips.iter().map(|n| n.to_string()).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO circuits (id, worker_id, app, protocol, app_mode, frontend_mode, port, \
+             subdomain, envs, arguments, open_to_public, allowed_client_ips, user_id, endpoint_id, \
+             runtime_variant, idle_timeout, generation, created_at, updated_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,1,$17,$17)",
+        )
+        .bind(id.to_string())
+        .bind(worker.id.to_string())
+        .bind(c.app.clone())
+        .bind(c.protocol.as_str())
+        .bind(c.app_mode.as_str())
+        .bind(worker.frontend_mode.as_str())
+        .bind(port)
+        .bind(subdomain)
+        .bind(c.envs.to_string())
+        .bind(c.arguments.clone())
+        .bind(c.open_to_public)
+        .bind(serde_json::to_string(&ips).unwrap_or_default())
+        .bind(c.user_id.map(|u| u.to_string()))
+        .bind(c.endpoint_id.map(|u| u.to_string()))
+        .bind(c.runtime_variant.clone())
+        .bind(c.idle_timeout.map(|t| t as i64))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (idx, r) in c.routes.iter().enumerate() {
+            sqlx::query(q(format!(
+                "INSERT INTO routes ({ROUTE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
+            )))
+            .bind(id.to_string())
+            .bind(idx as i64)
+            .bind(r.route_id.map(|u| u.to_string()))
+            .bind(r.session_id.to_string())
+            .bind(r.session_name.clone())
+            .bind(r.kernel_host.clone())
+            .bind(i64::from(r.kernel_port))
+            .bind(r.protocol.as_str())
+            .bind(r.traffic_ratio)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.get_circuit(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("circuit vanished".into()))
+    }
+
+    pub async fn get_circuit(&self, id: Uuid) -> Result<Option<Circuit>, StoreError> {
+        let mut v = self
+            .load_circuits(
+                q(format!("SELECT {CIRCUIT_COLS} FROM circuits WHERE id=$1")),
+                Some(id.to_string()),
+            )
+            .await?;
+        Ok(v.pop())
+    }
+
+    /// Every circuit of a worker, oldest first.
+    pub async fn circuits_of_worker(&self, worker_id: Uuid) -> Result<Vec<Circuit>, StoreError> {
+        self.load_circuits(
+            q(format!(
+                "SELECT {CIRCUIT_COLS} FROM circuits WHERE worker_id=$1 ORDER BY created_at, id"
+            )),
+            Some(worker_id.to_string()),
+        )
+        .await
+    }
+
+    pub async fn list_circuits(&self, f: &CircuitFilter) -> Result<Vec<Circuit>, StoreError> {
+        // One optional filter per column; NULL parameters match everything.
+        let rows = sqlx::query(q(format!(
+            "SELECT {CIRCUIT_COLS} FROM circuits c WHERE \
+             ($1 IS NULL OR c.worker_id = $1) AND ($2 IS NULL OR c.user_id = $2) AND \
+             ($3 IS NULL OR EXISTS (SELECT 1 FROM routes r WHERE r.circuit_id = c.id AND r.session_id = $3)) \
+             ORDER BY c.created_at, c.id"
+        )))
+        .bind(f.worker_id.map(|u| u.to_string()))
+        .bind(f.user_id.map(|u| u.to_string()))
+        .bind(f.session_id.map(|u| u.to_string()))
+        .fetch_all(&self.pool)
+        .await?;
+        self.attach_routes(rows).await
+    }
+
+    async fn load_circuits(
+        &self,
+        sql: sqlx::AssertSqlSafe<String>,
+        param: Option<String>,
+    ) -> Result<Vec<Circuit>, StoreError> {
+        let rows = sqlx::query(sql).bind(param).fetch_all(&self.pool).await?;
+        self.attach_routes(rows).await
+    }
+
+    async fn attach_routes(&self, rows: Vec<AnyRow>) -> Result<Vec<Circuit>, StoreError> {
+        let mut circuits: Vec<Circuit> = rows
+            .iter()
+            .map(circuit_from_row)
+            .collect::<Result<_, _>>()?;
+        if circuits.is_empty() {
+            return Ok(circuits);
+        }
+        // Routes of all these circuits in one query, chunked to stay under parameter limits.
+        let mut routes: Vec<(Uuid, i64, Route)> = Vec::new();
+        for chunk in circuits.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {ROUTE_COLS} FROM routes WHERE circuit_id IN ({})",
+                marks.join(",")
+            );
+            let mut query = sqlx::query(q(sql));
+            for c in chunk {
+                query = query.bind(c.id.to_string());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                routes.push(route_from_row(&row)?);
+            }
+        }
+        routes.sort_by_key(|(cid, idx, _)| (*cid, *idx));
+        let mut by_circuit: std::collections::HashMap<Uuid, Vec<Route>> = Default::default();
+        for (cid, _, r) in routes {
+            by_circuit.entry(cid).or_default().push(r);
+        }
+        for c in &mut circuits {
+            c.routes = by_circuit.remove(&c.id).unwrap_or_default();
+        }
+        Ok(circuits)
+    }
+
+    /// Delete circuits by id; returns those that existed.
+    pub async fn delete_circuits(&self, ids: &[Uuid]) -> Result<Vec<Circuit>, StoreError> {
+        let mut deleted = Vec::new();
+        for id in ids {
+            let Some(c) = self.get_circuit(*id).await? else {
+                continue;
+            };
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM routes WHERE circuit_id=$1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            let done = sqlx::query("DELETE FROM circuits WHERE id=$1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            if done.rows_affected() > 0 {
+                deleted.push(c);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Delete every circuit that routes to a session.
+    pub async fn delete_session(&self, session_id: Uuid) -> Result<Vec<Circuit>, StoreError> {
+        let ids: Vec<Uuid> = self
+            .list_circuits(&CircuitFilter {
+                session_id: Some(session_id),
+                ..Default::default()
+            })
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        self.delete_circuits(&ids).await
+    }
+}
+
+fn split_range(r: Option<(u16, u16)>) -> (Option<i64>, Option<i64>) {
+    match r {
+        Some((lo, hi)) => (Some(i64::from(lo)), Some(i64::from(hi))),
+        None => (None, None),
+    }
+}
+
+fn join_modes(modes: &[AppMode]) -> String {
+    modes
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn get<'r, T>(row: &'r AnyRow, col: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get::<T, _>(col).map_err(|e| corrupt(col, e))
+}
+
+fn parse<T: FromStr>(row: &AnyRow, col: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: String = get(row, col)?;
+    s.parse::<T>().map_err(|e| corrupt(col, e))
+}
+
+fn opt_uuid(row: &AnyRow, col: &str) -> Result<Option<Uuid>, StoreError> {
+    let s: Option<String> = get(row, col)?;
+    s.map(|s| Uuid::parse_str(&s).map_err(|e| corrupt(col, e)))
+        .transpose()
+}
+
+fn opt_u16(row: &AnyRow, col: &str) -> Result<Option<u16>, StoreError> {
+    let v: Option<i64> = get(row, col)?;
+    v.map(|v| u16::try_from(v).map_err(|e| corrupt(col, e)))
+        .transpose()
+}
+
+fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
+    let lo = opt_u16(row, "port_range_lo")?;
+    let hi = opt_u16(row, "port_range_hi")?;
+    let traffics: String = get(row, "accepted_traffics")?;
+    let filters: String = get(row, "app_filters")?;
+    Ok(Worker {
+        id: parse(row, "id")?,
+        authority: get(row, "authority")?,
+        frontend_mode: parse(row, "frontend_mode")?,
+        protocol: parse(row, "protocol")?,
+        hostname: get(row, "hostname")?,
+        tls_listen: get(row, "tls_listen")?,
+        tls_advertised: get(row, "tls_advertised")?,
+        api_port: opt_u16(row, "api_port")?.unwrap_or(0),
+        port_range: lo.zip(hi),
+        wildcard_domain: get(row, "wildcard_domain")?,
+        wildcard_traffic_port: opt_u16(row, "wildcard_traffic_port")?,
+        filtered_apps_only: get(row, "filtered_apps_only")?,
+        traefik_last_used_marker_path: get(row, "traefik_last_used_marker_path")?,
+        accepted_traffics: traffics
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().map_err(|e| corrupt("accepted_traffics", e)))
+            .collect::<Result<_, _>>()?,
+        app_filters: serde_json::from_str(&filters).map_err(|e| corrupt("app_filters", e))?,
+        authgate_url: get(row, "authgate_url")?,
+        nodes: get(row, "nodes")?,
+        status: parse::<WorkerStatus>(row, "status")?,
+        last_heartbeat_ms: get(row, "last_heartbeat")?,
+        created_at_ms: get(row, "created_at")?,
+        updated_at_ms: get(row, "updated_at")?,
+    })
+}
+
+fn circuit_from_row(row: &AnyRow) -> Result<Circuit, StoreError> {
+    let port = opt_u16(row, "port")?;
+    let subdomain: Option<String> = get(row, "subdomain")?;
+    let frontend = match (port, subdomain) {
+        (Some(p), _) => Frontend::Port(p),
+        (None, Some(s)) => Frontend::Subdomain(s),
+        (None, None) => {
+            return Err(corrupt(
+                "frontend",
+                "circuit has neither port nor subdomain",
+            ));
+        }
+    };
+    let envs: String = get(row, "envs")?;
+    let ips: String = get(row, "allowed_client_ips")?;
+    let ips: Vec<String> =
+        serde_json::from_str(&ips).map_err(|e| corrupt("allowed_client_ips", e))?;
+    let idle: Option<i64> = get(row, "idle_timeout")?;
+    Ok(Circuit {
+        id: parse(row, "id")?,
+        app: get(row, "app")?,
+        protocol: parse(row, "protocol")?,
+        app_mode: parse(row, "app_mode")?,
+        worker_id: parse(row, "worker_id")?,
+        frontend,
+        envs: serde_json::from_str(&envs).map_err(|e| corrupt("envs", e))?,
+        arguments: get(row, "arguments")?,
+        open_to_public: get(row, "open_to_public")?,
+        allowed_client_ips: ips
+            .iter()
+            .map(|s| s.parse().map_err(|e| corrupt("allowed_client_ips", e)))
+            .collect::<Result<_, _>>()?,
+        user_id: opt_uuid(row, "user_id")?,
+        endpoint_id: opt_uuid(row, "endpoint_id")?,
+        runtime_variant: get(row, "runtime_variant")?,
+        routes: Vec::new(),
+        idle_timeout: idle.map(|t| t.max(0) as u64),
+        generation: get(row, "generation")?,
+        created_at_ms: get(row, "created_at")?,
+        updated_at_ms: get(row, "updated_at")?,
+    })
+}
+
+fn route_from_row(row: &AnyRow) -> Result<(Uuid, i64, Route), StoreError> {
+    Ok((
+        parse(row, "circuit_id")?,
+        get(row, "idx")?,
+        Route {
+            route_id: opt_uuid(row, "route_id")?,
+            session_id: parse(row, "session_id")?,
+            session_name: get(row, "session_name")?,
+            kernel_host: get(row, "kernel_host")?,
+            kernel_port: opt_u16(row, "kernel_port")?.unwrap_or(0),
+            protocol: parse(row, "protocol")?,
+            traffic_ratio: get(row, "traffic_ratio")?,
+        },
+    ))
+}
