@@ -1,1 +1,111 @@
-fn main() {}
+//! Thin entry point of `appproxy-authgate`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use appproxy_authgate::traefik_config::{Frontend, Settings, render_dynamic, render_static};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "appproxy-authgate",
+    version,
+    about = "appproxy per-worker auth gate"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the static configuration of this worker's Traefik into a directory.
+    TraefikConfig(TraefikArgs),
+}
+
+#[derive(clap::Args)]
+struct TraefikArgs {
+    #[arg(long)]
+    authority: String,
+    #[arg(long, default_value = "traefik")]
+    namespace: String,
+    #[arg(long = "etcd-endpoint", default_value = "http://127.0.0.1:2379")]
+    etcd_endpoints: Vec<String>,
+    /// Port range `LO-HI` (port mode).
+    #[arg(long, conflicts_with = "apps_port")]
+    port_range: Option<String>,
+    /// Port of the wildcard-domain entrypoint (subdomain mode).
+    #[arg(long)]
+    apps_port: Option<u16>,
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_host: String,
+    /// Loopback port for Traefik's API, ping and metrics.
+    #[arg(long, default_value_t = 10202)]
+    api_port: u16,
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<String>,
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<String>,
+    #[arg(long)]
+    log_file: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    throttle_ms: u64,
+    /// Directory that receives `traefik.yml` (and `dynamic.yml`).
+    #[arg(long)]
+    out_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let Command::TraefikConfig(a) = Cli::parse().command;
+    let frontend = match (&a.port_range, a.apps_port) {
+        (Some(r), None) => {
+            let parsed = r.split_once('-').and_then(|(lo, hi)| {
+                Some((
+                    lo.trim().parse::<u16>().ok()?,
+                    hi.trim().parse::<u16>().ok()?,
+                ))
+            });
+            match parsed {
+                Some((lo, hi)) if lo >= 1 && lo <= hi => Frontend::Ports { lo, hi },
+                _ => {
+                    eprintln!("--port-range must be LO-HI with 1 <= LO <= HI <= 65535");
+                    return ExitCode::from(64);
+                }
+            }
+        }
+        (None, Some(port)) => Frontend::Wildcard { port },
+        _ => {
+            eprintln!("give exactly one of --port-range or --apps-port");
+            return ExitCode::from(64);
+        }
+    };
+    let dynamic = a.out_dir.join("dynamic.yml");
+    let s = Settings {
+        authority: a.authority,
+        namespace: a.namespace,
+        etcd_endpoints: a.etcd_endpoints,
+        frontend,
+        bind_host: a.bind_host,
+        api_port: a.api_port,
+        default_cert: a.cert_file.zip(a.key_file),
+        dynamic_file: dynamic.display().to_string(),
+        log_file: a.log_file,
+        throttle_ms: a.throttle_ms,
+    };
+    let write = |path: PathBuf, text: String| {
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let result = std::fs::create_dir_all(&a.out_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|_| write(a.out_dir.join("traefik.yml"), render_static(&s)))
+        .and_then(|_| match render_dynamic(&s) {
+            Some(text) => write(dynamic, text),
+            None => Ok(()),
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write Traefik configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

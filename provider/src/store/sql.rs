@@ -165,14 +165,14 @@ impl Store {
             .bind(r.frontend_mode.as_str())
             .bind(r.protocol.as_str())
             .bind(r.hostname.clone())
-            .bind(r.tls_listen)
-            .bind(r.tls_advertised)
+            .bind(i64::from(r.tls_listen))
+            .bind(i64::from(r.tls_advertised))
             .bind(i64::from(r.api_port))
             .bind(lo)
             .bind(hi)
             .bind(r.wildcard_domain.clone())
             .bind(r.wildcard_traffic_port.map(i64::from))
-            .bind(r.filtered_apps_only)
+            .bind(i64::from(r.filtered_apps_only))
             .bind(r.traefik_last_used_marker_path.clone())
             .bind(traffics)
             .bind(filters)
@@ -382,7 +382,7 @@ impl Store {
         .bind(subdomain)
         .bind(c.envs.to_string())
         .bind(c.arguments.clone())
-        .bind(c.open_to_public)
+        .bind(i64::from(c.open_to_public))
         .bind(serde_json::to_string(&ips).unwrap_or_default())
         .bind(c.user_id.map(|u| u.to_string()))
         .bind(c.endpoint_id.map(|u| u.to_string()))
@@ -559,6 +559,10 @@ where
     row.try_get::<T, _>(col).map_err(|e| corrupt(col, e))
 }
 
+fn flag(row: &AnyRow, col: &str) -> Result<bool, StoreError> {
+    Ok(get::<i64>(row, col)? != 0)
+}
+
 fn parse<T: FromStr>(row: &AnyRow, col: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
@@ -590,13 +594,13 @@ fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
         frontend_mode: parse(row, "frontend_mode")?,
         protocol: parse(row, "protocol")?,
         hostname: get(row, "hostname")?,
-        tls_listen: get(row, "tls_listen")?,
-        tls_advertised: get(row, "tls_advertised")?,
+        tls_listen: flag(row, "tls_listen")?,
+        tls_advertised: flag(row, "tls_advertised")?,
         api_port: opt_u16(row, "api_port")?.unwrap_or(0),
         port_range: lo.zip(hi),
         wildcard_domain: get(row, "wildcard_domain")?,
         wildcard_traffic_port: opt_u16(row, "wildcard_traffic_port")?,
-        filtered_apps_only: get(row, "filtered_apps_only")?,
+        filtered_apps_only: flag(row, "filtered_apps_only")?,
         traefik_last_used_marker_path: get(row, "traefik_last_used_marker_path")?,
         accepted_traffics: traffics
             .split(',')
@@ -640,7 +644,7 @@ fn circuit_from_row(row: &AnyRow) -> Result<Circuit, StoreError> {
         frontend,
         envs: serde_json::from_str(&envs).map_err(|e| corrupt("envs", e))?,
         arguments: get(row, "arguments")?,
-        open_to_public: get(row, "open_to_public")?,
+        open_to_public: flag(row, "open_to_public")?,
         allowed_client_ips: ips
             .iter()
             .map(|s| s.parse().map_err(|e| corrupt("allowed_client_ips", e)))

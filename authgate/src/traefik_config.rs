@@ -1,0 +1,151 @@
+//! Static configuration of a worker's Traefik, rendered from the worker's settings.
+//!
+//! Pure: settings in, files out. The output is YAML written as JSON (YAML is a superset of
+//! JSON), which keeps quoting exact without a YAML library.
+
+use serde_json::{Map, json};
+
+/// Frontend of a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frontend {
+    /// One entrypoint per port `lo..=hi` (`port_<N>`).
+    Ports { lo: u16, hi: u16 },
+    /// One entrypoint (`apps`) for every subdomain app.
+    Wildcard { port: u16 },
+}
+
+/// Everything the static configuration depends on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub authority: String,
+    pub namespace: String,
+    pub etcd_endpoints: Vec<String>,
+    pub frontend: Frontend,
+    /// Address the app entrypoints bind (e.g. `127.0.0.1`, `0.0.0.0`, `[::]`).
+    pub bind_host: String,
+    /// Loopback port of Traefik's API, ping and metrics.
+    pub api_port: u16,
+    /// Default TLS certificate and key (without one Traefik mints a certificate on every reload).
+    pub default_cert: Option<(String, String)>,
+    /// Where the file-provider configuration will be written (for the default certificate).
+    pub dynamic_file: String,
+    /// Traefik's own log file, if not stdout.
+    pub log_file: Option<String>,
+    /// Provider throttle in milliseconds (~100 keeps bursts coalesced).
+    pub throttle_ms: u64,
+}
+
+/// `traefik.yml`.
+pub fn render_static(s: &Settings) -> String {
+    let mut eps = Map::new();
+    eps.insert(
+        "traefik".into(),
+        json!({ "address": format!("127.0.0.1:{}", s.api_port) }),
+    );
+    match s.frontend {
+        Frontend::Ports { lo, hi } => {
+            for p in lo..=hi {
+                eps.insert(
+                    appproxy_common::names::port_entrypoint(p),
+                    json!({ "address": format!("{}:{p}", s.bind_host) }),
+                );
+            }
+        }
+        Frontend::Wildcard { port } => {
+            eps.insert(
+                appproxy_common::names::APPS_ENTRYPOINT.into(),
+                json!({ "address": format!("{}:{port}", s.bind_host) }),
+            );
+        }
+    }
+    let mut providers = json!({
+        "providersThrottleDuration": format!("{}ms", s.throttle_ms),
+        "etcd": {
+            "endpoints": s.etcd_endpoints.iter().map(|e| e.trim_start_matches("http://")).collect::<Vec<_>>(),
+            "rootKey": appproxy_common::names::worker_root_key(&s.namespace, &s.authority),
+        },
+    });
+    if s.default_cert.is_some() {
+        providers["file"] = json!({ "filename": s.dynamic_file, "watch": false });
+    }
+    let mut log = json!({ "level": "INFO" });
+    if let Some(f) = &s.log_file {
+        log["filePath"] = json!(f);
+    }
+    let doc = json!({
+        "entryPoints": eps,
+        "api": { "insecure": true, "dashboard": false },
+        "ping": { "entryPoint": "traefik" },
+        "metrics": { "prometheus": {
+            "entryPoint": "traefik",
+            "addEntryPointsLabels": true,
+            "addRoutersLabels": true,
+            "addServicesLabels": true,
+        }},
+        "providers": providers,
+        "log": log,
+        "global": { "checkNewVersion": false, "sendAnonymousUsage": false },
+    });
+    serde_json::to_string_pretty(&doc).expect("json") + "\n"
+}
+
+/// The file-provider configuration (default TLS certificate), if any.
+pub fn render_dynamic(s: &Settings) -> Option<String> {
+    let (cert, key) = s.default_cert.as_ref()?;
+    let doc = json!({
+        "tls": { "stores": { "default": { "defaultCertificate": { "certFile": cert, "keyFile": key } } } }
+    });
+    Some(serde_json::to_string_pretty(&doc).expect("json") + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn settings(frontend: Frontend) -> Settings {
+        Settings {
+            authority: "worker-1".into(),
+            namespace: "traefik".into(),
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            frontend,
+            bind_host: "127.0.0.1".into(),
+            api_port: 8080,
+            default_cert: Some(("/c.pem".into(), "/k.pem".into())),
+            dynamic_file: "/d/dynamic.yml".into(),
+            log_file: None,
+            throttle_ms: 100,
+        }
+    }
+
+    #[test]
+    fn port_mode_declares_every_port() {
+        let text = render_static(&settings(Frontend::Ports {
+            lo: 10205,
+            hi: 10207,
+        }));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let eps = v["entryPoints"].as_object().unwrap();
+        assert_eq!(eps.len(), 4);
+        assert_eq!(eps["port_10206"]["address"], "127.0.0.1:10206");
+        assert_eq!(eps["traefik"]["address"], "127.0.0.1:8080");
+        assert_eq!(
+            v["providers"]["etcd"]["rootKey"],
+            "traefik/worker_worker-1."
+        );
+        assert_eq!(v["providers"]["etcd"]["endpoints"][0], "127.0.0.1:2379");
+        assert_eq!(v["providers"]["providersThrottleDuration"], "100ms");
+        assert_eq!(v["providers"]["file"]["filename"], "/d/dynamic.yml");
+    }
+
+    #[test]
+    fn wildcard_mode_has_one_apps_entrypoint() {
+        let mut s = settings(Frontend::Wildcard { port: 8443 });
+        s.default_cert = None;
+        let v: Value = serde_json::from_str(&render_static(&s)).unwrap();
+        assert_eq!(v["entryPoints"].as_object().unwrap().len(), 2);
+        assert_eq!(v["entryPoints"]["apps"]["address"], "127.0.0.1:8443");
+        assert!(v["providers"].get("file").is_none());
+        assert!(render_dynamic(&s).is_none());
+    }
+}

@@ -1,0 +1,103 @@
+//! In-test backends: an HTTP echo server that records every request it receives, and a TCP
+//! echo server. They run as tasks of the test's runtime on free loopback ports.
+
+use std::sync::{Arc, Mutex};
+
+use axum::{Router, extract::Request, routing::any};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+/// One request as the backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// HTTP echo backend: answers `backend=<name> path=<uri>`.
+pub struct HttpEcho {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpEcho {
+    pub async fn start(name: &str) -> HttpEcho {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (name, log) = (name.to_string(), seen.clone());
+        let app = Router::new().fallback(any(move |req: Request| {
+            let (name, log) = (name.clone(), log.clone());
+            async move {
+                let uri = req.uri().to_string();
+                log.lock().expect("seen lock").push(Seen {
+                    method: req.method().to_string(),
+                    uri: uri.clone(),
+                    headers: req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect(),
+                });
+                format!("backend={name} path={uri}")
+            }
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let port = listener.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HttpEcho { port, seen, task }
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("seen lock").len()
+    }
+}
+
+impl Drop for HttpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// TCP echo backend: sends a greeting `hello from <name>\n`, then echoes.
+pub struct TcpEcho {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpEcho {
+    pub async fn start(name: &str) -> TcpEcho {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind tcp echo");
+        let port = listener.local_addr().expect("addr").port();
+        let greeting = format!("hello from {name}\n");
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let greeting = greeting.clone();
+                tokio::spawn(async move {
+                    if sock.write_all(greeting.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = sock.read(&mut buf).await {
+                        if n == 0 || sock.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        TcpEcho { port, task }
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

