@@ -428,7 +428,11 @@ async fn provider_kill_mid_burst_and_prefix_wipe_are_repaired(db: Db) {
         tokio::spawn(async move {
             let mut acked = Vec::new();
             for _ in 0..149 {
-                let sent = http.post(&url).header("X-BackendAI-Token", &token).json(&body).send();
+                let sent = http
+                    .post(&url)
+                    .header("X-BackendAI-Token", &token)
+                    .json(&body)
+                    .send();
                 let Ok(r) = sent.await else { break };
                 if r.status() != 201 {
                     break;
@@ -444,13 +448,28 @@ async fn provider_kill_mid_burst_and_prefix_wipe_are_repaired(db: Db) {
     tokio::time::sleep(Duration::from_millis(150)).await;
     stack.kill_provider();
     let acked = burst.await.unwrap();
-    assert!(acked.len() < 149, "the kill must interrupt the burst ({} acknowledged)", acked.len());
+    assert!(
+        acked.len() < 149,
+        "the kill must interrupt the burst ({} acknowledged)",
+        acked.len()
+    );
     stack.start_provider();
-    let (_, v) = stack.manager(Method::GET, "/v2/circuits?worker=w1", None).await;
-    let in_sql: BTreeSet<String> =
-        v["circuits"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    let (_, v) = stack
+        .manager(Method::GET, "/v2/circuits?worker=w1", None)
+        .await;
+    let in_sql: BTreeSet<String> = v["circuits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
     for id in &acked {
-        assert!(in_sql.contains(id), "acknowledged {id} lost: {} acked, {} in SQL", acked.len(), in_sql.len());
+        assert!(
+            in_sql.contains(id),
+            "acknowledged {id} lost: {} acked, {} in SQL",
+            acked.len(),
+            in_sql.len()
+        );
     }
     assert_agree(&stack, &traefik, "w1").await;
 

@@ -226,19 +226,18 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// Integer weights proportional to the routes' `traffic_ratio`, reduced by their gcd;
-/// `None` when all ratios are equal (Traefik's default weight 1 then applies).
+/// Integer weights proportional to the routes' `traffic_ratio` (to 1/1000), reduced by
+/// their gcd; `None` when all ratios are equal (Traefik's default weight 1 then applies).
 pub fn weights(c: &Circuit) -> Option<Vec<u32>> {
-    let ratios: Vec<f64> = c.routes.iter().map(|r| r.traffic_ratio.max(0.0)).collect();
-    let max = ratios.iter().cloned().fold(0.0_f64, f64::max);
-    if ratios.is_empty() || max <= 0.0 || ratios.iter().all(|r| (*r - ratios[0]).abs() < 1e-9) {
+    let raw: Vec<u32> = c
+        .routes
+        .iter()
+        .map(|r| (r.traffic_ratio.clamp(0.0, 1_000_000.0) * 1000.0).round() as u32)
+        .collect();
+    if raw.is_empty() || raw.iter().all(|w| *w == raw[0]) {
         return None;
     }
-    let raw: Vec<u32> = ratios
-        .iter()
-        .map(|r| (r / max * 1000.0).round() as u32)
-        .collect();
-    let g = raw.iter().copied().filter(|w| *w > 0).fold(0, gcd);
+    let g = raw.iter().copied().fold(0, gcd);
     Some(raw.iter().map(|w| w.checked_div(g).unwrap_or(*w)).collect())
 }
 

@@ -1,1 +1,239 @@
+//! Snapshot tests: the exact keys and values per fixture circuit.
 
+use uuid::Uuid;
+
+use super::*;
+use crate::domain::{Route, WorkerStatus};
+
+const CID: &str = "0b6c2f7e-1111-4a2b-8c3d-1234567890ab";
+
+fn worker(mode: FrontendMode, protocol: Protocol) -> Worker {
+    Worker {
+        id: Uuid::nil(),
+        authority: "w1".into(),
+        frontend_mode: mode,
+        protocol,
+        hostname: "apps.example.com".into(),
+        tls_listen: false,
+        tls_advertised: false,
+        api_port: 10201,
+        port_range: (mode == FrontendMode::Port).then_some((10205, 10206)),
+        wildcard_domain: (mode == FrontendMode::Wildcard).then(|| ".apps.example.com".into()),
+        wildcard_traffic_port: None,
+        filtered_apps_only: false,
+        traefik_last_used_marker_path: None,
+        accepted_traffics: vec![AppMode::Interactive],
+        app_filters: serde_json::json!([]),
+        authgate_url: None,
+        nodes: 1,
+        status: WorkerStatus::Alive,
+        last_heartbeat_ms: 0,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}
+
+fn route(host: &str, port: u16, ratio: f64, protocol: Protocol) -> Route {
+    Route {
+        route_id: None,
+        session_id: Uuid::nil(),
+        session_name: None,
+        kernel_host: host.into(),
+        kernel_port: port,
+        protocol,
+        traffic_ratio: ratio,
+    }
+}
+
+fn circuit(frontend: Frontend, protocol: Protocol, routes: Vec<Route>) -> Circuit {
+    Circuit {
+        id: Uuid::parse_str(CID).unwrap(),
+        app: "jupyter".into(),
+        protocol,
+        app_mode: AppMode::Interactive,
+        worker_id: Uuid::nil(),
+        frontend,
+        envs: serde_json::json!({}),
+        arguments: None,
+        open_to_public: false,
+        allowed_client_ips: Vec::new(),
+        user_id: Some(Uuid::nil()),
+        endpoint_id: None,
+        runtime_variant: None,
+        routes,
+        idle_timeout: None,
+        generation: 3,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}
+
+fn check(kv: &Kv, expect: &str) {
+    let got: String = kv.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    let want: String = expect
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(got, want, "\n--- got ---\n{got}");
+}
+
+#[test]
+fn port_mode_private_http() {
+    let w = worker(FrontendMode::Port, Protocol::Http);
+    let c = circuit(
+        Frontend::Port(10206),
+        Protocol::Http,
+        vec![route("10.0.0.5", 8888, 1.0, Protocol::Http)],
+    );
+    check(
+        &render_circuit(&w, &c),
+        "
+        http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/address = http://127.0.0.1:10201/auth/0b6c2f7e-1111-4a2b-8c3d-1234567890ab?g=3&m=interactive
+        http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/authResponseHeaders/0 = Cookie
+        http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/maxResponseBodySize = 65536
+        http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/trustForwardHeader = false
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/entryPoints/0 = port_10206
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/middlewares/0 = ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/rule = PathPrefix(`/`)
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/service = ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab
+        http/services/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/loadBalancer/servers/0/url = http://10.0.0.5:8888
+        ",
+    );
+}
+
+#[test]
+fn subdomain_mode_public_with_allowlist_and_weights() {
+    let w = worker(FrontendMode::Wildcard, Protocol::Http);
+    let mut c = circuit(
+        Frontend::Subdomain("my-app".into()),
+        Protocol::Http,
+        vec![
+            route("10.0.0.5", 8000, 1.0, Protocol::Http),
+            route("10.0.0.6", 8000, 1.0, Protocol::Http),
+            route("fd00::7", 8000, 2.0, Protocol::Http),
+        ],
+    );
+    c.open_to_public = true;
+    c.allowed_client_ips = crate::domain::parse_client_ips("10.1.0.0/16, ::1").unwrap();
+    check(
+        &render_circuit(&w, &c),
+        "
+        http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-ipallow/ipAllowList/sourceRange/0 = 10.1.0.0/16
+        http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-ipallow/ipAllowList/sourceRange/1 = ::1/128
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/entryPoints/0 = apps
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/middlewares/0 = ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-ipallow
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/rule = Host(`my-app.apps.example.com`)
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/service = ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab
+        http/services/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/loadBalancer/servers/0/url = http://10.0.0.5:8000
+        http/services/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/loadBalancer/servers/0/weight = 1
+        http/services/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/loadBalancer/servers/1/url = http://10.0.0.6:8000
+        http/services/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/loadBalancer/servers/1/weight = 1
+        http/services/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/loadBalancer/servers/2/url = http://[fd00::7]:8000
+        http/services/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/loadBalancer/servers/2/weight = 2
+        ",
+    );
+}
+
+#[test]
+fn tcp_circuit_with_and_without_allowlist() {
+    let w = worker(FrontendMode::Port, Protocol::Tcp);
+    let mut c = circuit(
+        Frontend::Port(10205),
+        Protocol::Tcp,
+        vec![route("10.0.0.5", 22, 1.0, Protocol::Tcp)],
+    );
+    check(
+        &render_circuit(&w, &c),
+        "
+        tcp/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/entryPoints/0 = port_10205
+        tcp/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/rule = HostSNI(`*`)
+        tcp/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/service = ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab
+        tcp/services/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/loadBalancer/servers/0/address = 10.0.0.5:22
+        ",
+    );
+    c.allowed_client_ips = crate::domain::parse_client_ips("10.0.0.0/8,2001:db8::/32").unwrap();
+    let kv = render_circuit(&w, &c);
+    assert_eq!(
+        kv["tcp/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/rule"],
+        "HostSNI(`*`) && (ClientIP(`10.0.0.0/8`) || ClientIP(`2001:db8::/32`))"
+    );
+}
+
+#[test]
+fn shared_objects_and_grouping() {
+    let w = worker(FrontendMode::Port, Protocol::Http);
+    check(
+        &render_shared(&w),
+        "
+        http/routers/ap-setup/entryPoints/0 = port_10205
+        http/routers/ap-setup/entryPoints/1 = port_10206
+        http/routers/ap-setup/priority = 1000000
+        http/routers/ap-setup/rule = PathPrefix(`/_appproxy/`)
+        http/routers/ap-setup/service = ap-setup
+        http/services/ap-sentinel/loadBalancer/servers/0/url = http://127.0.0.1:9
+        http/services/ap-setup/loadBalancer/servers/0/url = http://127.0.0.1:10201
+        ",
+    );
+    // TCP workers get only the sentinel.
+    assert_eq!(
+        render_shared(&worker(FrontendMode::Port, Protocol::Tcp)).len(),
+        1
+    );
+    let id = Uuid::parse_str(CID).unwrap();
+    assert_eq!(
+        group_of(&format!(
+            "http/middlewares/ap-{CID}-auth/forwardAuth/address"
+        )),
+        Some(Group::Circuit(id))
+    );
+    assert_eq!(
+        group_of("http/services/ap-sentinel/loadBalancer/servers/0/url"),
+        Some(Group::Shared)
+    );
+    assert_eq!(group_of("http/routers/other/rule"), None);
+    assert_eq!(group_of("garbage"), None);
+}
+
+#[test]
+fn h2_and_grpc_use_h2c_and_inference_strips_authorization() {
+    let w = worker(FrontendMode::Port, Protocol::Http);
+    let mut c = circuit(
+        Frontend::Port(10205),
+        Protocol::Grpc,
+        vec![route("10.0.0.5", 9000, 1.0, Protocol::Grpc)],
+    );
+    c.app_mode = AppMode::Inference;
+    let kv = render_circuit(&w, &c);
+    assert_eq!(
+        kv[&format!("http/services/ap-{CID}/loadBalancer/servers/0/url")],
+        "h2c://10.0.0.5:9000"
+    );
+    assert_eq!(
+        kv[&format!("http/middlewares/ap-{CID}-auth/forwardAuth/authResponseHeaders/1")],
+        "Authorization"
+    );
+    assert!(
+        kv[&format!("http/middlewares/ap-{CID}-auth/forwardAuth/address")].ends_with("m=inference")
+    );
+}
+
+#[test]
+fn weights_reduce_and_equal_ratios_write_none() {
+    let mk = |ratios: &[f64]| {
+        circuit(
+            Frontend::Port(1),
+            Protocol::Http,
+            ratios
+                .iter()
+                .map(|r| route("h", 1, *r, Protocol::Http))
+                .collect(),
+        )
+    };
+    assert_eq!(weights(&mk(&[1.0, 1.0])), None);
+    assert_eq!(weights(&mk(&[0.5, 0.5, 0.5])), None);
+    assert_eq!(weights(&mk(&[1.0, 1.0, 2.0])), Some(vec![1, 1, 2]));
+    assert_eq!(weights(&mk(&[0.3, 0.7])), Some(vec![3, 7]));
+    assert_eq!(weights(&mk(&[0.0, 1.0])), Some(vec![0, 1]));
+}
