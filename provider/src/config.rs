@@ -87,6 +87,10 @@ pub struct ReconcileConfig {
     /// Most etcd operations per transaction (etcd's default `--max-txn-ops` is 128).
     #[serde(default = "default_max_txn_ops")]
     pub max_txn_ops: usize,
+    /// Least time between the starts of two passes: an idle reconciler applies a change at
+    /// once, a busy one gathers the changes of this window into one pass.
+    #[serde(default = "default_min_interval")]
+    pub min_interval_ms: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -118,6 +122,9 @@ fn default_resync() -> u64 {
 }
 fn default_max_txn_ops() -> usize {
     128
+}
+fn default_min_interval() -> u64 {
+    100
 }
 
 impl Default for DatabaseConfig {
@@ -152,6 +159,7 @@ impl Default for ReconcileConfig {
         Self {
             resync_seconds: default_resync(),
             max_txn_ops: default_max_txn_ops(),
+            min_interval_ms: default_min_interval(),
         }
     }
 }
@@ -234,6 +242,9 @@ impl Config {
         }
         if !(2..=128 * 1024).contains(&self.reconcile.max_txn_ops) {
             errs.push("reconcile.max_txn_ops must be between 2 and 131072".into());
+        }
+        if self.reconcile.min_interval_ms > 10_000 {
+            errs.push("reconcile.min_interval_ms must be at most 10000".into());
         }
         if self.reconcile.resync_seconds == 0 {
             errs.push("reconcile.resync_seconds must be at least 1".into());

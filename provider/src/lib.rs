@@ -43,6 +43,7 @@ pub async fn run(
         config.etcd.namespace.clone(),
         config.reconcile.max_txn_ops,
         config.resync_interval(),
+        std::time::Duration::from_millis(config.reconcile.min_interval_ms),
         metrics.clone(),
     );
     let rec_task = tokio::spawn(reconciler.clone().run(shutdown.clone()));

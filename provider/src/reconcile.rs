@@ -45,6 +45,7 @@ pub struct Reconciler {
     namespace: String,
     max_ops: usize,
     resync: Duration,
+    min_interval: Duration,
     metrics: Metrics,
     // Short critical sections only, never held across `.await`.
     dirty: Mutex<Dirty>,
@@ -62,6 +63,7 @@ impl Reconciler {
         namespace: String,
         max_ops: usize,
         resync: Duration,
+        min_interval: Duration,
         metrics: Metrics,
     ) -> Arc<Reconciler> {
         Arc::new(Reconciler {
@@ -70,6 +72,7 @@ impl Reconciler {
             namespace,
             max_ops,
             resync,
+            min_interval,
             metrics,
             dirty: Mutex::new(Dirty {
                 all: true,
@@ -105,10 +108,19 @@ impl Reconciler {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let watcher = tokio::spawn(self.clone().watch_foreign(shutdown.clone()));
         let mut backoff = Duration::from_millis(100);
+        let mut last_pass: Option<std::time::Instant> = None;
         loop {
+            // Space passes: during a burst, the changes of one window go out together.
+            if let Some(wait) = last_pass.and_then(|t| self.min_interval.checked_sub(t.elapsed())) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
             let dirty = std::mem::take(&mut *self.dirty.lock().expect("dirty lock"));
             if dirty.all || !dirty.workers.is_empty() {
                 let started = std::time::Instant::now();
+                last_pass = Some(started);
                 match self.pass(&dirty).await {
                     Ok(()) => {
                         backoff = Duration::from_millis(100);

@@ -27,6 +27,8 @@ both_dbs!(
     tcp_circuit_echoes_bytes,
     session_delete_removes_circuits_and_frees_ports,
     concurrent_creates_get_distinct_ports_and_full_range_is_503,
+    burst_of_creates_coalesces_into_few_transactions,
+    worker_api_health_and_bulk_delete,
     provider_kill_mid_burst_and_prefix_wipe_are_repaired,
     bad_input_is_rejected_and_changes_nothing,
 );
@@ -343,6 +345,65 @@ async fn concurrent_creates_get_distinct_ports_and_full_range_is_503(db: Db) {
     );
 }
 
+async fn etcd_txns(stack: &Stack) -> u64 {
+    let text = stack
+        .http
+        .get(format!("{}/metrics", stack.provider_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("appproxy_provider_etcd_txns_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn burst_of_creates_coalesces_into_few_transactions(db: Db) {
+    let stack = Stack::start(db).await;
+    let (lo, hi) = Stack::port_range(40);
+    stack
+        .register_worker(port_worker("w1", lo, hi, "http"))
+        .await;
+    let _traefik = stack
+        .start_traefik("w1", TraefikFrontend::Ports { lo, hi })
+        .await;
+    let backend = HttpEcho::start("b").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = etcd_txns(&stack).await;
+    let body = circuit_body("w1", Uuid::new_v4(), backend.port, "http");
+    let results = futures_join(&stack, &body, 40).await;
+    assert!(results.iter().all(|(s, _)| *s == 201), "{results:?}");
+    // Every circuit is served through Traefik...
+    for p in [lo, hi] {
+        let url = format!("http://127.0.0.1:{p}/");
+        eventually("burst served", patience(), || {
+            get_ok(&stack.http, &url, None)
+        })
+        .await;
+    }
+    let root = stack.root_key("w1");
+    eventually("all 40 routers in etcd", patience(), || async {
+        let n = stack
+            .etcd_dump()
+            .await
+            .keys()
+            .filter(|k| k.starts_with(&root) && k.ends_with("/rule"))
+            .count();
+        (n == 41).then_some(())
+    })
+    .await;
+    // ...and the 40 creates cost few etcd transactions (so few Traefik reloads).
+    let txns = etcd_txns(&stack).await - before;
+    eprintln!("40 concurrent creates took {txns} etcd transactions");
+    assert!(
+        txns >= 1 && txns * 3 <= 40,
+        "40 circuits took {txns} transactions"
+    );
+}
+
 async fn futures_join(stack: &Stack, body: &Value, n: usize) -> Vec<(u16, Value)> {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
@@ -649,4 +710,130 @@ async fn bad_input_is_rejected_and_changes_nothing(db: Db) {
     assert_eq!(v["circuits"], json!([]));
     let (_, v) = stack.worker(Method::GET, "/api/worker", None).await;
     assert_eq!(v["workers"].as_array().unwrap().len(), 1);
+}
+
+async fn worker_api_health_and_bulk_delete(db: Db) {
+    let stack = Stack::start(db).await;
+    let (s, v) = stack.call(None, Method::GET, "/status", None).await;
+    assert_eq!((s, v["api_version"].as_str()), (200, Some("v2")));
+    let (s, v) = stack.call(None, Method::GET, "/health", None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")), "{v}");
+    for path in ["/health/livez", "/health/readyz"] {
+        assert_eq!(
+            stack.call(None, Method::GET, path, None).await.0,
+            200,
+            "{path}"
+        );
+    }
+    let metrics = stack
+        .http
+        .get(format!("{}/metrics", stack.provider_url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("appproxy_provider_reconcile_passes_total")
+    );
+
+    let (lo, hi) = Stack::port_range(3);
+    let w = stack
+        .register_worker(port_worker("w1", lo, hi, "http"))
+        .await;
+    let wid = w["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (w["available_slots"].as_i64(), w["nodes"].as_i64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(w["slots"].as_array().unwrap().len(), 3);
+    // Re-registration is an upsert by authority: same id.
+    let again = stack
+        .register_worker(port_worker("w1", lo, hi, "http"))
+        .await;
+    assert_eq!(again["id"], w["id"]);
+    let (s, v) = stack
+        .worker(Method::PATCH, &format!("/api/worker/{wid}"), None)
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("ALIVE")));
+
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let c = create(&stack, &circuit_body("w1", Uuid::new_v4(), 9, "http")).await;
+            ids.push(c["id"].as_str().unwrap().to_string());
+        }
+        ids
+    };
+    let (s, v) = stack
+        .worker(Method::GET, &format!("/api/worker/{wid}/circuits"), None)
+        .await;
+    assert_eq!((s, v["circuits"].as_array().unwrap().len()), (200, 3));
+    let (_, v) = stack
+        .worker(Method::GET, &format!("/api/worker/{wid}"), None)
+        .await;
+    assert_eq!(v["occupied_slots"], 3);
+    // Backend.AI's bulk delete takes a comma-separated query string...
+    let (s, v) = stack
+        .worker(
+            Method::DELETE,
+            &format!("/api/circuit/_/bulk?circuit_ids={},{}", ids[0], ids[1]),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["success"].as_bool()), (200, Some(true)), "{v}");
+    // ...or a JSON list in the body; unknown ids are ignored.
+    let body = json!({ "circuit_ids": [ids[2], Uuid::new_v4()] });
+    let (s, _) = stack
+        .worker(Method::DELETE, "/api/circuit/_/bulk", Some(&body))
+        .await;
+    assert_eq!(s, 200);
+    let (_, v) = stack
+        .worker(Method::GET, &format!("/api/worker/{wid}/circuits"), None)
+        .await;
+    assert_eq!(v["circuits"], json!([]));
+    let root = stack.root_key("w1");
+    eventually("etcd holds only shared objects", patience(), || async {
+        let dump = stack.etcd_dump().await;
+        dump.keys()
+            .filter(|k| k.starts_with(&root))
+            .all(|k| k.contains("/ap-setup/") || k.contains("/ap-sentinel/"))
+            .then_some(())
+    })
+    .await;
+    // Deregistering both registrations makes the worker LOST; then no circuit can be placed.
+    for _ in 0..2 {
+        let (s, _) = stack
+            .worker(Method::DELETE, &format!("/api/worker/{wid}"), None)
+            .await;
+        assert_eq!(s, 200);
+    }
+    let (_, v) = stack
+        .worker(Method::GET, &format!("/api/worker/{wid}"), None)
+        .await;
+    assert_eq!(
+        (v["status"].as_str(), v["nodes"].as_i64()),
+        (Some("LOST"), Some(0))
+    );
+    let (s, v) = stack
+        .manager(
+            Method::POST,
+            "/v2/circuits",
+            Some(&circuit_body("w1", Uuid::new_v4(), 9, "http")),
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    let (s, v) = stack
+        .worker(
+            Method::GET,
+            &format!("/api/worker/{}", Uuid::new_v4()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["title"].as_str()),
+        (404, Some("E00002: No such worker."))
+    );
 }
