@@ -29,14 +29,27 @@ async fn circuit_or_404(state: &AppState, id: Uuid) -> Result<Circuit, ApiError>
         .ok_or(ApiError::NotFound("circuit"))
 }
 
-/// Delete circuits and nudge the reconciler for every worker they lived on.
+/// Delete circuits by id, then settle.
 async fn remove(state: &AppState, ids: &[Uuid]) -> Result<Vec<Circuit>, ApiError> {
     let gone = state.store.delete_circuits(ids).await?;
-    for c in &gone {
+    settle(state, &gone);
+    Ok(gone)
+}
+
+/// After circuits left SQL: nudge the reconciler for every worker they lived on.
+fn settle(state: &AppState, gone: &[Circuit]) {
+    for c in gone {
         state.reconciler.nudge(c.worker_id);
     }
     state.metrics.circuits_deleted.inc_by(gone.len() as u64);
-    Ok(gone)
+}
+
+/// Delete one circuit: `{"success": true}`, or 404.
+async fn remove_one(state: &AppState, id: Uuid) -> Result<Json<Value>, ApiError> {
+    if remove(state, &[id]).await?.is_empty() {
+        return Err(ApiError::NotFound("circuit"));
+    }
+    Ok(Json(json!({ "success": true })))
 }
 
 pub(super) async fn get_one(
@@ -53,10 +66,7 @@ pub(super) async fn delete_one(
     _: WorkerAuth,
     IdPath(id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
-    if remove(&state, &[id]).await?.is_empty() {
-        return Err(ApiError::NotFound("circuit"));
-    }
-    Ok(Json(json!({ "success": true })))
+    remove_one(&state, id).await
 }
 
 pub(super) async fn delete_bulk(
@@ -83,10 +93,7 @@ pub(super) async fn delete_v2(
     _: ManagerAuth,
     IdPath(id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
-    if remove(&state, &[id]).await?.is_empty() {
-        return Err(ApiError::NotFound("circuit"));
-    }
-    Ok(Json(json!({ "success": true })))
+    remove_one(&state, id).await
 }
 
 pub(super) async fn delete_session(
@@ -95,10 +102,7 @@ pub(super) async fn delete_session(
     IdPath(session_id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
     let gone = state.store.delete_session(session_id).await?;
-    for c in &gone {
-        state.reconciler.nudge(c.worker_id);
-    }
-    state.metrics.circuits_deleted.inc_by(gone.len() as u64);
+    settle(&state, &gone);
     let ids: Vec<Uuid> = gone.iter().map(|c| c.id).collect();
     Ok(Json(json!({ "success": true, "deleted_circuit_ids": ids })))
 }

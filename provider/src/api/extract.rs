@@ -71,6 +71,17 @@ impl FromRequestParts<AppState> for WorkerAuth {
     }
 }
 
+/// The request body within the configured limit (413 beyond it).
+async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::InvalidParams(e.body_text())
+        }
+    })
+}
+
 /// Parameters from the JSON body, or from the query string when the body is empty.
 pub(crate) struct Params<T>(pub T);
 
@@ -78,13 +89,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Params<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let query = req.uri().query().unwrap_or("").to_string();
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::InvalidParams(e.body_text())
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return serde_urlencoded::from_str(&query)
                 .map(Params)
@@ -102,13 +107,7 @@ pub(crate) struct JsonBody<T>(pub T);
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::InvalidParams(e.body_text())
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::InvalidParams(e.to_string()))

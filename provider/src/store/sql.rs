@@ -223,31 +223,34 @@ impl Store {
 
     /// Record a heartbeat; `None` when the worker is unknown.
     pub async fn heartbeat_worker(&self, id: Uuid) -> Result<Option<Worker>, StoreError> {
-        let now = now_ms();
-        let done = sqlx::query(
+        self.update_worker(
+            id,
             "UPDATE workers SET last_heartbeat=$2, updated_at=$2, status='ALIVE' WHERE id=$1",
         )
-        .bind(id.to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        self.get_worker(id).await
+        .await
     }
 
     /// Deregister one node of a worker; the worker becomes LOST when none remain.
     pub async fn deregister_worker(&self, id: Uuid) -> Result<Option<Worker>, StoreError> {
-        let now = now_ms();
-        let done = sqlx::query(
+        self.update_worker(
+            id,
             "UPDATE workers SET nodes = CASE WHEN nodes > 0 THEN nodes - 1 ELSE 0 END, \
              status = CASE WHEN nodes <= 1 THEN 'LOST' ELSE status END, updated_at=$2 WHERE id=$1",
         )
-        .bind(id.to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        .await
+    }
+
+    /// Run `sql` (parameters: id, now) and return the updated worker; `None` when unknown.
+    async fn update_worker(
+        &self,
+        id: Uuid,
+        sql: &'static str,
+    ) -> Result<Option<Worker>, StoreError> {
+        let done = sqlx::query(sql)
+            .bind(id.to_string())
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
             return Ok(None);
         }
