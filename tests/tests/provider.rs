@@ -89,6 +89,22 @@ async fn get_ok(http: &reqwest::Client, url: &str, host: Option<&str>) -> Option
     }
 }
 
+/// `DELETE /v2/circuits/{id}` must answer 200.
+async fn delete_circuit(stack: &Stack, id: &str) {
+    let (s, v) = stack
+        .manager(Method::DELETE, &format!("/v2/circuits/{id}"), None)
+        .await;
+    assert_eq!(s, 200, "delete circuit {id}: {v}");
+}
+
+/// Wait until Traefik answers 404 for `url` (the route is gone).
+async fn eventually_404(stack: &Stack, url: &str) {
+    eventually(&format!("404 from {url}"), patience(), || async {
+        (status_of(&stack.http, url, None).await == Some(404)).then_some(())
+    })
+    .await;
+}
+
 async fn status_of(http: &reqwest::Client, url: &str, host: Option<&str>) -> Option<u16> {
     let mut req = http.get(url);
     if let Some(h) = host {
@@ -125,14 +141,8 @@ async fn http_port_circuit_serves_then_404_after_delete(db: Db) {
 
     // Delete the worker's last circuit: Traefik must stop serving it (sentinel keeps the
     // prefix non-empty, so the deletion is seen).
-    let (s, _) = stack
-        .manager(Method::DELETE, &format!("/v2/circuits/{id}"), None)
-        .await;
-    assert_eq!(s, 200);
-    eventually("404 after delete", patience(), || async {
-        (status_of(&stack.http, &url, None).await == Some(404)).then_some(())
-    })
-    .await;
+    delete_circuit(&stack, id).await;
+    eventually_404(&stack, &url).await;
     let (s, err) = stack
         .manager(Method::GET, &format!("/v2/circuits/{id}"), None)
         .await;
@@ -225,10 +235,7 @@ async fn tcp_circuit_echoes_bytes(db: Db) {
     assert_eq!(greeting, "hello from sshd\n");
     assert_eq!(echoed, "ping\n");
     let id = c["id"].as_str().unwrap();
-    let (s, _) = stack
-        .manager(Method::DELETE, &format!("/v2/circuits/{id}"), None)
-        .await;
-    assert_eq!(s, 200);
+    delete_circuit(&stack, id).await;
     // New connections are no longer proxied (Traefik keeps existing ones; issue 5).
     eventually("tcp router gone", patience(), || async {
         exchange().await.is_none().then_some(())
@@ -267,10 +274,7 @@ async fn session_delete_removes_circuits_and_frees_ports(db: Db) {
     assert_eq!(v["deleted_circuit_ids"].as_array().unwrap().len(), 2);
     for p in &ports[..2] {
         let url = format!("http://127.0.0.1:{p}/");
-        eventually("404 after session delete", patience(), || async {
-            (status_of(&stack.http, &url, None).await == Some(404)).then_some(())
-        })
-        .await;
+        eventually_404(&stack, &url).await;
     }
     let url = format!("http://127.0.0.1:{}/", ports[2]);
     assert!(
