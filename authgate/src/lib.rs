@@ -1,7 +1,76 @@
 //! `appproxy-authgate`: the per-worker side of appproxy.
 //!
-//! Today it renders the static configuration of its co-located Traefik
-//! ([`traefik_config`]); the ForwardAuth service, `/setup`, access-log ingestion and plugins
-//! follow (see ARCHITECTURE.md).
+//! - [`decision`] (pure): the ForwardAuth decision from the forwarded request, the target in
+//!   the forwardAuth address, [`token`] keys, [`cookie`] parsing and the [`revocation`] set.
+//! - [`http`]: the thin axum shell (`/auth`, `/_appproxy/setup`, `/setup`, `/health`,
+//!   `/metrics`); [`setup`]: its I/O (Redis use counts, waiting for Traefik); [`error`]: the
+//!   only status mapping.
+//! - [`worker`]: registration and heartbeats with the provider.
+//! - [`traefik_config`] (pure): the co-located Traefik's static configuration.
 
+pub mod config;
+pub mod cookie;
+pub mod decision;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod revocation;
+pub mod setup;
+pub mod token;
 pub mod traefik_config;
+pub mod worker;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch};
+
+pub use config::Config;
+
+/// Serve ForwardAuth and setup on `listener`, keep the revocation set in sync and the worker
+/// registered, until `shutdown` flips to `true`; then deregister.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let keys = token::Keys::load(
+        &config.keys.provider_public_key_file,
+        &config.keys.cookie_secret,
+        config.session.leeway_seconds,
+    )?;
+    let redis = redis::Client::open(config.redis.url.as_str())?;
+    let metrics = metrics::Metrics::new();
+    let revoked = revocation::Revocations::new();
+    let sync = tokio::spawn(revocation::sync(
+        redis.clone(),
+        config.namespace.clone(),
+        revoked.clone(),
+        shutdown.clone(),
+    ));
+    let worker = tokio::spawn(worker::run(
+        config.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let gate = http::Gate {
+        uses: Arc::new(setup::UseCounter::new(redis, &config.namespace)),
+        cfg: Arc::new(config),
+        keys,
+        revoked,
+        metrics,
+        traefik: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?,
+    };
+    tracing::info!(addr = %listener.local_addr()?, "authgate listening");
+    let mut stop = shutdown.clone();
+    axum::serve(listener, http::app(gate))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|v| *v).await;
+        })
+        .await?;
+    // The worker task deregisters on shutdown; give it a bounded moment.
+    let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    sync.abort();
+    Ok(())
+}

@@ -18,9 +18,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve ForwardAuth and setup, register this worker with the provider.
+    Serve(ServeArgs),
     /// Write the static configuration of this worker's Traefik into a directory.
     TraefikConfig(TraefikArgs),
 }
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (env `APPPROXY_AUTHGATE__*` overrides its values).
+    #[arg(short, long, env = "APPPROXY_AUTHGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the problems, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+const EX_USAGE: u8 = 64;
 
 #[derive(clap::Args)]
 struct TraefikArgs {
@@ -55,7 +69,56 @@ struct TraefikArgs {
 }
 
 fn main() -> ExitCode {
-    let Command::TraefikConfig(a) = Cli::parse().command;
+    match Cli::parse().command {
+        Command::Serve(a) => serve(a),
+        Command::TraefikConfig(a) => traefik_config(a),
+    }
+}
+
+fn serve(a: ServeArgs) -> ExitCode {
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let config = match appproxy_authgate::Config::load(a.config.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if a.check_config {
+        eprintln!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        appproxy_authgate::run(config, listener, rx).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "authgate stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn traefik_config(a: TraefikArgs) -> ExitCode {
     let frontend = match (&a.port_range, a.apps_port) {
         (Some(r), None) => {
             let parsed = r.split_once('-').and_then(|(lo, hi)| {
@@ -68,14 +131,14 @@ fn main() -> ExitCode {
                 Some((lo, hi)) if lo >= 1 && lo <= hi => Frontend::Ports { lo, hi },
                 _ => {
                     eprintln!("--port-range must be LO-HI with 1 <= LO <= HI <= 65535");
-                    return ExitCode::from(64);
+                    return ExitCode::from(EX_USAGE);
                 }
             }
         }
         (None, Some(port)) => Frontend::Wildcard { port },
         _ => {
             eprintln!("give exactly one of --port-range or --apps-port");
-            return ExitCode::from(64);
+            return ExitCode::from(EX_USAGE);
         }
     };
     let dynamic = a.out_dir.join("dynamic.yml");

@@ -1,7 +1,11 @@
 //! The contract that `appproxy-provider` and `appproxy-authgate` must agree on.
 //!
-//! Today that is the etcd layout Traefik reads (`names`): the worker root key and the
-//! object names derived from circuit ids. Both sides render from these functions, so a
-//! change here changes both at once.
+//! - `names`: the etcd layout Traefik reads (worker root key, object names from circuit ids);
+//! - `auth`: token claims, cookie names and the Redis keys of revocations and setup-token uses;
+//! - `config`: how both binaries read TOML plus environment overrides.
+//!
+//! Both sides use these functions, so a change here changes both at once.
 
+pub mod auth;
+pub mod config;
 pub mod names;

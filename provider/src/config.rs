@@ -29,6 +29,26 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of a setup link in seconds (short: it travels in a URL).
+    #[serde(default = "default_setup_ttl")]
+    pub setup_token_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`; revocations (`POST /v2/revocations`) need it.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +85,9 @@ pub struct Secrets {
     pub manager_token: String,
     /// Token workers (authgate) present; must differ from the manager token.
     pub worker_token: String,
+    /// Ed25519 private key (PKCS#8 PEM) that signs setup and inference tokens; authgate holds
+    /// only the public half.
+    pub signing_key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +149,16 @@ fn default_max_txn_ops() -> usize {
 fn default_min_interval() -> u64 {
     100
 }
+fn default_setup_ttl() -> u64 {
+    120
+}
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            setup_token_ttl_seconds: default_setup_ttl(),
+        }
+    }
+}
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
@@ -164,19 +197,7 @@ impl Default for ReconcileConfig {
     }
 }
 
-/// Everything wrong with a configuration, reported together.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid configuration: {0}")]
-    Parse(String),
-    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
-    Invalid(Vec<String>),
-}
+pub use appproxy_common::config::ConfigError;
 
 impl Config {
     /// Load from an optional file plus the given environment (name → value).
@@ -184,19 +205,7 @@ impl Config {
         path: Option<&Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let text = match path {
-            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.display().to_string(),
-                source,
-            })?,
-            None => String::new(),
-        };
-        let mut doc: toml::Table =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        apply_env(&mut doc, env);
-        let cfg: Config = toml::Value::Table(doc)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        let cfg: Config = appproxy_common::config::load(path, env, ENV_PREFIX)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -249,42 +258,24 @@ impl Config {
         if self.reconcile.resync_seconds == 0 {
             errs.push("reconcile.resync_seconds must be at least 1".into());
         }
+        if !(10..=600).contains(&self.auth.setup_token_ttl_seconds) {
+            errs.push("auth.setup_token_ttl_seconds must be between 10 and 600".into());
+        }
+        if let Some(u) = &self.redis.url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            errs.push(format!(
+                "redis.url {u:?} must start with redis:// or rediss://"
+            ));
+        }
         if self.limits.max_body_bytes < 1024 {
             errs.push("limits.max_body_bytes must be at least 1024".into());
         }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(errs))
-        }
+        ConfigError::check(errs)
     }
 
     pub fn resync_interval(&self) -> Duration {
         Duration::from_secs(self.reconcile.resync_seconds)
-    }
-}
-
-fn apply_env(doc: &mut toml::Table, env: &BTreeMap<String, String>) {
-    for (name, raw) in env {
-        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let mut table = &mut *doc;
-        for part in &parts[..parts.len() - 1] {
-            let entry = table
-                .entry(part.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if !entry.is_table() {
-                *entry = toml::Value::Table(toml::Table::new());
-            }
-            table = entry.as_table_mut().expect("just made a table");
-        }
-        table.insert(parts[parts.len() - 1].clone(), value);
     }
 }
 
@@ -312,6 +303,7 @@ mod tests {
                     "APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN",
                     "w".repeat(20).as_str(),
                 ),
+                ("APPPROXY_PROVIDER__SECRETS__SIGNING_KEY_FILE", "/k.pem"),
                 ("APPPROXY_PROVIDER__LISTEN", "127.0.0.1:1234"),
                 ("APPPROXY_PROVIDER__RECONCILE__MAX_TXN_OPS", "64"),
                 ("UNRELATED", "x"),
@@ -330,6 +322,7 @@ mod tests {
             &env(&[
                 ("APPPROXY_PROVIDER__SECRETS__MANAGER_TOKEN", "short"),
                 ("APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN", "short"),
+                ("APPPROXY_PROVIDER__SECRETS__SIGNING_KEY_FILE", "/k.pem"),
                 ("APPPROXY_PROVIDER__ETCD__CONTROL_PREFIX", "traefik-cp/"),
             ]),
         )
@@ -353,6 +346,7 @@ mod tests {
                     "APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN",
                     "w".repeat(20).as_str(),
                 ),
+                ("APPPROXY_PROVIDER__SECRETS__SIGNING_KEY_FILE", "/k.pem"),
                 ("APPPROXY_PROVIDER__BOGUS", "1"),
             ]),
         )

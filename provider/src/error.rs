@@ -47,6 +47,9 @@ pub enum ApiError {
     /// 503 `service-unavailable` (database down, pool exhausted).
     #[error("service unavailable")]
     Unavailable(#[source] StoreError),
+    /// 503 `service-unavailable` for a dependency other than SQL (e.g. Redis); message says which.
+    #[error("dependency unavailable: {0}")]
+    DependencyUnavailable(String),
     /// 500 `internal-server-error`; the cause is logged, never sent.
     #[error("internal error")]
     Internal(#[source] StoreError),
@@ -135,6 +138,12 @@ impl ApiError {
                 "Serivce unavailable.".into(),
                 "database_generic_unreachable",
             ),
+            DependencyUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service-unavailable",
+                "Serivce unavailable.".into(),
+                "api_generic_unreachable",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal-server-error",
@@ -159,6 +168,7 @@ impl ApiError {
             | PortNotAvailable(m)
             | Conflict(m)
             | WorkerNotAvailable(m)
+            | DependencyUnavailable(m)
             | UnsupportedProtocol(m) => Some(m.clone()),
             _ => None,
         }
@@ -183,6 +193,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable(e) => {
                 tracing::warn!(error = %e, "Request failed: database unavailable")
+            }
+            ApiError::DependencyUnavailable(m) => {
+                tracing::warn!(error = %m, "Request failed: dependency unavailable")
             }
             other => tracing::debug!(error = %other, "Request rejected"),
         }

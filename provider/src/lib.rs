@@ -8,6 +8,8 @@
 //! - [`etcd`]: thin etcd shell.
 //! - [`reconcile`]: SQL → etcd projection, coalesced, idempotent, self-repairing.
 //! - [`api`]: HTTP handlers (Backend.AI wire + extensions); [`error`]: the only status mapping.
+//! - [`tokens`]: Ed25519-signed setup links and inference tokens; [`revoke`]: revocations in
+//!   Redis (unified logout).
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod api;
@@ -18,7 +20,9 @@ pub mod etcd;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;
+pub mod revoke;
 pub mod store;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -33,6 +37,11 @@ pub async fn run(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let signer = tokens::Signer::from_file(
+        &config.secrets.signing_key_file,
+        config.auth.setup_token_ttl_seconds,
+    )?;
+    let revoker = revoke::Revoker::new(config.redis.url.as_deref(), &config.etcd.namespace)?;
     let store =
         store::Store::connect(&config.database.url, config.database.max_connections).await?;
     let kv = etcd::Kv::connect(&config.etcd).await?;
@@ -53,6 +62,8 @@ pub async fn run(
         metrics,
         config: Arc::new(config),
         etcd: kv,
+        signer,
+        revoker,
     };
     tracing::info!(addr = %listener.local_addr()?, "Provider listening");
     axum::serve(listener, api::app(state))

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub circuits_created: IntCounter,
     pub circuits_deleted: IntCounter,
+    pub revocations: IntCounter,
     pub workers: IntGauge,
 }
 
@@ -56,6 +57,7 @@ impl Metrics {
                 .expect("metric"),
             circuits_deleted: IntCounter::new("circuits_deleted_total", "Circuits deleted.")
                 .expect("metric"),
+            revocations: IntCounter::new("revocations_total", "Subjects revoked.").expect("metric"),
             workers: IntGauge::new("workers", "Registered workers.").expect("metric"),
             registry,
         };
@@ -68,6 +70,7 @@ impl Metrics {
             Box::new(m.http_requests.clone()),
             Box::new(m.circuits_created.clone()),
             Box::new(m.circuits_deleted.clone()),
+            Box::new(m.revocations.clone()),
             Box::new(m.workers.clone()),
         ] {
             m.registry.register(c).expect("unique metric");

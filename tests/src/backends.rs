@@ -3,7 +3,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::{Router, extract::Request, routing::any};
+use axum::{
+    Router,
+    extract::{FromRequestParts, Request, ws::WebSocketUpgrade},
+    response::IntoResponse,
+    routing::any,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -17,7 +22,8 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
 }
 
-/// HTTP echo backend: answers `backend=<name> path=<uri>`.
+/// HTTP echo backend: answers `backend=<name> path=<uri>`; a WebSocket upgrade on any path is
+/// accepted and every message echoed back.
 pub struct HttpEcho {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -32,7 +38,7 @@ impl HttpEcho {
             let (name, log) = (name.clone(), log.clone());
             async move {
                 let uri = req.uri().to_string();
-                log.lock().expect("seen lock").push(Seen {
+                let seen = Seen {
                     method: req.method().to_string(),
                     uri: uri.clone(),
                     headers: req
@@ -40,8 +46,25 @@ impl HttpEcho {
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                         .collect(),
-                });
-                format!("backend={name} path={uri}")
+                };
+                if req.headers().contains_key("sec-websocket-key") {
+                    log.lock().expect("seen lock").push(seen);
+                    let (mut parts, _) = req.into_parts();
+                    return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+                        Ok(ws) => ws
+                            .on_upgrade(|mut sock| async move {
+                                while let Some(Ok(m)) = sock.recv().await {
+                                    if sock.send(m).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            })
+                            .into_response(),
+                        Err(e) => e.into_response(),
+                    };
+                }
+                log.lock().expect("seen lock").push(seen);
+                format!("backend={name} path={uri}").into_response()
             }
         }));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
@@ -54,6 +77,11 @@ impl HttpEcho {
 
     pub fn count(&self) -> usize {
         self.seen.lock().expect("seen lock").len()
+    }
+
+    /// A copy of every request seen so far.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen lock").clone()
     }
 }
 

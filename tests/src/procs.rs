@@ -113,24 +113,52 @@ impl Drop for Proc {
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// Test ports come from below the kernel's ephemeral range (32768+ by default), handed out by
+/// a process-wide counter: a port freed by one test cannot be taken meanwhile by an outgoing
+/// connection or by a parallel test, as ports from `bind(0)` could.
+const PORT_LO: u32 = 20_000;
+const PORT_HI: u32 = 32_000;
+
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Reserve `n` consecutive candidate ports; the first one.
+fn take_ports(n: u32) -> u16 {
+    use std::sync::atomic::Ordering;
+    let span = PORT_HI - PORT_LO;
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        (std::process::id() * 7919) % span + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let mut off = NEXT_PORT.fetch_add(n, Ordering::SeqCst) % span;
+    if off + n > span {
+        off = 0;
+    }
+    (PORT_LO + off) as u16
+}
+
+fn bindable(p: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", p)).is_ok()
+}
+
+/// A loopback port that is free now and handed to no one else by this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    for _ in 0..2000 {
+        let p = take_ports(1);
+        if bindable(p) {
+            return p;
+        }
+    }
+    panic!("no free port found");
 }
 
 /// `n` consecutive free loopback ports (bounded search).
 pub fn free_port_range(n: u16) -> (u16, u16) {
     for _ in 0..200 {
-        let base = free_port();
-        if base.checked_add(n).is_none() || base < 1024 {
-            continue;
-        }
+        let base = take_ports(u32::from(n));
         let hi = base + n - 1;
-        if (base..=hi).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        if (base..=hi).all(bindable) {
             return (base, hi);
         }
     }

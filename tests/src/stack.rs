@@ -63,7 +63,11 @@ impl Traefik {
 pub struct Stack {
     provider: Option<Proc>,
     _postgres: Option<Proc>,
+    redis: Option<Proc>,
     _etcd: Proc,
+    pub redis_port: u16,
+    /// Ed25519 key pair of the provider (private, public PEM files).
+    pub signing_key: (PathBuf, PathBuf),
     pub db: Db,
     pub db_url: String,
     pub etcd_port: u16,
@@ -202,11 +206,16 @@ impl Stack {
             .map(|o| o.status.success())
             .unwrap_or(false);
         assert!(ok, "openssl could not make a default certificate");
+        let signing_key = ed25519_pair(dir.path());
+        let (redis, redis_port) = start_redis_in(dir.path());
         let id = short_id();
         let mut s = Stack {
             provider: None,
             _postgres: postgres,
+            redis: Some(redis),
             _etcd: etcd,
+            redis_port,
+            signing_key,
             db,
             db_url,
             etcd_port,
@@ -256,7 +265,28 @@ impl Stack {
                 format!("{p}SECRETS__WORKER_TOKEN"),
                 self.worker_token.clone(),
             ),
+            (
+                format!("{p}SECRETS__SIGNING_KEY_FILE"),
+                self.signing_key.0.display().to_string(),
+            ),
+            (
+                format!("{p}REDIS__URL"),
+                format!("redis://127.0.0.1:{}", self.redis_port),
+            ),
         ]
+    }
+
+    /// SIGKILL this stack's Redis.
+    pub fn kill_redis(&mut self) {
+        if let Some(mut p) = self.redis.take() {
+            p.kill();
+        }
+    }
+
+    /// Start this stack's Redis again on the same port (after `kill_redis`).
+    pub fn restart_redis(&mut self) {
+        let (p, _) = redis_on(self.dir.path(), self.redis_port);
+        self.redis = Some(p);
     }
 
     /// Start (or restart) the provider and wait until it answers.
@@ -406,32 +436,62 @@ impl Stack {
         }
     }
 
-    /// Start a Redis for this test (no persistence) and return its port; it stops with the
-    /// returned `Proc`.
+    /// Start an extra Redis for this test (no persistence) and return its port; it stops with
+    /// the returned `Proc`.
     pub fn start_redis(&self) -> (Proc, u16) {
-        let port = free_port();
-        let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(self.dir.path());
-        let mut p = Proc::spawn("redis", cmd, self.dir.path());
-        wait_listening(port, Duration::from_secs(20), &mut p);
-        (p, port)
+        start_redis_in(self.dir.path())
     }
 
     /// A fresh port range for a port-mode worker.
     pub fn port_range(n: u16) -> (u16, u16) {
         free_port_range(n)
     }
+}
+
+fn start_redis_in(dir: &Path) -> (Proc, u16) {
+    redis_on(dir, free_port())
+}
+
+fn redis_on(dir: &Path, port: u16) -> (Proc, u16) {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .arg("--dir")
+    .arg(dir);
+    let mut p = Proc::spawn("redis", cmd, dir);
+    wait_listening(port, Duration::from_secs(20), &mut p);
+    (p, port)
+}
+
+/// A fresh Ed25519 key pair (PKCS#8 private PEM, SPKI public PEM) made by openssl.
+pub fn ed25519_pair(dir: &Path) -> (PathBuf, PathBuf) {
+    let id = short_id();
+    let private = dir.join(format!("signing-{id}.pem"));
+    let public = dir.join(format!("signing-{id}.pub.pem"));
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&private)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+        && Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    assert!(ok, "openssl could not make an Ed25519 key pair");
+    (private, public)
 }
 
 fn start_postgres(dir: &Path) -> (Proc, String) {

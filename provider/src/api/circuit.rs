@@ -280,9 +280,22 @@ pub(super) async fn create(
     state.metrics.circuits_created.inc();
     state.reconciler.nudge(worker.id);
     tracing::info!(circuit = %c.id, worker = %worker.authority, "Circuit created");
+    let link = super::auth::setup_link(
+        &state,
+        &c,
+        &worker,
+        &crate::tokens::SetupRequest {
+            user_id: c.user_id,
+            login_session_token: req.login_session_token.as_deref(),
+            redirect: req.redirect.as_deref(),
+            state: None,
+        },
+    )?;
     let resp = CreateCircuitResponse {
         id: c.id,
         url: c.url(&worker),
+        setup_url: link.as_ref().map(|l| l.setup_url.clone()),
+        setup_url_expires_at: link.as_ref().map(|l| l.expires_at),
         frontend: FrontendResponse {
             mode: worker.frontend_mode,
             port: c.port(),

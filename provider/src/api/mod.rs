@@ -3,6 +3,7 @@
 //! Handlers stay short: authenticate (extractor), parse (extractor), call the store, nudge
 //! the reconciler, answer. Every failure is an `ApiError`.
 
+mod auth;
 mod circuit;
 mod extract;
 mod health;
@@ -17,7 +18,7 @@ use axum::{
     http::{HeaderValue, header},
     middleware::{self, Next},
     response::Response,
-    routing::{delete, get, put},
+    routing::{delete, get, post, put},
 };
 
 use crate::{
@@ -32,6 +33,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub config: Arc<Config>,
     pub etcd: crate::etcd::Kv,
+    pub signer: crate::tokens::Signer,
+    pub revoker: crate::revoke::Revoker,
 }
 
 /// The provider's router.
@@ -62,6 +65,11 @@ pub fn app(state: AppState) -> Router {
             "/v2/circuits/{circuit_id}",
             get(circuit::get_v2).delete(circuit::delete_v2),
         )
+        .route(
+            "/v2/circuits/{circuit_id}/setup-link",
+            post(auth::create_link),
+        )
+        .route("/v2/revocations", post(auth::revoke))
         .route("/v2/sessions/{session_id}", delete(circuit::delete_session))
         .fallback(|| async { ApiError::UrlNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

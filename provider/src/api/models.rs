@@ -312,6 +312,12 @@ pub(crate) struct CreateCircuitRequest {
     #[serde(default)]
     pub idle_timeout: Option<u64>,
     pub routes: Vec<RouteRequest>,
+    /// Binds the returned setup link (and the cookie) to this WebUI login session.
+    #[serde(default)]
+    pub login_session_token: Option<String>,
+    /// Relative path the setup link lands on.
+    #[serde(default)]
+    pub redirect: Option<String>,
 }
 
 fn http() -> Protocol {
@@ -329,6 +335,11 @@ pub(crate) struct FrontendResponse {
 pub(crate) struct CreateCircuitResponse {
     pub id: Uuid,
     pub url: String,
+    /// Short-lived link that gives the owner's browser its cookie (HTTP circuits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_url_expires_at: Option<i64>,
     pub frontend: FrontendResponse,
     pub worker: String,
     pub circuit: CircuitResponse,
@@ -361,4 +372,39 @@ pub(crate) struct SlotsQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct BulkDeleteRequest {
     pub circuit_ids: UuidList,
+}
+
+/// `POST /v2/circuits/{id}/setup-link`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetupLinkRequest {
+    /// Must be the circuit's owner when given.
+    #[serde(default)]
+    pub user_id: Option<Uuid>,
+    /// The WebUI login session; the cookie dies when it is revoked.
+    #[serde(default)]
+    pub login_session_token: Option<String>,
+    /// Relative path to land on (anything else becomes `/`).
+    #[serde(default)]
+    pub redirect: Option<String>,
+    /// SHA-256 hex of the browser's state nonce (from `/_appproxy/login`).
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct SetupLinkResponse {
+    pub setup_url: String,
+    /// Epoch seconds.
+    pub expires_at: i64,
+}
+
+/// `POST /v2/revocations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevocationRequest {
+    #[serde(default)]
+    pub user_id: Option<Uuid>,
+    #[serde(default)]
+    pub login_session_token: Option<String>,
 }

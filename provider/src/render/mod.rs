@@ -74,6 +74,11 @@ pub fn render_shared(worker: &Worker) -> Kv {
             for (i, ep) in eps.iter().enumerate() {
                 kv.insert(format!("{r}/entryPoints/{i}"), ep.clone());
             }
+            // Routers without TLS never match TLS requests: setup must serve the same
+            // origins as the circuits.
+            if worker.tls_listen {
+                kv.insert(format!("{r}/tls/options"), "default".into());
+            }
             kv.insert(
                 format!("http/services/{}/loadBalancer/servers/0/url", names::SETUP),
                 worker.authgate_base(),
@@ -152,9 +157,9 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         );
         kv.insert(format!("{fa}/trustForwardHeader"), "false".into());
         // Traefik replaces these request headers with authgate's answer (or deletes them when
-        // authgate omits them): our cookie never reaches the app, nor a bearer token for
-        // inference.
-        let mut headers = vec!["Cookie"];
+        // authgate omits them): our cookie never reaches the app, nor a Referer that carries a
+        // setup link, nor a bearer token for inference.
+        let mut headers = vec!["Cookie", "Referer"];
         if c.app_mode == AppMode::Inference {
             headers.push("Authorization");
         }

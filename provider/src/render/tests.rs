@@ -92,6 +92,7 @@ fn port_mode_private_http() {
         "
         http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/address = http://127.0.0.1:10201/auth/0b6c2f7e-1111-4a2b-8c3d-1234567890ab?g=3&m=interactive
         http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/authResponseHeaders/0 = Cookie
+        http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/authResponseHeaders/1 = Referer
         http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/maxResponseBodySize = 65536
         http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/trustForwardHeader = false
         http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/entryPoints/0 = port_10206
@@ -211,7 +212,7 @@ fn h2_and_grpc_use_h2c_and_inference_strips_authorization() {
         "h2c://10.0.0.5:9000"
     );
     assert_eq!(
-        kv[&format!("http/middlewares/ap-{CID}-auth/forwardAuth/authResponseHeaders/1")],
+        kv[&format!("http/middlewares/ap-{CID}-auth/forwardAuth/authResponseHeaders/2")],
         "Authorization"
     );
     assert!(

@@ -1,0 +1,251 @@
+//! Typed authgate configuration: a TOML file, then `APPPROXY_AUTHGATE__*` environment
+//! overrides, then validation that reports every problem at once.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "APPPROXY_AUTHGATE__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the ForwardAuth/setup API (Traefik and the setup router reach it here).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Same as the provider's `etcd.namespace`; names the Redis keys both sides share.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub worker: WorkerConfig,
+    pub provider: ProviderConfig,
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub traefik: TraefikConfig,
+    #[serde(default)]
+    pub session: SessionConfig,
+}
+
+/// What this worker registers with the provider (`PUT /api/worker`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub authority: String,
+    /// `port` or `wildcard`.
+    pub frontend_mode: String,
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// Host browsers use to reach this worker's Traefik.
+    pub hostname: String,
+    #[serde(default)]
+    pub tls_listen: bool,
+    #[serde(default)]
+    pub tls_advertised: bool,
+    #[serde(default)]
+    pub port_range: Option<(u16, u16)>,
+    #[serde(default)]
+    pub wildcard_domain: Option<String>,
+    #[serde(default)]
+    pub wildcard_traffic_port: Option<u16>,
+    #[serde(default = "default_traffics")]
+    pub accepted_traffics: Vec<String>,
+    /// How Traefik reaches this authgate; default `http://<listen>`.
+    #[serde(default)]
+    pub authgate_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub url: String,
+    pub worker_token: String,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The provider's Ed25519 public key (PEM): verifies setup and inference tokens.
+    pub provider_public_key_file: String,
+    /// Secret (≥ 32 bytes) that signs session cookies; shared only by this worker's authgates.
+    pub cookie_secret: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Revocations and setup-token use counts. While it is down `/setup` fails closed.
+    #[serde(default = "default_redis")]
+    pub url: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: default_redis(),
+        }
+    }
+}
+
+fn default_redis() -> String {
+    "redis://127.0.0.1:6379".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraefikConfig {
+    /// The co-located Traefik's API (loopback), polled by `/setup` until the router is loaded.
+    #[serde(default = "default_traefik_api")]
+    pub api_url: String,
+    /// How long `/setup` waits for the router before answering 503 (the WebUI retries).
+    #[serde(default = "default_router_wait")]
+    pub router_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Lifetime of a session cookie.
+    #[serde(default = "default_cookie_ttl")]
+    pub cookie_ttl_seconds: u64,
+    /// How often one setup link may be used (the WebUI opens it twice).
+    #[serde(default = "default_max_uses")]
+    pub setup_max_uses: u32,
+    /// Clock skew accepted on `exp`/`nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Pass a valid inference `Authorization` header on to the model server (default: removed).
+    #[serde(default)]
+    pub forward_inference_authorization: bool,
+    /// Platform page that starts a launch with a state nonce (`/_appproxy/login` sends the
+    /// browser there with `state` and `circuit`); none → the 401 page only explains.
+    #[serde(default)]
+    pub login_url: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 10201))
+}
+fn default_namespace() -> String {
+    "traefik".into()
+}
+fn default_protocol() -> String {
+    "http".into()
+}
+fn default_traffics() -> Vec<String> {
+    vec!["interactive".into(), "inference".into()]
+}
+fn default_heartbeat() -> u64 {
+    10
+}
+fn default_traefik_api() -> String {
+    "http://127.0.0.1:10202".into()
+}
+fn default_router_wait() -> u64 {
+    10_000
+}
+fn default_cookie_ttl() -> u64 {
+    12 * 3600
+}
+fn default_max_uses() -> u32 {
+    3
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+impl Default for TraefikConfig {
+    fn default() -> Self {
+        Self {
+            api_url: default_traefik_api(),
+            router_wait_ms: default_router_wait(),
+        }
+    }
+}
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            cookie_ttl_seconds: default_cookie_ttl(),
+            setup_max_uses: default_max_uses(),
+            leeway_seconds: default_leeway(),
+            forward_inference_authorization: false,
+            login_url: None,
+        }
+    }
+}
+
+pub use appproxy_common::config::ConfigError;
+
+impl Config {
+    pub fn load(
+        path: Option<&Path>,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let cfg: Config = appproxy_common::config::load(path, env, ENV_PREFIX)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs: Vec<String> = Vec::new();
+        let w = &self.worker;
+        if w.authority.is_empty() || w.authority.len() > 255 {
+            errs.push("worker.authority must be 1-255 characters".into());
+        }
+        match w.frontend_mode.as_str() {
+            "port" => match w.port_range {
+                Some((lo, hi)) if lo >= 1 && lo <= hi => {}
+                _ => errs.push("worker.port_range [lo, hi] is required in port mode".into()),
+            },
+            "wildcard" => {
+                if w.wildcard_domain.is_none() {
+                    errs.push("worker.wildcard_domain is required in wildcard mode".into());
+                }
+            }
+            other => errs.push(format!(
+                "worker.frontend_mode {other:?} must be port or wildcard"
+            )),
+        }
+        if self.keys.cookie_secret.len() < 32 {
+            errs.push("keys.cookie_secret must be at least 32 bytes".into());
+        }
+        if self.provider.worker_token.len() < 16 {
+            errs.push("provider.worker_token must be at least 16 characters".into());
+        }
+        if !(self.provider.url.starts_with("http://") || self.provider.url.starts_with("https://"))
+        {
+            errs.push("provider.url must be an http(s) URL".into());
+        }
+        if !(1..=300).contains(&self.provider.heartbeat_seconds) {
+            errs.push("provider.heartbeat_seconds must be 1-300".into());
+        }
+        let s = &self.session;
+        if !(60..=7 * 24 * 3600).contains(&s.cookie_ttl_seconds) {
+            errs.push("session.cookie_ttl_seconds must be between 60 and 604800".into());
+        }
+        if !(1..=100).contains(&s.setup_max_uses) {
+            errs.push("session.setup_max_uses must be 1-100".into());
+        }
+        if s.leeway_seconds > 60 {
+            errs.push("session.leeway_seconds must be at most 60".into());
+        }
+        let u = &self.redis.url;
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            errs.push("redis.url must start with redis:// or rediss://".into());
+        }
+        ConfigError::check(errs)
+    }
+
+    pub fn authgate_url(&self) -> String {
+        self.worker
+            .authgate_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+
+    pub fn router_wait(&self) -> Duration {
+        Duration::from_millis(self.traefik.router_wait_ms)
+    }
+}

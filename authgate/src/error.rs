@@ -1,0 +1,94 @@
+//! `GateError`: authgate's only mapping from failures to statuses and bodies. Browsers get a
+//! small HTML page that says how to get back in (never a redirect, so never a loop); API
+//! clients get a Backend.AI-style JSON error.
+
+use axum::{
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+pub struct GateError {
+    pub status: StatusCode,
+    /// Backend.AI-style error code (`E2000x`).
+    pub code: &'static str,
+    pub msg: String,
+    /// Answer as JSON (API client) rather than HTML (browser).
+    pub json: bool,
+}
+
+impl GateError {
+    pub fn new(status: u16, code: &'static str, msg: impl Into<String>) -> GateError {
+        GateError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            msg: msg.into(),
+            json: false,
+        }
+    }
+
+    /// Choose HTML or JSON from the client's `Accept`.
+    pub fn for_client(mut self, headers: &HeaderMap) -> GateError {
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        self.json = !accept.contains("text/html");
+        self
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '<' => "&lt;".into(),
+            '>' => "&gt;".into(),
+            '&' => "&amp;".into(),
+            '"' => "&quot;".into(),
+            '\'' => "&#39;".into(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+impl IntoResponse for GateError {
+    fn into_response(self) -> Response {
+        let (ctype, body) = if self.json {
+            (
+                "application/problem+json",
+                json!({
+                    "type": "https://api.backend.ai/probs/appproxy/auth-failed",
+                    "title": self.msg,
+                    "error_code": self.code,
+                    "msg": format!("{}: {}", self.code, self.msg),
+                })
+                .to_string(),
+            )
+        } else {
+            (
+                "text/html; charset=utf-8",
+                format!(
+                    "<!doctype html><html><head><meta charset=\"utf-8\"><title>App access \
+                     denied</title></head><body><h1>{} {}</h1><p>{}</p><p>Go back to the \
+                     platform and open the app again to get a fresh link.</p></body></html>\n",
+                    self.status.as_u16(),
+                    html_escape(self.status.canonical_reason().unwrap_or("")),
+                    html_escape(&self.msg),
+                ),
+            )
+        };
+        let mut resp = (self.status, body).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

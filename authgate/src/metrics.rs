@@ -1,0 +1,67 @@
+//! Prometheus metrics of authgate (prefix `appproxy_authgate_`).
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// ForwardAuth decisions by result (`allow`/`deny`) and reason.
+    pub decisions: IntCounterVec,
+    /// Setup requests by result.
+    pub setups: IntCounterVec,
+    /// 1 while the revocation subscription is up.
+    pub revocations_connected: IntGauge,
+    /// Entries in the revocation set.
+    pub revocations: IntGauge,
+    /// 1 while registered with the provider.
+    pub registered: IntGauge,
+}
+
+/// Register `c` with `r` and hand it back.
+fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r =
+            Registry::new_custom(Some("appproxy_authgate".into()), None).expect("metric registry");
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("metric"));
+        Metrics {
+            decisions: counters(
+                "decisions_total",
+                "ForwardAuth decisions.",
+                &["result", "reason"],
+            ),
+            setups: counters("setups_total", "Setup requests by result.", &["result"]),
+            revocations_connected: gauge(
+                "revocations_connected",
+                "1 while the revocation subscription is up.",
+            ),
+            revocations: gauge("revocations", "Entries in the revocation set."),
+            registered: gauge("registered", "1 while registered with the provider."),
+            registry: r.clone(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encode metrics");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

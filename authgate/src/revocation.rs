@@ -1,0 +1,161 @@
+//! The in-memory revocation set the hot path reads, and the task that keeps it in sync with
+//! Redis: subscribe to the channel first, then load the whole hash (so nothing published in
+//! between is missed), then apply events; on any error reconnect and load the hash again.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use appproxy_common::auth::redis_keys;
+use tokio::sync::watch;
+
+/// Field (`u:<user>` / `l:<login session hash>`) → epoch seconds of the revocation.
+#[derive(Default)]
+pub struct Revocations {
+    map: RwLock<HashMap<String, i64>>,
+    synced: AtomicBool,
+    connected: AtomicBool,
+}
+
+impl Revocations {
+    pub fn new() -> Arc<Revocations> {
+        Arc::new(Revocations::default())
+    }
+
+    /// Whether a credential of `user` / login session `ls`, issued at `iat`, is revoked.
+    pub fn is_revoked(&self, user: &str, ls: &str, iat: i64) -> bool {
+        let map = self.map.read().expect("revocations lock");
+        let hit = |field: String| map.get(&field).is_some_and(|at| iat <= *at);
+        (!user.is_empty() && hit(redis_keys::user_field(user)))
+            || (!ls.is_empty() && hit(redis_keys::login_field(ls)))
+    }
+
+    /// True once the whole set was loaded at least once; until then nothing is allowed.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// True while the subscription is up.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().expect("revocations lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Apply one event `<field>=<epoch seconds>` (keeps the later time).
+    pub fn apply_event(&self, msg: &str) -> bool {
+        let Some((field, at)) = msg.rsplit_once('=') else {
+            return false;
+        };
+        let Ok(at) = at.parse::<i64>() else {
+            return false;
+        };
+        let mut map = self.map.write().expect("revocations lock");
+        let e = map.entry(field.to_string()).or_insert(at);
+        *e = (*e).max(at);
+        true
+    }
+
+    /// Replace the set with a full load.
+    pub fn replace(&self, all: HashMap<String, i64>) {
+        *self.map.write().expect("revocations lock") = all;
+        self.synced.store(true, Ordering::Release);
+    }
+}
+
+/// Keep `set` in sync with Redis until `shutdown`.
+pub async fn sync(
+    client: redis::Client,
+    namespace: String,
+    set: Arc<Revocations>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let run = sync_once(&client, &namespace, &set);
+        tokio::select! {
+            r = run => {
+                set.connected.store(false, Ordering::Release);
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "Revocation sync lost Redis; reconnecting");
+                }
+            }
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn sync_once(
+    client: &redis::Client,
+    namespace: &str,
+    set: &Revocations,
+) -> redis::RedisResult<()> {
+    use futures_util::StreamExt;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub
+        .subscribe(redis_keys::revocations_channel(namespace))
+        .await?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let all: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(redis_keys::revocations(namespace))
+        .query_async(&mut con)
+        .await?;
+    let n = all.len();
+    set.replace(all);
+    set.connected.store(true, Ordering::Release);
+    tracing::info!(revocations = n, "Revocation set loaded from Redis");
+    let mut stream = pubsub.on_message();
+    while let Some(msg) = stream.next().await {
+        let payload: String = msg.get_payload().unwrap_or_default();
+        if !set.apply_event(&payload) {
+            tracing::warn!(payload, "Ignoring a malformed revocation event");
+        }
+    }
+    Err(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "revocation subscription closed",
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_applies_to_credentials_issued_at_or_before() {
+        let r = Revocations::new();
+        assert!(!r.synced());
+        r.replace(HashMap::from([("u:alice".to_string(), 100)]));
+        assert!(r.synced());
+        assert!(r.is_revoked("alice", "", 100));
+        assert!(r.is_revoked("alice", "", 99));
+        assert!(!r.is_revoked("alice", "", 101));
+        assert!(!r.is_revoked("bob", "", 1));
+        assert!(r.apply_event("l:abc=200"));
+        assert!(r.is_revoked("bob", "abc", 150));
+        assert!(!r.is_revoked("bob", "", 150));
+        assert!(
+            r.apply_event("u:alice=50"),
+            "an older event keeps the later time"
+        );
+        assert!(r.is_revoked("alice", "", 100));
+        assert!(!r.apply_event("garbage"));
+        assert!(!r.apply_event("u:x=notanumber"));
+    }
+}

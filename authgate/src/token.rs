@@ -1,0 +1,186 @@
+//! Verifying provider tokens (Ed25519 public key) and minting/verifying session cookies
+//! (HMAC-SHA256 with authgate's own secret). One algorithm per kind, pinned: the token's own
+//! `alg` never chooses the key or the algorithm, and headers that point elsewhere for a key
+//! (`jku`, `jwk`, `x5u`, `x5c`) are refused outright.
+
+use appproxy_common::auth::{
+    AUTHGATE_ISSUER, InferenceClaims, PROVIDER_ISSUER, SessionClaims, SetupClaims, TYP_INFERENCE,
+    TYP_SESSION, TYP_SETUP, audience,
+};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+/// Why a token was refused (kept coarse on the wire; precise in metrics and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("bad signature or algorithm")]
+    Signature,
+    #[error("expired or not yet valid")]
+    Expired,
+    #[error("wrong claims")]
+    Claims,
+}
+
+impl TokenError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::Signature => "signature",
+            TokenError::Expired => "expired",
+            TokenError::Claims => "claims",
+        }
+    }
+}
+
+/// authgate's keys.
+#[derive(Clone)]
+pub struct Keys {
+    provider: DecodingKey,
+    cookie_enc: EncodingKey,
+    cookie_dec: DecodingKey,
+    leeway: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("{0} is not an Ed25519 public key in PEM: {1}")]
+    Parse(String, jsonwebtoken::errors::Error),
+}
+
+impl Keys {
+    pub fn new(
+        provider_pem: &[u8],
+        cookie_secret: &[u8],
+        leeway: u64,
+    ) -> Result<Keys, jsonwebtoken::errors::Error> {
+        Ok(Keys {
+            provider: DecodingKey::from_ed_pem(provider_pem)?,
+            cookie_enc: EncodingKey::from_secret(cookie_secret),
+            cookie_dec: DecodingKey::from_secret(cookie_secret),
+            leeway,
+        })
+    }
+
+    pub fn load(
+        provider_key_file: &str,
+        cookie_secret: &str,
+        leeway: u64,
+    ) -> Result<Keys, KeyError> {
+        let pem = std::fs::read(provider_key_file)
+            .map_err(|e| KeyError::Read(provider_key_file.into(), e))?;
+        Keys::new(&pem, cookie_secret.as_bytes(), leeway)
+            .map_err(|e| KeyError::Parse(provider_key_file.into(), e))
+    }
+
+    fn validation(&self, alg: Algorithm, iss: &str, aud: Option<&str>) -> Validation {
+        let mut v = Validation::new(alg);
+        v.set_required_spec_claims(&["exp", "nbf", "iat", "aud", "iss", "sub"]);
+        v.validate_nbf = true;
+        v.leeway = self.leeway;
+        v.set_issuer(&[iss]);
+        match aud {
+            Some(a) => v.set_audience(&[a]),
+            // Checked by the caller against claims it must read first (setup tokens).
+            None => v.validate_aud = false,
+        }
+        v
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        v: &Validation,
+    ) -> Result<T, TokenError> {
+        if token.len() > 8192 {
+            return Err(TokenError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.jku.is_some()
+            || header.jwk.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+        {
+            return Err(TokenError::Signature);
+        }
+        jsonwebtoken::decode::<T>(token, key, v)
+            .map(|d| d.claims)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature | K::ImmatureSignature => TokenError::Expired,
+                    K::InvalidSignature
+                    | K::InvalidAlgorithm
+                    | K::InvalidAlgorithmName
+                    | K::InvalidKeyFormat => TokenError::Signature,
+                    K::InvalidAudience
+                    | K::InvalidIssuer
+                    | K::InvalidSubject
+                    | K::MissingRequiredClaim(_) => TokenError::Claims,
+                    _ => TokenError::Malformed,
+                }
+            })
+    }
+
+    /// A setup token: provider-signed, typ `ap-setup`, `aud` matching its circuit and generation.
+    pub fn verify_setup(&self, token: &str) -> Result<SetupClaims, TokenError> {
+        let v = self.validation(Algorithm::EdDSA, PROVIDER_ISSUER, None);
+        let c: SetupClaims = self.decode(token, &self.provider, &v)?;
+        if c.typ != TYP_SETUP || c.aud != audience(c.cid, c.generation) || c.jti.is_empty() {
+            return Err(TokenError::Claims);
+        }
+        Ok(c)
+    }
+
+    /// A session cookie for exactly this circuit and generation.
+    pub fn verify_session(
+        &self,
+        token: &str,
+        circuit: Uuid,
+        generation: i64,
+    ) -> Result<SessionClaims, TokenError> {
+        let aud = audience(circuit, generation);
+        let v = self.validation(Algorithm::HS256, AUTHGATE_ISSUER, Some(&aud));
+        let c: SessionClaims = self.decode(token, &self.cookie_dec, &v)?;
+        if c.typ != TYP_SESSION {
+            return Err(TokenError::Claims);
+        }
+        Ok(c)
+    }
+
+    /// An inference API token for exactly this circuit.
+    pub fn verify_inference(
+        &self,
+        token: &str,
+        circuit: Uuid,
+    ) -> Result<InferenceClaims, TokenError> {
+        let aud = circuit.as_hyphenated().to_string();
+        let v = self.validation(Algorithm::EdDSA, PROVIDER_ISSUER, Some(&aud));
+        let c: InferenceClaims = self.decode(token, &self.provider, &v)?;
+        if c.typ != TYP_INFERENCE || c.id != circuit {
+            return Err(TokenError::Claims);
+        }
+        Ok(c)
+    }
+
+    /// Mint the session cookie value that a verified setup token entitles to.
+    pub fn mint_session(&self, setup: &SetupClaims, now: i64, ttl: i64) -> String {
+        let claims = SessionClaims {
+            typ: TYP_SESSION.into(),
+            iss: AUTHGATE_ISSUER.into(),
+            sub: setup.sub.clone(),
+            aud: setup.aud.clone(),
+            ls: setup.ls.clone(),
+            iat: now,
+            nbf: now,
+            exp: now + ttl,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.cookie_enc)
+            .expect("HMAC signing cannot fail")
+    }
+}

@@ -1,0 +1,209 @@
+//! A gated worker: a Traefik plus the authgate that registers it, heartbeats and guards its
+//! circuits. authgate can be stopped, killed and restarted by the test.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use reqwest::Method;
+
+use crate::{
+    Stack, Traefik, TraefikFrontend,
+    procs::{Proc, free_port, wait_listening},
+    stack::workspace_bin,
+};
+
+/// How to start a gated worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub authority: String,
+    pub frontend: TraefikFrontend,
+    /// Wildcard mode: `.apps.test` style suffix.
+    pub wildcard_domain: Option<String>,
+    pub setup_max_uses: u32,
+    pub login_url: Option<String>,
+    /// Extra `APPPROXY_AUTHGATE__*` settings.
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerSpec {
+    pub fn ports(authority: &str, n: u16) -> WorkerSpec {
+        let (lo, hi) = Stack::port_range(n);
+        WorkerSpec {
+            authority: authority.into(),
+            frontend: TraefikFrontend::Ports { lo, hi },
+            wildcard_domain: None,
+            setup_max_uses: 3,
+            login_url: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Traefik + authgate of one worker. Field order: authgate stops (and deregisters) first.
+pub struct GatedWorker {
+    authgate: Option<Proc>,
+    pub traefik: Traefik,
+    pub port: u16,
+    pub spec: WorkerSpec,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+}
+
+impl Stack {
+    /// Start Traefik and authgate for `spec`; returns once the worker is registered, its
+    /// sentinel is in etcd and authgate has loaded the revocation set.
+    pub async fn start_gated_worker(&self, spec: WorkerSpec) -> GatedWorker {
+        let traefik = self.start_traefik(&spec.authority, spec.frontend).await;
+        let port = free_port();
+        let p = "APPPROXY_AUTHGATE__";
+        let mut env = vec![
+            (format!("{p}LISTEN"), format!("127.0.0.1:{port}")),
+            (format!("{p}NAMESPACE"), self.namespace.clone()),
+            (format!("{p}WORKER__AUTHORITY"), spec.authority.clone()),
+            (format!("{p}WORKER__HOSTNAME"), "127.0.0.1".into()),
+            (format!("{p}PROVIDER__URL"), self.provider_url()),
+            (
+                format!("{p}PROVIDER__WORKER_TOKEN"),
+                self.worker_token.clone(),
+            ),
+            (format!("{p}PROVIDER__HEARTBEAT_SECONDS"), "2".into()),
+            (
+                format!("{p}KEYS__PROVIDER_PUBLIC_KEY_FILE"),
+                self.signing_key.1.display().to_string(),
+            ),
+            (
+                format!("{p}KEYS__COOKIE_SECRET"),
+                format!(
+                    "cookie-{}-{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                ),
+            ),
+            (
+                format!("{p}REDIS__URL"),
+                format!("redis://127.0.0.1:{}", self.redis_port),
+            ),
+            (
+                format!("{p}TRAEFIK__API_URL"),
+                format!("http://127.0.0.1:{}", traefik.api_port),
+            ),
+            (
+                format!("{p}SESSION__SETUP_MAX_USES"),
+                spec.setup_max_uses.to_string(),
+            ),
+        ];
+        match spec.frontend {
+            TraefikFrontend::Ports { lo, hi } => {
+                env.push((format!("{p}WORKER__FRONTEND_MODE"), "port".into()));
+                env.push((format!("{p}WORKER__PORT_RANGE"), format!("[{lo}, {hi}]")));
+            }
+            TraefikFrontend::Wildcard { port } => {
+                env.push((format!("{p}WORKER__FRONTEND_MODE"), "wildcard".into()));
+                env.push((
+                    format!("{p}WORKER__WILDCARD_DOMAIN"),
+                    spec.wildcard_domain
+                        .clone()
+                        .unwrap_or_else(|| ".apps.test".into()),
+                ));
+                env.push((
+                    format!("{p}WORKER__WILDCARD_TRAFFIC_PORT"),
+                    port.to_string(),
+                ));
+            }
+        }
+        if let Some(u) = &spec.login_url {
+            env.push((format!("{p}SESSION__LOGIN_URL"), u.clone()));
+        }
+        env.extend(spec.env.iter().cloned());
+        let mut w = GatedWorker {
+            authgate: None,
+            traefik,
+            port,
+            spec,
+            env,
+            dir: self.dir.path().to_path_buf(),
+        };
+        w.start_authgate();
+        self.wait_registered(&w.spec.authority).await;
+        w.wait_ready(&self.http).await;
+        w
+    }
+
+    /// Wait until `authority` is registered and its sentinel is in etcd.
+    pub async fn wait_registered(&self, authority: &str) {
+        let root = self.root_key(authority);
+        crate::eventually(
+            "worker registered by authgate",
+            crate::patience(),
+            || async {
+                let (status, list) = self.worker(Method::GET, "/api/worker", None).await;
+                let listed = status == 200
+                    && list["workers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|w| w["authority"] == authority && w["status"] == "ALIVE");
+                let sentinel = self.etcd_dump().await.keys().any(|k| k.starts_with(&root));
+                (listed && sentinel).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+impl GatedWorker {
+    /// Start (or restart) authgate and wait until it listens.
+    pub fn start_authgate(&mut self) {
+        let mut cmd = Command::new(workspace_bin("appproxy-authgate"));
+        cmd.arg("serve")
+            .envs(self.env.iter().cloned())
+            .env("RUST_LOG", "info");
+        let mut p = Proc::spawn(&format!("authgate-{}", self.spec.authority), cmd, &self.dir);
+        wait_listening(self.port, Duration::from_secs(30), &mut p);
+        self.authgate = Some(p);
+    }
+
+    /// Wait until authgate reports ready (revocation set loaded).
+    pub async fn wait_ready(&self, http: &reqwest::Client) {
+        let url = format!("http://127.0.0.1:{}/health", self.port);
+        crate::eventually("authgate ready", crate::patience(), || async {
+            let r = http.get(&url).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// SIGKILL authgate.
+    pub fn kill_authgate(&mut self) {
+        if let Some(mut p) = self.authgate.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM authgate and wait for it to exit (it deregisters on the way out).
+    pub fn stop_authgate(&mut self) {
+        if let Some(mut p) = self.authgate.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Suspend (SIGSTOP) or resume (SIGCONT) authgate: a hung auth service.
+    pub fn signal_authgate(&self, sig: &str) {
+        if let Some(p) = &self.authgate {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(p.pid().to_string())
+                .status();
+        }
+    }
+
+    pub fn authgate_log(&self) -> String {
+        self.authgate
+            .as_ref()
+            .map(|p| p.log_tail(6000))
+            .unwrap_or_default()
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}

@@ -1,0 +1,1040 @@
+//! authgate end to end, through a real Traefik, with an echo backend that records every
+//! request it receives: the launch flow, cookies, WebSockets, the checklist of
+//! `security-and-reliability.md` §6A (A1–A12) and B2, revocation, fail-closed behaviour, and
+//! the worker role (register, heartbeat, deregister).
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use e2e::{Db, GatedWorker, Stack, WorkerSpec, backends::HttpEcho, eventually, patience};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, header::HeaderMap};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+/// One gated port-mode worker, an echo backend, a client that never follows redirects.
+struct Env {
+    stack: Stack,
+    worker: GatedWorker,
+    echo: HttpEcho,
+    http: reqwest::Client,
+}
+
+async fn env_with(spec: WorkerSpec) -> Env {
+    let stack = Stack::start(Db::Sqlite).await;
+    let worker = stack.start_gated_worker(spec).await;
+    let echo = HttpEcho::start("app").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    Env {
+        stack,
+        worker,
+        echo,
+        http,
+    }
+}
+
+async fn env() -> Env {
+    env_with(WorkerSpec::ports("gw-1", 4)).await
+}
+
+/// A launched circuit.
+struct Launch {
+    id: Uuid,
+    url: String,
+    setup_url: String,
+    user: Uuid,
+    generation: i64,
+}
+
+impl Env {
+    async fn launch_with(&self, user: Uuid, extra: Value) -> Launch {
+        let mut body = json!({
+            "app": "jupyter", "worker": self.worker.spec.authority, "user_id": user,
+            "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
+                        "kernel_port": self.echo.port}],
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        let (status, v) = self
+            .stack
+            .manager(Method::POST, "/v2/circuits", Some(&body))
+            .await;
+        assert_eq!(status, 201, "create: {v}");
+        let l = Launch {
+            id: v["id"].as_str().unwrap().parse().unwrap(),
+            url: v["url"].as_str().unwrap().to_string(),
+            setup_url: v["setup_url"].as_str().expect("setup_url").to_string(),
+            user,
+            generation: v["circuit"]["generation"].as_i64().expect("generation"),
+        };
+        self.wait_router(l.id).await;
+        l
+    }
+
+    async fn launch(&self) -> Launch {
+        self.launch_with(Uuid::new_v4(), json!({})).await
+    }
+
+    /// Wait until Traefik serves the circuit's router.
+    async fn wait_router(&self, id: Uuid) {
+        let url = format!(
+            "http://127.0.0.1:{}/api/http/routers/ap-{id}@etcd",
+            self.worker.traefik.api_port
+        );
+        eventually("router loaded", patience(), || async {
+            let r = self.http.get(&url).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// GET with headers; status, headers, body.
+    async fn get(&self, url: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, String) {
+        let mut req = self.http.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let h = resp.headers().clone();
+        (status, h, resp.text().await.unwrap_or_default())
+    }
+
+    /// Run the setup link; returns the `name=value` of the cookie it set.
+    async fn cookie(&self, l: &Launch) -> String {
+        let (status, h, body) = self.get(&l.setup_url, &[]).await;
+        assert_eq!(status, 302, "setup: {body}\n{}", self.worker.authgate_log());
+        set_cookie(&h).split(';').next().unwrap().to_string()
+    }
+
+    /// Every request the echo backend saw must be free of our credentials.
+    fn assert_backend_clean(&self, secrets: &[&str]) {
+        for r in self.echo.requests() {
+            assert!(!r.uri.contains("token="), "token in backend URI: {}", r.uri);
+            for (k, v) in &r.headers {
+                assert!(
+                    !v.contains("appproxy_"),
+                    "our cookie reached the app: {k}: {v}"
+                );
+                for s in secrets {
+                    assert!(!v.contains(s), "credential reached the app in {k}: {v}");
+                }
+            }
+        }
+    }
+}
+
+fn set_cookie(h: &HeaderMap) -> String {
+    h.get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.contains("appproxy_") && !c.contains("appproxy_state"))
+        .unwrap_or_default()
+}
+
+fn token_of(setup_url: &str) -> String {
+    setup_url.split_once("token=").unwrap().1.to_string()
+}
+
+fn origin_of(url: &str) -> &str {
+    url.trim_end_matches('/')
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Sign arbitrary claims with the stack's provider key (to forge edge cases).
+fn provider_sign(stack: &Stack, claims: &Value) -> String {
+    let pem = std::fs::read(&stack.signing_key.0).unwrap();
+    let key = EncodingKey::from_ed_pem(&pem).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &key).unwrap()
+}
+
+fn setup_claims(l: &Launch) -> Value {
+    let t = now();
+    let generation = l.generation;
+    json!({"typ": "ap-setup", "iss": "appproxy-provider", "sub": l.user.to_string(),
+           "aud": format!("{}.{generation}", l.id), "cid": l.id, "generation": generation,
+           "origin": origin_of(&l.url), "redirect": "/", "ls": "", "iat": t, "nbf": t,
+           "exp": t + 60, "jti": Uuid::new_v4().simple().to_string()})
+}
+
+/// Raw WebSocket handshake plus one masked text frame; returns the status line and the
+/// echoed payload (if the upgrade succeeded).
+async fn websocket(port: u16, cookie: Option<&str>) -> (String, Option<String>) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut req = format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    if let Some(c) = cookie {
+        req.push_str(&format!("Cookie: {c}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    let head_end = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("handshake answer")
+            .unwrap();
+        assert!(n > 0, "connection closed during handshake");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let status =
+        String::from_utf8_lossy(&got[..got.iter().position(|b| *b == b'\r').unwrap()]).to_string();
+    if !status.contains(" 101 ") {
+        return (status, None);
+    }
+    let payload = b"hi over ws";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).await.unwrap();
+    let mut rest = got[head_end..].to_vec();
+    while rest.len() < 2 + payload.len() {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("echo frame")
+            .unwrap();
+        assert!(n > 0);
+        rest.extend_from_slice(&buf[..n]);
+    }
+    let len = (rest[1] & 0x7f) as usize;
+    (
+        status,
+        Some(String::from_utf8_lossy(&rest[2..2 + len]).to_string()),
+    )
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_flow_sets_cookie_passes_websocket_and_leaks_no_credential() {
+    let e = env().await;
+    let l = e
+        .launch_with(
+            Uuid::new_v4(),
+            json!({"login_session_token": "webui-session-1", "redirect": "/lab?x=1"}),
+        )
+        .await;
+    // No credential: 401 (HTML for browsers, JSON for API clients), never a redirect.
+    let (s, h, body) = e.get(&l.url, &[("accept", "text/html")]).await;
+    assert_eq!(s, 401, "{body}");
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(body.contains("open the app again"), "{body}");
+    assert!(h.get("location").is_none());
+    let (s, h, body) = e.get(&l.url, &[("accept", "application/json")]).await;
+    assert_eq!(s, 401);
+    assert!(h["content-type"].to_str().unwrap().contains("json"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error_code"], "E20004", "{v}");
+    assert_eq!(e.echo.count(), 0);
+
+    // Setup: 302 to the relative landing path, cookie with the right attributes.
+    let (s, h, _) = e.get(&l.setup_url, &[]).await;
+    assert_eq!(s, 302, "{}", e.worker.authgate_log());
+    assert_eq!(h["location"], "/lab?x=1");
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    let sc = set_cookie(&h);
+    let name = format!("appproxy_{}", l.id.simple());
+    assert!(sc.starts_with(&format!("{name}=")), "{sc}");
+    for attr in ["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age="] {
+        assert!(sc.contains(attr), "{attr} missing: {sc}");
+    }
+    assert!(!sc.to_ascii_lowercase().contains("domain"), "{sc}");
+    let cookie = sc.split(';').next().unwrap().to_string();
+    let value = cookie.split_once('=').unwrap().1.to_string();
+
+    // The app: our cookie removed, the user's own cookies kept.
+    let landing = format!("{}/lab?x=1", origin_of(&l.url));
+    let (s, _, body) = e
+        .get(
+            &landing,
+            &[
+                ("cookie", &format!("{cookie}; theme=dark")),
+                ("referer", &l.setup_url),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("path=/lab?x=1"), "{body}");
+    let seen = e.echo.requests();
+    let last = seen.last().unwrap();
+    let cookies: Vec<&String> = last
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "cookie")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(cookies, vec!["theme=dark"]);
+    // Only our cookie: the app sees no Cookie header at all.
+    let (s, _, _) = e.get(&landing, &[("cookie", &cookie)]).await;
+    assert_eq!(s, 200);
+    assert!(
+        !e.echo
+            .requests()
+            .last()
+            .unwrap()
+            .headers
+            .iter()
+            .any(|(k, _)| k == "cookie")
+    );
+
+    // WebSocket: upgrade with the cookie passes and echoes; without it is refused.
+    let port = port_of(&l.url);
+    let (status, echoed) = websocket(port, Some(&cookie)).await;
+    assert!(status.contains("101"), "{status}");
+    assert_eq!(echoed.as_deref(), Some("hi over ws"));
+    let before = e.echo.count();
+    let (status, _) = websocket(port, None).await;
+    assert!(status.contains("401"), "{status}");
+    assert_eq!(e.echo.count(), before, "refused upgrade reached the app");
+
+    // Backend.AI's /setup on the API port sends the browser to the app's own origin.
+    let token = token_of(&l.setup_url);
+    let (s, h, _) = e
+        .get(&format!("{}/setup?token={token}", e.worker.base()), &[])
+        .await;
+    assert_eq!(s, 302);
+    assert_eq!(h["location"].to_str().unwrap(), l.setup_url);
+
+    e.assert_backend_clean(&[&value, &token, "webui-session-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a1_a2_a4_forged_expired_and_reused_setup_tokens() {
+    let mut spec = WorkerSpec::ports("gw-a4", 4);
+    spec.setup_max_uses = 1;
+    let e = env_with(spec).await;
+    let l = e.launch().await;
+    let other = e.launch().await;
+    let origin = origin_of(&l.url);
+    let setup = |t: &str| format!("{origin}/_appproxy/setup?token={t}");
+
+    // A1/A2: forged, tampered, expired, wrong circuit, wrong kind.
+    let good = setup_claims(&l);
+    let mut expired = good.clone();
+    expired["exp"] = json!(now() - 600);
+    expired["iat"] = json!(now() - 700);
+    expired["nbf"] = json!(now() - 700);
+    let mut future = good.clone();
+    future["nbf"] = json!(now() + 600);
+    let mut wrong_gen = good.clone();
+    wrong_gen["generation"] = json!(l.generation + 7);
+    let mut as_cookie = good.clone();
+    as_cookie["typ"] = json!("ap-session");
+    let mut str_exp = good.clone();
+    str_exp["exp"] = json!("99999999999");
+    let pub_pem = std::fs::read(&e.stack.signing_key.1).unwrap();
+    let confused = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &good,
+        &EncodingKey::from_secret(&pub_pem),
+    )
+    .unwrap();
+    let (other_priv, _) = e2e::ed25519_pair(e.stack.dir.path());
+    let foreign = jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        &good,
+        &EncodingKey::from_ed_pem(&std::fs::read(other_priv).unwrap()).unwrap(),
+    )
+    .unwrap();
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none"}"#),
+        b64(good.to_string().as_bytes())
+    );
+    let valid = provider_sign(&e.stack, &good);
+    let tampered = {
+        let mut p: Vec<String> = valid.split('.').map(str::to_string).collect();
+        let mut evil = good.clone();
+        evil["sub"] = json!("mallory");
+        p[1] = b64(evil.to_string().as_bytes());
+        p.join(".")
+    };
+    let forged = [
+        ("alg none", none),
+        ("HS256 with the public key", confused),
+        ("other Ed25519 key", foreign),
+        ("tampered payload", tampered),
+        ("expired", provider_sign(&e.stack, &expired)),
+        ("nbf in the future", provider_sign(&e.stack, &future)),
+        (
+            "aud/generation mismatch",
+            provider_sign(&e.stack, &wrong_gen),
+        ),
+        ("cookie typ", provider_sign(&e.stack, &as_cookie)),
+        ("exp as string", provider_sign(&e.stack, &str_exp)),
+        ("garbage", "not.a.jwt".to_string()),
+    ];
+    for (what, t) in &forged {
+        let (s, h, _) = e.get(&setup(t), &[]).await;
+        assert!(s == 401 || s == 400, "{what}: {s}");
+        assert!(h.get("set-cookie").is_none(), "{what} set a cookie");
+    }
+    // A token for another circuit, on this circuit's origin: refused.
+    let (s, h, _) = e.get(&setup(&token_of(&other.setup_url)), &[]).await;
+    assert_eq!(s, 400);
+    assert!(h.get("set-cookie").is_none());
+    // Repeated token parameter: refused.
+    let (s, _, _) = e.get(&format!("{}&token=x", l.setup_url), &[]).await;
+    assert_eq!(s, 400);
+
+    // A4: one use allowed; 50 concurrent uses of a fresh link → exactly one cookie.
+    let fresh = provider_sign(&e.stack, &setup_claims(&l));
+    let url = setup(&fresh);
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (http, url) = (e.http.clone(), url.clone());
+            tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 302).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 401).count(), 49, "{codes:?}");
+    // Sequential reuse of the provider's own link: first works, second refused.
+    let (s1, _, _) = e.get(&l.setup_url, &[]).await;
+    let (s2, h2, _) = e.get(&l.setup_url, &[]).await;
+    assert_eq!((s1, s2), (302, 401));
+    assert!(h2.get("set-cookie").is_none());
+    assert_eq!(e.echo.count(), 0, "no setup request reaches the app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a3_a11_cookie_opens_only_its_own_circuit_and_dies_with_it() {
+    let e = env().await;
+    let alice = Uuid::new_v4();
+    let a = e.launch_with(alice, json!({})).await;
+    let b = e.launch_with(Uuid::new_v4(), json!({})).await;
+    assert_ne!(a.url, b.url);
+    let ca = e.cookie(&a).await;
+    let cb = e.cookie(&b).await;
+    assert_eq!(e.get(&a.url, &[("cookie", &ca)]).await.0, 200);
+    // Port mode shares cookies across ports: A's cookie on B's port is not enough …
+    assert_eq!(e.get(&b.url, &[("cookie", &ca)]).await.0, 401);
+    // … nor is A's value under B's cookie name (bound to A's circuit and generation).
+    let a_value = ca.split_once('=').unwrap().1;
+    let renamed = format!("appproxy_{}={a_value}", b.id.simple());
+    assert_eq!(e.get(&b.url, &[("cookie", &renamed)]).await.0, 401);
+    // Both cookies together open both, each with its own.
+    let both = format!("{ca}; {cb}");
+    assert_eq!(e.get(&a.url, &[("cookie", &both)]).await.0, 200);
+    assert_eq!(e.get(&b.url, &[("cookie", &both)]).await.0, 200);
+
+    // A11: delete A → its cookie stops working within 5 s (the route is gone).
+    let (s, _) = e
+        .stack
+        .manager(Method::DELETE, &format!("/v2/circuits/{}", a.id), None)
+        .await;
+    assert_eq!(s, 200);
+    let t0 = Instant::now();
+    eventually(
+        "deleted circuit refuses its cookie",
+        Duration::from_secs(5),
+        || async { (e.get(&a.url, &[("cookie", &ca)]).await.0 != 200).then_some(()) },
+    )
+    .await;
+    let revoke_ms = t0.elapsed().as_millis();
+    let served = e.echo.count();
+    // A3: a new circuit of another user takes A's port; A's cookie opens nothing there.
+    let c = e.launch_with(Uuid::new_v4(), json!({})).await;
+    assert_eq!(c.url, a.url, "lowest free port is reused");
+    for cookie in [ca.clone(), format!("appproxy_{}={a_value}", c.id.simple())] {
+        assert_eq!(
+            e.get(&c.url, &[("cookie", &cookie)]).await.0,
+            401,
+            "{cookie}"
+        );
+    }
+    assert_eq!(e.echo.count(), served, "no refused request reached the app");
+    println!("delete → cookie refused in {revoke_ms} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_by_login_session_and_user_within_5s_survives_authgate_restart() {
+    let mut e = env().await;
+    let alice = Uuid::new_v4();
+    let l1 = e
+        .launch_with(alice, json!({"login_session_token": "alice-laptop"}))
+        .await;
+    let l2 = e
+        .launch_with(alice, json!({"login_session_token": "alice-desktop"}))
+        .await;
+    let bob = e.launch().await;
+    let (c1, c2, cb) = (
+        e.cookie(&l1).await,
+        e.cookie(&l2).await,
+        e.cookie(&bob).await,
+    );
+    for (l, c) in [(&l1, &c1), (&l2, &c2), (&bob, &cb)] {
+        assert_eq!(e.get(&l.url, &[("cookie", c)]).await.0, 200);
+    }
+    // Unified logout of one login session.
+    let (s, v) = e
+        .stack
+        .manager(
+            Method::POST,
+            "/v2/revocations",
+            Some(&json!({"login_session_token": "alice-laptop"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let t0 = Instant::now();
+    eventually("login session revoked", Duration::from_secs(5), || async {
+        (e.get(&l1.url, &[("cookie", &c1)]).await.0 == 401).then_some(())
+    })
+    .await;
+    println!(
+        "login-session revocation effective in {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(
+        e.get(&l2.url, &[("cookie", &c2)]).await.0,
+        200,
+        "other session unaffected"
+    );
+    // Revoke the user: every cookie of alice dies; bob is untouched.
+    let (s, _) = e
+        .stack
+        .manager(
+            Method::POST,
+            "/v2/revocations",
+            Some(&json!({"user_id": alice})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    eventually("user revoked", Duration::from_secs(5), || async {
+        (e.get(&l2.url, &[("cookie", &c2)]).await.0 == 401).then_some(())
+    })
+    .await;
+    assert_eq!(e.get(&bob.url, &[("cookie", &cb)]).await.0, 200);
+    let (s, _, v) = e
+        .get(&l2.url, &[("cookie", &c2), ("accept", "application/json")])
+        .await;
+    assert_eq!(s, 401, "{v}");
+
+    // A restarted authgate loads the revocations again: still refused.
+    e.worker.kill_authgate();
+    e.worker.start_authgate();
+    e.worker.wait_ready(&e.stack.http).await;
+    assert_eq!(e.get(&l1.url, &[("cookie", &c1)]).await.0, 401);
+    assert_eq!(e.get(&l2.url, &[("cookie", &c2)]).await.0, 401);
+    assert_eq!(e.get(&bob.url, &[("cookie", &cb)]).await.0, 200);
+    // A new launch after the revocation works again (credentials issued later).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, v) = e
+        .stack
+        .manager(
+            Method::POST,
+            &format!("/v2/circuits/{}/setup-link", l2.id),
+            Some(&json!({"user_id": alice})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let relaunch = Launch {
+        setup_url: v["setup_url"].as_str().unwrap().into(),
+        ..l2
+    };
+    let fresh = e.cookie(&relaunch).await;
+    assert_eq!(e.get(&relaunch.url, &[("cookie", &fresh)]).await.0, 200);
+    // Someone else's setup link for alice's circuit is refused by the provider.
+    let (s, _) = e
+        .stack
+        .manager(
+            Method::POST,
+            &format!("/v2/circuits/{}/setup-link", relaunch.id),
+            Some(&json!({"user_id": Uuid::new_v4()})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    // Bad revocation requests change nothing.
+    for body in [
+        json!({}),
+        json!({"user_id": "x"}),
+        json!({"login_session_token": ""}),
+    ] {
+        let (s, _) = e
+            .stack
+            .manager(Method::POST, "/v2/revocations", Some(&body))
+            .await;
+        assert_eq!(s, 400, "{body}");
+    }
+    assert_eq!(e.get(&bob.url, &[("cookie", &cb)]).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a5_setup_never_redirects_off_origin() {
+    let e = env().await;
+    let l = e.launch().await;
+    let corpus = [
+        "//evil.example",
+        "/\\evil.example",
+        "/%09/evil.example",
+        "%2F%2Fevil.example",
+        "https://circuit.example.com.evil.com",
+        "https://evil@circuit.example.com",
+        "javascript:alert(1)",
+        "/a\r\nSet-Cookie: x=1",
+        "/../../x",
+        "/%2e%2e/x",
+    ];
+    let long = format!("/{}", "a".repeat(5000));
+    for bad in corpus.iter().copied().chain([long.as_str()]) {
+        // Through the provider (sanitised before signing) …
+        let (s, v) = e
+            .stack
+            .manager(
+                Method::POST,
+                &format!("/v2/circuits/{}/setup-link", l.id),
+                Some(&json!({"redirect": bad})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, h, _) = e.get(v["setup_url"].as_str().unwrap(), &[]).await;
+        assert_eq!(s, 302);
+        assert_eq!(h["location"], "/", "{bad:?}");
+        // … and signed as is (authgate sanitises again).
+        let mut claims = setup_claims(&l);
+        claims["redirect"] = json!(bad);
+        let url = format!(
+            "{}/_appproxy/setup?token={}",
+            origin_of(&l.url),
+            provider_sign(&e.stack, &claims)
+        );
+        let (s, h, _) = e.get(&url, &[]).await;
+        assert_eq!(s, 302);
+        assert_eq!(h["location"], "/", "{bad:?}");
+    }
+    let (s, v) = e
+        .stack
+        .manager(
+            Method::POST,
+            &format!("/v2/circuits/{}/setup-link", l.id),
+            Some(&json!({"redirect": "/tree/work?a=1"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, h, _) = e.get(v["setup_url"].as_str().unwrap(), &[]).await;
+    assert_eq!(h["location"], "/tree/work?a=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a8_a9_spoofed_headers_and_path_tricks_change_nothing() {
+    let e = env().await;
+    let l = e.launch().await;
+    let other = e.launch().await;
+    let cookie = e.cookie(&l).await;
+    let port = port_of(&l.url);
+    let spoof: Vec<(&str, String)> = vec![
+        (
+            "x-forwarded-host",
+            format!("127.0.0.1:{}", port_of(&other.url)),
+        ),
+        ("x-forwarded-uri", "/_appproxy/setup".into()),
+        ("x-forwarded-method", "OPTIONS".into()),
+        ("x-forwarded-prefix", "/_appproxy".into()),
+        ("x-forwarded-port", "1".into()),
+        ("x-forwarded-proto", "https".into()),
+        ("x-forwarded-for", "10.0.0.1".into()),
+        ("x_forwarded_method", "OPTIONS".into()),
+        (
+            "forwarded",
+            "for=10.0.0.1;host=evil.test;proto=https".into(),
+        ),
+        ("x-original-url", "/_appproxy/setup".into()),
+        ("x-auth-user", "admin".into()),
+    ];
+    // Without a cookie: every spoof is still a 401, nothing reaches the app.
+    for (k, v) in &spoof {
+        let (s, h, _) = e.get(&l.url, &[(k, v.as_str())]).await;
+        assert_eq!(s, 401, "{k}: {v}");
+        assert!(h.get("set-cookie").is_none());
+    }
+    let mut req = e.http.get(&l.url);
+    for (k, v) in &spoof {
+        req = req.header(*k, v.as_str());
+    }
+    assert_eq!(req.send().await.unwrap().status(), 401);
+    assert_eq!(e.echo.count(), 0);
+    // With the cookie: the same spoofs still pass (decision identical).
+    for (k, v) in &spoof {
+        let (s, _, _) = e.get(&l.url, &[(k, v.as_str()), ("cookie", &cookie)]).await;
+        assert_eq!(s, 200, "{k}: {v}");
+    }
+    let allowed = e.echo.count();
+
+    // A9: path corpus over raw TCP (so nothing normalises it first), without a cookie.
+    let paths = [
+        "/_appproxy/../lab",
+        "/_appproxy/setup/../../lab",
+        "/%2e%2e/lab",
+        "//_appproxy/setup",
+        "/_appproxy%2Fsetup",
+        "/_appproxy%2fsetup",
+        "/%5fappproxy/setup",
+        "/_APPPROXY/setup",
+        "/_appproxy/setup;x=1",
+        "/_appproxy/setup%00",
+        "/lab%00",
+        "/%252e%252e/lab",
+        "/\\_appproxy\\setup",
+        "/lab;jsessionid=1",
+        "/_appproxy/setup?token=",
+        "/_appproxy/auth/x",
+        "/_appproxy/metrics",
+        "/_appproxy/health",
+        "/_appproxy/",
+        "/_appproxy",
+    ];
+    let long = format!("/{}", "a".repeat(9000));
+    for p in paths.iter().copied().chain([long.as_str()]) {
+        let (status, head) = raw_get(port, p, None).await;
+        assert!(
+            !(200..300).contains(&status) && status != 302,
+            "{p} → {status}\n{head}"
+        );
+        assert!(
+            !head.to_ascii_lowercase().contains("set-cookie"),
+            "{p} set a cookie"
+        );
+        assert!(!head.contains("appproxy_authgate"), "{p} exposed metrics");
+    }
+    assert_eq!(
+        e.echo.count(),
+        allowed,
+        "a path trick reached the app without a cookie"
+    );
+}
+
+/// A raw HTTP/1.1 GET (path sent byte for byte); status and the whole answer head+body.
+async fn raw_get(port: u16, path: &str, cookie: Option<&str>) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    if let Some(c) = cookie {
+        req.push_str(&format!("Cookie: {c}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a12_internal_endpoints_unreachable_and_b2_malformed_cookies() {
+    let e = env().await;
+    let l = e.launch().await;
+    let port = port_of(&l.url);
+    // authgate's own API is not on any app origin.
+    for p in [
+        "/metrics",
+        "/health",
+        "/setup",
+        &format!("/auth/{}?g=0&m=interactive", l.id),
+    ] {
+        let (s, body) = raw_get(port, p, None).await;
+        assert_eq!(s, 401, "{p}: {body}");
+    }
+    // The provider API refuses unauthenticated callers.
+    let (s, _) = e.stack.call(None, Method::GET, "/v2/circuits", None).await;
+    assert_eq!(s, 401);
+    // B2: malformed cookies and headers never pass.
+    let name = format!("appproxy_{}", l.id.simple());
+    let many: Vec<String> = (0..100).map(|i| format!("{name}=v{i}")).collect();
+    let cases = [
+        format!("{name}=%%%not-base64"),
+        format!("{name}=a.b.c"),
+        format!("{name}="),
+        many.join("; "),
+        format!("{name}={}", "a".repeat(20_000)),
+        "=; ;;=;".to_string(),
+    ];
+    for c in &cases {
+        let (s, _) = raw_get(port, "/", Some(c)).await;
+        assert!(s == 400 || s == 401 || s == 431, "cookie {:.60} → {s}", c);
+    }
+    // Invalid UTF-8 in the Cookie header, sent raw.
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut req =
+        format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nCookie: {name}=")
+            .into_bytes();
+    req.extend_from_slice(&[0xff, 0xfe, 0x80]);
+    req.extend_from_slice(b"\r\n\r\n");
+    sock.write_all(&req).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut out)).await;
+    let head = String::from_utf8_lossy(&out);
+    assert!(!head.starts_with("HTTP/1.1 2"), "{head}");
+    // authgate called directly without Traefik's headers: never a pass.
+    let (s, _, _) = e
+        .get(
+            &format!("{}/auth/{}?g=0&m=interactive", e.worker.base(), l.id),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(e.echo.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authgate_down_or_hung_fails_closed_and_redis_down_stops_setup() {
+    let mut e = env().await;
+    let l = e.launch().await;
+    let cookie = e.cookie(&l).await;
+    assert_eq!(e.get(&l.url, &[("cookie", &cookie)]).await.0, 200);
+    let served = e.echo.count();
+
+    e.worker.kill_authgate();
+    let (s, _, _) = e.get(&l.url, &[("cookie", &cookie)]).await;
+    assert!(s >= 500, "authgate down → {s}");
+    e.worker.start_authgate();
+    e.worker.wait_ready(&e.stack.http).await;
+    assert_eq!(
+        e.get(&l.url, &[("cookie", &cookie)]).await.0,
+        200,
+        "cookies survive a restart"
+    );
+    let served = served + 1;
+
+    // Hung authgate: the client never gets the app.
+    e.worker.signal_authgate("STOP");
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let r = quick.get(&l.url).header("cookie", &cookie).send().await;
+    assert!(r.is_err() || r.unwrap().status().as_u16() >= 500);
+    e.worker.signal_authgate("CONT");
+    assert_eq!(
+        e.echo.count(),
+        served,
+        "the app got a request while authgate was down"
+    );
+
+    // Redis down: setup fails closed (503, no cookie); provider revocations answer 503.
+    let fresh = e.launch_with(l.user, json!({})).await;
+    e.stack.kill_redis();
+    let (s, h, _) = e.get(&fresh.setup_url, &[]).await;
+    assert_eq!(s, 503);
+    assert!(h.get("set-cookie").is_none());
+    let (s, v) = e
+        .stack
+        .manager(
+            Method::POST,
+            "/v2/revocations",
+            Some(&json!({"user_id": l.user})),
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(
+        v["type"],
+        "https://api.backend.ai/probs/service-unavailable"
+    );
+    // Existing cookies keep working while Redis is away (no Redis on the hot path).
+    assert_eq!(e.get(&l.url, &[("cookie", &cookie)]).await.0, 200);
+    e.stack.restart_redis();
+    eventually(
+        "setup works again after Redis returns",
+        patience(),
+        || async { (e.get(&fresh.setup_url, &[]).await.0 == 302).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a6_state_nonce_binds_the_launch_to_the_browser() {
+    let mut spec = WorkerSpec::ports("gw-a6", 4);
+    spec.login_url = Some("http://127.0.0.1:9/launch".into());
+    let e = env_with(spec).await;
+    let l = e.launch().await;
+    let origin = origin_of(&l.url);
+    let (s, h, _) = e
+        .get(
+            &format!("{origin}/_appproxy/login?circuit={}&next=/lab", l.id),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 302);
+    let loc = h["location"].to_str().unwrap().to_string();
+    assert!(loc.starts_with("http://127.0.0.1:9/launch?"), "{loc}");
+    let state = loc
+        .split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let nonce_cookie = h["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(nonce_cookie.starts_with("appproxy_state="));
+    let link = |state: &str| {
+        let body = json!({"user_id": l.user, "state": state, "redirect": "/lab"});
+        let stack = &e.stack;
+        let id = l.id;
+        async move {
+            let (s, v) = stack
+                .manager(
+                    Method::POST,
+                    &format!("/v2/circuits/{id}/setup-link"),
+                    Some(&body),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            v["setup_url"].as_str().unwrap().to_string()
+        }
+    };
+    // Another browser (no nonce, or another nonce) cannot use the link.
+    let url = link(&state).await;
+    assert_eq!(e.get(&url, &[]).await.0, 403);
+    assert_eq!(
+        e.get(&url, &[("cookie", "appproxy_state=wrong")]).await.0,
+        403
+    );
+    // The browser that started the launch can.
+    let (s, h, _) = e.get(&url, &[("cookie", &nonce_cookie)]).await;
+    assert_eq!(s, 302);
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    let cookies: Vec<&str> = h
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("appproxy_state=;") && c.contains("Max-Age=0"))
+    );
+    // POST and HEAD to setup are refused.
+    let post = e
+        .http
+        .post(&url)
+        .header("cookie", &nonce_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    let head = e
+        .http
+        .head(&url)
+        .header("cookie", &nonce_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 405);
+    // The provider refuses a malformed state.
+    let (s, _) = e
+        .stack
+        .manager(
+            Method::POST,
+            &format!("/v2/circuits/{}/setup-link", l.id),
+            Some(&json!({"state": "x"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    // The token never shows in authgate's log.
+    assert!(!e.worker.authgate_log().contains(&token_of(&url)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_role_registers_heartbeats_and_deregisters() {
+    let mut e = env().await;
+    let (s, v) = e.stack.worker(Method::GET, "/api/worker", None).await;
+    assert_eq!(s, 200);
+    let w = v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["authority"] == "gw-1")
+        .unwrap()
+        .clone();
+    assert_eq!(w["authgate_url"], e.worker.base());
+    assert_eq!(w["api_port"], e.worker.port);
+    let id = w["id"].as_str().unwrap().to_string();
+    let first = w["last_heartbeat"].as_str().unwrap().to_string();
+    eventually("a heartbeat", Duration::from_secs(10), || async {
+        let (_, w) = e
+            .stack
+            .worker(Method::GET, &format!("/api/worker/{id}"), None)
+            .await;
+        (w["last_heartbeat"].as_str() != Some(first.as_str())).then_some(())
+    })
+    .await;
+    // The forwardAuth address points at this authgate.
+    let l = e.launch().await;
+    let dump = e.stack.etcd_dump().await;
+    let addr = dump
+        .iter()
+        .find(|(k, _)| k.ends_with(&format!("ap-{}-auth/forwardAuth/address", l.id)))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert!(
+        addr.starts_with(&format!("{}/auth/{}", e.worker.base(), l.id)),
+        "{addr}"
+    );
+    // SIGTERM: authgate deregisters on the way out.
+    e.worker.stop_authgate();
+    let (_, w) = e
+        .stack
+        .worker(Method::GET, &format!("/api/worker/{id}"), None)
+        .await;
+    assert_ne!(w["status"], "ALIVE", "{w}");
+    // Started again, it registers again (same authority, ALIVE).
+    e.worker.start_authgate();
+    e.stack.wait_registered("gw-1").await;
+    let ids: BTreeSet<String> = e.stack.worker(Method::GET, "/api/worker", None).await.1["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&id), "re-registration keeps the worker id");
+}
