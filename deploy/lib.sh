@@ -85,7 +85,9 @@ stop() {
 wait_port() {
     for _ in $(seq 1 150); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        is_running "$2" || die "$2 exited; see $RUN/$2.log"
+        # Just after `start` the PID may not have exec'd yet (its cmdline is still ours), so
+        # only a gone process counts as exited here.
+        kill -0 "$(cat "$RUN/$2.pid" 2>/dev/null || echo 0)" 2>/dev/null || die "$2 exited; see $RUN/$2.log"
         sleep 0.2
     done
     die "$2 did not listen on port $1; see $RUN/$2.log"

@@ -249,3 +249,50 @@ impl Config {
         Duration::from_millis(self.traefik.router_wait_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn example_file_loads_and_env_overrides_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../traefik/authgate.example.toml");
+        let env = BTreeMap::from([(
+            "APPPROXY_AUTHGATE__SESSION__SETUP_MAX_USES".to_string(),
+            "1".to_string(),
+        )]);
+        let cfg = Config::load(Some(&path), &env).unwrap();
+        assert_eq!(cfg.session.setup_max_uses, 1);
+        assert_eq!(cfg.worker.port_range, Some((10205, 10214)));
+        assert_eq!(cfg.authgate_url(), "http://127.0.0.1:10201");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let env: BTreeMap<String, String> = [
+            ("WORKER__AUTHORITY", "w"),
+            ("WORKER__FRONTEND_MODE", "port"),
+            ("WORKER__HOSTNAME", "h"),
+            ("PROVIDER__URL", "ftp://x"),
+            ("PROVIDER__WORKER_TOKEN", "short"),
+            ("KEYS__PROVIDER_PUBLIC_KEY_FILE", "/k"),
+            ("KEYS__COOKIE_SECRET", "short"),
+            ("SESSION__SETUP_MAX_USES", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v.to_string()))
+        .collect();
+        let text = Config::load(None, &env).unwrap_err().to_string();
+        for want in [
+            "port_range",
+            "cookie_secret",
+            "worker_token",
+            "provider.url",
+            "setup_max_uses",
+        ] {
+            assert!(text.contains(want), "{want} missing from: {text}");
+        }
+    }
+}

@@ -649,6 +649,33 @@ async fn a5_setup_never_redirects_off_origin() {
     assert_eq!(s, 200);
     let (_, h, _) = e.get(v["setup_url"].as_str().unwrap(), &[]).await;
     assert_eq!(h["location"], "/tree/work?a=1");
+    // Bad setup-link requests: Backend.AI error bodies, nothing minted.
+    let path = format!("/v2/circuits/{}/setup-link", l.id);
+    for (p, body, status) in [
+        (
+            format!("/v2/circuits/{}/setup-link", Uuid::new_v4()),
+            json!({}),
+            404,
+        ),
+        (
+            "/v2/circuits/not-a-uuid/setup-link".to_string(),
+            json!({}),
+            400,
+        ),
+        (path.clone(), json!({"bogus": 1}), 400),
+        (path.clone(), json!({"user_id": "nope"}), 400),
+    ] {
+        let (s, v) = e.stack.manager(Method::POST, &p, Some(&body)).await;
+        assert_eq!(s, status, "{p} {body}: {v}");
+        assert!(
+            v["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://api.backend.ai/probs/")
+        );
+    }
+    let (s, _) = e.stack.worker(Method::POST, &path, Some(&json!({}))).await;
+    assert_eq!(s, 401, "the worker token cannot mint setup links");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1037,4 +1064,177 @@ async fn worker_role_registers_heartbeats_and_deregisters() {
         .map(|w| w["id"].as_str().unwrap().to_string())
         .collect();
     assert!(ids.contains(&id), "re-registration keeps the worker id");
+}
+
+/// `curl -sk -D -` (our reqwest build has no TLS): status line and headers, then the body.
+fn curl_https(url: &str, cookie: Option<&str>) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sk", "-D", "-", "--max-time", "10"]);
+    if let Some(c) = cookie {
+        cmd.args(["-H", &format!("Cookie: {c}")]);
+    }
+    let out = cmd.arg(url).output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a7_tls_cookie_is_host_prefixed_secure_and_tossing_fails() {
+    let mut spec = WorkerSpec::ports("gw-tls", 2);
+    spec.env.push((
+        "APPPROXY_AUTHGATE__WORKER__TLS_LISTEN".into(),
+        "true".into(),
+    ));
+    let e = env_with(spec).await;
+    let l = e.launch().await;
+    assert!(l.url.starts_with("https://"), "{}", l.url);
+    assert!(l.setup_url.starts_with("https://"));
+    let (s, _) = curl_https(&l.url, None);
+    assert_eq!(s, 401);
+    let (s, head) = curl_https(&l.setup_url, None);
+    assert_eq!(s, 302, "{head}\n{}", e.worker.authgate_log());
+    let sc = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .expect("set-cookie")
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .to_string();
+    let name = format!("__Host-appproxy_{}", l.id.simple());
+    assert!(sc.starts_with(&format!("{name}=")), "{sc}");
+    for attr in ["Path=/", "HttpOnly", "SameSite=Lax", "Secure", "Max-Age="] {
+        assert!(sc.contains(attr), "{attr}: {sc}");
+    }
+    assert!(!sc.to_ascii_lowercase().contains("domain="), "{sc}");
+    let cookie = sc.split(';').next().unwrap().to_string();
+    let (s, body) = curl_https(&format!("{}/lab", l.url), Some(&format!("{cookie}; a=1")));
+    assert_eq!(s, 200, "{body}");
+    // A tossed cookie (same name, not ours) neither opens the app nor displaces the real one.
+    let tossed = format!("{name}=eyJhbGciOiJIUzI1NiJ9.e30.x");
+    assert_eq!(curl_https(&l.url, Some(&tossed)).0, 401);
+    let plain_tossed = format!("appproxy_{}=x", l.id.simple());
+    assert_eq!(
+        curl_https(&l.url, Some(&format!("{tossed}; {plain_tossed}; {cookie}"))).0,
+        200
+    );
+    assert_eq!(
+        curl_https(&l.url, Some(&format!("{cookie}; {tossed}"))).0,
+        200
+    );
+    // Plain HTTP to the TLS origin's setup link never sets the cookie.
+    let plain = l.setup_url.replacen("https://", "http://", 1);
+    let r = e.http.get(&plain).send().await;
+    assert!(
+        r.map(|r| !r.headers().contains_key("set-cookie"))
+            .unwrap_or(true)
+    );
+    e.assert_backend_clean(&[cookie.split_once('=').unwrap().1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subdomain_mode_setup_runs_on_the_apps_own_host() {
+    let apps_port = e2e::free_port();
+    let spec = WorkerSpec {
+        authority: "gw-wild".into(),
+        frontend: e2e::TraefikFrontend::Wildcard { port: apps_port },
+        wildcard_domain: Some(".apps.test".into()),
+        setup_max_uses: 3,
+        login_url: None,
+        env: Vec::new(),
+    };
+    let e = env_with(spec).await;
+    let a = e
+        .launch_with(Uuid::new_v4(), json!({"subdomain": "alpha"}))
+        .await;
+    let b = e
+        .launch_with(Uuid::new_v4(), json!({"subdomain": "beta"}))
+        .await;
+    let host_a = format!("alpha.apps.test:{apps_port}");
+    let host_b = format!("beta.apps.test:{apps_port}");
+    assert!(a.url.contains(&host_a), "{}", a.url);
+    let local = |url: &str, host: &str| url.replacen(host, &format!("127.0.0.1:{apps_port}"), 1);
+    let get = |url: String, host: String, cookie: Option<String>| {
+        let http = e.http.clone();
+        async move {
+            let mut req = http.get(url).header("host", host);
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let sc = r
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, sc)
+        }
+    };
+    // A's setup link on B's host is refused; on A's host it sets a host-only cookie.
+    let (s, sc) = get(local(&a.setup_url, &host_a), host_b.clone(), None).await;
+    assert_eq!(s, 400);
+    assert!(sc.is_none());
+    let (s, sc) = get(local(&a.setup_url, &host_a), host_a.clone(), None).await;
+    assert_eq!(s, 302);
+    let sc = sc.unwrap();
+    assert!(!sc.to_ascii_lowercase().contains("domain="), "{sc}");
+    let cookie = sc.split(';').next().unwrap().to_string();
+    let root = format!("http://127.0.0.1:{apps_port}/");
+    assert_eq!(
+        get(root.clone(), host_a.clone(), Some(cookie.clone()))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(root.clone(), host_b.clone(), Some(cookie.clone()))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        get(root, format!("gamma.apps.test:{apps_port}"), Some(cookie))
+            .await
+            .0,
+        404
+    );
+    let _ = b;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_allowlists_are_enforced_by_traefik_before_auth() {
+    let e = env().await;
+    let user = Uuid::new_v4();
+    let denied = e
+        .launch_with(user, json!({"allowed_client_ips": "10.0.0.0/8,fd00::/8"}))
+        .await;
+    let allowed = e
+        .launch_with(
+            user,
+            json!({"allowed_client_ips": ["127.0.0.1/32", "::1/128"]}),
+        )
+        .await;
+    let public_denied = e
+        .launch_with(
+            user,
+            json!({"allowed_client_ips": "fd00::/8", "open_to_public": true}),
+        )
+        .await;
+    let cd = e.cookie(&denied).await;
+    let ca = e.cookie(&allowed).await;
+    assert_eq!(e.get(&denied.url, &[("cookie", &cd)]).await.0, 403);
+    assert_eq!(e.get(&public_denied.url, &[]).await.0, 403);
+    assert_eq!(e.echo.count(), 0);
+    assert_eq!(e.get(&allowed.url, &[("cookie", &ca)]).await.0, 200);
+    assert_eq!(
+        e.get(&allowed.url, &[]).await.0,
+        401,
+        "allowlist does not replace auth"
+    );
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{
     AppState,
-    extract::{IdPath, JsonBody, ManagerAuth},
+    extract::{IdPath, JsonBody, ManagerAuth, Params},
     models::{RevocationRequest, SetupLinkRequest, SetupLinkResponse},
 };
 use crate::{
@@ -41,7 +41,7 @@ pub(super) async fn create_link(
     State(state): State<AppState>,
     _: ManagerAuth,
     IdPath(id): IdPath,
-    JsonBody(req): JsonBody<SetupLinkRequest>,
+    Params(req): Params<SetupLinkRequest>,
 ) -> Result<Json<SetupLinkResponse>, ApiError> {
     let c = state
         .store
