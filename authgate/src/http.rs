@@ -34,6 +34,9 @@ use crate::{
     token::Keys,
 };
 
+/// Backend.AI desktop app's local TCP forwarder.
+const TCP_FORWARDER: &str = "http://localhost:45678/start";
+
 /// Name of the state-nonce cookie (`__Host-` under TLS).
 const STATE_COOKIE: &str = "appproxy_state";
 
@@ -374,8 +377,34 @@ async fn setup_on_api_port(
         Ok(v) => v,
         Err((label, e)) => return setup_error(&g, &headers, label, e),
     };
+    if c.origin.starts_with("tcp://") {
+        return tcp_handoff(&g, &token, &c);
+    }
     let location = format!("{}{SETUP_PATH}?token={token}", c.origin);
     redirect(&location).unwrap_or_else(|e| setup_error(&g, &headers, "bad_token", e))
+}
+
+/// Backend.AI's TCP hand-off: the desktop app's local forwarder gets the gateway address
+/// (no cookie: TCP has no ForwardAuth). A redirect when the launch asked for one, else JSON.
+fn tcp_handoff(g: &Gate, token: &str, c: &SetupClaims) -> Response {
+    let url = format!(
+        "{TCP_FORWARDER}?{}",
+        serde_urlencoded::to_string([
+            ("directTCP", "true"),
+            ("auth", token),
+            ("proto", "tcp"),
+            ("gateway", c.origin.as_str()),
+        ])
+        .unwrap_or_default()
+    );
+    g.metrics.setups.with_label_values(&["tcp_handoff"]).inc();
+    if !c.redirect.is_empty() {
+        return redirect(&url).unwrap_or_else(IntoResponse::into_response);
+    }
+    let mut resp = axum::Json(json!({ "redirect": url, "redirectURI": url })).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// Start a launch bound to this browser: plant a state nonce, then go to the platform's login
@@ -422,13 +451,22 @@ async fn login(State(g): State<Gate>, RawQuery(raw): RawQuery, headers: HeaderMa
     resp
 }
 
+/// Ready when the revocation set is loaded and (HTTP workers) the local Traefik serves the
+/// shared setup router — before that, setup links of this worker would get Traefik's 404.
 async fn health(State(g): State<Gate>) -> Response {
-    let ready = g.revoked.synced();
+    let synced = g.revoked.synced();
+    let setup_router = if g.cfg.worker.protocol == "tcp" {
+        true
+    } else {
+        crate::setup::setup_router_loaded(&g.traefik, &g.cfg.traefik.api_url).await
+    };
+    let ready = synced && setup_router;
     let body = json!({
         "status": if ready { "ok" } else { "starting" },
-        "revocations_synced": ready,
+        "revocations_synced": synced,
         "redis_connected": g.revoked.connected(),
         "revocations": g.revoked.len(),
+        "traefik_setup_router": setup_router,
     });
     let status = if ready {
         StatusCode::OK

@@ -94,6 +94,22 @@ async fn loaded(http: &reqwest::Client, api: &str, id: Uuid, generation: i64) ->
         .is_some_and(|a| a.contains(&format!("g={generation}&")))
 }
 
+/// Whether Traefik serves the worker's shared `/_appproxy/` router.
+pub async fn setup_router_loaded(http: &reqwest::Client, api: &str) -> bool {
+    let url = format!(
+        "{}/api/http/routers/{}@etcd",
+        api.trim_end_matches('/'),
+        names::SETUP
+    );
+    match http.get(url).send().await {
+        Ok(r) if r.status().is_success() => r
+            .json::<Value>()
+            .await
+            .is_ok_and(|v| v["status"] == "enabled"),
+        _ => false,
+    }
+}
+
 /// Poll Traefik's API until the circuit is served, for at most `wait`.
 pub async fn wait_loaded(
     http: &reqwest::Client,

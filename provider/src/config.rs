@@ -33,6 +33,38 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub redis: RedisConfig,
+    #[serde(default)]
+    pub conf: ConfConfig,
+}
+
+/// `POST /v2/conf` (the Manager's interactive-app grants).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfConfig {
+    /// Lifetime of a grant; expired grants are refused and garbage-collected.
+    #[serde(default = "default_conf_ttl")]
+    pub token_ttl_seconds: u64,
+    /// Backend.AI's Manager calls `/v2/conf` without a token; allow that only together with
+    /// `allowed_kernel_networks`, so an open `/v2/conf` cannot proxy to arbitrary hosts.
+    #[serde(default)]
+    pub allow_unauthorized_configure_request: bool,
+    /// Networks kernel addresses must lie in (IP literals only when set).
+    #[serde(default)]
+    pub allowed_kernel_networks: Vec<ipnet::IpNet>,
+}
+
+impl Default for ConfConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl_seconds: default_conf_ttl(),
+            allow_unauthorized_configure_request: false,
+            allowed_kernel_networks: Vec::new(),
+        }
+    }
+}
+
+fn default_conf_ttl() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -257,6 +289,17 @@ impl Config {
         }
         if self.reconcile.resync_seconds == 0 {
             errs.push("reconcile.resync_seconds must be at least 1".into());
+        }
+        if self.conf.allow_unauthorized_configure_request
+            && self.conf.allowed_kernel_networks.is_empty()
+        {
+            errs.push(
+                "conf.allow_unauthorized_configure_request needs conf.allowed_kernel_networks"
+                    .into(),
+            );
+        }
+        if !(10..=7 * 24 * 3600).contains(&self.conf.token_ttl_seconds) {
+            errs.push("conf.token_ttl_seconds must be between 10 and 604800".into());
         }
         if !(10..=600).contains(&self.auth.setup_token_ttl_seconds) {
             errs.push("auth.setup_token_ttl_seconds must be between 10 and 600".into());

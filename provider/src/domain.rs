@@ -100,6 +100,22 @@ impl Worker {
     }
 }
 
+/// A `/v2/conf` grant: the Manager vouches that `session` may reach `kernel_host:kernel_port`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfToken {
+    pub id: Uuid,
+    pub login_session_token: Option<String>,
+    pub kernel_host: String,
+    pub kernel_port: u16,
+    pub session_id: Uuid,
+    pub user_uuid: Uuid,
+    pub group_id: Uuid,
+    pub access_key: String,
+    pub domain_name: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
 /// One backend replica of a circuit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {

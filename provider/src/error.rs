@@ -17,6 +17,9 @@ pub enum ApiError {
     /// 401 `auth-failed`.
     #[error("authorization failed")]
     Unauthorized,
+    /// 401 `invalid-credentials`; the message is the title (e.g. "E20007: Session ID mismatch").
+    #[error("invalid credentials: {0}")]
+    InvalidCredentials(String),
     /// 403 `generic-forbidden`.
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -76,6 +79,12 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
                 "auth-failed",
                 "Credential/signature mismatch.".into(),
+                "api_access_unauthorized",
+            ),
+            InvalidCredentials(m) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-credentials",
+                m.clone(),
                 "api_access_unauthorized",
             ),
             Forbidden(_) => (

@@ -56,6 +56,7 @@ pub async fn run(
         metrics.clone(),
     );
     let rec_task = tokio::spawn(reconciler.clone().run(shutdown.clone()));
+    let gc_task = tokio::spawn(gc_tokens(store.clone(), shutdown.clone()));
     let state = api::AppState {
         store,
         reconciler,
@@ -72,5 +73,21 @@ pub async fn run(
         })
         .await?;
     rec_task.abort();
+    gc_task.abort();
     Ok(())
+}
+
+/// Delete expired `/v2/conf` grants every minute.
+async fn gc_tokens(store: store::Store, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match store.gc_tokens().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "Expired conf tokens removed"),
+            Err(e) => tracing::warn!(error = %e, "Token GC failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+    }
 }

@@ -87,13 +87,30 @@ impl Signer {
         Ok(s)
     }
 
-    /// A setup URL on the app's own origin: `<origin>/_appproxy/setup?token=<jwt>`.
+    /// A setup URL: for HTTP circuits on the app's own origin
+    /// (`<origin>/_appproxy/setup?token=<jwt>`); for TCP circuits on the worker API
+    /// (`<api endpoint>/setup?token=<jwt>`, which hands off to Backend.AI's desktop forwarder).
     pub fn setup_link(
         &self,
         c: &Circuit,
         w: &Worker,
         req: &SetupRequest<'_>,
     ) -> Result<SetupLink, TokenError> {
+        let (token, expires_at) = self.setup_token(c, w, req)?;
+        let url = if c.protocol.is_http() {
+            format!("{}{SETUP_PATH}?token={token}", c.url(w))
+        } else {
+            format!("{}/setup?token={token}", w.api_endpoint())
+        };
+        Ok(SetupLink { url, expires_at })
+    }
+
+    fn setup_token(
+        &self,
+        c: &Circuit,
+        w: &Worker,
+        req: &SetupRequest<'_>,
+    ) -> Result<(String, i64), TokenError> {
         let origin = c.url(w);
         let now = now_secs();
         let user = req.user_id.or(c.user_id).map(|u| u.to_string());
@@ -105,7 +122,12 @@ impl Signer {
             cid: c.id,
             generation: c.generation,
             origin: origin.clone(),
-            redirect: safe_redirect(req.redirect.unwrap_or("/")),
+            // TCP: only whether a redirect was asked for matters (302 vs JSON hand-off).
+            redirect: match (c.protocol.is_http(), req.redirect) {
+                (true, r) => safe_redirect(r.unwrap_or("/")),
+                (false, Some(r)) if !r.is_empty() => "/".into(),
+                (false, _) => String::new(),
+            },
             ls: req
                 .login_session_token
                 .map(login_session_hash)
@@ -117,10 +139,7 @@ impl Signer {
             jti: Uuid::new_v4().simple().to_string(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)?;
-        Ok(SetupLink {
-            url: format!("{origin}{SETUP_PATH}?token={token}"),
-            expires_at: claims.exp,
-        })
+        Ok((token, claims.exp))
     }
 
     /// An inference API token for a circuit, valid until `exp` (epoch seconds).

@@ -77,6 +77,8 @@ pub struct Stack {
     pub manager_token: String,
     pub worker_token: String,
     pub http: reqwest::Client,
+    /// Extra `APPPROXY_PROVIDER__*` settings for the next `start_provider`.
+    pub provider_extra_env: Vec<(String, String)>,
     cert: (PathBuf, PathBuf),
     pub dir: TempDir,
 }
@@ -228,6 +230,7 @@ impl Stack {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client"),
+            provider_extra_env: Vec::new(),
             cert: (crt, key),
             dir,
         };
@@ -293,6 +296,7 @@ impl Stack {
     pub fn start_provider(&mut self) {
         let mut cmd = Command::new(workspace_bin("appproxy-provider"));
         cmd.envs(self.provider_env())
+            .envs(self.provider_extra_env.iter().cloned())
             .env("RUST_LOG", "info,sqlx=warn");
         let mut p = Proc::spawn("provider", cmd, self.dir.path());
         wait_listening(self.provider_port, Duration::from_secs(30), &mut p);

@@ -27,11 +27,7 @@ async fn env_with(spec: WorkerSpec) -> Env {
     let stack = Stack::start(Db::Sqlite).await;
     let worker = stack.start_gated_worker(spec).await;
     let echo = HttpEcho::start("app").await;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let http = e2e::no_redirect_client();
     Env {
         stack,
         worker,
@@ -98,14 +94,7 @@ impl Env {
 
     /// GET with headers; status, headers, body.
     async fn get(&self, url: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, String) {
-        let mut req = self.http.get(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let h = resp.headers().clone();
-        (status, h, resp.text().await.unwrap_or_default())
+        e2e::http_get(&self.http, url, headers).await
     }
 
     /// Run the setup link; returns the `name=value` of the cookie it set.

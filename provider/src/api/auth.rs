@@ -27,14 +27,24 @@ pub(super) fn setup_link(
     if c.protocol == Protocol::Tcp {
         return Ok(None);
     }
+    signed_link(state, c, w, req).map(Some)
+}
+
+/// A setup link for any circuit (TCP: the worker's `/setup` desktop hand-off).
+pub(super) fn signed_link(
+    state: &AppState,
+    c: &Circuit,
+    w: &Worker,
+    req: &SetupRequest<'_>,
+) -> Result<SetupLinkResponse, ApiError> {
     let link = state.signer.setup_link(c, w, req).map_err(|e| {
         tracing::error!(error = %e, "Cannot sign a setup token");
         ApiError::DependencyUnavailable("cannot sign setup tokens".into())
     })?;
-    Ok(Some(SetupLinkResponse {
+    Ok(SetupLinkResponse {
         setup_url: link.url,
         expires_at: link.expires_at,
-    }))
+    })
 }
 
 pub(super) async fn create_link(

@@ -142,13 +142,27 @@ fn serves(w: &Worker, protocol: Protocol) -> bool {
     }
 }
 
-/// Pick a worker: the named one, or among ALIVE workers that serve the protocol and accept
-/// interactive traffic, wildcard workers first (least loaded), then port workers with the most
-/// free ports.
-async fn pick_worker(
+/// Whether a worker's app filters admit a request with these properties: a worker with
+/// `filtered_apps_only` takes only matching requests; others take anything.
+fn filter_match(w: &Worker, props: &[(String, String)]) -> bool {
+    let filters = w.app_filters.as_array().cloned().unwrap_or_default();
+    filters.iter().any(|f| {
+        props
+            .iter()
+            .any(|(k, v)| f["key"].as_str() == Some(k) && f["value"].as_str() == Some(v))
+    })
+}
+
+/// Pick a worker (Backend.AI §3.2, fixed): the named one, or among ALIVE workers that serve
+/// the protocol and accept the traffic type and whose app filters admit the request —
+/// workers whose filters match first, then wildcard workers (least loaded), then port
+/// workers with the most free ports.
+pub(super) async fn pick_worker(
     state: &AppState,
     authority: Option<&str>,
     protocol: Protocol,
+    mode: AppMode,
+    props: &[(String, String)],
 ) -> Result<Worker, ApiError> {
     let unavailable = |m: &str| ApiError::WorkerNotAvailable(m.to_string());
     if let Some(a) = authority {
@@ -168,22 +182,100 @@ async fn pick_worker(
     let candidates = state.store.list_workers().await?.into_iter().filter(|w| {
         w.status == WorkerStatus::Alive
             && serves(w, protocol)
-            && w.accepted_traffics.contains(&AppMode::Interactive)
+            && w.accepted_traffics.contains(&mode)
+            && (!w.filtered_apps_only || filter_match(w, props))
     });
     let best = candidates
         .filter_map(|w| {
             let used = counts.get(&w.id).copied().unwrap_or(0);
+            let dedicated = i64::from(filter_match(&w, props));
             match w.frontend_mode {
-                FrontendMode::Wildcard => Some(((1, -used), w)),
+                FrontendMode::Wildcard => Some(((dedicated, 1, -used), w)),
                 FrontendMode::Port => {
                     let free = w.available_slots() - used;
-                    (free > 0).then_some(((0, free), w))
+                    (free > 0).then_some(((dedicated, 0, free), w))
                 }
             }
         })
         .max_by_key(|(k, _)| *k);
     best.map(|(_, w)| w)
         .ok_or_else(|| unavailable("no worker with a free slot serves this protocol"))
+}
+
+/// An interactive circuit to create (from `POST /v2/circuits` or `/v2/proxy/auth`).
+pub(super) struct NewInteractive {
+    pub app: String,
+    pub protocol: Protocol,
+    pub worker: Option<String>,
+    pub user_id: Uuid,
+    pub open_to_public: bool,
+    pub allowed_client_ips: Vec<ipnet::IpNet>,
+    pub port: Option<u16>,
+    pub subdomain: Option<String>,
+    pub envs: serde_json::Map<String, Value>,
+    pub arguments: Option<String>,
+    pub idle_timeout: Option<u64>,
+    pub routes: Vec<Route>,
+    /// Properties worker app filters match (`session.user_uuid`, …).
+    pub props: Vec<(String, String)>,
+}
+
+/// Place and store an interactive circuit, then nudge the reconciler.
+pub(super) async fn create_interactive(
+    state: &AppState,
+    n: NewInteractive,
+) -> Result<(Circuit, Worker), ApiError> {
+    let worker = pick_worker(
+        state,
+        n.worker.as_deref(),
+        n.protocol,
+        AppMode::Interactive,
+        &n.props,
+    )
+    .await?;
+    if n.port.is_some() && worker.frontend_mode != FrontendMode::Port {
+        return Err(ApiError::InvalidParams(
+            "port given but the worker uses subdomains".into(),
+        ));
+    }
+    let new = NewCircuit {
+        app: n.app,
+        protocol: n.protocol,
+        app_mode: AppMode::Interactive,
+        worker_id: worker.id,
+        preferred_port: n.port,
+        preferred_subdomain: n.subdomain,
+        envs: Value::Object(n.envs),
+        arguments: n.arguments,
+        open_to_public: n.open_to_public,
+        allowed_client_ips: n.allowed_client_ips,
+        user_id: Some(n.user_id),
+        endpoint_id: None,
+        runtime_variant: None,
+        routes: n.routes,
+        idle_timeout: n.idle_timeout,
+    };
+    let c = state
+        .store
+        .create_circuit(&new, &worker)
+        .await
+        .map_err(store_to_api)?;
+    state.metrics.circuits_created.inc();
+    state.reconciler.nudge(worker.id);
+    tracing::info!(circuit = %c.id, worker = %worker.authority, "Circuit created");
+    Ok((c, worker))
+}
+
+/// Allocation failures in Backend.AI's terms.
+pub(super) fn store_to_api(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NoFreeSlot => ApiError::WorkerNotAvailable("no free port on the worker".into()),
+        StoreError::SlotTaken(m) => ApiError::PortNotAvailable(m),
+        StoreError::DuplicateRoute(id) => {
+            ApiError::InvalidParams(format!("route_id {id} appears twice"))
+        }
+        other => other.into(),
+    }
 }
 
 fn validate_create(req: &CreateCircuitRequest, max_routes: usize) -> Result<Vec<Route>, ApiError> {
@@ -240,46 +332,25 @@ pub(super) async fn create(
         Some(l) => parse_client_ips(&l.0).map_err(ApiError::InvalidParams)?,
         None => Vec::new(),
     };
-    let worker = pick_worker(&state, req.worker.as_deref(), req.protocol).await?;
-    if req.port.is_some() && worker.frontend_mode != FrontendMode::Port {
-        return Err(ApiError::InvalidParams(
-            "port given but the worker uses subdomains".into(),
-        ));
-    }
-    let new = NewCircuit {
-        app: req.app,
-        protocol: req.protocol,
-        app_mode: AppMode::Interactive,
-        worker_id: worker.id,
-        preferred_port: req.port,
-        preferred_subdomain: req.subdomain,
-        envs: Value::Object(req.envs.unwrap_or_default()),
-        arguments: req.arguments,
-        open_to_public: req.open_to_public,
-        allowed_client_ips: ips,
-        user_id: Some(req.user_id),
-        endpoint_id: None,
-        runtime_variant: None,
-        routes,
-        idle_timeout: req.idle_timeout,
-    };
-    let c = state
-        .store
-        .create_circuit(&new, &worker)
-        .await
-        .map_err(|e| match e {
-            StoreError::NoFreeSlot => {
-                ApiError::WorkerNotAvailable("no free port on the worker".into())
-            }
-            StoreError::SlotTaken(m) => ApiError::PortNotAvailable(m),
-            StoreError::DuplicateRoute(id) => {
-                ApiError::InvalidParams(format!("route_id {id} appears twice"))
-            }
-            other => other.into(),
-        })?;
-    state.metrics.circuits_created.inc();
-    state.reconciler.nudge(worker.id);
-    tracing::info!(circuit = %c.id, worker = %worker.authority, "Circuit created");
+    let (c, worker) = create_interactive(
+        &state,
+        NewInteractive {
+            app: req.app,
+            protocol: req.protocol,
+            worker: req.worker,
+            user_id: req.user_id,
+            open_to_public: req.open_to_public,
+            allowed_client_ips: ips,
+            port: req.port,
+            subdomain: req.subdomain,
+            envs: req.envs.unwrap_or_default(),
+            arguments: req.arguments,
+            idle_timeout: req.idle_timeout,
+            routes,
+            props: vec![("session.user_uuid".into(), req.user_id.to_string())],
+        },
+    )
+    .await?;
     let link = super::auth::setup_link(
         &state,
         &c,

@@ -50,12 +50,18 @@ fn same(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether the request carries the manager token (for routes where it is optional).
+pub(crate) fn manager_presented(headers: &HeaderMap, state: &AppState) -> bool {
+    presented(headers).is_some_and(|t| same(t, &state.config.secrets.manager_token))
+}
+
 impl FromRequestParts<AppState> for ManagerAuth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match presented(&parts.headers) {
-            Some(t) if same(t, &state.config.secrets.manager_token) => Ok(ManagerAuth),
-            _ => Err(ApiError::Unauthorized),
+        if manager_presented(&parts.headers, state) {
+            Ok(ManagerAuth)
+        } else {
+            Err(ApiError::Unauthorized)
         }
     }
 }

@@ -8,6 +8,7 @@ mod circuit;
 mod extract;
 mod health;
 mod models;
+mod proxy;
 mod worker;
 
 use std::sync::Arc;
@@ -71,6 +72,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v2/revocations", post(auth::revoke))
         .route("/v2/sessions/{session_id}", delete(circuit::delete_session))
+        .route("/v2/conf", post(proxy::conf))
+        .route("/v2/proxy/{token}/{session_id}/add", get(proxy::add))
+        .route("/v2/proxy/auth", get(proxy::auth))
         .fallback(|| async { ApiError::UrlNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))

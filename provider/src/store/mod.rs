@@ -8,7 +8,7 @@
 
 mod sql;
 
-pub use sql::{CircuitFilter, NewCircuit, NewRoute, Store, WorkerRegistration};
+pub use sql::{CircuitFilter, NewCircuit, NewRoute, Store, WorkerRegistration, now_ms};
 
 /// Store failures, classified for the API edge.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use crate::domain::{
-    AppMode, Circuit, Frontend, FrontendMode, Protocol, Route, Worker, WorkerStatus,
+    AppMode, Circuit, ConfToken, Frontend, FrontendMode, Protocol, Route, Worker, WorkerStatus,
     lowest_free_port, pick_subdomain,
 };
 
@@ -75,7 +75,7 @@ pub struct CircuitFilter {
     pub worker_id: Option<Uuid>,
 }
 
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -533,6 +533,97 @@ impl Store {
             .map(|c| c.id)
             .collect();
         self.delete_circuits(&ids).await
+    }
+}
+
+impl Store {
+    // === /v2/conf tokens ===
+
+    pub async fn insert_token(&self, t: &ConfToken) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, login_session_token, kernel_host, kernel_port, session_id, \
+             user_uuid, group_id, access_key, domain_name, created_at, expires_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+        )
+        .bind(t.id.to_string())
+        .bind(t.login_session_token.clone())
+        .bind(t.kernel_host.clone())
+        .bind(i64::from(t.kernel_port))
+        .bind(t.session_id.to_string())
+        .bind(t.user_uuid.to_string())
+        .bind(t.group_id.to_string())
+        .bind(t.access_key.clone())
+        .bind(t.domain_name.clone())
+        .bind(t.created_at_ms)
+        .bind(t.expires_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A token that has not expired.
+    pub async fn get_token(&self, id: Uuid) -> Result<Option<ConfToken>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, login_session_token, kernel_host, kernel_port, session_id, user_uuid, \
+             group_id, access_key, domain_name, created_at, expires_at FROM tokens \
+             WHERE id=$1 AND expires_at > $2",
+        )
+        .bind(id.to_string())
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(ConfToken {
+                id: parse(&r, "id")?,
+                login_session_token: get(&r, "login_session_token")?,
+                kernel_host: get(&r, "kernel_host")?,
+                kernel_port: opt_u16(&r, "kernel_port")?.unwrap_or(0),
+                session_id: parse(&r, "session_id")?,
+                user_uuid: parse(&r, "user_uuid")?,
+                group_id: parse(&r, "group_id")?,
+                access_key: get(&r, "access_key")?,
+                domain_name: get(&r, "domain_name")?,
+                created_at_ms: get(&r, "created_at")?,
+                expires_at_ms: get(&r, "expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Delete expired tokens; returns how many.
+    pub async fn gc_tokens(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tokens WHERE expires_at <= $1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Point a session's routes of a circuit at a (possibly new) kernel address.
+    pub async fn refresh_session_route(
+        &self,
+        circuit_id: Uuid,
+        session_id: Uuid,
+        kernel_host: &str,
+        kernel_port: u16,
+    ) -> Result<Option<Circuit>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE routes SET kernel_host=$1, kernel_port=$2 WHERE circuit_id=$3 AND session_id=$4",
+        )
+        .bind(kernel_host.to_string())
+        .bind(i64::from(kernel_port))
+        .bind(circuit_id.to_string())
+        .bind(session_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE circuits SET updated_at=$1 WHERE id=$2")
+            .bind(now_ms())
+            .bind(circuit_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.get_circuit(circuit_id).await
     }
 }
 
