@@ -53,6 +53,19 @@ pub struct WorkerConfig {
     /// How Traefik reaches this authgate; default `http://<listen>`.
     #[serde(default)]
     pub authgate_url: Option<String>,
+    /// Take only requests matching `app_filters` (Backend.AI's dedicated workers).
+    #[serde(default)]
+    pub filtered_apps_only: bool,
+    /// `[{key = "session.user_uuid", value = "…"}]`: requests this worker is meant for.
+    #[serde(default)]
+    pub app_filters: Vec<AppFilter>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppFilter {
+    pub key: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

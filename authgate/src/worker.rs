@@ -1,7 +1,11 @@
 //! The worker role: register with the provider (retrying until it answers), heartbeat,
-//! re-register when the provider forgot us, deregister on shutdown.
+//! report replica health from the local Traefik, re-register when the provider forgot us,
+//! deregister on shutdown.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -24,6 +28,8 @@ pub fn registration(cfg: &Config) -> Value {
         "wildcard_traffic_port": w.wildcard_traffic_port,
         "accepted_traffics": w.accepted_traffics,
         "authgate_url": cfg.authgate_url(),
+        "filtered_apps_only": w.filtered_apps_only,
+        "app_filters": w.app_filters,
     })
 }
 
@@ -67,7 +73,53 @@ impl Client {
     }
 }
 
-/// Run the worker role until `shutdown`; deregisters on the way out.
+/// Replica status of every circuit Traefik serves: circuit id → server URL → `UP`/`DOWN`.
+async fn route_health(
+    http: &reqwest::Client,
+    api: &str,
+) -> Option<HashMap<String, BTreeMap<String, String>>> {
+    let mut out = HashMap::new();
+    // Traefik's API pages its lists; follow `X-Next-Page` (bounded).
+    let mut page = 1;
+    for _ in 0..100 {
+        let url = format!(
+            "{}/api/http/services?per_page=1000&page={page}",
+            api.trim_end_matches('/')
+        );
+        let resp = http.get(url).send().await.ok()?;
+        let next = resp
+            .headers()
+            .get("x-next-page")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|n| *n > page);
+        let list: Vec<Value> = resp.json().await.ok()?;
+        for s in list {
+            let Some(name) = s["name"].as_str().and_then(|n| n.strip_suffix("@etcd")) else {
+                continue;
+            };
+            let (Some(id), Some(status)) = (
+                appproxy_common::names::circuit_of_object(name),
+                s["serverStatus"].as_object(),
+            ) else {
+                continue;
+            };
+            let servers = status
+                .iter()
+                .map(|(u, v)| (u.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect();
+            out.insert(id.to_string(), servers);
+        }
+        match next {
+            Some(n) => page = n,
+            None => break,
+        }
+    }
+    Some(out)
+}
+
+/// Run the worker role until `shutdown`; deregisters on the way out. Every 2 s it also
+/// reports replica health from its Traefik when that changed (or every heartbeat).
 pub async fn run(cfg: Config, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
     let client = Client {
         http: reqwest::Client::builder()
@@ -79,8 +131,11 @@ pub async fn run(cfg: Config, metrics: Metrics, mut shutdown: watch::Receiver<bo
     };
     let body = registration(&cfg);
     let beat = Duration::from_secs(cfg.provider.heartbeat_seconds);
+    let tick = Duration::from_secs(2).min(beat);
     let mut id: Option<String> = None;
     let mut backoff = Duration::from_millis(200);
+    let mut last_beat = tokio::time::Instant::now();
+    let mut last_health: Option<HashMap<String, BTreeMap<String, String>>> = None;
     loop {
         let wait = match &id {
             None => match client.register(&body).await {
@@ -89,7 +144,9 @@ pub async fn run(cfg: Config, metrics: Metrics, mut shutdown: watch::Receiver<bo
                     metrics.registered.set(1);
                     id = Some(new);
                     backoff = Duration::from_millis(200);
-                    beat
+                    last_beat = tokio::time::Instant::now();
+                    last_health = None;
+                    tick
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Registration failed; retrying");
@@ -98,25 +155,43 @@ pub async fn run(cfg: Config, metrics: Metrics, mut shutdown: watch::Receiver<bo
                 }
             },
             Some(w) => {
-                match client
-                    .send(
-                        reqwest::Method::PATCH,
-                        &format!("/api/worker/{w}"),
-                        Some(&json!({})),
-                    )
-                    .await
-                {
-                    Ok((200, _)) => {}
-                    Ok((404, _)) => {
-                        tracing::warn!("Provider forgot this worker; registering again");
-                        metrics.registered.set(0);
-                        id = None;
-                        continue;
+                let due = last_beat.elapsed() >= beat;
+                if due {
+                    last_beat = tokio::time::Instant::now();
+                    match client
+                        .send(
+                            reqwest::Method::PATCH,
+                            &format!("/api/worker/{w}"),
+                            Some(&json!({})),
+                        )
+                        .await
+                    {
+                        Ok((200, _)) => {}
+                        Ok((404, _)) => {
+                            tracing::warn!("Provider forgot this worker; registering again");
+                            metrics.registered.set(0);
+                            id = None;
+                            continue;
+                        }
+                        Ok((s, v)) => tracing::warn!(status = s, body = %v, "Heartbeat refused"),
+                        Err(e) => tracing::warn!(error = %e, "Heartbeat failed"),
                     }
-                    Ok((s, v)) => tracing::warn!(status = s, body = %v, "Heartbeat refused"),
-                    Err(e) => tracing::warn!(error = %e, "Heartbeat failed"),
                 }
-                beat
+                if cfg.worker.protocol != "tcp"
+                    && let Some(h) = route_health(&client.http, &cfg.traefik.api_url).await
+                    && (due || last_health.as_ref() != Some(&h))
+                {
+                    let path = format!("/api/worker/{w}/route-health");
+                    match client
+                        .send(reqwest::Method::PUT, &path, Some(&json!({ "circuits": h })))
+                        .await
+                    {
+                        Ok((200, _)) => last_health = Some(h),
+                        Ok((s, v)) => tracing::warn!(status = s, body = %v, "Route health refused"),
+                        Err(e) => tracing::warn!(error = %e, "Route health report failed"),
+                    }
+                }
+                tick
             }
         };
         tokio::select! {

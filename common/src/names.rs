@@ -12,6 +12,8 @@ use uuid::Uuid;
 pub const SENTINEL: &str = "ap-sentinel";
 /// Shared per-worker router/service that sends `/_appproxy/*` to the worker's authgate.
 pub const SETUP: &str = "ap-setup";
+/// Shared per-worker middleware: retry a request whose replica could not be reached.
+pub const RETRY: &str = "ap-retry";
 /// Path prefix served by authgate on every app origin.
 pub const SETUP_PATH_PREFIX: &str = "/_appproxy/";
 /// Entrypoint that carries every subdomain-mode app of a worker.

@@ -156,6 +156,91 @@ pub struct Circuit {
     pub generation: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Load-balancing options of an inference circuit (from its endpoint).
+    pub balancing: Option<Balancing>,
+}
+
+/// Backend.AI's `ModelHealthCheck` (field names, defaults and units as on the wire: seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    #[serde(default)]
+    pub enable: bool,
+    #[serde(default = "hc_interval")]
+    pub interval: f64,
+    #[serde(default = "hc_path")]
+    pub path: String,
+    #[serde(default = "hc_retries")]
+    pub max_retries: u32,
+    #[serde(default = "hc_wait")]
+    pub max_wait_time: f64,
+    #[serde(default = "hc_status")]
+    pub expected_status_code: u16,
+    #[serde(default = "hc_delay")]
+    pub initial_delay: f64,
+}
+
+fn hc_interval() -> f64 {
+    10.0
+}
+fn hc_path() -> String {
+    "/health".into()
+}
+fn hc_retries() -> u32 {
+    10
+}
+fn hc_wait() -> f64 {
+    15.0
+}
+fn hc_status() -> u16 {
+    200
+}
+fn hc_delay() -> f64 {
+    60.0
+}
+
+impl HealthCheck {
+    /// Bounds that keep the rendered Traefik values valid.
+    pub fn validate(&self) -> Result<(), String> {
+        let secs = |v: f64| v.is_finite() && (0.0..=86_400.0).contains(&v);
+        if !(secs(self.interval) && self.interval >= 0.1) {
+            return Err("health_check.interval must be 0.1-86400 seconds".into());
+        }
+        if !(secs(self.max_wait_time) && self.max_wait_time >= 0.1) {
+            return Err("health_check.max_wait_time must be 0.1-86400 seconds".into());
+        }
+        if !secs(self.initial_delay) {
+            return Err("health_check.initial_delay must be 0-86400 seconds".into());
+        }
+        if !(100..=599).contains(&self.expected_status_code) {
+            return Err("health_check.expected_status_code must be 100-599".into());
+        }
+        let p = &self.path;
+        if p.len() > 1024 || p.chars().any(|c| c.is_control() || c == ' ' || c == '`') {
+            return Err("health_check.path must be a plain URL path".into());
+        }
+        Ok(())
+    }
+}
+
+/// How an inference circuit balances its replicas.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Balancing {
+    pub health_check: Option<HealthCheck>,
+    pub sticky: bool,
+}
+
+/// An inference endpoint row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub id: Uuid,
+    pub health_check: Option<HealthCheck>,
+    pub sticky: bool,
+}
+
+impl Endpoint {
+    pub fn health_check_enabled(&self) -> bool {
+        self.health_check.as_ref().is_some_and(|h| h.enable)
+    }
 }
 
 impl Circuit {

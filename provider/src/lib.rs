@@ -10,6 +10,7 @@
 //! - [`api`]: HTTP handlers (Backend.AI wire + extensions); [`error`]: the only status mapping.
 //! - [`tokens`]: Ed25519-signed setup links and inference tokens; [`revoke`]: revocations in
 //!   Redis (unified logout).
+//! - [`route_health`]: replica health as each worker's Traefik reports it (in memory).
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod render;
 pub mod revoke;
+pub mod route_health;
 pub mod store;
 pub mod tokens;
 
@@ -65,6 +67,7 @@ pub async fn run(
         etcd: kv,
         signer,
         revoker,
+        route_health: route_health::RouteHealth::default(),
     };
     tracing::info!(addr = %listener.local_addr()?, "Provider listening");
     axum::serve(listener, api::app(state))

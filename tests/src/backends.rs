@@ -23,20 +23,29 @@ pub struct Seen {
 }
 
 /// HTTP echo backend: answers `backend=<name> path=<uri>`; a WebSocket upgrade on any path is
-/// accepted and every message echoed back.
+/// accepted and every message echoed back; `GET /health` answers a settable status.
 pub struct HttpEcho {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Status `GET /health` answers (200 until changed).
+    health: Arc<std::sync::atomic::AtomicU16>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HttpEcho {
     pub async fn start(name: &str) -> HttpEcho {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let (name, log) = (name.to_string(), seen.clone());
+        let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let (name, log, hc) = (name.to_string(), seen.clone(), health.clone());
         let app = Router::new().fallback(any(move |req: Request| {
-            let (name, log) = (name.clone(), log.clone());
+            let (name, log, hc) = (name.clone(), log.clone(), hc.clone());
             async move {
+                if req.uri().path() == "/health" {
+                    let code = hc.load(std::sync::atomic::Ordering::Relaxed);
+                    let status = axum::http::StatusCode::from_u16(code)
+                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                    return (status, format!("backend={name} health")).into_response();
+                }
                 let uri = req.uri().to_string();
                 let seen = Seen {
                     method: req.method().to_string(),
@@ -72,7 +81,18 @@ impl HttpEcho {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        HttpEcho { port, seen, task }
+        HttpEcho {
+            port,
+            seen,
+            health,
+            task,
+        }
+    }
+
+    /// Make `GET /health` answer `code` (health checks are not recorded as requests).
+    pub fn set_health(&self, code: u16) {
+        self.health
+            .store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn count(&self) -> usize {

@@ -31,6 +31,7 @@ both_dbs!(
     worker_api_health_and_bulk_delete,
     provider_kill_mid_burst_and_prefix_wipe_are_repaired,
     bad_input_is_rejected_and_changes_nothing,
+    worker_selection_honours_app_filters_traffic_and_liveness,
 );
 
 /// A stack with one registered port-mode worker and its Traefik.
@@ -794,7 +795,12 @@ async fn worker_api_health_and_bulk_delete(db: Db) {
         let dump = stack.etcd_dump().await;
         dump.keys()
             .filter(|k| k.starts_with(&root))
-            .all(|k| k.contains("/ap-setup/") || k.contains("/ap-sentinel/"))
+            .all(|k| {
+                use appproxy_common::names::{RETRY, SENTINEL, SETUP};
+                [SETUP, SENTINEL, RETRY]
+                    .iter()
+                    .any(|n| k.contains(&format!("/{n}/")))
+            })
             .then_some(())
     })
     .await;
@@ -851,4 +857,52 @@ async fn harness_redis_starts_and_stops() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "redis {pid} still exists after stop"
     );
+}
+
+/// Backend.AI's `pick_worker`, fixed: dedicated workers (`filtered_apps_only`) take only the
+/// requests their `app_filters` match and are preferred for them; the traffic type and
+/// liveness are honoured; general workers are chosen by free capacity.
+async fn worker_selection_honours_app_filters_traffic_and_liveness(db: Db) {
+    let stack = Stack::start(db).await;
+    let alice = Uuid::new_v4();
+    let (lo, hi) = Stack::port_range(4);
+    let mut general = port_worker("general", lo, hi, "http");
+    general["accepted_traffics"] = json!(["interactive"]);
+    let general = stack.register_worker(general).await;
+    let (lo, hi) = Stack::port_range(4);
+    let mut dedicated = port_worker("dedicated", lo, hi, "http");
+    dedicated["filtered_apps_only"] = json!(true);
+    dedicated["app_filters"] = json!([{"key": "session.user_uuid", "value": alice.to_string()}]);
+    stack.register_worker(dedicated).await;
+    let (lo, hi) = Stack::port_range(4);
+    let mut inference_only = port_worker("inference-only", lo, hi, "http");
+    inference_only["accepted_traffics"] = json!(["inference"]);
+    stack.register_worker(inference_only).await;
+    let place = |user: Uuid| {
+        let body = json!({
+            "app": "jupyter", "user_id": user, "open_to_public": true,
+            "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1", "kernel_port": 1}],
+        });
+        let stack = &stack;
+        async move {
+            let (s, v) = stack
+                .manager(Method::POST, "/v2/circuits", Some(&body))
+                .await;
+            (s, v["worker"].as_str().unwrap_or("").to_string())
+        }
+    };
+    // Alice's apps go to her dedicated worker; everyone else's never do.
+    for _ in 0..3 {
+        assert_eq!(place(alice).await, (201, "dedicated".to_string()));
+        assert_eq!(place(Uuid::new_v4()).await, (201, "general".to_string()));
+    }
+    // The general worker goes away: others get 503, Alice still has her worker.
+    let gid = general["id"].as_str().unwrap();
+    let (s, _) = stack
+        .worker(Method::DELETE, &format!("/api/worker/{gid}"), None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = place(Uuid::new_v4()).await;
+    assert_eq!(s, 503);
+    assert_eq!(place(alice).await, (201, "dedicated".to_string()));
 }

@@ -255,15 +255,25 @@ pub(super) async fn create_interactive(
         routes: n.routes,
         idle_timeout: n.idle_timeout,
     };
+    let c = store_circuit(state, &new, &worker).await?;
+    Ok((c, worker))
+}
+
+/// Insert a circuit (allocating its slot), count it and nudge the reconciler.
+pub(super) async fn store_circuit(
+    state: &AppState,
+    new: &NewCircuit,
+    worker: &Worker,
+) -> Result<Circuit, ApiError> {
     let c = state
         .store
-        .create_circuit(&new, &worker)
+        .create_circuit(new, worker)
         .await
         .map_err(store_to_api)?;
     state.metrics.circuits_created.inc();
     state.reconciler.nudge(worker.id);
-    tracing::info!(circuit = %c.id, worker = %worker.authority, "Circuit created");
-    Ok((c, worker))
+    tracing::info!(circuit = %c.id, worker = %worker.authority, endpoint = ?c.endpoint_id, "Circuit created");
+    Ok(c)
 }
 
 /// Allocation failures in Backend.AI's terms.

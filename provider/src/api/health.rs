@@ -1,9 +1,16 @@
-//! `/status`, `/health*`, `/metrics`: unauthenticated probes.
+//! `/status`, `/health`, `/health/livez`, `/health/readyz`, `/metrics`: unauthenticated
+//! probes. `/health/status`, `/health/summary`, `/health/endpoints`, `/health/circuits/{id}`:
+//! the Manager's view of workers and of replica health as Traefik sees it (Backend.AI's
+//! versions of the last three always answered 500).
 
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::{
+    AppState,
+    extract::{IdPath, ManagerAuth},
+};
+use crate::{domain::Circuit, error::ApiError};
 
 pub(super) async fn status(State(state): State<AppState>) -> Json<Value> {
     let advertise = state
@@ -54,4 +61,102 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+pub(super) async fn worker_status(
+    State(state): State<AppState>,
+    _: ManagerAuth,
+) -> Result<Json<Value>, ApiError> {
+    let counts = state.store.occupied_counts().await?;
+    let workers: Vec<Value> = state
+        .store
+        .list_workers()
+        .await?
+        .iter()
+        .map(|w| {
+            json!({
+                "authority": w.authority,
+                "status": w.status.as_str(),
+                "available_slots": w.available_slots(),
+                "occupied_slots": counts.get(&w.id).copied().unwrap_or(0),
+                "ha_setup": w.nodes > 1,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "coordinator_version": env!("CARGO_PKG_VERSION"),
+        "appproxy_api_version": "v2",
+        "workers": workers,
+    })))
+}
+
+/// Routes of a circuit with their health.
+fn routes_health(state: &AppState, c: &Circuit) -> Vec<Value> {
+    c.routes
+        .iter()
+        .map(|r| {
+            json!({
+                "route_id": r.route_id,
+                "session_id": r.session_id,
+                "kernel_host": r.kernel_host,
+                "kernel_port": r.kernel_port,
+                "traffic_ratio": r.traffic_ratio,
+                "health_status": state.route_health.status(c.id, r),
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn endpoints(
+    State(state): State<AppState>,
+    _: ManagerAuth,
+) -> Result<Json<Value>, ApiError> {
+    let mut out = Vec::new();
+    for (e, c) in state.store.list_endpoints().await? {
+        out.push(json!({
+            "endpoint_id": e.id,
+            "health_check_enabled": e.health_check_enabled(),
+            "circuit_id": c.as_ref().map(|c| c.id),
+            "routes": c.as_ref().map(|c| routes_health(&state, c)).unwrap_or_default(),
+        }));
+    }
+    Ok(Json(json!({ "endpoints": out })))
+}
+
+pub(super) async fn circuit(
+    State(state): State<AppState>,
+    _: ManagerAuth,
+    IdPath(id): IdPath,
+) -> Result<Json<Value>, ApiError> {
+    let c = state
+        .store
+        .get_circuit(id)
+        .await?
+        .ok_or(ApiError::NotFound("circuit"))?;
+    Ok(Json(json!({
+        "circuit_id": c.id,
+        "endpoint_id": c.endpoint_id,
+        "app_mode": c.app_mode.as_str(),
+        "routes": routes_health(&state, &c),
+    })))
+}
+
+pub(super) async fn summary(
+    State(state): State<AppState>,
+    _: ManagerAuth,
+) -> Result<Json<Value>, ApiError> {
+    let (mut healthy, mut unhealthy, mut unknown) = (0, 0, 0);
+    for (_, c) in state.store.list_endpoints().await? {
+        for r in c.iter().flat_map(|c| routes_health(&state, c)) {
+            match r["health_status"].as_str() {
+                Some("healthy") => healthy += 1,
+                Some("unhealthy") => unhealthy += 1,
+                _ => unknown += 1,
+            }
+        }
+    }
+    Ok(Json(json!({
+        "total_routes": healthy + unhealthy + unknown,
+        "healthy": healthy, "unhealthy": unhealthy, "unknown": unknown,
+    })))
 }

@@ -5,6 +5,7 @@
 
 mod auth;
 mod circuit;
+mod endpoint;
 mod extract;
 mod health;
 mod models;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub etcd: crate::etcd::Kv,
     pub signer: crate::tokens::Signer,
     pub revoker: crate::revoke::Revoker,
+    pub route_health: crate::route_health::RouteHealth,
 }
 
 /// The provider's router.
@@ -47,6 +49,14 @@ pub fn app(state: AppState) -> Router {
         .route("/health/livez", get(health::livez))
         .route("/health/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/health/status", get(health::worker_status))
+        .route("/health/summary", get(health::summary))
+        .route("/health/endpoints", get(health::endpoints))
+        .route("/health/circuits/{circuit_id}", get(health::circuit))
+        .route(
+            "/api/worker/{worker_id}/route-health",
+            put(worker::route_health),
+        )
         .route("/api/worker", put(worker::register).get(worker::list))
         .route(
             "/api/worker/{worker_id}",
@@ -73,6 +83,28 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/revocations", post(auth::revoke))
         .route("/v2/sessions/{session_id}", delete(circuit::delete_session))
         .route("/v2/conf", post(proxy::conf))
+        .route(
+            "/v2/endpoints/bulk",
+            post(endpoint::create_bulk).delete(endpoint::delete_bulk),
+        )
+        .route("/v2/endpoints/bulk/routes", post(endpoint::routes_replace))
+        .route(
+            "/v2/endpoints/bulk/routes/register",
+            post(endpoint::routes_register),
+        )
+        .route(
+            "/v2/endpoints/bulk/routes/unregister",
+            post(endpoint::routes_unregister),
+        )
+        .route(
+            "/v2/endpoints/{endpoint_id}",
+            post(endpoint::create_one).delete(endpoint::delete_one),
+        )
+        .route(
+            "/v2/endpoints/{endpoint_id}/health-check",
+            put(endpoint::health_check),
+        )
+        .route("/v2/endpoints/{endpoint_id}/token", post(endpoint::token))
         .route("/v2/proxy/{token}/{session_id}/add", get(proxy::add))
         .route("/v2/proxy/auth", get(proxy::auth))
         .fallback(|| async { ApiError::UrlNotFound })

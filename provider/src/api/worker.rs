@@ -248,3 +248,22 @@ pub(super) async fn slots(
     let circuits = state.store.circuits_of_worker(w.id).await?;
     Ok(Json(json!({ "slots": slots_of(&w, &circuits, q.in_use) })))
 }
+
+/// `PUT /api/worker/{id}/route-health` from the worker's authgate:
+/// `{"circuits": {"<circuit id>": {"<server url>": "UP"|"DOWN"}}}` replaces its last report.
+pub(super) async fn route_health(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    IdPath(id): IdPath,
+    super::extract::JsonBody(req): super::extract::JsonBody<RouteHealthReport>,
+) -> Result<Json<Value>, ApiError> {
+    worker_or_404(&state, id).await?;
+    state.route_health.report(id, req.circuits);
+    Ok(Json(json!({ "success": true })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteHealthReport {
+    pub circuits: std::collections::HashMap<uuid::Uuid, std::collections::BTreeMap<String, String>>,
+}

@@ -36,7 +36,9 @@ pub fn group_of(rel_key: &str) -> Option<Group> {
     let (_proto, _kind, name) = (parts.next()?, parts.next()?, parts.next()?);
     match names::circuit_of_object(name) {
         Some(id) => Some(Group::Circuit(id)),
-        None if name == names::SENTINEL || name == names::SETUP => Some(Group::Shared),
+        None if name == names::SENTINEL || name == names::SETUP || name == names::RETRY => {
+            Some(Group::Shared)
+        }
         None => None,
     }
 }
@@ -83,14 +85,25 @@ pub fn render_shared(worker: &Worker) -> Kv {
                 format!("http/services/{}/loadBalancer/servers/0/url", names::SETUP),
                 worker.authgate_base(),
             );
+            // Inference routers retry once on another replica when one cannot be reached
+            // (Traefik retries on transport errors only, never after a response).
+            if worker.accepted_traffics.contains(&AppMode::Inference) {
+                kv.insert(
+                    format!("http/middlewares/{}/retry/attempts", names::RETRY),
+                    "2".into(),
+                );
+            }
         }
     }
     kv
 }
 
-/// All keys of one circuit.
+/// All keys of one circuit. A circuit without routes (an inference endpoint before its
+/// replicas are registered) has none: its URL answers 404 until then.
 pub fn render_circuit(worker: &Worker, c: &Circuit) -> Kv {
-    if c.protocol.is_http() {
+    if c.routes.is_empty() {
+        Kv::new()
+    } else if c.protocol.is_http() {
         render_http(worker, c)
     } else {
         render_tcp(c)
@@ -169,6 +182,10 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         kv.insert(format!("{fa}/maxResponseBodySize"), "65536".into());
         mws.push(m);
     }
+    let inference = c.app_mode == AppMode::Inference;
+    if inference && worker.accepted_traffics.contains(&AppMode::Inference) {
+        mws.push(names::RETRY.to_string());
+    }
     for (i, m) in mws.iter().enumerate() {
         kv.insert(format!("{r}/middlewares/{i}"), m.clone());
     }
@@ -193,7 +210,61 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
             kv.insert(format!("{s}/servers/{i}/weight"), w.to_string());
         }
     }
+    if inference {
+        render_balancing(&mut kv, &s, c, worker);
+    }
     kv
+}
+
+/// Inference load balancing: passive health (a replica that fails 3 times in 10 s is taken
+/// out for the window), optional sticky cookie, and Backend.AI's `ModelHealthCheck` as
+/// Traefik's active health check. Traefik has no initial delay and marks a server down on its
+/// first failed check, so `initial_delay` and `max_retries` have no Traefik counterpart.
+fn render_balancing(kv: &mut Kv, s: &str, c: &Circuit, worker: &Worker) {
+    kv.insert(
+        format!("{s}/passiveHealthCheck/maxFailedAttempts"),
+        "3".into(),
+    );
+    kv.insert(
+        format!("{s}/passiveHealthCheck/failureWindow"),
+        "10s".into(),
+    );
+    let Some(b) = &c.balancing else { return };
+    if b.sticky {
+        let ck = format!("{s}/sticky/cookie");
+        kv.insert(
+            format!("{ck}/name"),
+            format!("ap_sticky_{}", &c.id.simple().to_string()[..8]),
+        );
+        kv.insert(format!("{ck}/httpOnly"), "true".into());
+        if worker.use_tls() {
+            kv.insert(format!("{ck}/secure"), "true".into());
+        }
+    }
+    if let Some(h) = &b.health_check {
+        let hc = format!("{s}/healthCheck");
+        let path = if h.path.starts_with('/') {
+            h.path.clone()
+        } else {
+            format!("/{}", h.path)
+        };
+        kv.insert(format!("{hc}/path"), path);
+        kv.insert(format!("{hc}/interval"), duration(h.interval));
+        kv.insert(format!("{hc}/timeout"), duration(h.max_wait_time));
+        if h.expected_status_code != 200 {
+            kv.insert(format!("{hc}/status"), h.expected_status_code.to_string());
+        }
+    }
+}
+
+/// Seconds as a Go duration Traefik parses (`10s`, `1500ms`).
+fn duration(secs: f64) -> String {
+    let ms = (secs * 1000.0).round() as u64;
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 fn render_tcp(c: &Circuit) -> Kv {

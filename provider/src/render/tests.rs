@@ -47,6 +47,7 @@ fn route(host: &str, port: u16, ratio: f64, protocol: Protocol) -> Route {
 
 fn circuit(frontend: Frontend, protocol: Protocol, routes: Vec<Route>) -> Circuit {
     Circuit {
+        balancing: None,
         id: Uuid::parse_str(CID).unwrap(),
         app: "jupyter".into(),
         protocol,
@@ -237,4 +238,67 @@ fn weights_reduce_and_equal_ratios_write_none() {
     assert_eq!(weights(&mk(&[1.0, 1.0, 2.0])), Some(vec![1, 1, 2]));
     assert_eq!(weights(&mk(&[0.3, 0.7])), Some(vec![3, 7]));
     assert_eq!(weights(&mk(&[0.0, 1.0])), Some(vec![0, 1]));
+}
+
+#[test]
+fn inference_balancing_sticky_health_check_and_retry() {
+    let mut w = worker(FrontendMode::Port, Protocol::Http);
+    w.accepted_traffics = vec![AppMode::Interactive, AppMode::Inference];
+    w.tls_listen = true;
+    let mut c = circuit(
+        Frontend::Port(10205),
+        Protocol::Http,
+        vec![
+            route("10.0.0.5", 9000, 1.0, Protocol::Http),
+            route("10.0.0.6", 9000, 2.0, Protocol::Http),
+        ],
+    );
+    c.app_mode = AppMode::Inference;
+    c.open_to_public = true;
+    c.balancing = Some(crate::domain::Balancing {
+        sticky: true,
+        health_check: Some(crate::domain::HealthCheck {
+            enable: true,
+            interval: 1.5,
+            path: "healthz".into(),
+            max_retries: 3,
+            max_wait_time: 5.0,
+            expected_status_code: 204,
+            initial_delay: 30.0,
+        }),
+    });
+    check(
+        &render_circuit(&w, &c),
+        &format!(
+            "
+        http/routers/ap-{CID}/entryPoints/0 = port_10205
+        http/routers/ap-{CID}/middlewares/0 = ap-retry
+        http/routers/ap-{CID}/rule = PathPrefix(`/`)
+        http/routers/ap-{CID}/service = ap-{CID}
+        http/routers/ap-{CID}/tls/options = default
+        http/services/ap-{CID}/loadBalancer/healthCheck/interval = 1500ms
+        http/services/ap-{CID}/loadBalancer/healthCheck/path = /healthz
+        http/services/ap-{CID}/loadBalancer/healthCheck/status = 204
+        http/services/ap-{CID}/loadBalancer/healthCheck/timeout = 5s
+        http/services/ap-{CID}/loadBalancer/passiveHealthCheck/failureWindow = 10s
+        http/services/ap-{CID}/loadBalancer/passiveHealthCheck/maxFailedAttempts = 3
+        http/services/ap-{CID}/loadBalancer/servers/0/url = http://10.0.0.5:9000
+        http/services/ap-{CID}/loadBalancer/servers/0/weight = 1
+        http/services/ap-{CID}/loadBalancer/servers/1/url = http://10.0.0.6:9000
+        http/services/ap-{CID}/loadBalancer/servers/1/weight = 2
+        http/services/ap-{CID}/loadBalancer/sticky/cookie/httpOnly = true
+        http/services/ap-{CID}/loadBalancer/sticky/cookie/name = ap_sticky_0b6c2f7e
+        http/services/ap-{CID}/loadBalancer/sticky/cookie/secure = true
+        "
+        ),
+    );
+    let shared = render_shared(&w);
+    assert_eq!(shared["http/middlewares/ap-retry/retry/attempts"], "2");
+    assert_eq!(
+        group_of("http/middlewares/ap-retry/retry/attempts"),
+        Some(Group::Shared)
+    );
+    // No routes yet (an endpoint before its replicas): nothing rendered, the URL is a 404.
+    c.routes.clear();
+    assert!(render_circuit(&w, &c).is_empty());
 }

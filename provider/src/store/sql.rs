@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::StoreError;
 use crate::domain::{
-    AppMode, Circuit, ConfToken, Frontend, FrontendMode, Protocol, Route, Worker, WorkerStatus,
-    lowest_free_port, pick_subdomain,
+    AppMode, Balancing, Circuit, ConfToken, Endpoint, Frontend, FrontendMode, HealthCheck,
+    Protocol, Route, Worker, WorkerStatus, lowest_free_port, pick_subdomain,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -395,20 +395,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         for (idx, r) in c.routes.iter().enumerate() {
-            sqlx::query(q(format!(
-                "INSERT INTO routes ({ROUTE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
-            )))
-            .bind(id.to_string())
-            .bind(idx as i64)
-            .bind(r.route_id.map(|u| u.to_string()))
-            .bind(r.session_id.to_string())
-            .bind(r.session_name.clone())
-            .bind(r.kernel_host.clone())
-            .bind(i64::from(r.kernel_port))
-            .bind(r.protocol.as_str())
-            .bind(r.traffic_ratio)
-            .execute(&mut *tx)
-            .await?;
+            insert_route(&mut tx, id, idx as i64, r).await?;
         }
         tx.commit().await?;
         self.get_circuit(id)
@@ -493,6 +480,24 @@ impl Store {
         }
         for c in &mut circuits {
             c.routes = by_circuit.remove(&c.id).unwrap_or_default();
+        }
+        // Balancing of inference circuits comes from their endpoints.
+        let endpoint_ids: Vec<Uuid> = circuits.iter().filter_map(|c| c.endpoint_id).collect();
+        if !endpoint_ids.is_empty() {
+            let mut endpoints = std::collections::HashMap::new();
+            for chunk in endpoint_ids.chunks(500) {
+                for e in self.endpoints_by_ids(chunk).await? {
+                    endpoints.insert(e.id, e);
+                }
+            }
+            for c in &mut circuits {
+                if let Some(e) = c.endpoint_id.and_then(|id| endpoints.get(&id)) {
+                    c.balancing = Some(Balancing {
+                        health_check: e.health_check.clone().filter(|h| h.enable),
+                        sticky: e.sticky,
+                    });
+                }
+            }
         }
         Ok(circuits)
     }
@@ -627,6 +632,275 @@ impl Store {
     }
 }
 
+impl Store {
+    // === inference endpoints ===
+
+    async fn endpoints_by_ids(&self, ids: &[Uuid]) -> Result<Vec<Endpoint>, StoreError> {
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let mut query = sqlx::query(q(format!(
+            "SELECT id, health_check_config, sticky FROM endpoints WHERE id IN ({})",
+            marks.join(",")
+        )));
+        for id in ids {
+            query = query.bind(id.to_string());
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(endpoint_from_row)
+            .collect()
+    }
+
+    pub async fn get_endpoint(&self, id: Uuid) -> Result<Option<Endpoint>, StoreError> {
+        Ok(self.endpoints_by_ids(&[id]).await?.pop())
+    }
+
+    /// Insert or update an endpoint row (health check; sticky when given).
+    pub async fn upsert_endpoint(
+        &self,
+        id: Uuid,
+        health_check: Option<&HealthCheck>,
+        sticky: Option<bool>,
+    ) -> Result<Endpoint, StoreError> {
+        let now = now_ms();
+        let hc = health_check.map(|h| serde_json::to_string(h).unwrap_or_default());
+        let enabled = i64::from(health_check.is_some_and(|h| h.enable));
+        let updated = sqlx::query(
+            "UPDATE endpoints SET health_check_enabled=$1, health_check_config=$2, \
+             sticky=COALESCE($3, sticky), updated_at=$4 WHERE id=$5",
+        )
+        .bind(enabled)
+        .bind(hc.clone())
+        .bind(sticky.map(i64::from))
+        .bind(now)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            let inserted = sqlx::query(
+                "INSERT INTO endpoints (id, health_check_enabled, health_check_config, sticky, \
+                 created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$5)",
+            )
+            .bind(id.to_string())
+            .bind(enabled)
+            .bind(hc)
+            .bind(i64::from(sticky.unwrap_or(false)))
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+            match inserted {
+                Ok(_) => {}
+                // A concurrent upsert inserted first: ours becomes an update.
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    return Box::pin(self.upsert_endpoint(id, health_check, sticky)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.get_endpoint(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("endpoint vanished".into()))
+    }
+
+    /// The circuit of an endpoint, if one was created.
+    pub async fn circuit_of_endpoint(
+        &self,
+        endpoint_id: Uuid,
+    ) -> Result<Option<Circuit>, StoreError> {
+        let mut v = self
+            .load_circuits(
+                q(format!(
+                    "SELECT {CIRCUIT_COLS} FROM circuits WHERE endpoint_id=$1 ORDER BY created_at"
+                )),
+                Some(endpoint_id.to_string()),
+            )
+            .await?;
+        Ok(if v.is_empty() {
+            None
+        } else {
+            Some(v.remove(0))
+        })
+    }
+
+    /// Every endpoint with its circuit (if any).
+    pub async fn list_endpoints(&self) -> Result<Vec<(Endpoint, Option<Circuit>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, health_check_config, sticky FROM endpoints ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let e = endpoint_from_row(r)?;
+            let c = self.circuit_of_endpoint(e.id).await?;
+            out.push((e, c));
+        }
+        Ok(out)
+    }
+
+    /// Delete an endpoint and its circuits; returns the circuits removed (`None`: no such
+    /// endpoint and no circuit).
+    pub async fn delete_endpoint(&self, id: Uuid) -> Result<Option<Vec<Circuit>>, StoreError> {
+        let ids: Vec<Uuid> = self
+            .load_circuits(
+                q(format!(
+                    "SELECT {CIRCUIT_COLS} FROM circuits WHERE endpoint_id=$1"
+                )),
+                Some(id.to_string()),
+            )
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let gone = self.delete_circuits(&ids).await?;
+        let done = sqlx::query("DELETE FROM endpoints WHERE id=$1")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok((done.rows_affected() > 0 || !gone.is_empty()).then_some(gone))
+    }
+
+    // === routes of a circuit ===
+
+    /// Replace every route of a circuit in one transaction (declarative sync).
+    pub async fn replace_routes(
+        &self,
+        circuit_id: Uuid,
+        routes: &[Route],
+    ) -> Result<(), StoreError> {
+        let mut seen = BTreeSet::new();
+        for r in routes {
+            if let Some(id) = r.route_id
+                && !seen.insert(id)
+            {
+                return Err(StoreError::DuplicateRoute(id));
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM routes WHERE circuit_id=$1")
+            .bind(circuit_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        for (idx, r) in routes.iter().enumerate() {
+            insert_route(&mut tx, circuit_id, idx as i64, r).await?;
+        }
+        touch(&mut tx, circuit_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Add routes not yet present (by `route_id`); returns (added, already present).
+    pub async fn register_routes(
+        &self,
+        circuit_id: Uuid,
+        routes: &[Route],
+    ) -> Result<(Vec<Uuid>, Vec<Uuid>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query("SELECT route_id, idx FROM routes WHERE circuit_id=$1")
+            .bind(circuit_id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut present: BTreeSet<String> = BTreeSet::new();
+        let mut next = 0i64;
+        for r in &rows {
+            if let Ok(Some(id)) = r.try_get::<Option<String>, _>(0) {
+                present.insert(id);
+            }
+            next = next.max(r.try_get::<i64, _>(1).unwrap_or(0) + 1);
+        }
+        let (mut added, mut already) = (Vec::new(), Vec::new());
+        for r in routes {
+            let Some(id) = r.route_id else { continue };
+            if !present.insert(id.to_string()) {
+                already.push(id);
+                continue;
+            }
+            insert_route(&mut tx, circuit_id, next, r).await?;
+            next += 1;
+            added.push(id);
+        }
+        if !added.is_empty() {
+            touch(&mut tx, circuit_id).await?;
+        }
+        tx.commit().await?;
+        Ok((added, already))
+    }
+
+    /// Remove routes by id; returns (removed, already absent).
+    pub async fn unregister_routes(
+        &self,
+        circuit_id: Uuid,
+        ids: &[Uuid],
+    ) -> Result<(Vec<Uuid>, Vec<Uuid>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (mut removed, mut absent) = (Vec::new(), Vec::new());
+        for id in ids {
+            let done = sqlx::query("DELETE FROM routes WHERE circuit_id=$1 AND route_id=$2")
+                .bind(circuit_id.to_string())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() > 0 {
+                removed.push(*id);
+            } else {
+                absent.push(*id);
+            }
+        }
+        if !removed.is_empty() {
+            touch(&mut tx, circuit_id).await?;
+        }
+        tx.commit().await?;
+        Ok((removed, absent))
+    }
+}
+
+async fn insert_route(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    circuit_id: Uuid,
+    idx: i64,
+    r: &Route,
+) -> Result<(), StoreError> {
+    sqlx::query(q(format!(
+        "INSERT INTO routes ({ROUTE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
+    )))
+    .bind(circuit_id.to_string())
+    .bind(idx)
+    .bind(r.route_id.map(|u| u.to_string()))
+    .bind(r.session_id.to_string())
+    .bind(r.session_name.clone())
+    .bind(r.kernel_host.clone())
+    .bind(i64::from(r.kernel_port))
+    .bind(r.protocol.as_str())
+    .bind(r.traffic_ratio)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn touch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    circuit_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE circuits SET updated_at=$1 WHERE id=$2")
+        .bind(now_ms())
+        .bind(circuit_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn endpoint_from_row(row: &AnyRow) -> Result<Endpoint, StoreError> {
+    let hc: Option<String> = get(row, "health_check_config")?;
+    Ok(Endpoint {
+        id: parse(row, "id")?,
+        health_check: hc
+            .map(|t| serde_json::from_str(&t).map_err(|e| corrupt("health_check_config", e)))
+            .transpose()?,
+        sticky: flag(row, "sticky")?,
+    })
+}
+
 fn split_range(r: Option<(u16, u16)>) -> (Option<i64>, Option<i64>) {
     match r {
         Some((lo, hi)) => (Some(i64::from(lo)), Some(i64::from(hi))),
@@ -751,6 +1025,7 @@ fn circuit_from_row(row: &AnyRow) -> Result<Circuit, StoreError> {
         generation: get(row, "generation")?,
         created_at_ms: get(row, "created_at")?,
         updated_at_ms: get(row, "updated_at")?,
+        balancing: None,
     })
 }
 
