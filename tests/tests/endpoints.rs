@@ -51,6 +51,28 @@ fn route(session: Uuid, port: u16, ratio: f64) -> Value {
 }
 
 impl Env {
+    /// Replace the endpoint's replicas with one per port (equal ratios) and wait until served.
+    async fn serve(&self, id: Uuid, url: &str, session: Uuid, ports: &[u16]) {
+        let routes: Vec<Value> = ports.iter().map(|p| route(session, *p, 1.0)).collect();
+        let r = self.routes("routes", id, json!(routes)).await;
+        assert_eq!(r["success"], true, "{r}");
+        self.wait_status("endpoint serves", url, None, 200).await;
+    }
+
+    /// `POST /v2/endpoints/{id}/token`.
+    async fn token(&self, id: Uuid, user: Uuid, exp: u64) -> String {
+        let (s, v) = self
+            .stack
+            .manager(
+                Method::POST,
+                &format!("/v2/endpoints/{id}/token"),
+                Some(&json!({"user_uuid": user, "exp": exp})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+
     /// This endpoint's entry of `/health/endpoints`.
     async fn endpoint_health(&self, id: Uuid) -> Option<Value> {
         let (_, v) = self
@@ -197,16 +219,7 @@ async fn weighted_replicas_health_ejection_and_tokens() {
         .unwrap()
         .as_secs()
         + 600;
-    let (s, v) = e
-        .stack
-        .manager(
-            Method::POST,
-            &format!("/v2/endpoints/{id}/token"),
-            Some(&json!({"user_uuid": user, "exp": exp})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let token = v["token"].as_str().unwrap().to_string();
+    let token = e.token(id, user, exp).await;
     let bearer = format!("Bearer {token}");
     e.wait_status("endpoint serves", &url, Some(&bearer), 200)
         .await;
@@ -293,15 +306,7 @@ async fn weighted_replicas_health_ejection_and_tokens() {
     // A token of another endpoint opens nothing here (E20009); an expired one neither (E20008).
     let other = Uuid::new_v4();
     e.create(other, &item(other, "other", false, None)).await;
-    let (_, v) = e
-        .stack
-        .manager(
-            Method::POST,
-            &format!("/v2/endpoints/{other}/token"),
-            Some(&json!({"user_uuid": user, "exp": exp})),
-        )
-        .await;
-    let foreign = format!("Bearer {}", v["token"].as_str().unwrap());
+    let foreign = format!("Bearer {}", e.token(other, user, exp).await);
     let (s, _, body) = e2e::http_get(&e.http, &url, &[("authorization", &foreign)]).await;
     assert_eq!((s, code(&body)), (401, json!("E20009")), "{body}");
     let now = exp as i64 - 600;
@@ -547,14 +552,7 @@ async fn sticky_sessions_and_retry_past_a_dead_replica() {
     body["sticky"] = json!(true);
     let url = e.create(id, &body).await;
     let session = Uuid::new_v4();
-    e.routes(
-        "routes",
-        id,
-        json!([route(session, a.port, 1.0), route(session, b.port, 1.0)]),
-    )
-    .await;
-    e.wait_status("sticky endpoint serves", &url, None, 200)
-        .await;
+    e.serve(id, &url, session, &[a.port, b.port]).await;
     // The first answer pins the client to one replica.
     let r = e.http.get(&url).send().await.unwrap();
     let cookie = r
@@ -578,14 +576,7 @@ async fn sticky_sessions_and_retry_past_a_dead_replica() {
     // A replica whose port is closed: requests are retried on another one, none fails.
     let id2 = Uuid::new_v4();
     let url2 = e.create(id2, &item(id2, "retry", true, None)).await;
-    e.routes(
-        "routes",
-        id2,
-        json!([route(session, a.port, 1.0), route(session, dead.port, 1.0)]),
-    )
-    .await;
-    e.wait_status("retry endpoint serves", &url2, None, 200)
-        .await;
+    e.serve(id2, &url2, session, &[a.port, dead.port]).await;
     drop(dead);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let counts = e.spread(&url2, None, 200).await;
