@@ -582,3 +582,48 @@ async fn sticky_sessions_and_retry_past_a_dead_replica() {
     let counts = e.spread(&url2, None, 200).await;
     assert_eq!(counts.get("a"), Some(&200), "{counts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_endpoints_take_service_name_as_subdomain_and_keep_their_url() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let apps_port = e2e::free_port();
+    let mut spec = WorkerSpec::ports("inf-wild", 1);
+    spec.frontend = e2e::TraefikFrontend::Wildcard { port: apps_port };
+    spec.wildcard_domain = Some(".models.test".into());
+    let _w = stack.start_gated_worker(spec).await;
+    let e = Env {
+        stack,
+        _worker: _w,
+        http: e2e::no_redirect_client(),
+    };
+    let echo = HttpEcho::start("m").await;
+    let id = Uuid::new_v4();
+    let url = e.create(id, &item(id, "My.LLM", true, None)).await;
+    assert_eq!(url, format!("http://my-llm.models.test:{apps_port}"));
+    e.routes("routes", id, json!([route(Uuid::new_v4(), echo.port, 1.0)]))
+        .await;
+    let local = format!("http://127.0.0.1:{apps_port}/");
+    eventually("served by Host", patience(), || async {
+        let (s, _, body) = e2e::http_get(
+            &e.http,
+            &local,
+            &[("host", &format!("my-llm.models.test:{apps_port}"))],
+        )
+        .await;
+        (s == 200 && body.contains("backend=m")).then_some(())
+    })
+    .await;
+    // A second endpoint with the same name gets a suffixed subdomain.
+    let id2 = Uuid::new_v4();
+    let url2 = e.create(id2, &item(id2, "My.LLM", true, None)).await;
+    assert!(url2.starts_with("http://my-llm-") && url2 != url, "{url2}");
+    // Deleted and re-created with existing_url: the same URL again.
+    let (s, _) = e
+        .stack
+        .manager(Method::DELETE, &format!("/v2/endpoints/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    let mut again = item(id, "renamed", true, None);
+    again["tags"]["endpoint"]["existing_url"] = json!(url);
+    assert_eq!(e.create(id, &again).await, url);
+}
