@@ -42,6 +42,7 @@ const STATE_COOKIE: &str = "appproxy_state";
 
 #[derive(Clone)]
 pub struct Gate {
+    pub activity: Arc<crate::activity::Activity>,
     pub cfg: Arc<Config>,
     pub keys: Keys,
     pub revoked: Arc<Revocations>,
@@ -53,6 +54,12 @@ pub struct Gate {
 pub fn app(gate: Gate) -> Router {
     Router::new()
         .route("/auth/{circuit}", get(auth))
+        .route(
+            "/v1/logs",
+            axum::routing::post(ingest_logs).layer(axum::extract::DefaultBodyLimit::max(
+                crate::ingest::MAX_EXPORT_BYTES,
+            )),
+        )
         .route("/_appproxy/setup", get(setup_on_origin))
         .route("/_appproxy/login", get(login))
         .route("/setup", get(setup_on_api_port))
@@ -141,6 +148,11 @@ async fn auth(
     };
     match decision::decide(&f, t, &g.keys, &g.revoked, &settings) {
         Ok(a) => {
+            // An authorized WebSocket is activity until its close line arrives.
+            if headers.contains_key("sec-websocket-key") {
+                g.activity
+                    .websocket_opened(t.circuit, crate::activity::now_ms());
+            }
             g.metrics
                 .decisions
                 .with_label_values(&[
@@ -453,6 +465,48 @@ async fn login(State(g): State<Gate>, RawQuery(raw): RawQuery, headers: HeaderMa
 
 /// Ready when the revocation set is loaded and (HTTP workers) the local Traefik serves the
 /// shared setup router — before that, setup links of this worker would get Traefik's 404.
+/// Traefik's OTLP/HTTP access-log export: apply every record, count every one.
+async fn ingest_logs(
+    State(g): State<Gate>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let m = &g.metrics;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let records = match crate::ingest::decode_body(&body, encoding) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(bytes = body.len(), error = %e, "OTLP logs export refused");
+            m.ingest_exports.with_label_values(&["undecodable"]).inc();
+            return (StatusCode::BAD_REQUEST, "not an OTLP logs export").into_response();
+        }
+    };
+    m.ingest_exports.with_label_values(&["ok"]).inc();
+    let now = crate::activity::now_ms();
+    for r in &records {
+        tracing::trace!(attributes = ?r.attributes, "Access-log record");
+        match crate::ingest::event(r, now) {
+            Ok(e) => {
+                g.activity.apply(&e);
+                m.ingest_records.with_label_values(&["applied", ""]).inc();
+            }
+            Err(reason) => {
+                m.ingest_records
+                    .with_label_values(&["rejected", reason.as_str()])
+                    .inc();
+            }
+        }
+    }
+    // An empty ExportLogsServiceResponse.
+    (
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        Vec::<u8>::new(),
+    )
+        .into_response()
+}
+
 async fn health(State(g): State<Gate>) -> Response {
     let synced = g.revoked.synced();
     let setup_router = if g.cfg.worker.protocol == "tcp" {

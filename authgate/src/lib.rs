@@ -5,14 +5,19 @@
 //! - [`http`]: the thin axum shell (`/auth`, `/_appproxy/setup`, `/setup`, `/health`,
 //!   `/metrics`); [`setup`]: its I/O (Redis use counts, waiting for Traefik); [`error`]: the
 //!   only status mapping.
-//! - [`worker`]: registration and heartbeats with the provider.
+//! - [`ingest`] (pure): Traefik's OTLP access-log export → per-circuit events;
+//!   [`activity`]: in-memory activity (requests, WebSocket refcounts, TCP connections) flushed
+//!   to Redis every second.
+//! - [`worker`]: registration, heartbeats (with ingest health), circuit map and route health.
 //! - [`traefik_config`] (pure): the co-located Traefik's static configuration.
 
+pub mod activity;
 pub mod config;
 pub mod cookie;
 pub mod decision;
 pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod revocation;
 pub mod setup;
@@ -47,20 +52,32 @@ pub async fn run(
         revoked.clone(),
         shutdown.clone(),
     ));
+    let activity = activity::Activity::new();
+    let traefik = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let flusher = tokio::spawn(activity::flusher(
+        activity.clone(),
+        redis.clone(),
+        traefik.clone(),
+        config.traefik.api_url.clone(),
+        config.worker.protocol == "tcp",
+        shutdown.clone(),
+    ));
     let worker = tokio::spawn(worker::run(
         config.clone(),
         metrics.clone(),
+        activity.clone(),
         shutdown.clone(),
     ));
     let gate = http::Gate {
+        activity,
         uses: Arc::new(setup::UseCounter::new(redis, &config.namespace)),
         cfg: Arc::new(config),
         keys,
         revoked,
         metrics,
-        traefik: reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?,
+        traefik,
     };
     tracing::info!(addr = %listener.local_addr()?, "authgate listening");
     let mut stop = shutdown.clone();
@@ -71,6 +88,8 @@ pub async fn run(
         .await?;
     // The worker task deregisters on shutdown; give it a bounded moment.
     let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    // One last flush happens in the flusher's loop before it sees the shutdown.
+    let _ = tokio::time::timeout(Duration::from_secs(3), flusher).await;
     sync.abort();
     Ok(())
 }

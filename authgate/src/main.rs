@@ -21,7 +21,7 @@ enum Command {
     /// Serve ForwardAuth and setup, register this worker with the provider.
     Serve(ServeArgs),
     /// Write the static configuration of this worker's Traefik into a directory.
-    TraefikConfig(TraefikArgs),
+    TraefikConfig(Box<TraefikArgs>),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +63,9 @@ struct TraefikArgs {
     log_file: Option<String>,
     #[arg(long, default_value_t = 100)]
     throttle_ms: u64,
+    /// authgate's OTLP logs receiver, e.g. `http://127.0.0.1:10201/v1/logs` (activity).
+    #[arg(long)]
+    otlp_logs: Option<String>,
     /// Directory that receives `traefik.yml` (and `dynamic.yml`).
     #[arg(long)]
     out_dir: PathBuf,
@@ -71,7 +74,7 @@ struct TraefikArgs {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(a) => serve(a),
-        Command::TraefikConfig(a) => traefik_config(a),
+        Command::TraefikConfig(a) => traefik_config(*a),
     }
 }
 
@@ -153,6 +156,7 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         dynamic_file: dynamic.display().to_string(),
         log_file: a.log_file,
         throttle_ms: a.throttle_ms,
+        otlp_logs: a.otlp_logs,
     };
     let write = |path: PathBuf, text: String| {
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))

@@ -15,6 +15,10 @@ pub struct Metrics {
     pub revocations: IntGauge,
     /// 1 while registered with the provider.
     pub registered: IntGauge,
+    /// Access-log records by result (`applied`/`rejected`) and rejection reason.
+    pub ingest_records: IntCounterVec,
+    /// OTLP export requests by result (`ok`/`undecodable`).
+    pub ingest_exports: IntCounterVec,
 }
 
 /// Register `c` with `r` and hand it back.
@@ -47,6 +51,16 @@ impl Metrics {
             ),
             revocations: gauge("revocations", "Entries in the revocation set."),
             registered: gauge("registered", "1 while registered with the provider."),
+            ingest_records: counters(
+                "ingest_records_total",
+                "Access-log records: received = applied + rejected.",
+                &["result", "reason"],
+            ),
+            ingest_exports: counters(
+                "ingest_exports_total",
+                "OTLP log export requests.",
+                &["result"],
+            ),
             registry: r.clone(),
         }
     }

@@ -33,6 +33,9 @@ pub struct Settings {
     pub log_file: Option<String>,
     /// Provider throttle in milliseconds (~100 keeps bursts coalesced).
     pub throttle_ms: u64,
+    /// authgate's OTLP/HTTP logs receiver (`http://127.0.0.1:10201/v1/logs`): access logs go
+    /// there and nowhere else. `None`: no access log.
+    pub otlp_logs: Option<String>,
 }
 
 /// `traefik.yml`.
@@ -72,7 +75,7 @@ pub fn render_static(s: &Settings) -> String {
     if let Some(f) = &s.log_file {
         log["filePath"] = json!(f);
     }
-    let doc = json!({
+    let mut doc = json!({
         "entryPoints": eps,
         "api": { "insecure": true, "dashboard": false },
         "ping": { "entryPoint": "traefik" },
@@ -86,6 +89,22 @@ pub fn render_static(s: &Settings) -> String {
         "log": log,
         "global": { "checkNewVersion": false, "sendAnonymousUsage": false },
     });
+    if let Some(endpoint) = &s.otlp_logs {
+        // OTLP never blocks traffic when the receiver is slow or down (a FIFO would, and a
+        // Unix-socket filePath silently disables logging). Only the fields authgate reads
+        // are kept: `RequestPath` (it carries setup tokens in its query) and every header but
+        // `Upgrade` (which marks WebSockets) are dropped before export.
+        doc["experimental"] = json!({ "otlpLogs": true });
+        doc["accessLog"] = json!({
+            "format": "json",
+            "otlp": { "http": { "endpoint": endpoint } },
+            "fields": {
+                "defaultMode": "keep",
+                "names": { "RequestPath": "drop", "ClientUsername": "drop" },
+                "headers": { "defaultMode": "drop", "names": { "Upgrade": "keep" } },
+            },
+        });
+    }
     serde_json::to_string_pretty(&doc).expect("json") + "\n"
 }
 
@@ -115,6 +134,7 @@ mod tests {
             dynamic_file: "/d/dynamic.yml".into(),
             log_file: None,
             throttle_ms: 100,
+            otlp_logs: Some("http://127.0.0.1:10201/v1/logs".into()),
         }
     }
 
@@ -136,6 +156,13 @@ mod tests {
         assert_eq!(v["providers"]["etcd"]["endpoints"][0], "127.0.0.1:2379");
         assert_eq!(v["providers"]["providersThrottleDuration"], "100ms");
         assert_eq!(v["providers"]["file"]["filename"], "/d/dynamic.yml");
+        assert_eq!(v["experimental"]["otlpLogs"], true);
+        assert_eq!(
+            v["accessLog"]["otlp"]["http"]["endpoint"],
+            "http://127.0.0.1:10201/v1/logs"
+        );
+        assert_eq!(v["accessLog"]["fields"]["names"]["RequestPath"], "drop");
+        assert!(v["accessLog"].get("filePath").is_none());
     }
 
     #[test]

@@ -4,13 +4,19 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use uuid::Uuid;
 
-use crate::{config::Config, metrics::Metrics};
+use crate::{
+    activity::{Activity, CircuitMap, now_ms},
+    config::Config,
+    metrics::Metrics,
+};
 
 /// `PUT /api/worker` body for this worker.
 pub fn registration(cfg: &Config) -> Value {
@@ -73,6 +79,45 @@ impl Client {
     }
 }
 
+/// Heartbeat body: how fresh this worker's activity data in Redis is, so the provider never
+/// reclaims circuits on stale data.
+fn heartbeat(a: &Activity) -> Value {
+    let last = a.last_flush_ok_ms.load(Ordering::Acquire);
+    let lag = if last > 0 {
+        Some((now_ms() - last) as f64 / 1000.0)
+    } else {
+        None
+    };
+    json!({ "ingest": {
+        "redis_ok": a.redis_ok.load(Ordering::Acquire),
+        "last_flush_ms": last,
+        "lag_seconds": lag,
+    }})
+}
+
+/// Sessions and TCP ports of this worker's circuits, from `GET /api/worker/{id}/circuits`.
+fn circuit_map(v: &Value) -> CircuitMap {
+    let mut map = CircuitMap::default();
+    for c in v["circuits"].as_array().into_iter().flatten() {
+        let Some(id) = c["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
+            continue;
+        };
+        let sessions = c["session_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+            .collect();
+        map.sessions.insert(id, sessions);
+        if c["protocol"] == "tcp"
+            && let Some(p) = c["port"].as_u64().and_then(|p| u16::try_from(p).ok())
+        {
+            map.tcp_ports.insert(p, id);
+        }
+    }
+    map
+}
+
 /// Replica status of every circuit Traefik serves: circuit id → server URL → `UP`/`DOWN`.
 async fn route_health(
     http: &reqwest::Client,
@@ -120,7 +165,12 @@ async fn route_health(
 
 /// Run the worker role until `shutdown`; deregisters on the way out. Every 2 s it also
 /// reports replica health from its Traefik when that changed (or every heartbeat).
-pub async fn run(cfg: Config, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    cfg: Config,
+    metrics: Metrics,
+    activity: Arc<Activity>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let client = Client {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -162,7 +212,7 @@ pub async fn run(cfg: Config, metrics: Metrics, mut shutdown: watch::Receiver<bo
                         .send(
                             reqwest::Method::PATCH,
                             &format!("/api/worker/{w}"),
-                            Some(&json!({})),
+                            Some(&heartbeat(&activity)),
                         )
                         .await
                     {
@@ -176,6 +226,18 @@ pub async fn run(cfg: Config, metrics: Metrics, mut shutdown: watch::Receiver<bo
                         Ok((s, v)) => tracing::warn!(status = s, body = %v, "Heartbeat refused"),
                         Err(e) => tracing::warn!(error = %e, "Heartbeat failed"),
                     }
+                }
+                match client
+                    .send(
+                        reqwest::Method::GET,
+                        &format!("/api/worker/{w}/circuits"),
+                        None,
+                    )
+                    .await
+                {
+                    Ok((200, v)) => activity.set_map(circuit_map(&v)),
+                    Ok((s, v)) => tracing::warn!(status = s, body = %v, "Circuit list refused"),
+                    Err(e) => tracing::warn!(error = %e, "Circuit list failed"),
                 }
                 if cfg.worker.protocol != "tcp"
                     && let Some(h) = route_health(&client.http, &cfg.traefik.api_url).await

@@ -35,6 +35,42 @@ pub struct Config {
     pub redis: RedisConfig,
     #[serde(default)]
     pub conf: ConfConfig,
+    #[serde(default)]
+    pub reaper: ReaperConfig,
+}
+
+/// The idle reaper (needs `[redis] url`; without it nothing is reclaimed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaperConfig {
+    #[serde(default = "default_reaper_interval")]
+    pub interval_seconds: u64,
+    /// Idle timeout of circuits created without one.
+    #[serde(default = "default_idle_timeout")]
+    pub default_idle_timeout_seconds: u64,
+    /// A worker whose authgate has not flushed activity for this long is never reaped.
+    #[serde(default = "default_ingest_lag")]
+    pub max_ingest_lag_seconds: u64,
+}
+
+impl Default for ReaperConfig {
+    fn default() -> Self {
+        Self {
+            interval_seconds: default_reaper_interval(),
+            default_idle_timeout_seconds: default_idle_timeout(),
+            max_ingest_lag_seconds: default_ingest_lag(),
+        }
+    }
+}
+
+fn default_reaper_interval() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    3600
+}
+fn default_ingest_lag() -> u64 {
+    30
 }
 
 /// `POST /v2/conf` (the Manager's interactive-app grants).
@@ -297,6 +333,15 @@ impl Config {
                 "conf.allow_unauthorized_configure_request needs conf.allowed_kernel_networks"
                     .into(),
             );
+        }
+        if !(1..=3600).contains(&self.reaper.interval_seconds) {
+            errs.push("reaper.interval_seconds must be 1-3600".into());
+        }
+        if self.reaper.default_idle_timeout_seconds == 0 {
+            errs.push("reaper.default_idle_timeout_seconds must be at least 1".into());
+        }
+        if !(3..=3600).contains(&self.reaper.max_ingest_lag_seconds) {
+            errs.push("reaper.max_ingest_lag_seconds must be 3-3600".into());
         }
         if !(10..=7 * 24 * 3600).contains(&self.conf.token_ttl_seconds) {
             errs.push("conf.token_ttl_seconds must be between 10 and 604800".into());

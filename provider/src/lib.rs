@@ -10,9 +10,11 @@
 //! - [`api`]: HTTP handlers (Backend.AI wire + extensions); [`error`]: the only status mapping.
 //! - [`tokens`]: Ed25519-signed setup links and inference tokens; [`revoke`]: revocations in
 //!   Redis (unified logout).
+//! - [`activity`]: activity keys in Redis, workers' ingest health, the idle reaper.
 //! - [`route_health`]: replica health as each worker's Traefik reports it (in memory).
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod activity;
 pub mod api;
 pub mod config;
 pub mod domain;
@@ -59,6 +61,23 @@ pub async fn run(
     );
     let rec_task = tokio::spawn(reconciler.clone().run(shutdown.clone()));
     let gc_task = tokio::spawn(gc_tokens(store.clone(), shutdown.clone()));
+    let activity = activity::ActivityStore::new(config.redis.url.as_deref())?;
+    let ingest = activity::IngestHealth::default();
+    let reaper_task = activity.configured().then(|| {
+        tokio::spawn(activity::reaper(
+            store.clone(),
+            activity.clone(),
+            ingest.clone(),
+            reconciler.clone(),
+            metrics.clone(),
+            activity::ReaperSettings {
+                interval: std::time::Duration::from_secs(config.reaper.interval_seconds),
+                default_idle_timeout_secs: config.reaper.default_idle_timeout_seconds,
+                max_ingest_lag_ms: config.reaper.max_ingest_lag_seconds as i64 * 1000,
+            },
+            shutdown.clone(),
+        ))
+    });
     let state = api::AppState {
         store,
         reconciler,
@@ -68,6 +87,8 @@ pub async fn run(
         signer,
         revoker,
         route_health: route_health::RouteHealth::default(),
+        activity,
+        ingest,
     };
     tracing::info!(addr = %listener.local_addr()?, "Provider listening");
     axum::serve(listener, api::app(state))
@@ -77,6 +98,9 @@ pub async fn run(
         .await?;
     rec_task.abort();
     gc_task.abort();
+    if let Some(t) = reaper_task {
+        t.abort();
+    }
     Ok(())
 }
 

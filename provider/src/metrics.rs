@@ -18,6 +18,7 @@ pub struct Metrics {
     pub circuits_created: IntCounter,
     pub circuits_deleted: IntCounter,
     pub revocations: IntCounter,
+    pub circuits_reclaimed: IntCounter,
     pub workers: IntGauge,
 }
 
@@ -58,6 +59,11 @@ impl Metrics {
             circuits_deleted: IntCounter::new("circuits_deleted_total", "Circuits deleted.")
                 .expect("metric"),
             revocations: IntCounter::new("revocations_total", "Subjects revoked.").expect("metric"),
+            circuits_reclaimed: IntCounter::new(
+                "circuits_reclaimed_total",
+                "Interactive circuits removed by the idle reaper.",
+            )
+            .expect("metric"),
             workers: IntGauge::new("workers", "Registered workers.").expect("metric"),
             registry,
         };
@@ -71,6 +77,7 @@ impl Metrics {
             Box::new(m.circuits_created.clone()),
             Box::new(m.circuits_deleted.clone()),
             Box::new(m.revocations.clone()),
+            Box::new(m.circuits_reclaimed.clone()),
             Box::new(m.workers.clone()),
         ] {
             m.registry.register(c).expect("unique metric");

@@ -52,8 +52,14 @@ impl Stack {
     /// Start Traefik and authgate for `spec`; returns once the worker is registered, its
     /// sentinel is in etcd and authgate has loaded the revocation set.
     pub async fn start_gated_worker(&self, spec: WorkerSpec) -> GatedWorker {
-        let traefik = self.start_traefik(&spec.authority, spec.frontend).await;
         let port = free_port();
+        let traefik = self
+            .start_traefik_with(
+                &spec.authority,
+                spec.frontend,
+                Some(format!("http://127.0.0.1:{port}/v1/logs")),
+            )
+            .await;
         let p = "APPPROXY_AUTHGATE__";
         let mut env = vec![
             (format!("{p}LISTEN"), format!("127.0.0.1:{port}")),

@@ -68,3 +68,14 @@ pub async fn http_get(
     let h = resp.headers().clone();
     (status, h, resp.text().await.unwrap_or_default())
 }
+
+/// The Prometheus text of `<base>/metrics`.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}

@@ -152,6 +152,11 @@ fn short_id() -> String {
 
 impl Stack {
     pub async fn start(db: Db) -> Stack {
+        Stack::start_with(db, Vec::new()).await
+    }
+
+    /// A stack whose provider gets extra `APPPROXY_PROVIDER__*` settings.
+    pub async fn start_with(db: Db, provider_extra_env: Vec<(String, String)>) -> Stack {
         let dir = TempDir::new("stack");
         let etcd_port = free_port();
         let peer_port = free_port();
@@ -230,7 +235,7 @@ impl Stack {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client"),
-            provider_extra_env: Vec::new(),
+            provider_extra_env,
             cert: (crt, key),
             dir,
         };
@@ -277,6 +282,15 @@ impl Stack {
                 format!("redis://127.0.0.1:{}", self.redis_port),
             ),
         ]
+    }
+
+    /// A connection to this stack's Redis.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.redis_port))
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connect")
     }
 
     /// SIGKILL this stack's Redis.
@@ -397,6 +411,16 @@ impl Stack {
 
     /// Start a Traefik for `authority` with the static config authgate renders.
     pub async fn start_traefik(&self, authority: &str, frontend: TraefikFrontend) -> Traefik {
+        self.start_traefik_with(authority, frontend, None).await
+    }
+
+    /// Same, exporting access logs over OTLP/HTTP to `otlp_logs`.
+    pub async fn start_traefik_with(
+        &self,
+        authority: &str,
+        frontend: TraefikFrontend,
+        otlp_logs: Option<String>,
+    ) -> Traefik {
         let dir = self.dir.path().join(format!("traefik-{}", short_id()));
         let api_port = free_port();
         let mut cmd = Command::new(workspace_bin("appproxy-authgate"));
@@ -415,6 +439,9 @@ impl Stack {
             .arg(&self.cert.1)
             .arg("--out-dir")
             .arg(&dir);
+        if let Some(o) = &otlp_logs {
+            cmd.arg("--otlp-logs").arg(o);
+        }
         match frontend {
             TraefikFrontend::Ports { lo, hi } => cmd.arg("--port-range").arg(format!("{lo}-{hi}")),
             TraefikFrontend::Wildcard { port } => cmd.arg("--apps-port").arg(port.to_string()),

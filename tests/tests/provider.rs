@@ -348,16 +348,9 @@ async fn concurrent_creates_get_distinct_ports_and_full_range_is_503(db: Db) {
 }
 
 async fn etcd_txns(stack: &Stack) -> u64 {
-    let text = stack
-        .http
-        .get(format!("{}/metrics", stack.provider_url()))
-        .send()
+    e2e::metrics_text(&stack.http, &stack.provider_url())
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("appproxy_provider_etcd_txns_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)

@@ -61,6 +61,38 @@ pub(super) async fn get_one(
     Ok(Json(CircuitResponse::new(&c, None)))
 }
 
+/// Backend.AI's `GET /api/circuit/{id}/statistics`: the circuit plus `requests`,
+/// `last_access` (epoch ms) and `ttl` (seconds until the idle reaper may take it; `null` for
+/// inference circuits).
+pub(super) async fn statistics(
+    State(state): State<AppState>,
+    _: WorkerAuth,
+    IdPath(id): IdPath,
+) -> Result<Json<Value>, ApiError> {
+    let c = circuit_or_404(&state, id).await?;
+    let w = state.store.get_worker(c.worker_id).await?;
+    let stats = state
+        .activity
+        .stats(&[c.id])
+        .await
+        .map_err(|e| ApiError::DependencyUnavailable(format!("activity store: {e}")))?
+        .pop()
+        .unwrap_or_default();
+    let ttl = crate::activity::remaining_secs(
+        &c,
+        &stats,
+        state.config.reaper.default_idle_timeout_seconds,
+        crate::store::now_ms(),
+    )
+    .map(|r| r.max(0));
+    let mut v = serde_json::to_value(CircuitResponse::new(&c, w.as_ref()))
+        .map_err(|e| ApiError::InvalidParams(e.to_string()))?;
+    v["requests"] = json!(stats.requests);
+    v["last_access"] = json!(stats.last_access_ms);
+    v["ttl"] = json!(ttl);
+    Ok(Json(v))
+}
+
 pub(super) async fn delete_one(
     State(state): State<AppState>,
     _: WorkerAuth,
@@ -103,6 +135,17 @@ pub(super) async fn delete_session(
 ) -> Result<Json<Value>, ApiError> {
     let gone = state.store.delete_session(session_id).await?;
     settle(&state, &gone);
+    if state.activity.configured() {
+        let ids: Vec<Uuid> = gone.iter().map(|c| c.id).collect();
+        let cleared = async {
+            state.activity.clear_session(session_id).await?;
+            state.activity.clear_circuits(&ids).await
+        };
+        if let Err(e) = cleared.await {
+            // The keys expire on their own (2 days); the session is gone either way.
+            tracing::warn!(error = %e, session = %session_id, "Could not clear activity keys");
+        }
+    }
     let ids: Vec<Uuid> = gone.iter().map(|c| c.id).collect();
     Ok(Json(json!({ "success": true, "deleted_circuit_ids": ids })))
 }

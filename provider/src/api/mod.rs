@@ -38,6 +38,8 @@ pub struct AppState {
     pub signer: crate::tokens::Signer,
     pub revoker: crate::revoke::Revoker,
     pub route_health: crate::route_health::RouteHealth,
+    pub activity: crate::activity::ActivityStore,
+    pub ingest: crate::activity::IngestHealth,
 }
 
 /// The provider's router.
@@ -70,6 +72,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/api/circuit/{circuit_id}",
             get(circuit::get_one).delete(circuit::delete_one),
+        )
+        .route(
+            "/api/circuit/{circuit_id}/statistics",
+            get(circuit::statistics),
         )
         .route("/v2/circuits", get(circuit::list).post(circuit::create))
         .route(

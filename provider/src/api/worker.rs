@@ -194,16 +194,22 @@ pub(super) async fn get_one(
     respond(&state, &w, true).await
 }
 
+/// Heartbeat. The body is optional; authgate puts its ingest health there (`{"ingest":
+/// {redis_ok, last_flush_ms, lag_seconds}}`), which gates the idle reaper.
 pub(super) async fn heartbeat(
     State(state): State<AppState>,
     _: WorkerAuth,
     IdPath(id): IdPath,
+    body: axum::body::Bytes,
 ) -> Result<Json<WorkerResponse>, ApiError> {
     let w = state
         .store
         .heartbeat_worker(id)
         .await?
         .ok_or(ApiError::NotFound("worker"))?;
+    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+        state.ingest.report(w.id, &v);
+    }
     respond(&state, &w, false).await
 }
 

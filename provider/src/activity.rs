@@ -1,0 +1,258 @@
+//! Activity as authgates record it in Redis (`circuit.<id>.last_access`, `.requests`,
+//! `session.<id>.last_access`), each worker's ingest health from its heartbeats, and the idle
+//! reaper that removes interactive circuits (HTTP and TCP) idle beyond their timeout.
+//!
+//! The reaper fails safe: no pass while Redis is unreachable, and no circuit of a worker whose
+//! ingest is stale (no heartbeat with a recent successful flush) is ever touched, since "no
+//! activity recorded" then means "unknown", not "idle".
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use redis::AsyncCommands;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::{
+    domain::{AppMode, Circuit, WorkerStatus},
+    metrics::Metrics,
+    reconcile::Reconciler,
+    store::{Store, now_ms},
+};
+
+/// A worker's ingest health as its authgate last reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ingest {
+    pub reported_ms: i64,
+    pub redis_ok: bool,
+    /// When authgate last flushed activity to Redis successfully (epoch ms, 0 = never).
+    pub last_flush_ms: i64,
+}
+
+/// Worker → latest ingest report (in memory: re-sent with every heartbeat).
+#[derive(Clone, Default)]
+pub struct IngestHealth {
+    inner: Arc<RwLock<HashMap<Uuid, Ingest>>>,
+}
+
+impl IngestHealth {
+    /// Record the `ingest` object of a heartbeat body, if present.
+    pub fn report(&self, worker: Uuid, body: &serde_json::Value) {
+        let i = &body["ingest"];
+        if !i.is_object() {
+            return;
+        }
+        let report = Ingest {
+            reported_ms: now_ms(),
+            redis_ok: i["redis_ok"].as_bool().unwrap_or(false),
+            last_flush_ms: i["last_flush_ms"].as_i64().unwrap_or(0),
+        };
+        self.inner
+            .write()
+            .expect("ingest lock")
+            .insert(worker, report);
+    }
+
+    /// Whether the worker's activity data can be trusted at `now`: a report within
+    /// `max_lag_ms`, Redis reachable from authgate, and a flush within `max_lag_ms`.
+    pub fn fresh(&self, worker: Uuid, now: i64, max_lag_ms: i64) -> bool {
+        self.inner
+            .read()
+            .expect("ingest lock")
+            .get(&worker)
+            .is_some_and(|i| {
+                i.redis_ok
+                    && now - i.reported_ms <= max_lag_ms
+                    && now - i.last_flush_ms <= max_lag_ms
+            })
+    }
+}
+
+/// Reads and clears activity keys.
+#[derive(Clone)]
+pub struct ActivityStore {
+    client: Option<redis::Client>,
+}
+
+/// Requests and last access of one circuit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub requests: i64,
+    /// Epoch ms, if any access was recorded.
+    pub last_access_ms: Option<i64>,
+}
+
+/// `circuit.<id>.last_access`, `circuit.<id>.requests` for each id, in that order.
+fn circuit_keys(ids: &[Uuid]) -> Vec<String> {
+    ids.iter()
+        .flat_map(|id| {
+            [
+                format!("circuit.{id}.last_access"),
+                format!("circuit.{id}.requests"),
+            ]
+        })
+        .collect()
+}
+
+fn parse_secs(v: Option<String>) -> Option<i64> {
+    v.and_then(|s| s.trim().parse::<f64>().ok())
+        .map(|s| (s * 1000.0) as i64)
+}
+
+impl ActivityStore {
+    pub fn new(url: Option<&str>) -> Result<ActivityStore, redis::RedisError> {
+        Ok(ActivityStore {
+            client: url.map(redis::Client::open).transpose()?,
+        })
+    }
+
+    pub fn configured(&self) -> bool {
+        self.client.is_some()
+    }
+
+    async fn con(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let c = self.client.as_ref().ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "no [redis] url configured"))
+        })?;
+        match tokio::time::timeout(Duration::from_secs(3), c.get_multiplexed_async_connection())
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "Redis connect timed out",
+            ))),
+        }
+    }
+
+    /// Stats of many circuits in one round trip.
+    pub async fn stats(&self, ids: &[Uuid]) -> redis::RedisResult<Vec<Stats>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con().await?;
+        let keys = circuit_keys(ids);
+        let work = async {
+            let vals: Vec<Option<String>> = con.mget(&keys).await?;
+            Ok::<_, redis::RedisError>(
+                vals.chunks(2)
+                    .map(|p| Stats {
+                        last_access_ms: parse_secs(p[0].clone()),
+                        requests: p[1].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0),
+                    })
+                    .collect(),
+            )
+        };
+        match tokio::time::timeout(Duration::from_secs(3), work).await {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "Redis timed out",
+            ))),
+        }
+    }
+
+    /// Forget a terminated session's activity.
+    pub async fn clear_session(&self, session: Uuid) -> redis::RedisResult<()> {
+        let mut con = self.con().await?;
+        let _: i64 = con.del(format!("session.{session}.last_access")).await?;
+        Ok(())
+    }
+
+    /// Forget deleted circuits' activity.
+    pub async fn clear_circuits(&self, ids: &[Uuid]) -> redis::RedisResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut con = self.con().await?;
+        let _: i64 = con.del(circuit_keys(ids)).await?;
+        Ok(())
+    }
+}
+
+/// Reaper settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ReaperSettings {
+    pub interval: Duration,
+    pub default_idle_timeout_secs: u64,
+    pub max_ingest_lag_ms: i64,
+}
+
+/// Seconds a circuit has left before it counts as idle (negative: overdue). `None` for
+/// circuits the reaper never touches (inference).
+pub fn remaining_secs(c: &Circuit, s: &Stats, default_timeout: u64, now: i64) -> Option<i64> {
+    if c.app_mode != AppMode::Interactive {
+        return None;
+    }
+    let timeout = c.idle_timeout.unwrap_or(default_timeout) as i64;
+    let last = s.last_access_ms.unwrap_or(0).max(c.created_at_ms);
+    Some(timeout - (now - last) / 1000)
+}
+
+/// Remove idle interactive circuits until `shutdown`.
+#[allow(clippy::too_many_arguments)]
+pub async fn reaper(
+    store: Store,
+    activity: ActivityStore,
+    ingest: IngestHealth,
+    reconciler: Arc<Reconciler>,
+    metrics: Metrics,
+    settings: ReaperSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(settings.interval) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        match reap_once(&store, &activity, &ingest, &settings).await {
+            Ok(gone) if gone.is_empty() => {}
+            Ok(gone) => {
+                for c in &gone {
+                    tracing::info!(circuit = %c.id, app = %c.app, "Idle circuit reclaimed");
+                    reconciler.nudge(c.worker_id);
+                }
+                metrics.circuits_reclaimed.inc_by(gone.len() as u64);
+                metrics.circuits_deleted.inc_by(gone.len() as u64);
+                let ids: Vec<Uuid> = gone.iter().map(|c| c.id).collect();
+                if let Err(e) = activity.clear_circuits(&ids).await {
+                    tracing::warn!(error = %e, "Could not clear reclaimed circuits' activity");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Idle reaper skipped a pass"),
+        }
+    }
+}
+
+/// One pass; returns the circuits removed. Any Redis error aborts the pass before deleting.
+pub async fn reap_once(
+    store: &Store,
+    activity: &ActivityStore,
+    ingest: &IngestHealth,
+    s: &ReaperSettings,
+) -> anyhow::Result<Vec<Circuit>> {
+    let mut idle = Vec::new();
+    for w in store.list_workers().await? {
+        let now = now_ms();
+        if w.status != WorkerStatus::Alive || !ingest.fresh(w.id, now, s.max_ingest_lag_ms) {
+            continue;
+        }
+        let circuits: Vec<Circuit> = store
+            .circuits_of_worker(w.id)
+            .await?
+            .into_iter()
+            .filter(|c| c.app_mode == AppMode::Interactive)
+            .collect();
+        let ids: Vec<Uuid> = circuits.iter().map(|c| c.id).collect();
+        let stats = activity.stats(&ids).await?;
+        for (c, st) in circuits.iter().zip(&stats) {
+            if remaining_secs(c, st, s.default_idle_timeout_secs, now).is_some_and(|r| r < 0) {
+                idle.push(c.id);
+            }
+        }
+    }
+    Ok(store.delete_circuits(&idle).await?)
+}
