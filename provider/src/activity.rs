@@ -256,3 +256,79 @@ pub async fn reap_once(
     }
     Ok(store.delete_circuits(&idle).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Frontend, Protocol};
+
+    fn circuit(mode: AppMode, idle: Option<u64>, created_ms: i64) -> Circuit {
+        Circuit {
+            id: Uuid::nil(),
+            app: "a".into(),
+            protocol: Protocol::Http,
+            app_mode: mode,
+            worker_id: Uuid::nil(),
+            frontend: Frontend::Port(1),
+            envs: serde_json::json!({}),
+            arguments: None,
+            open_to_public: false,
+            allowed_client_ips: Vec::new(),
+            user_id: None,
+            endpoint_id: None,
+            runtime_variant: None,
+            routes: Vec::new(),
+            idle_timeout: idle,
+            generation: 1,
+            created_at_ms: created_ms,
+            updated_at_ms: created_ms,
+            balancing: None,
+        }
+    }
+
+    #[test]
+    fn remaining_time_uses_last_access_or_creation_and_skips_inference() {
+        let now = 100_000;
+        let seen = |ms| Stats {
+            requests: 1,
+            last_access_ms: Some(ms),
+        };
+        let c = circuit(AppMode::Interactive, Some(60), 0);
+        assert_eq!(remaining_secs(&c, &seen(90_000), 3600, now), Some(50));
+        assert_eq!(remaining_secs(&c, &Stats::default(), 3600, now), Some(-40));
+        let young = circuit(AppMode::Interactive, None, 99_000);
+        assert_eq!(
+            remaining_secs(&young, &Stats::default(), 3600, now),
+            Some(3599)
+        );
+        let inference = circuit(AppMode::Inference, Some(1), 0);
+        assert_eq!(remaining_secs(&inference, &Stats::default(), 1, now), None);
+    }
+
+    #[test]
+    fn ingest_is_fresh_only_with_recent_successful_flushes() {
+        let h = IngestHealth::default();
+        let w = Uuid::new_v4();
+        assert!(!h.fresh(w, now_ms(), 30_000), "never reported");
+        h.report(
+            w,
+            &serde_json::json!({"ingest": {"redis_ok": true, "last_flush_ms": now_ms()}}),
+        );
+        assert!(h.fresh(w, now_ms(), 30_000));
+        h.report(
+            w,
+            &serde_json::json!({"ingest": {"redis_ok": false, "last_flush_ms": now_ms()}}),
+        );
+        assert!(!h.fresh(w, now_ms(), 30_000), "Redis down at the worker");
+        h.report(
+            w,
+            &serde_json::json!({"ingest": {"redis_ok": true, "last_flush_ms": 1}}),
+        );
+        assert!(!h.fresh(w, now_ms(), 30_000), "flushes stalled");
+        h.report(w, &serde_json::json!({"other": 1}));
+        assert!(
+            !h.fresh(w, now_ms(), 30_000),
+            "a body without ingest changes nothing"
+        );
+    }
+}
