@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod plugin;
 pub mod revocation;
 pub mod setup;
 pub mod token;
