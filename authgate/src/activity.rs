@@ -42,6 +42,8 @@ pub struct CircuitMap {
     pub sessions: HashMap<Uuid, Vec<Uuid>>,
     /// Port of each TCP circuit.
     pub tcp_ports: HashMap<u16, Uuid>,
+    /// Auth plugin (name, config) of each circuit that names one.
+    pub plugins: HashMap<Uuid, (String, serde_json::Value)>,
 }
 
 #[derive(Default)]
@@ -96,6 +98,11 @@ impl Activity {
         c.websockets += 1;
         c.last_ms = c.last_ms.max(now_ms);
         c.dirty = true;
+    }
+
+    /// The auth plugin a circuit names, as the provider last said.
+    pub fn plugin_of(&self, circuit: Uuid) -> Option<(String, serde_json::Value)> {
+        self.lock().map.plugins.get(&circuit).cloned()
     }
 
     pub fn open_websockets(&self, circuit: Uuid) -> u32 {
@@ -332,6 +339,7 @@ mod tests {
         a.set_map(CircuitMap {
             sessions: HashMap::from([(c, vec![s1, s2])]),
             tcp_ports: HashMap::new(),
+            plugins: HashMap::new(),
         });
         a.apply(&ev(c, 2_000, false));
         a.apply(&ev(c, 1_000, false));
@@ -356,6 +364,7 @@ mod tests {
         a.set_map(CircuitMap {
             sessions: HashMap::from([(c, vec![])]),
             tcp_ports: HashMap::new(),
+            plugins: HashMap::new(),
         });
         a.websocket_opened(c, 1_000);
         a.websocket_opened(c, 1_000);
@@ -380,6 +389,7 @@ mod tests {
         a.set_map(CircuitMap {
             sessions: HashMap::from([(c, vec![]), (idle, vec![])]),
             tcp_ports: HashMap::from([(10205, c), (10206, idle)]),
+            plugins: HashMap::new(),
         });
         let text = "# HELP x\n\
             traefik_open_connections{entrypoint=\"port_10205\",protocol=\"TCP\"} 2\n\

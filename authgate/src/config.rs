@@ -25,6 +25,61 @@ pub struct Config {
     pub traefik: TraefikConfig,
     #[serde(default)]
     pub session: SessionConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+/// WebAssembly auth plugins (see PLUGINS.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directory of `<name>.wasm` / `<name>.wat` modules, watched for changes. None: no plugins
+    /// (circuits that name one are denied with 503).
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// Wall-clock bound of one call.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout_ms: u64,
+    /// Linear-memory bound of one call.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_mib: usize,
+    /// Calls running at once, and calls allowed to wait (beyond: 503 at once).
+    #[serde(default = "default_plugin_workers")]
+    pub workers: usize,
+    #[serde(default = "default_plugin_queue")]
+    pub queue: usize,
+    /// Consecutive failures after which a plugin is disabled until its file changes.
+    #[serde(default = "default_plugin_failures")]
+    pub max_failures: u32,
+}
+
+fn default_plugin_timeout() -> u64 {
+    20
+}
+fn default_plugin_memory() -> usize {
+    16
+}
+fn default_plugin_workers() -> usize {
+    2
+}
+fn default_plugin_queue() -> usize {
+    256
+}
+fn default_plugin_failures() -> u32 {
+    20
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            timeout_ms: default_plugin_timeout(),
+            memory_mib: default_plugin_memory(),
+            workers: default_plugin_workers(),
+            queue: default_plugin_queue(),
+            max_failures: default_plugin_failures(),
+        }
+    }
 }
 
 /// What this worker registers with the provider (`PUT /api/worker`).
@@ -243,6 +298,18 @@ impl Config {
         }
         if s.leeway_seconds > 60 {
             errs.push("session.leeway_seconds must be at most 60".into());
+        }
+        let pl = &self.plugins;
+        if !(1..=10_000).contains(&pl.timeout_ms) {
+            errs.push("plugins.timeout_ms must be 1-10000".into());
+        }
+        if !(1..=64).contains(&pl.memory_mib) {
+            errs.push("plugins.memory_mib must be 1-64".into());
+        }
+        if !(1..=64).contains(&pl.workers) || pl.queue > 100_000 || pl.max_failures == 0 {
+            errs.push(
+                "plugins.workers must be 1-64, queue at most 100000, max_failures ≥ 1".into(),
+            );
         }
         let u = &self.redis.url;
         if !(u.starts_with("redis://") || u.starts_with("rediss://")) {

@@ -20,7 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
@@ -43,6 +43,7 @@ const STATE_COOKIE: &str = "appproxy_state";
 #[derive(Clone)]
 pub struct Gate {
     pub activity: Arc<crate::activity::Activity>,
+    pub plugins: Option<Arc<crate::plugin::Runner>>,
     pub cfg: Arc<Config>,
     pub keys: Keys,
     pub revoked: Arc<Revocations>,
@@ -64,6 +65,7 @@ pub fn app(gate: Gate) -> Router {
         .route("/_appproxy/login", get(login))
         .route("/setup", get(setup_on_api_port))
         .route("/health", get(health))
+        .route("/plugins", get(plugins))
         .route("/metrics", get(metrics))
         .fallback(|| async { GateError::new(404, "E00002", "Not found.") })
         .method_not_allowed_fallback(|| async {
@@ -110,7 +112,112 @@ fn target(circuit: &str, q: &HashMap<String, String>) -> Option<Target> {
         circuit,
         generation,
         mode,
+        public: q.get("o").map(String::as_str) == Some("1") && q.contains_key("p"),
     })
+}
+
+/// The plugin stage after an allow: `None` to let the request through with `extra` headers,
+/// or the response that denies it.
+async fn run_plugin(
+    g: &Gate,
+    name: &str,
+    t: Target,
+    headers: &HeaderMap,
+    user: &str,
+    extra: &mut Vec<(String, String)>,
+) -> Option<Response> {
+    use crate::plugin::{RunError, Verdict, abi};
+    let fail = |label: &str, msg: &str| {
+        g.metrics
+            .plugin_calls
+            .with_label_values(&[name, label])
+            .inc();
+        Some(
+            GateError::new(503, "E20012", msg)
+                .for_client(headers)
+                .into_response(),
+        )
+    };
+    let Some(runner) = &g.plugins else {
+        return fail("no_host", "Auth plugins are not enabled on this worker.");
+    };
+    let Some((configured, config)) = g.activity.plugin_of(t.circuit) else {
+        return fail(
+            "no_config",
+            "Auth plugin configuration not loaded yet; retry.",
+        );
+    };
+    if configured != name {
+        return fail(
+            "no_config",
+            "Auth plugin configuration not loaded yet; retry.",
+        );
+    }
+    let first = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let req_headers = headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            k != "cookie" && !k.starts_with("x-forwarded-") && k != "host"
+        })
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let client = first("x-forwarded-for")
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim();
+    let input = abi::Request {
+        abi: abi::ABI_VERSION,
+        method: first("x-forwarded-method"),
+        host: first("x-forwarded-host"),
+        path: first("x-forwarded-uri"),
+        client_ip: client,
+        headers: req_headers,
+        circuit: abi::CircuitFacts {
+            id: t.circuit.to_string(),
+            generation: t.generation,
+            mode: match t.mode {
+                Mode::Interactive => "interactive",
+                Mode::Inference => "inference",
+            },
+        },
+        user,
+        now: crate::activity::now_ms() / 1000,
+        config: &config,
+    }
+    .to_lines();
+    match runner.run(name.to_string(), input).await {
+        Ok(Verdict::Allow { headers: h }) => {
+            g.metrics
+                .plugin_calls
+                .with_label_values(&[name, "allow"])
+                .inc();
+            extra.extend(h);
+            None
+        }
+        Ok(Verdict::Deny { status, body }) => {
+            g.metrics
+                .plugin_calls
+                .with_label_values(&[name, "deny"])
+                .inc();
+            let msg = if body.is_empty() {
+                "Denied by policy."
+            } else {
+                body.as_str()
+            };
+            Some(
+                GateError::new(status, "E20012", msg)
+                    .for_client(headers)
+                    .into_response(),
+            )
+        }
+        Err(RunError::Busy) => fail("busy", "Auth plugin overloaded; retry."),
+        Err(RunError::Call(e)) => {
+            tracing::warn!(plugin = name, error = %e, "Auth plugin failed; denying");
+            fail(e.label(), "Auth plugin failed; request denied.")
+        }
+    }
 }
 
 async fn auth(
@@ -146,8 +253,18 @@ async fn auth(
     let settings = decision::Settings {
         forward_inference_authorization: g.cfg.session.forward_inference_authorization,
     };
+    let plugin = query(raw.as_deref()).and_then(|mut q| q.remove("p"));
     match decision::decide(&f, t, &g.keys, &g.revoked, &settings) {
         Ok(a) => {
+            let mut extra = Vec::new();
+            let preflight = headers
+                .get("x-forwarded-method")
+                .is_some_and(|m| m.as_bytes() == b"OPTIONS");
+            if let Some(name) = plugin.as_deref().filter(|_| !preflight)
+                && let Some(denied) = run_plugin(&g, name, t, &headers, &a.user, &mut extra).await
+            {
+                return denied;
+            }
             // An authorized WebSocket is activity until its close line arrives.
             if headers.contains_key("sec-websocket-key") {
                 g.activity
@@ -173,6 +290,14 @@ async fn auth(
             ] {
                 if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
                     h.insert(name, v);
+                }
+            }
+            for (k, v) in extra {
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::try_from(k.as_str()),
+                    HeaderValue::from_str(&v),
+                ) {
+                    h.insert(k, v);
                 }
             }
             resp
@@ -528,6 +653,19 @@ async fn health(State(g): State<Gate>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Loaded plugins (and whether each is disabled) and refused files with reasons.
+async fn plugins(State(g): State<Gate>) -> Response {
+    let Some(r) = &g.plugins else {
+        return axum::Json(json!({ "enabled": false })).into_response();
+    };
+    let (loaded, rejected) = r.host.status();
+    let loaded: Vec<Value> = loaded
+        .into_iter()
+        .map(|(name, disabled)| json!({ "name": name, "disabled": disabled }))
+        .collect();
+    axum::Json(json!({ "enabled": true, "loaded": loaded, "rejected": rejected })).into_response()
 }
 
 async fn metrics(State(g): State<Gate>) -> Response {

@@ -71,7 +71,37 @@ pub async fn run(
         activity.clone(),
         shutdown.clone(),
     ));
+    let plugins = match &config.plugins.dir {
+        Some(dir) => {
+            let limits = plugin::Limits {
+                timeout: Duration::from_millis(config.plugins.timeout_ms),
+                memory_bytes: config.plugins.memory_mib << 20,
+                max_failures: config.plugins.max_failures,
+                ..plugin::Limits::default()
+            };
+            let host = plugin::Host::new(Some(dir.into()), limits)?;
+            let watched = host.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = stop.wait_for(|v| *v) => return,
+                    }
+                    let h = watched.clone();
+                    let _ = tokio::task::spawn_blocking(move || h.reload()).await;
+                }
+            });
+            Some(Arc::new(plugin::Runner::new(
+                host,
+                config.plugins.workers,
+                config.plugins.queue,
+            )))
+        }
+        None => None,
+    };
     let gate = http::Gate {
+        plugins,
         activity,
         uses: Arc::new(setup::UseCounter::new(redis, &config.namespace)),
         cfg: Arc::new(config),

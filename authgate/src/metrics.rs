@@ -19,6 +19,8 @@ pub struct Metrics {
     pub ingest_records: IntCounterVec,
     /// OTLP export requests by result (`ok`/`undecodable`).
     pub ingest_exports: IntCounterVec,
+    /// Plugin calls by plugin and outcome (allow, deny, timeout, trap, bad_answer, busy, …).
+    pub plugin_calls: IntCounterVec,
 }
 
 /// Register `c` with `r` and hand it back.
@@ -55,6 +57,11 @@ impl Metrics {
                 "ingest_records_total",
                 "Access-log records: received = applied + rejected.",
                 &["result", "reason"],
+            ),
+            plugin_calls: counters(
+                "plugin_calls_total",
+                "WebAssembly plugin calls by outcome; anything but allow denies.",
+                &["plugin", "result"],
             ),
             ingest_exports: counters(
                 "ingest_exports_total",

@@ -109,6 +109,10 @@ fn circuit_map(v: &Value) -> CircuitMap {
             .filter_map(|s| s.as_str().and_then(|s| Uuid::parse_str(s).ok()))
             .collect();
         map.sessions.insert(id, sessions);
+        if let Some(name) = c["auth_plugin"]["name"].as_str() {
+            map.plugins
+                .insert(id, (name.to_string(), c["auth_plugin"]["config"].clone()));
+        }
         if c["protocol"] == "tcp"
             && let Some(p) = c["port"].as_u64().and_then(|p| u16::try_from(p).ok())
         {

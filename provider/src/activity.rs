@@ -283,6 +283,7 @@ mod tests {
             created_at_ms: created_ms,
             updated_at_ms: created_ms,
             balancing: None,
+            auth_plugin: None,
         }
     }
 

@@ -158,6 +158,42 @@ pub struct Circuit {
     pub updated_at_ms: i64,
     /// Load-balancing options of an inference circuit (from its endpoint).
     pub balancing: Option<Balancing>,
+    /// WebAssembly auth plugin authgate runs for this circuit.
+    pub auth_plugin: Option<AuthPlugin>,
+}
+
+/// `auth_plugin` of a circuit or endpoint: a plugin of the worker's plugin directory and its
+/// JSON config (kept in SQL, handed to authgate over the worker API, never written to etcd).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPlugin {
+    pub name: String,
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+impl AuthPlugin {
+    pub fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        let name_ok = !n.is_empty()
+            && n.len() <= 64
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err("auth_plugin.name must be [a-z0-9_-]{1,64}".into());
+        }
+        if !self.config.is_object() {
+            return Err("auth_plugin.config must be a JSON object".into());
+        }
+        if self.config.to_string().len() > 16 * 1024 {
+            return Err("auth_plugin.config must be at most 16 KiB".into());
+        }
+        Ok(())
+    }
 }
 
 /// Backend.AI's `ModelHealthCheck` (field names, defaults and units as on the wire: seconds).

@@ -79,3 +79,15 @@ pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
         .await
         .expect("metrics text")
 }
+
+/// Wait (up to [`patience`]) until GET `url` with `headers` answers `status`.
+pub async fn wait_status(http: &reqwest::Client, url: &str, headers: &[(&str, &str)], status: u16) {
+    eventually(&format!("{url} answers {status}"), patience(), || async {
+        let mut req = http.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        (req.send().await.ok()?.status() == status).then_some(())
+    })
+    .await;
+}

@@ -23,6 +23,8 @@ pub struct Target {
     pub circuit: Uuid,
     pub generation: i64,
     pub mode: Mode,
+    /// A public circuit with a plugin (`o=1`): the plugin replaces the built-in checks.
+    pub public: bool,
 }
 
 /// What Traefik forwarded (header values that are not valid UTF-8 arrive as `Err(())`).
@@ -152,7 +154,7 @@ pub fn decide(
     let referer = single(&f.referer)
         .filter(|r| !r.contains(appproxy_common::names::SETUP_PATH_PREFIX))
         .map(str::to_string);
-    if method == "OPTIONS" {
+    if method == "OPTIONS" || t.public {
         return Ok(Allow {
             cookie,
             referer,

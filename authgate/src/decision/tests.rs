@@ -131,6 +131,7 @@ fn interactive(c: Uuid, generation: i64) -> Target {
         circuit: c,
         generation,
         mode: Mode::Interactive,
+        public: false,
     }
 }
 
@@ -440,6 +441,7 @@ fn inference_tokens() {
         circuit: c,
         generation: 1,
         mode: Mode::Inference,
+        public: false,
     };
     let r = synced();
     let tok = eddsa(&inference_claims(c));

@@ -396,3 +396,29 @@ async fn e6_concurrency_is_bounded_and_overflow_is_refused_fast() {
     // Afterwards a good plugin answers at once.
     assert!(runner.run("ok".into(), String::new()).await.is_ok());
 }
+
+/// Per-call time of a trivial plugin (the shipped api-keys) on this machine; printed, not
+/// asserted (timing belongs to the benchmark program). Run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn trivial_plugin_call_time() {
+    let host = Host::new(Some(examples()), Limits::default()).unwrap();
+    let i = input(
+        &[("x-api-key", "k-1")],
+        serde_json::json!({"keys": ["k-1"]}),
+        0,
+    );
+    let mut samples: Vec<Duration> = (0..2000)
+        .map(|_| {
+            let t = Instant::now();
+            host.call("api-keys", i.as_bytes()).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    samples.sort();
+    println!(
+        "api-keys call: p50 {:?} p99 {:?}",
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100]
+    );
+}

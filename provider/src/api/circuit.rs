@@ -261,6 +261,7 @@ pub(super) struct NewInteractive {
     pub routes: Vec<Route>,
     /// Properties worker app filters match (`session.user_uuid`, …).
     pub props: Vec<(String, String)>,
+    pub auth_plugin: Option<crate::domain::AuthPlugin>,
 }
 
 /// Place and store an interactive circuit, then nudge the reconciler.
@@ -297,6 +298,7 @@ pub(super) async fn create_interactive(
         runtime_variant: None,
         routes: n.routes,
         idle_timeout: n.idle_timeout,
+        auth_plugin: n.auth_plugin,
     };
     let c = store_circuit(state, &new, &worker).await?;
     Ok((c, worker))
@@ -381,6 +383,9 @@ pub(super) async fn create(
     JsonBody(req): JsonBody<CreateCircuitRequest>,
 ) -> Result<(StatusCode, Json<CreateCircuitResponse>), ApiError> {
     let routes = validate_create(&req, state.config.limits.max_routes_per_circuit)?;
+    if let Some(p) = &req.auth_plugin {
+        p.validate().map_err(ApiError::InvalidParams)?;
+    }
     let ips = match &req.allowed_client_ips {
         Some(l) => parse_client_ips(&l.0).map_err(ApiError::InvalidParams)?,
         None => Vec::new(),
@@ -401,6 +406,7 @@ pub(super) async fn create(
             idle_timeout: req.idle_timeout,
             routes,
             props: vec![("session.user_uuid".into(), req.user_id.to_string())],
+            auth_plugin: req.auth_plugin.clone(),
         },
     )
     .await?;

@@ -60,6 +60,9 @@ pub(crate) struct EndpointItem {
     /// appproxy extension: sticky sessions across replicas.
     #[serde(default)]
     pub sticky: Option<bool>,
+    /// appproxy extension: a WebAssembly auth plugin (e.g. API keys).
+    #[serde(default)]
+    pub auth_plugin: Option<crate::domain::AuthPlugin>,
 }
 
 impl EndpointItem {
@@ -73,6 +76,9 @@ impl EndpointItem {
         }
         if self.port == Some(0) {
             return bad("port must be 1-65535");
+        }
+        if let Some(p) = &self.auth_plugin {
+            p.validate().map_err(ApiError::InvalidParams)?;
         }
         Ok(())
     }
@@ -153,6 +159,12 @@ async fn sync_one(
         .upsert_endpoint(id, item.health_check.as_ref(), item.sticky)
         .await?;
     if let Some(c) = state.store.circuit_of_endpoint(id).await? {
+        if c.auth_plugin != item.auth_plugin {
+            state
+                .store
+                .set_auth_plugin(c.id, item.auth_plugin.as_ref())
+                .await?;
+        }
         let w = state
             .store
             .get_worker(c.worker_id)
@@ -202,6 +214,7 @@ async fn sync_one(
         runtime_variant: item.tags.endpoint.runtime_variant.clone(),
         routes: Vec::new(),
         idle_timeout: None,
+        auth_plugin: item.auth_plugin.clone(),
     };
     let c = store_circuit(state, &new, &worker).await?;
     Ok((c.url(&worker), e.health_check_enabled()))

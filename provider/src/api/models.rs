@@ -180,6 +180,7 @@ pub(crate) struct CircuitResponse {
     pub idle_timeout: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    pub auth_plugin: Option<crate::domain::AuthPlugin>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -215,6 +216,7 @@ impl CircuitResponse {
             generation: c.generation,
             idle_timeout: c.idle_timeout,
             url: worker.map(|w| c.url(w)),
+            auth_plugin: c.auth_plugin.clone(),
             created_at: iso(c.created_at_ms),
             updated_at: iso(c.updated_at_ms),
         }
@@ -318,6 +320,9 @@ pub(crate) struct CreateCircuitRequest {
     /// Relative path the setup link lands on.
     #[serde(default)]
     pub redirect: Option<String>,
+    /// WebAssembly auth plugin (after the built-in checks; instead of them when public).
+    #[serde(default)]
+    pub auth_plugin: Option<crate::domain::AuthPlugin>,
 }
 
 fn http() -> Protocol {

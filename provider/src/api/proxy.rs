@@ -279,6 +279,7 @@ pub(super) async fn auth(
                     traffic_ratio: 1.0,
                 }],
                 props: session_props(&token),
+                auth_plugin: None,
             };
             let (c, w) = create_interactive(&state, new).await?;
             (c, w, false)

@@ -155,19 +155,29 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         }
         mws.push(m);
     }
-    if !c.open_to_public {
+    if !c.open_to_public || c.auth_plugin.is_some() {
         let m = names::auth_middleware(c.id);
         let fa = format!("http/middlewares/{m}/forwardAuth");
-        kv.insert(
-            format!("{fa}/address"),
-            format!(
-                "{}/auth/{}?g={}&m={}",
-                worker.authgate_base(),
-                c.id.as_hyphenated(),
-                c.generation,
-                c.app_mode.as_str()
-            ),
+        // `p=<plugin>`: authgate runs that plugin (its config comes over the worker API, never
+        // through etcd); `o=1`: a public circuit, the plugin replaces the built-in checks.
+        let mut address = format!(
+            "{}/auth/{}?g={}&m={}",
+            worker.authgate_base(),
+            c.id.as_hyphenated(),
+            c.generation,
+            c.app_mode.as_str()
         );
+        if let Some(p) = &c.auth_plugin {
+            address.push_str(&format!("&p={}", p.name));
+            if c.open_to_public {
+                address.push_str("&o=1");
+            }
+            kv.insert(
+                format!("{fa}/authResponseHeadersRegex"),
+                "^X-Plugin-".into(),
+            );
+        }
+        kv.insert(format!("{fa}/address"), address);
         kv.insert(format!("{fa}/trustForwardHeader"), "false".into());
         // Traefik replaces these request headers with authgate's answer (or deletes them when
         // authgate omits them): our cookie never reaches the app, nor a Referer that carries a

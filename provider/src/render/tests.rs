@@ -48,6 +48,7 @@ fn route(host: &str, port: u16, ratio: f64, protocol: Protocol) -> Route {
 fn circuit(frontend: Frontend, protocol: Protocol, routes: Vec<Route>) -> Circuit {
     Circuit {
         balancing: None,
+        auth_plugin: None,
         id: Uuid::parse_str(CID).unwrap(),
         app: "jupyter".into(),
         protocol,
@@ -301,4 +302,32 @@ fn inference_balancing_sticky_health_check_and_retry() {
     // No routes yet (an endpoint before its replicas): nothing rendered, the URL is a 404.
     c.routes.clear();
     assert!(render_circuit(&w, &c).is_empty());
+}
+
+#[test]
+fn plugins_are_named_in_the_address_and_their_headers_listed() {
+    let w = worker(FrontendMode::Port, Protocol::Http);
+    let mut c = circuit(
+        Frontend::Port(10205),
+        Protocol::Http,
+        vec![route("10.0.0.5", 9000, 1.0, Protocol::Http)],
+    );
+    c.auth_plugin = Some(crate::domain::AuthPlugin {
+        name: "api-keys".into(),
+        config: serde_json::json!({"keys": ["secret-key"]}),
+    });
+    let kv = render_circuit(&w, &c);
+    let fa = format!("http/middlewares/ap-{CID}-auth/forwardAuth");
+    assert!(kv[&format!("{fa}/address")].ends_with("&m=interactive&p=api-keys"));
+    assert_eq!(kv[&format!("{fa}/authResponseHeadersRegex")], "^X-Plugin-");
+    assert!(
+        !kv.values().any(|v| v.contains("secret-key")),
+        "configs stay out of etcd"
+    );
+    // Public + plugin: the forwardAuth middleware exists and says `o=1`.
+    c.open_to_public = true;
+    let kv = render_circuit(&w, &c);
+    assert!(kv[&format!("{fa}/address")].ends_with("&p=api-keys&o=1"));
+    c.auth_plugin = None;
+    assert!(!render_circuit(&w, &c).contains_key(&format!("{fa}/address")));
 }

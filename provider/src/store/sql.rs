@@ -63,6 +63,7 @@ pub struct NewCircuit {
     pub runtime_variant: Option<String>,
     pub routes: Vec<NewRoute>,
     pub idle_timeout: Option<u64>,
+    pub auth_plugin: Option<crate::domain::AuthPlugin>,
 }
 
 pub type NewRoute = Route;
@@ -90,7 +91,8 @@ const WORKER_COLS: &str = "id, authority, frontend_mode, protocol, hostname, tls
 
 const CIRCUIT_COLS: &str = "id, worker_id, app, protocol, app_mode, frontend_mode, port, \
     subdomain, envs, arguments, open_to_public, allowed_client_ips, user_id, endpoint_id, \
-    runtime_variant, idle_timeout, generation, created_at, updated_at";
+    runtime_variant, idle_timeout, generation, created_at, updated_at, auth_plugin, \
+    auth_plugin_config";
 
 const ROUTE_COLS: &str = "circuit_id, idx, route_id, session_id, session_name, kernel_host, \
     kernel_port, protocol, traffic_ratio";
@@ -372,8 +374,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO circuits (id, worker_id, app, protocol, app_mode, frontend_mode, port, \
              subdomain, envs, arguments, open_to_public, allowed_client_ips, user_id, endpoint_id, \
-             runtime_variant, idle_timeout, generation, created_at, updated_at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,1,$17,$17)",
+             runtime_variant, idle_timeout, generation, created_at, updated_at, auth_plugin, \
+             auth_plugin_config) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,1,$17,$17,$18,$19)",
         )
         .bind(id.to_string())
         .bind(worker.id.to_string())
@@ -392,6 +395,8 @@ impl Store {
         .bind(c.runtime_variant.clone())
         .bind(c.idle_timeout.map(|t| t as i64))
         .bind(now)
+        .bind(c.auth_plugin.as_ref().map(|p| p.name.clone()))
+        .bind(c.auth_plugin.as_ref().map(|p| p.config.to_string()))
         .execute(&mut *tx)
         .await?;
         for (idx, r) in c.routes.iter().enumerate() {
@@ -761,6 +766,25 @@ impl Store {
         Ok((done.rows_affected() > 0 || !gone.is_empty()).then_some(gone))
     }
 
+    /// Set or clear a circuit's auth plugin (a changed plugin is a new generation: cookies
+    /// and tokens stay valid, the forwardAuth address changes).
+    pub async fn set_auth_plugin(
+        &self,
+        circuit_id: Uuid,
+        plugin: Option<&crate::domain::AuthPlugin>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE circuits SET auth_plugin=$1, auth_plugin_config=$2, updated_at=$3 WHERE id=$4",
+        )
+        .bind(plugin.map(|p| p.name.clone()))
+        .bind(plugin.map(|p| p.config.to_string()))
+        .bind(now_ms())
+        .bind(circuit_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     // === routes of a circuit ===
 
     /// Replace every route of a circuit in one transaction (declarative sync).
@@ -1026,7 +1050,21 @@ fn circuit_from_row(row: &AnyRow) -> Result<Circuit, StoreError> {
         created_at_ms: get(row, "created_at")?,
         updated_at_ms: get(row, "updated_at")?,
         balancing: None,
+        auth_plugin: plugin_from_row(row)?,
     })
+}
+
+fn plugin_from_row(row: &AnyRow) -> Result<Option<crate::domain::AuthPlugin>, StoreError> {
+    let name: Option<String> = get(row, "auth_plugin")?;
+    let config: Option<String> = get(row, "auth_plugin_config")?;
+    name.map(|name| {
+        Ok(crate::domain::AuthPlugin {
+            name,
+            config: serde_json::from_str(config.as_deref().unwrap_or("{}"))
+                .map_err(|e| corrupt("auth_plugin_config", e))?,
+        })
+    })
+    .transpose()
 }
 
 fn route_from_row(row: &AnyRow) -> Result<(Uuid, i64, Route), StoreError> {
