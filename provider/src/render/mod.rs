@@ -85,12 +85,13 @@ pub fn render_shared(worker: &Worker) -> Kv {
                 format!("http/services/{}/loadBalancer/servers/0/url", names::SETUP),
                 worker.authgate_base(),
             );
-            // Inference routers retry once on another replica when one cannot be reached
-            // (Traefik retries on transport errors only, never after a response).
+            // Inference routers retry (up to two more times, on whatever replica the balancer
+            // picks next) when a replica cannot be reached; Traefik retries on transport
+            // errors only, never after a response.
             if worker.accepted_traffics.contains(&AppMode::Inference) {
                 kv.insert(
                     format!("http/middlewares/{}/retry/attempts", names::RETRY),
-                    "2".into(),
+                    "3".into(),
                 );
             }
         }

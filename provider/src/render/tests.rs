@@ -294,7 +294,7 @@ fn inference_balancing_sticky_health_check_and_retry() {
         ),
     );
     let shared = render_shared(&w);
-    assert_eq!(shared["http/middlewares/ap-retry/retry/attempts"], "2");
+    assert_eq!(shared["http/middlewares/ap-retry/retry/attempts"], "3");
     assert_eq!(
         group_of("http/middlewares/ap-retry/retry/attempts"),
         Some(Group::Shared)
