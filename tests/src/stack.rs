@@ -83,11 +83,16 @@ pub struct Stack {
     pub dir: TempDir,
 }
 
-/// `target/<profile>/` of this workspace (where the test binary's `deps/` lives).
+/// `target/<profile>/` of this workspace: the directory of the running executable, or its
+/// parent for test binaries (which live in `deps/`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_path_buf()
+    let dir = exe.parent().expect("exe dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary; panics with the build command when missing.
