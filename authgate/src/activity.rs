@@ -44,6 +44,8 @@ pub struct CircuitMap {
     pub tcp_ports: HashMap<u16, Uuid>,
     /// Auth plugin (name, config) of each circuit that names one.
     pub plugins: HashMap<Uuid, (String, serde_json::Value)>,
+    /// Whether any circuit is an inference circuit (only those have replica health).
+    pub has_inference: bool,
 }
 
 #[derive(Default)]
@@ -98,6 +100,11 @@ impl Activity {
         c.websockets += 1;
         c.last_ms = c.last_ms.max(now_ms);
         c.dirty = true;
+    }
+
+    /// Whether the worker carries inference circuits (replica health is worth polling).
+    pub fn has_inference(&self) -> bool {
+        self.lock().map.has_inference
     }
 
     /// The auth plugin a circuit names, as the provider last said.
@@ -340,6 +347,7 @@ mod tests {
             sessions: HashMap::from([(c, vec![s1, s2])]),
             tcp_ports: HashMap::new(),
             plugins: HashMap::new(),
+            has_inference: false,
         });
         a.apply(&ev(c, 2_000, false));
         a.apply(&ev(c, 1_000, false));
@@ -365,6 +373,7 @@ mod tests {
             sessions: HashMap::from([(c, vec![])]),
             tcp_ports: HashMap::new(),
             plugins: HashMap::new(),
+            has_inference: false,
         });
         a.websocket_opened(c, 1_000);
         a.websocket_opened(c, 1_000);
@@ -390,6 +399,7 @@ mod tests {
             sessions: HashMap::from([(c, vec![]), (idle, vec![])]),
             tcp_ports: HashMap::from([(10205, c), (10206, idle)]),
             plugins: HashMap::new(),
+            has_inference: false,
         });
         let text = "# HELP x\n\
             traefik_open_connections{entrypoint=\"port_10205\",protocol=\"TCP\"} 2\n\

@@ -109,6 +109,7 @@ fn circuit_map(v: &Value) -> CircuitMap {
             .filter_map(|s| s.as_str().and_then(|s| Uuid::parse_str(s).ok()))
             .collect();
         map.sessions.insert(id, sessions);
+        map.has_inference |= c["app_mode"] == "inference";
         if let Some(name) = c["auth_plugin"]["name"].as_str() {
             map.plugins
                 .insert(id, (name.to_string(), c["auth_plugin"]["config"].clone()));
@@ -243,7 +244,11 @@ pub async fn run(
                     Ok((s, v)) => tracing::warn!(status = s, body = %v, "Circuit list refused"),
                     Err(e) => tracing::warn!(error = %e, "Circuit list failed"),
                 }
+                // Replica health matters for inference circuits only; Traefik's service list
+                // grows with every circuit, so it is not polled without any.
                 if cfg.worker.protocol != "tcp"
+                    && (activity.has_inference()
+                        || last_health.as_ref().is_some_and(|h| !h.is_empty()))
                     && let Some(h) = route_health(&client.http, &cfg.traefik.api_url).await
                     && (due || last_health.as_ref() != Some(&h))
                 {
