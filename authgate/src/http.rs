@@ -30,7 +30,7 @@ use crate::{
     error::GateError,
     metrics::Metrics,
     revocation::Revocations,
-    setup::{SetupIoError, UseCounter, wait_loaded},
+    setup::{UseCounter, wait_loaded},
     token::Keys,
 };
 
@@ -460,7 +460,7 @@ async fn setup_on_origin(
                 ),
             );
         }
-        Err(SetupIoError::Redis(e)) => {
+        Err(e) => {
             tracing::warn!(error = %e, "Setup refused: cannot count token uses");
             return setup_error(
                 &g,
@@ -469,7 +469,6 @@ async fn setup_on_origin(
                 GateError::new(503, "E10001", "Auth storage unavailable; retry."),
             );
         }
-        Err(SetupIoError::NotLoaded) => unreachable!("count never waits for Traefik"),
     }
     let max_age = (g.cfg.session.cookie_ttl_seconds as i64).max(1);
     let value = g.keys.mint_session(&c, t, max_age);
