@@ -91,3 +91,14 @@ pub async fn wait_status(http: &reqwest::Client, url: &str, headers: &[(&str, &s
     })
     .await;
 }
+
+/// Open a setup link until it sets a cookie (the router may not be served yet); the cookie's
+/// `name=value`.
+pub async fn setup_cookie(http: &reqwest::Client, setup_url: &str) -> String {
+    eventually("setup link sets a cookie", patience(), || async {
+        let r = http.get(setup_url).send().await.ok()?;
+        let c = r.headers().get("set-cookie")?.to_str().ok()?;
+        Some(c.split(';').next()?.to_string())
+    })
+    .await
+}

@@ -85,17 +85,6 @@ async fn exists(stack: &Stack, id: Uuid) -> bool {
         == 200
 }
 
-async fn wait_served(http: &reqwest::Client, url: &str, cookie: Option<&str>) {
-    eventually("circuit served", patience(), || async {
-        let mut req = http.get(url);
-        if let Some(c) = cookie {
-            req = req.header("cookie", c);
-        }
-        (req.send().await.ok()?.status() == 200).then_some(())
-    })
-    .await;
-}
-
 /// A metric's value from authgate's `/metrics` (sum over series matching `filter`).
 async fn metric(http: &reqwest::Client, w: &GatedWorker, name: &str, filter: &str) -> f64 {
     e2e::metrics_text(http, &w.base())
@@ -120,16 +109,11 @@ async fn every_request_is_counted_exactly_and_last_access_is_its_time() {
     ];
     let private = launch(&stack, &w, echo.port, json!({})).await;
     let setup = private.setup_url.clone().unwrap();
-    let cookie = eventually("setup", patience(), || async {
-        let r = http.get(&setup).send().await.ok()?;
-        let c = r.headers().get("set-cookie")?.to_str().ok()?;
-        Some(c.split(';').next()?.to_string())
-    })
-    .await;
+    let cookie = e2e::setup_cookie(&http, &setup).await;
     for l in &public {
-        wait_served(&http, &l.url, None).await;
+        e2e::wait_status(&http, &l.url, &[], 200).await;
     }
-    wait_served(&http, &private.url, Some(&cookie)).await;
+    e2e::wait_status(&http, &private.url, &[("cookie", &cookie)], 200).await;
     // Let the warm-up requests land, then measure from a clean baseline.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ids = [public[0].id, public[1].id, private.id];
@@ -296,12 +280,7 @@ async fn an_open_websocket_keeps_its_session_alive_and_closing_it_lets_it_go() {
     let nb = launch(&stack, &w, echo.port, json!({"idle_timeout": 4})).await;
     let idle = launch(&stack, &w, echo.port, json!({"idle_timeout": 4})).await;
     let setup = nb.setup_url.clone().unwrap();
-    let cookie = eventually("setup", patience(), || async {
-        let r = http.get(&setup).send().await.ok()?;
-        let c = r.headers().get("set-cookie")?.to_str().ok()?;
-        Some(c.split(';').next()?.to_string())
-    })
-    .await;
+    let cookie = e2e::setup_cookie(&http, &setup).await;
     let ws = open_websocket(&nb.url, &cookie).await;
     // Only the WebSocket, for twice the idle timeout: not reclaimed; last_access advances.
     let key = format!("session.{}.last_access", nb.session);
@@ -398,13 +377,8 @@ async fn redis_outage_reclaims_nothing_and_activity_resumes() {
     )
     .await;
     let setup = busy.setup_url.clone().unwrap();
-    let cookie = eventually("setup", patience(), || async {
-        let r = http.get(&setup).send().await.ok()?;
-        let c = r.headers().get("set-cookie")?.to_str().ok()?;
-        Some(c.split(';').next()?.to_string())
-    })
-    .await;
-    wait_served(&http, &busy.url, Some(&cookie)).await;
+    let cookie = e2e::setup_cookie(&http, &setup).await;
+    e2e::wait_status(&http, &busy.url, &[("cookie", &cookie)], 200).await;
     // Redis goes away under traffic, for longer than the idle timeout.
     stack.kill_redis();
     let mut during = 0;
@@ -445,7 +419,7 @@ async fn a_stopped_or_dead_receiver_never_slows_traefik() {
     let echo = HttpEcho::start("app").await;
     let http = e2e::no_redirect_client();
     let l = launch(&stack, &w, echo.port, json!({"open_to_public": true})).await;
-    wait_served(&http, &l.url, None).await;
+    e2e::wait_status(&http, &l.url, &[], 200).await;
     let run = |n: usize| {
         let (http, url) = (http.clone(), l.url.clone());
         async move {

@@ -4,7 +4,7 @@
 
 use std::{path::Path, time::Instant};
 
-use e2e::{Db, Stack, WorkerSpec, backends::HttpEcho, eventually, patience};
+use e2e::{Db, Stack, WorkerSpec, backends::HttpEcho};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -104,12 +104,7 @@ async fn example_plugins_through_traefik_and_failures_deny() {
     assert_eq!(s, 201, "{v}");
     let nb = v["url"].as_str().unwrap().to_string();
     let setup = v["setup_url"].as_str().unwrap().to_string();
-    let cookie = eventually("setup", patience(), || async {
-        let r = http.get(&setup).send().await.ok()?;
-        let c = r.headers().get("set-cookie")?.to_str().ok()?;
-        Some(c.split(';').next()?.to_string())
-    })
-    .await;
+    let cookie = e2e::setup_cookie(&http, &setup).await;
     assert_eq!(
         http.get(&nb)
             .header("x-tenant", "acme")

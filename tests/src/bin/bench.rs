@@ -679,8 +679,8 @@ async fn main() {
     );
 
     // --- 6 + 7. memory and API figures ---
-    let provider_pid = provider_pid(&stack);
-    let gate_pid = authgate_pid(&w);
+    let provider_pid = pid_listening(stack.provider_port);
+    let gate_pid = pid_listening(w.port);
     // Traefik re-decodes its whole prefix on every change (seconds per change at 10k routers,
     // reference §5): pause it so it does not starve the two cores while 10k circuits are made.
     let _ = Command::new("kill")
@@ -911,14 +911,6 @@ fn start_nginx(stack: &Stack) -> Option<(e2e::Proc, u16)> {
     let mut p = e2e::Proc::spawn("nginx", cmd, stack.dir.path());
     e2e::wait_listening(port, Duration::from_secs(10), &mut p);
     Some((p, port))
-}
-
-fn provider_pid(stack: &Stack) -> u32 {
-    pid_listening(stack.provider_port)
-}
-
-fn authgate_pid(w: &e2e::GatedWorker) -> u32 {
-    pid_listening(w.port)
 }
 
 /// The PID that listens on a loopback port (from `ss`).
