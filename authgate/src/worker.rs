@@ -65,6 +65,39 @@ impl Client {
         Ok((status, v))
     }
 
+    /// The worker's circuit map, unless it is still `etag` (then `None`).
+    async fn circuits(
+        &self,
+        worker: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<(CircuitMap, Option<String>)>, String> {
+        let url = format!(
+            "{}/api/worker/{worker}/circuits",
+            self.base.trim_end_matches('/')
+        );
+        let mut req = self.http.get(url).header("X-BackendAI-Token", &self.token);
+        if let Some(e) = etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, e);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        match resp.status().as_u16() {
+            304 => Ok(None),
+            200 => {
+                let tag = resp
+                    .headers()
+                    .get(reqwest::header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let v = resp.json::<Value>().await.map_err(|e| e.to_string())?;
+                Ok(Some((circuit_map(&v), tag)))
+            }
+            s => Err(format!(
+                "provider answered {s}: {}",
+                resp.text().await.unwrap_or_default()
+            )),
+        }
+    }
+
     async fn register(&self, body: &Value) -> Result<String, String> {
         match self
             .send(reqwest::Method::PUT, "/api/worker", Some(body))
@@ -191,6 +224,8 @@ pub async fn run(
     let mut backoff = Duration::from_millis(200);
     let mut last_beat = tokio::time::Instant::now();
     let mut last_health: Option<HashMap<String, BTreeMap<String, String>>> = None;
+    // Version of the circuit map we hold; polls with it are answered 304 while unchanged.
+    let mut map_etag: Option<String> = None;
     loop {
         let wait = match &id {
             None => match client.register(&body).await {
@@ -201,6 +236,7 @@ pub async fn run(
                     backoff = Duration::from_millis(200);
                     last_beat = tokio::time::Instant::now();
                     last_health = None;
+                    map_etag = None;
                     tick
                 }
                 Err(e) => {
@@ -232,16 +268,12 @@ pub async fn run(
                         Err(e) => tracing::warn!(error = %e, "Heartbeat failed"),
                     }
                 }
-                match client
-                    .send(
-                        reqwest::Method::GET,
-                        &format!("/api/worker/{w}/circuits"),
-                        None,
-                    )
-                    .await
-                {
-                    Ok((200, v)) => activity.set_map(circuit_map(&v)),
-                    Ok((s, v)) => tracing::warn!(status = s, body = %v, "Circuit list refused"),
+                match client.circuits(w, map_etag.as_deref()).await {
+                    Ok(Some((map, tag))) => {
+                        activity.set_map(map);
+                        map_etag = tag;
+                    }
+                    Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "Circuit list failed"),
                 }
                 // Replica health matters for inference circuits only; Traefik's service list

@@ -375,26 +375,22 @@ pub fn random_subdomain() -> String {
     format!("app-{}", &Uuid::new_v4().simple().to_string()[..8])
 }
 
-/// A free subdomain on a worker: the normalised preference (or a random one), with
-/// `-<8 hex>` appended to its first 54 characters on collision.
-pub fn pick_subdomain(preferred: Option<&str>, taken: &BTreeSet<String>) -> String {
+/// The subdomain to try at allocation `attempt`: the normalised preference (or a random
+/// name) first, then that name's first 54 characters with `-<8 random hex>` appended. The
+/// unique index decides which attempt wins.
+pub fn subdomain_candidate(preferred: Option<&str>, attempt: usize) -> String {
     let base = preferred
         .and_then(normalize_subdomain)
         .unwrap_or_else(random_subdomain);
-    if !taken.contains(&base) {
+    if attempt == 0 {
         return base;
     }
-    loop {
-        let head: String = base.chars().take(54).collect();
-        let candidate = format!(
-            "{}-{}",
-            head.trim_end_matches('-'),
-            &Uuid::new_v4().simple().to_string()[..8]
-        );
-        if !taken.contains(&candidate) {
-            return candidate;
-        }
-    }
+    let head: String = base.chars().take(54).collect();
+    format!(
+        "{}-{}",
+        head.trim_end_matches('-'),
+        &Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 /// Parse Backend.AI's comma-separated `allowed_client_ips` (CIDRs or bare IPs, v4 or v6).
@@ -463,19 +459,19 @@ mod tests {
     }
 
     #[test]
-    fn subdomain_collision_appends_suffix() {
-        let taken: BTreeSet<String> = ["jupyter".to_string()].into();
-        let s = pick_subdomain(Some("Jupyter"), &taken);
+    fn subdomain_candidates() {
+        assert_eq!(subdomain_candidate(Some("Jupyter"), 0), "jupyter");
+        let s = subdomain_candidate(Some("Jupyter"), 1);
         assert!(
             s.starts_with("jupyter-") && s.len() == "jupyter-".len() + 8,
             "{s}"
         );
-        let r = pick_subdomain(None, &BTreeSet::new());
+        assert_ne!(s, subdomain_candidate(Some("Jupyter"), 2));
+        let r = subdomain_candidate(None, 0);
         assert!(r.starts_with("app-") && r.len() == 12, "{r}");
         let long = "b".repeat(63);
-        let taken: BTreeSet<String> = [long.clone()].into();
-        let s = pick_subdomain(Some(&long), &taken);
-        assert_eq!(s.len(), 54 + 1 + 8);
+        assert_eq!(subdomain_candidate(Some(&long), 0), long);
+        assert_eq!(subdomain_candidate(Some(&long), 1).len(), 54 + 1 + 8);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub struct Metrics {
     registry: Registry,
     pub reconcile_passes: IntCounterVec,
     pub reconcile_seconds: Histogram,
+    pub reconcile_kind: IntCounterVec,
     pub etcd_txns: IntCounter,
     pub etcd_ops: IntCounter,
     pub foreign_changes: IntCounter,
@@ -38,6 +39,14 @@ impl Metrics {
                     "Duration of successful reconcile passes.",
                 )
                 .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            )
+            .expect("metric"),
+            reconcile_kind: IntCounterVec::new(
+                Opts::new(
+                    "reconcile_workers_total",
+                    "Worker reconciliations by kind (full, incremental).",
+                ),
+                &["kind"],
             )
             .expect("metric"),
             etcd_txns: IntCounter::new("etcd_txns_total", "etcd transactions applied.")
@@ -70,6 +79,7 @@ impl Metrics {
         for c in [
             Box::new(m.reconcile_passes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.reconcile_seconds.clone()),
+            Box::new(m.reconcile_kind.clone()),
             Box::new(m.etcd_txns.clone()),
             Box::new(m.etcd_ops.clone()),
             Box::new(m.foreign_changes.clone()),

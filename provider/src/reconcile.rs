@@ -1,11 +1,21 @@
 //! The reconciler: SQL → render → diff against etcd → per-circuit transactions.
 //!
-//! Handlers never write etcd; they `nudge` the reconciler. A pass takes the set of dirty
-//! workers, renders each from SQL, reads its etcd prefix and applies the difference, packing
-//! whole circuits into transactions of at most `max_txn_ops` operations. Passes start at
-//! once when idle; nudges that arrive during a pass are served by the next one, so a burst of
-//! creates costs Traefik a few reloads instead of one per circuit. Passes also run at start,
-//! every `resync` interval, and when a watch on the namespace shows a change we did not make.
+//! Handlers never write etcd; they nudge the reconciler: `nudge_circuit` after a circuit's
+//! rows changed, `nudge` when the worker itself changed. A pass serves every dirty worker:
+//!
+//! - **full** (worker nudged, start, every `resync`, a change we did not make, after an
+//!   error): render all of the worker's circuits from SQL, read its whole etcd prefix, apply
+//!   the difference, and remember the result as the worker's *image* of etcd;
+//! - **incremental** (only circuits nudged, image present): load just those circuits, render
+//!   them, diff against the image and apply. Cost is O(changed circuits), not O(circuits on
+//!   the worker). The image is exact because only we write under a worker's root: foreign
+//!   writes are caught by the watch and answered with a full pass, and a failed transaction
+//!   drops the image.
+//!
+//! Whole circuits go into transactions of at most `max_txn_ops` operations. Passes start at
+//! once when idle, at most one per `min_interval`; nudges that arrive during a pass are served
+//! by the next one, so a burst of creates costs Traefik a few reloads instead of one per
+//! circuit.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -24,6 +34,9 @@ use crate::{
     store::{Store, StoreError},
 };
 
+/// How long after a watch event our own transaction may still be recording its revision.
+const OWN_REVISION_GRACE: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]
@@ -35,8 +48,29 @@ pub enum ReconcileError {
 #[derive(Default)]
 struct Dirty {
     all: bool,
+    /// Workers that need a full pass.
     workers: HashSet<Uuid>,
+    /// Worker → circuits whose rows changed (incremental pass).
+    circuits: HashMap<Uuid, HashSet<Uuid>>,
 }
+
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        !self.all && self.workers.is_empty() && self.circuits.is_empty()
+    }
+
+    fn merge(&mut self, other: Dirty) {
+        self.all |= other.all;
+        self.workers.extend(other.workers);
+        for (w, ids) in other.circuits {
+            self.circuits.entry(w).or_default().extend(ids);
+        }
+    }
+}
+
+/// What we last wrote under a worker's root: group → relative keys. Equal to etcd's content
+/// while no foreign write happened (the watch turns one into a full pass).
+type Image = HashMap<Option<Group>, render::Kv>;
 
 /// Shared handle; clone the `Arc`.
 pub struct Reconciler {
@@ -54,6 +88,11 @@ pub struct Reconciler {
     own_revisions: Mutex<VecDeque<i64>>,
     /// Root key → worker id, refreshed on every pass.
     roots: Mutex<HashMap<String, Uuid>>,
+    /// Worker → image of its etcd prefix. Only the pass loop touches it.
+    images: Mutex<HashMap<Uuid, Image>>,
+    /// Boot id and per-worker change counters: the circuit map's version (`ETag`).
+    boot: Uuid,
+    changes: Mutex<HashMap<Uuid, u64>>,
 }
 
 impl Reconciler {
@@ -76,16 +115,20 @@ impl Reconciler {
             metrics,
             dirty: Mutex::new(Dirty {
                 all: true,
-                workers: HashSet::new(),
+                ..Dirty::default()
             }),
             notify: Notify::new(),
             own_revisions: Mutex::new(VecDeque::new()),
             roots: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
+            boot: Uuid::new_v4(),
+            changes: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Ask for `worker` to be reconciled soon.
+    /// The worker itself changed: reconcile all of it soon.
     pub fn nudge(&self, worker: Uuid) {
+        self.changed(worker);
         self.dirty
             .lock()
             .expect("dirty lock")
@@ -94,10 +137,46 @@ impl Reconciler {
         self.notify.notify_one();
     }
 
-    /// Ask for every worker to be reconciled soon.
+    /// A circuit's rows changed (created, updated or deleted): reconcile it soon.
+    pub fn nudge_circuit(&self, worker: Uuid, circuit: Uuid) {
+        self.changed(worker);
+        self.dirty
+            .lock()
+            .expect("dirty lock")
+            .circuits
+            .entry(worker)
+            .or_default()
+            .insert(circuit);
+        self.notify.notify_one();
+    }
+
+    /// Ask for every worker to be reconciled soon (no SQL change implied).
     pub fn nudge_all(&self) {
         self.dirty.lock().expect("dirty lock").all = true;
         self.notify.notify_one();
+    }
+
+    fn changed(&self, worker: Uuid) {
+        *self
+            .changes
+            .lock()
+            .expect("changes lock")
+            .entry(worker)
+            .or_default() += 1;
+    }
+
+    /// Version of a worker's circuit map: changes whenever a handler nudged for the worker
+    /// (every SQL change to its circuits does), and across provider restarts. Read it
+    /// *before* loading the map, so a change racing with the load yields a new version later.
+    pub fn map_version(&self, worker: Uuid) -> String {
+        let n = self
+            .changes
+            .lock()
+            .expect("changes lock")
+            .get(&worker)
+            .copied()
+            .unwrap_or(0);
+        format!("\"{}-{n}\"", self.boot.simple())
     }
 
     pub fn root_key(&self, authority: &str) -> String {
@@ -118,7 +197,7 @@ impl Reconciler {
                 }
             }
             let dirty = std::mem::take(&mut *self.dirty.lock().expect("dirty lock"));
-            if dirty.all || !dirty.workers.is_empty() {
+            if !dirty.is_empty() {
                 let started = std::time::Instant::now();
                 last_pass = Some(started);
                 match self.pass(&dirty).await {
@@ -138,11 +217,7 @@ impl Reconciler {
                             .with_label_values(&["error"])
                             .inc();
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Reconcile pass failed");
-                        {
-                            let mut d = self.dirty.lock().expect("dirty lock");
-                            d.all |= dirty.all;
-                            d.workers.extend(dirty.workers);
-                        }
+                        self.dirty.lock().expect("dirty lock").merge(dirty);
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = shutdown.changed() => break,
@@ -171,21 +246,93 @@ impl Reconciler {
                 roots.insert(self.root_key(&w.authority), w.id);
             }
         }
-        for w in workers
-            .iter()
-            .filter(|w| dirty.all || dirty.workers.contains(&w.id))
         {
-            self.reconcile_worker(w).await?;
+            // Forget images of workers that are gone.
+            let ids: HashSet<Uuid> = workers.iter().map(|w| w.id).collect();
+            self.images
+                .lock()
+                .expect("images lock")
+                .retain(|id, _| ids.contains(id));
+        }
+        for w in &workers {
+            let full = dirty.all || dirty.workers.contains(&w.id);
+            let ids = dirty.circuits.get(&w.id);
+            if !full && ids.is_none() {
+                continue;
+            }
+            let image = self.images.lock().expect("images lock").remove(&w.id);
+            // On error the image stays dropped, so the retry is a full pass.
+            let image = match (image, ids) {
+                (Some(image), Some(ids)) if !full => self.reconcile_circuits(w, image, ids).await?,
+                _ => self.reconcile_worker(w).await?,
+            };
+            self.images.lock().expect("images lock").insert(w.id, image);
         }
         Ok(())
     }
 
-    async fn reconcile_worker(&self, w: &crate::domain::Worker) -> Result<(), ReconcileError> {
+    /// Full pass: everything of the worker from SQL against its whole etcd prefix.
+    async fn reconcile_worker(&self, w: &crate::domain::Worker) -> Result<Image, ReconcileError> {
         let circuits = self.store.circuits_of_worker(w.id).await?;
         let desired = render::render_worker(w, &circuits);
+        drop(circuits);
         let root = self.root_key(&w.authority);
         let actual = self.kv.get_prefix(&format!("{root}/")).await?;
         let batches = plan(&root, &desired, &actual, self.max_ops);
+        drop(actual);
+        self.apply(batches).await?;
+        self.metrics
+            .reconcile_kind
+            .with_label_values(&["full"])
+            .inc();
+        Ok(desired
+            .into_iter()
+            .filter(|(_, kv)| !kv.is_empty())
+            .map(|(g, kv)| (Some(g), kv))
+            .collect())
+    }
+
+    /// Incremental pass: only `ids`, from SQL, against the image.
+    async fn reconcile_circuits(
+        &self,
+        w: &crate::domain::Worker,
+        mut image: Image,
+        ids: &HashSet<Uuid>,
+    ) -> Result<Image, ReconcileError> {
+        let ids: Vec<Uuid> = ids.iter().copied().collect();
+        let circuits = self.store.circuits_by_ids(&ids).await?;
+        let root = self.root_key(&w.authority);
+        let prefix = format!("{root}/");
+        let mut desired: BTreeMap<Group, render::Kv> = ids
+            .iter()
+            .map(|id| (Group::Circuit(*id), render::Kv::new()))
+            .collect();
+        for c in circuits.iter().filter(|c| c.worker_id == w.id) {
+            desired.insert(Group::Circuit(c.id), render::render_circuit(w, c));
+        }
+        let mut actual = BTreeMap::new();
+        for group in desired.keys() {
+            for (rel, value) in image.get(&Some(*group)).into_iter().flatten() {
+                actual.insert(format!("{prefix}{rel}"), value.clone());
+            }
+        }
+        let batches = plan(&root, &desired, &actual, self.max_ops);
+        self.apply(batches).await?;
+        self.metrics
+            .reconcile_kind
+            .with_label_values(&["incremental"])
+            .inc();
+        for (group, kv) in desired {
+            if kv.is_empty() {
+                image.remove(&Some(group));
+            } else {
+                image.insert(Some(group), kv);
+            }
+        }
+        Ok(image)
+    }
+
+    async fn apply(&self, batches: Vec<Vec<Op>>) -> Result<(), ReconcileError> {
         for ops in batches {
             let rev = self.kv.txn(&ops).await?;
             self.metrics.etcd_txns.inc();
@@ -225,10 +372,7 @@ impl Reconciler {
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             let rev = kv.mod_revision();
-                            if self.own_revisions.lock().expect("own lock").contains(&rev) {
-                                continue;
-                            }
-                            let key = String::from_utf8_lossy(kv.key());
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
                             let owner = {
                                 let roots = self.roots.lock().expect("roots lock");
                                 roots
@@ -236,11 +380,22 @@ impl Reconciler {
                                     .find(|(root, _)| key.starts_with(root.as_str()))
                                     .map(|(_, id)| *id)
                             };
-                            if let Some(id) = owner {
-                                tracing::info!(key = %key, "Foreign change under a worker prefix; repairing");
-                                self.metrics.foreign_changes.inc();
-                                self.nudge(id);
+                            let Some(id) = owner else { continue };
+                            if self.own_revisions.lock().expect("own lock").contains(&rev) {
+                                continue;
                             }
+                            // Our own transaction's events can arrive before its revision is
+                            // recorded: look again a moment later before calling it foreign.
+                            let me = self.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(OWN_REVISION_GRACE).await;
+                                if me.own_revisions.lock().expect("own lock").contains(&rev) {
+                                    return;
+                                }
+                                tracing::info!(key = %key, "Foreign change under a worker prefix; repairing");
+                                me.metrics.foreign_changes.inc();
+                                me.nudge(id);
+                            });
                         }
                     }
                     Ok(None) | Err(_) => break,

@@ -28,6 +28,7 @@ both_dbs!(
     session_delete_removes_circuits_and_frees_ports,
     concurrent_creates_get_distinct_ports_and_full_range_is_503,
     burst_of_creates_coalesces_into_few_transactions,
+    incremental_passes_leave_what_a_full_pass_would,
     worker_api_health_and_bulk_delete,
     provider_kill_mid_burst_and_prefix_wipe_are_repaired,
     bad_input_is_rejected_and_changes_nothing,
@@ -348,12 +349,7 @@ async fn concurrent_creates_get_distinct_ports_and_full_range_is_503(db: Db) {
 }
 
 async fn etcd_txns(stack: &Stack) -> u64 {
-    e2e::metrics_text(&stack.http, &stack.provider_url())
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix("appproxy_provider_etcd_txns_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    provider_counter(stack, "appproxy_provider_etcd_txns_total ").await
 }
 
 async fn burst_of_creates_coalesces_into_few_transactions(db: Db) {
@@ -389,6 +385,101 @@ async fn burst_of_creates_coalesces_into_few_transactions(db: Db) {
     assert!(
         txns >= 1 && txns * 3 <= 40,
         "40 circuits took {txns} transactions"
+    );
+}
+
+/// A provider counter (first sample whose name and labels start with `series`).
+async fn provider_counter(stack: &Stack, series: &str) -> u64 {
+    e2e::metrics_text(&stack.http, &stack.provider_url())
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Creates, deletes and session deletes are applied by incremental passes (only the changed
+/// circuits against the reconciler's image of etcd). A full pass afterwards — the periodic
+/// resync, here every second — must find nothing to write; a foreign edit of a circuit's key
+/// is repaired.
+async fn incremental_passes_leave_what_a_full_pass_would(db: Db) {
+    let stack = Stack::start_with(
+        db,
+        vec![(
+            "APPPROXY_PROVIDER__RECONCILE__RESYNC_SECONDS".into(),
+            "1".into(),
+        )],
+    )
+    .await;
+    let (lo, hi) = Stack::port_range(30);
+    stack
+        .register_worker(port_worker("w1", lo, hi, "http"))
+        .await;
+    let traefik = stack
+        .start_traefik("w1", TraefikFrontend::Ports { lo, hi })
+        .await;
+    let backend = HttpEcho::start("b").await;
+    let incremental = "appproxy_provider_reconcile_workers_total{kind=\"incremental\"} ";
+    let full = "appproxy_provider_reconcile_workers_total{kind=\"full\"} ";
+    let inc0 = provider_counter(&stack, incremental).await;
+    let body = circuit_body("w1", Uuid::new_v4(), backend.port, "http");
+    let created = futures_join(&stack, &body, 20).await;
+    assert!(created.iter().all(|(s, _)| *s == 201), "{created:?}");
+    for (_, c) in created.iter().take(5) {
+        delete_circuit(&stack, c["id"].as_str().unwrap()).await;
+    }
+    let session = Uuid::new_v4();
+    let own = create(&stack, &circuit_body("w1", session, backend.port, "http")).await;
+    let (s, _) = stack
+        .manager(Method::DELETE, &format!("/v2/sessions/{session}"), None)
+        .await;
+    assert_eq!(s, 200);
+    for _ in 0..3 {
+        create(
+            &stack,
+            &circuit_body("w1", Uuid::new_v4(), backend.port, "http"),
+        )
+        .await;
+    }
+    assert_agree(&stack, &traefik, "w1").await;
+    assert!(
+        !stack
+            .etcd_dump()
+            .await
+            .keys()
+            .any(|k| k.contains(own["id"].as_str().unwrap())),
+        "the session's circuit left keys behind"
+    );
+    assert!(provider_counter(&stack, incremental).await > inc0);
+
+    // A foreign edit of one circuit's service URL is put back (the watch forces a full pass).
+    let root = stack.root_key("w1");
+    let id = created[10].1["id"].as_str().unwrap();
+    let key = format!("{root}/http/services/ap-{id}/loadBalancer/servers/0/url");
+    let good = stack.etcd_dump().await[&key].clone();
+    let mut etcd = stack.etcd_client().await;
+    etcd.put(key.clone(), "http://127.0.0.1:9", None)
+        .await
+        .unwrap();
+    eventually("foreign edit repaired", patience(), || async {
+        (stack.etcd_dump().await.get(&key) == Some(&good)).then_some(())
+    })
+    .await;
+
+    // Two full passes later nothing was written: the image equalled the full render.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (txns, full0) = (
+        etcd_txns(&stack).await,
+        provider_counter(&stack, full).await,
+    );
+    eventually("two more full passes", patience(), || async {
+        (provider_counter(&stack, full).await >= full0 + 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        etcd_txns(&stack).await,
+        txns,
+        "a full pass after incremental ones changed etcd"
     );
 }
 

@@ -39,7 +39,7 @@ async fn remove(state: &AppState, ids: &[Uuid]) -> Result<Vec<Circuit>, ApiError
 /// After circuits left SQL: nudge the reconciler for every worker they lived on.
 fn settle(state: &AppState, gone: &[Circuit]) {
     for c in gone {
-        state.reconciler.nudge(c.worker_id);
+        state.reconciler.nudge_circuit(c.worker_id, c.id);
     }
     state.metrics.circuits_deleted.inc_by(gone.len() as u64);
 }
@@ -316,7 +316,7 @@ pub(super) async fn store_circuit(
         .await
         .map_err(store_to_api)?;
     state.metrics.circuits_created.inc();
-    state.reconciler.nudge(worker.id);
+    state.reconciler.nudge_circuit(worker.id, c.id);
     tracing::info!(circuit = %c.id, worker = %worker.authority, endpoint = ?c.endpoint_id, "Circuit created");
     Ok(c)
 }

@@ -171,7 +171,7 @@ async fn sync_one(
             .await?
             .ok_or(ApiError::NotFound("worker"))?;
         // Health check / sticky may have changed: publish now, not at the next resync.
-        state.reconciler.nudge(w.id);
+        state.reconciler.nudge_circuit(w.id, c.id);
         return Ok((c.url(&w), e.health_check_enabled()));
     }
     let workers = state.store.list_workers().await?;
@@ -267,7 +267,7 @@ async fn remove(state: &AppState, id: Uuid) -> Result<bool, ApiError> {
         return Ok(false);
     };
     for c in &gone {
-        state.reconciler.nudge(c.worker_id);
+        state.reconciler.nudge_circuit(c.worker_id, c.id);
     }
     state.metrics.circuits_deleted.inc_by(gone.len() as u64);
     Ok(true)
@@ -416,7 +416,7 @@ async fn route_sync(state: &AppState, req: &BulkRoutes, op: RouteOp) -> Result<V
                 }),
         };
         match result {
-            Ok(()) => state.reconciler.nudge(c.worker_id),
+            Ok(()) => state.reconciler.nudge_circuit(c.worker_id, c.id),
             Err(crate::store::StoreError::DuplicateRoute(r)) => {
                 entry["success"] = json!(false);
                 entry["error"] = json!(format!("route_id {r} appears twice"));
@@ -477,7 +477,7 @@ pub(super) async fn health_check(
         .upsert_endpoint(id, req.health_check.as_ref(), None)
         .await?;
     if let Some(c) = state.store.circuit_of_endpoint(id).await? {
-        state.reconciler.nudge(c.worker_id);
+        state.reconciler.nudge_circuit(c.worker_id, c.id);
     }
     Ok(Json(
         json!({ "success": true, "health_check_enabled": e.health_check_enabled() }),

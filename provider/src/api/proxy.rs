@@ -249,7 +249,7 @@ pub(super) async fn auth(
                     .refresh_session_route(c.id, session_id, &token.kernel_host, token.kernel_port)
                     .await?
                     .ok_or(ApiError::NotFound("circuit"))?;
-                state.reconciler.nudge(w.id);
+                state.reconciler.nudge_circuit(w.id, c.id);
                 c
             } else {
                 c

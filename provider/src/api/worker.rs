@@ -227,18 +227,35 @@ pub(super) async fn deregister(
     Ok(Json(json!({ "success": true })))
 }
 
+/// A worker's circuits. authgate polls this every few seconds: the answer carries an `ETag`
+/// (the reconciler's change counter for the worker), and `If-None-Match` with the current one
+/// gets `304` without touching SQL.
 pub(super) async fn circuits(
     State(state): State<AppState>,
     _: WorkerAuth,
     IdPath(id): IdPath,
-) -> Result<Json<Value>, ApiError> {
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::{http::header, response::IntoResponse};
+    // Read before loading: a change that races with the load bumps it after.
+    let version = state.reconciler.map_version(id);
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == version.as_bytes());
     let w = worker_or_404(&state, id).await?;
+    if unchanged {
+        return Ok((
+            axum::http::StatusCode::NOT_MODIFIED,
+            [(header::ETAG, version)],
+        )
+            .into_response());
+    }
     let circuits = state.store.circuits_of_worker(w.id).await?;
     let list: Vec<CircuitResponse> = circuits
         .iter()
         .map(|c| CircuitResponse::new(c, Some(&w)))
         .collect();
-    Ok(Json(json!({ "circuits": list })))
+    Ok(([(header::ETAG, version)], Json(json!({ "circuits": list }))).into_response())
 }
 
 pub(super) async fn slots(

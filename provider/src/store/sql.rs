@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::domain::{
     AppMode, Balancing, Circuit, ConfToken, Endpoint, Frontend, FrontendMode, HealthCheck,
-    Protocol, Route, Worker, WorkerStatus, lowest_free_port, pick_subdomain,
+    Protocol, Route, Worker, WorkerStatus, lowest_free_port, subdomain_candidate,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -295,8 +295,8 @@ impl Store {
                 return Err(StoreError::DuplicateRoute(id));
             }
         }
-        for _ in 0..ALLOC_ATTEMPTS {
-            let frontend = self.allocate(c, worker).await?;
+        for attempt in 0..ALLOC_ATTEMPTS {
+            let frontend = self.allocate(c, worker, attempt).await?;
             match self.insert_circuit(c, worker, &frontend).await {
                 Ok(circuit) => return Ok(circuit),
                 Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
@@ -312,7 +312,12 @@ impl Store {
         Err(StoreError::NoFreeSlot)
     }
 
-    async fn allocate(&self, c: &NewCircuit, worker: &Worker) -> Result<Frontend, StoreError> {
+    async fn allocate(
+        &self,
+        c: &NewCircuit,
+        worker: &Worker,
+        attempt: usize,
+    ) -> Result<Frontend, StoreError> {
         match worker.frontend_mode {
             FrontendMode::Port => {
                 let (lo, hi) = worker.port_range.ok_or(StoreError::NoFreeSlot)?;
@@ -339,21 +344,12 @@ impl Store {
                         .ok_or(StoreError::NoFreeSlot),
                 }
             }
-            FrontendMode::Wildcard => {
-                let taken: BTreeSet<String> = sqlx::query(
-                    "SELECT subdomain FROM circuits WHERE worker_id=$1 AND subdomain IS NOT NULL",
-                )
-                .bind(worker.id.to_string())
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .filter_map(|r| r.try_get::<String, _>(0).ok())
-                .collect();
-                Ok(Frontend::Subdomain(pick_subdomain(
-                    c.preferred_subdomain.as_deref(),
-                    &taken,
-                )))
-            }
+            // No scan: the unique index on (worker_id, subdomain) decides, and a lost race
+            // or a taken name retries with a suffixed candidate.
+            FrontendMode::Wildcard => Ok(Frontend::Subdomain(subdomain_candidate(
+                c.preferred_subdomain.as_deref(),
+                attempt,
+            ))),
         }
     }
 
@@ -429,6 +425,27 @@ impl Store {
         .await
     }
 
+    /// The circuits with these ids that exist (any order).
+    pub async fn circuits_by_ids(&self, ids: &[Uuid]) -> Result<Vec<Circuit>, StoreError> {
+        let head = format!("SELECT {CIRCUIT_COLS} FROM circuits WHERE id");
+        let rows = self.select_in(&head, ids).await?;
+        self.attach_routes(rows).await
+    }
+
+    /// Rows of `head IN (ids…)`, in chunks of 500 to stay under parameter limits.
+    async fn select_in(&self, head: &str, ids: &[Uuid]) -> Result<Vec<AnyRow>, StoreError> {
+        let mut rows = Vec::new();
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let mut query = sqlx::query(q(format!("{head} IN ({})", marks.join(","))));
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            rows.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(rows)
+    }
+
     pub async fn list_circuits(&self, f: &CircuitFilter) -> Result<Vec<Circuit>, StoreError> {
         // One optional filter per column; NULL parameters match everything.
         let rows = sqlx::query(q(format!(
@@ -463,21 +480,16 @@ impl Store {
             return Ok(circuits);
         }
         // Routes of all these circuits in one query, chunked to stay under parameter limits.
-        let mut routes: Vec<(Uuid, i64, Route)> = Vec::new();
-        for chunk in circuits.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT {ROUTE_COLS} FROM routes WHERE circuit_id IN ({})",
-                marks.join(",")
-            );
-            let mut query = sqlx::query(q(sql));
-            for c in chunk {
-                query = query.bind(c.id.to_string());
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                routes.push(route_from_row(&row)?);
-            }
-        }
+        let ids: Vec<Uuid> = circuits.iter().map(|c| c.id).collect();
+        let mut routes: Vec<(Uuid, i64, Route)> = self
+            .select_in(
+                &format!("SELECT {ROUTE_COLS} FROM routes WHERE circuit_id"),
+                &ids,
+            )
+            .await?
+            .iter()
+            .map(route_from_row)
+            .collect::<Result<_, _>>()?;
         routes.sort_by_key(|(cid, idx, _)| (*cid, *idx));
         let mut by_circuit: std::collections::HashMap<Uuid, Vec<Route>> = Default::default();
         for (cid, _, r) in routes {
@@ -489,12 +501,12 @@ impl Store {
         // Balancing of inference circuits comes from their endpoints.
         let endpoint_ids: Vec<Uuid> = circuits.iter().filter_map(|c| c.endpoint_id).collect();
         if !endpoint_ids.is_empty() {
-            let mut endpoints = std::collections::HashMap::new();
-            for chunk in endpoint_ids.chunks(500) {
-                for e in self.endpoints_by_ids(chunk).await? {
-                    endpoints.insert(e.id, e);
-                }
-            }
+            let endpoints: std::collections::HashMap<Uuid, Endpoint> = self
+                .endpoints_by_ids(&endpoint_ids)
+                .await?
+                .into_iter()
+                .map(|e| (e.id, e))
+                .collect();
             for c in &mut circuits {
                 if let Some(e) = c.endpoint_id.and_then(|id| endpoints.get(&id)) {
                     c.balancing = Some(Balancing {
@@ -641,20 +653,14 @@ impl Store {
     // === inference endpoints ===
 
     async fn endpoints_by_ids(&self, ids: &[Uuid]) -> Result<Vec<Endpoint>, StoreError> {
-        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-        let mut query = sqlx::query(q(format!(
-            "SELECT id, health_check_config, sticky FROM endpoints WHERE id IN ({})",
-            marks.join(",")
-        )));
-        for id in ids {
-            query = query.bind(id.to_string());
-        }
-        query
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(endpoint_from_row)
-            .collect()
+        self.select_in(
+            "SELECT id, health_check_config, sticky FROM endpoints WHERE id",
+            ids,
+        )
+        .await?
+        .iter()
+        .map(endpoint_from_row)
+        .collect()
     }
 
     pub async fn get_endpoint(&self, id: Uuid) -> Result<Option<Endpoint>, StoreError> {
