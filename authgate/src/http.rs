@@ -40,7 +40,8 @@ const TCP_FORWARDER: &str = "http://localhost:45678/start";
 /// Name of the state-nonce cookie (`__Host-` under TLS).
 const STATE_COOKIE: &str = "appproxy_state";
 
-#[derive(Clone)]
+/// Everything the handlers share; handed to axum as `Arc<Gate>`, so a request costs one
+/// reference count, not a clone of the keys.
 pub struct Gate {
     pub activity: Arc<crate::activity::Activity>,
     pub plugins: Option<Arc<crate::plugin::Runner>>,
@@ -71,7 +72,7 @@ pub fn app(gate: Gate) -> Router {
         .method_not_allowed_fallback(|| async {
             GateError::new(405, "E00003", "Method not allowed.")
         })
-        .with_state(gate)
+        .with_state(Arc::new(gate))
 }
 
 fn now() -> i64 {
@@ -220,7 +221,7 @@ async fn run_plugin(
 }
 
 async fn auth(
-    State(g): State<Gate>,
+    State(g): State<Arc<Gate>>,
     Path(circuit): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -234,7 +235,8 @@ async fn auth(
             .for_client(&headers)
             .into_response()
     };
-    let Some(t) = query(raw.as_deref()).and_then(|q| target(&circuit, &q)) else {
+    let mut q = query(raw.as_deref());
+    let Some(t) = q.as_ref().and_then(|q| target(&circuit, q)) else {
         tracing::error!(
             circuit,
             "ForwardAuth address is malformed; check the provider"
@@ -252,7 +254,7 @@ async fn auth(
     let settings = decision::Settings {
         forward_inference_authorization: g.cfg.session.forward_inference_authorization,
     };
-    let plugin = query(raw.as_deref()).and_then(|mut q| q.remove("p"));
+    let plugin = q.as_mut().and_then(|q| q.remove("p"));
     match decision::decide(&f, t, &g.keys, &g.revoked, &settings) {
         Ok(a) => {
             let mut extra = Vec::new();
@@ -375,7 +377,7 @@ fn setup_claims(
 }
 
 async fn setup_on_origin(
-    State(g): State<Gate>,
+    State(g): State<Arc<Gate>>,
     method: Method,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -503,7 +505,7 @@ fn state_cookie(https: bool, value: &str, max_age: i64) -> String {
 /// Backend.AI's worker `/setup` on the API port: verify, then send the browser to the same
 /// link on the app's own origin (where the cookie must be set). Uses are counted there.
 async fn setup_on_api_port(
-    State(g): State<Gate>,
+    State(g): State<Arc<Gate>>,
     method: Method,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -544,7 +546,11 @@ fn tcp_handoff(g: &Gate, token: &str, c: &SetupClaims) -> Response {
 
 /// Start a launch bound to this browser: plant a state nonce, then go to the platform's login
 /// page, which asks the provider for a setup link carrying `state` = SHA-256(nonce).
-async fn login(State(g): State<Gate>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+async fn login(
+    State(g): State<Arc<Gate>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let Some(login_url) = g.cfg.session.login_url.clone() else {
         return GateError::new(404, "E00002", "Not found.")
             .for_client(&headers)
@@ -590,7 +596,7 @@ async fn login(State(g): State<Gate>, RawQuery(raw): RawQuery, headers: HeaderMa
 /// shared setup router — before that, setup links of this worker would get Traefik's 404.
 /// Traefik's OTLP/HTTP access-log export: apply every record, count every one.
 async fn ingest_logs(
-    State(g): State<Gate>,
+    State(g): State<Arc<Gate>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -630,7 +636,7 @@ async fn ingest_logs(
         .into_response()
 }
 
-async fn health(State(g): State<Gate>) -> Response {
+async fn health(State(g): State<Arc<Gate>>) -> Response {
     let synced = g.revoked.synced();
     let setup_router = if g.cfg.worker.protocol == "tcp" {
         true
@@ -654,7 +660,7 @@ async fn health(State(g): State<Gate>) -> Response {
 }
 
 /// Loaded plugins (and whether each is disabled) and refused files with reasons.
-async fn plugins(State(g): State<Gate>) -> Response {
+async fn plugins(State(g): State<Arc<Gate>>) -> Response {
     let Some(r) = &g.plugins else {
         return axum::Json(json!({ "enabled": false })).into_response();
     };
@@ -666,7 +672,7 @@ async fn plugins(State(g): State<Gate>) -> Response {
     axum::Json(json!({ "enabled": true, "loaded": loaded, "rejected": rejected })).into_response()
 }
 
-async fn metrics(State(g): State<Gate>) -> Response {
+async fn metrics(State(g): State<Arc<Gate>>) -> Response {
     g.metrics.revocations.set(g.revoked.len() as i64);
     g.metrics
         .revocations_connected

@@ -96,6 +96,7 @@ pub async fn run(
                 host,
                 config.plugins.workers,
                 config.plugins.queue,
+                metrics.plugin_seconds.clone(),
             )))
         }
         None => None,

@@ -5,6 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 use appproxy_authgate::traefik_config::{Frontend, Settings, render_dynamic, render_static};
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the ForwardAuth path allocates a little per request on both runtime threads;
+/// glibc's malloc showed ~12 % of authgate's samples in the benchmark's profile, and keeps
+/// freed memory in per-thread arenas.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "appproxy-authgate",
@@ -96,7 +102,12 @@ fn serve(a: ServeArgs) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // Named threads: profiles (`perf report --sort comm`) tell the processes apart.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("authgate-w")
+        .build()
+        .expect("tokio runtime");
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -1,6 +1,8 @@
 //! Prometheus metrics of authgate (prefix `appproxy_authgate_`).
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -21,6 +23,8 @@ pub struct Metrics {
     pub ingest_exports: IntCounterVec,
     /// Plugin calls by plugin and outcome (allow, deny, timeout, trap, bad_answer, busy, …).
     pub plugin_calls: IntCounterVec,
+    /// Time spent inside plugins (instantiate + call).
+    pub plugin_seconds: Histogram,
 }
 
 /// Register `c` with `r` and hand it back.
@@ -62,6 +66,17 @@ impl Metrics {
                 "plugin_calls_total",
                 "WebAssembly plugin calls by outcome; anything but allow denies.",
                 &["plugin", "result"],
+            ),
+            plugin_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "plugin_seconds",
+                        "Time inside WebAssembly plugins (fresh instance + call).",
+                    )
+                    .buckets(vec![1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1]),
+                )
+                .expect("metric"),
             ),
             ingest_exports: counters(
                 "ingest_exports_total",

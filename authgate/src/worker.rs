@@ -72,7 +72,7 @@ impl Client {
         etag: Option<&str>,
     ) -> Result<Option<(CircuitMap, Option<String>)>, String> {
         let url = format!(
-            "{}/api/worker/{worker}/circuits",
+            "{}/api/worker/{worker}/circuits?view=map",
             self.base.trim_end_matches('/')
         );
         let mut req = self.http.get(url).header("X-BackendAI-Token", &self.token);
@@ -128,7 +128,8 @@ fn heartbeat(a: &Activity) -> Value {
     }})
 }
 
-/// Sessions and TCP ports of this worker's circuits, from `GET /api/worker/{id}/circuits`.
+/// Sessions, TCP ports and plugins of this worker's circuits, from
+/// `GET /api/worker/{id}/circuits?view=map`.
 fn circuit_map(v: &Value) -> CircuitMap {
     let mut map = CircuitMap::default();
     for c in v["circuits"].as_array().into_iter().flatten() {

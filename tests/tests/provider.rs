@@ -874,6 +874,47 @@ async fn worker_api_health_and_bulk_delete(db: Db) {
         .worker(Method::GET, &format!("/api/worker/{wid}/circuits"), None)
         .await;
     assert_eq!(v["circuits"], json!([]));
+    // authgate's slim view carries an ETag; polling with it is 304 until a circuit changes.
+    let map = |etag: Option<String>| {
+        let mut req = stack
+            .http
+            .get(format!(
+                "{}/api/worker/{wid}/circuits?view=map",
+                stack.provider_url()
+            ))
+            .header("X-BackendAI-Token", &stack.worker_token);
+        if let Some(e) = etag {
+            req = req.header("If-None-Match", e);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let tag = r.headers()["etag"].to_str().unwrap().to_string();
+            (r.status().as_u16(), tag, r.text().await.unwrap())
+        }
+    };
+    let (s, tag, body) = map(None).await;
+    assert_eq!((s, body.as_str()), (200, r#"{"circuits":[]}"#));
+    let (s, same, body) = map(Some(tag.clone())).await;
+    assert_eq!((s, same.as_str(), body.as_str()), (304, tag.as_str(), ""));
+    let extra = create(&stack, &circuit_body("w1", Uuid::new_v4(), 9, "http")).await;
+    let (s, newer, body) = map(Some(tag.clone())).await;
+    assert!(
+        s == 200 && newer != tag,
+        "a create must change the map's version"
+    );
+    let slim: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(slim["circuits"].as_array().unwrap().len(), 1);
+    let entry = &slim["circuits"][0];
+    assert!(
+        entry["session_ids"].is_array() && entry["app"].is_null(),
+        "{entry}"
+    );
+    delete_circuit(&stack, extra["id"].as_str().unwrap()).await;
+    let (s, newest, _) = map(Some(newer.clone())).await;
+    assert!(
+        s == 200 && newest != newer,
+        "a delete must change the map's version"
+    );
     let root = stack.root_key("w1");
     eventually("etcd holds only shared objects", patience(), || async {
         let dump = stack.etcd_dump().await;

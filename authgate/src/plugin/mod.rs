@@ -25,6 +25,8 @@ pub struct Runner {
     permits: Semaphore,
     waiting: AtomicUsize,
     queue: usize,
+    /// Time inside the plugin (instantiate + call), every plugin.
+    seconds: prometheus::Histogram,
 }
 
 /// Why a call was not run or did not answer.
@@ -37,12 +39,18 @@ pub enum RunError {
 }
 
 impl Runner {
-    pub fn new(host: Arc<Host>, workers: usize, queue: usize) -> Runner {
+    pub fn new(
+        host: Arc<Host>,
+        workers: usize,
+        queue: usize,
+        seconds: prometheus::Histogram,
+    ) -> Runner {
         Runner {
             host,
             permits: Semaphore::new(workers.max(1)),
             waiting: AtomicUsize::new(0),
             queue,
+            seconds,
         }
     }
 
@@ -58,10 +66,25 @@ impl Runner {
             return Err(RunError::Busy);
         };
         let host = self.host.clone();
-        tokio::task::spawn_blocking(move || host.call(&plugin, input.as_bytes()))
-            .await
-            .map_err(|e| RunError::Call(CallError::Trap(format!("plugin thread: {e}"))))?
-            .map_err(RunError::Call)
+        let call = move || {
+            let started = std::time::Instant::now();
+            let result = host.call(&plugin, input.as_bytes());
+            (result, started.elapsed())
+        };
+        // On the multi-threaded runtime the call runs right here (the worker's other tasks
+        // move to another thread): no hand-off to a sleeping blocking thread on the request's
+        // path. The permit above still bounds how many run at once.
+        let (result, took) = if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(call)
+        } else {
+            tokio::task::spawn_blocking(call)
+                .await
+                .map_err(|e| RunError::Call(CallError::Trap(format!("plugin thread: {e}"))))?
+        };
+        self.seconds.observe(took.as_secs_f64());
+        result.map_err(RunError::Call)
     }
 }
 

@@ -371,7 +371,8 @@ async fn e6_concurrency_is_bounded_and_overflow_is_refused_fast() {
         },
     )
     .unwrap();
-    let runner = Arc::new(Runner::new(host, 2, 16));
+    let seconds = crate::metrics::Metrics::new().plugin_seconds;
+    let runner = Arc::new(Runner::new(host, 2, 16, seconds));
     let start = Instant::now();
     let tasks: Vec<_> = (0..1000)
         .map(|_| {

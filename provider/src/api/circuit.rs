@@ -8,8 +8,8 @@ use super::{
     AppState,
     extract::{IdPath, JsonBody, ManagerAuth, Params, QueryParams, WorkerAuth},
     models::{
-        BulkDeleteRequest, CircuitResponse, CreateCircuitRequest, CreateCircuitResponse,
-        FrontendResponse, ListCircuitsQuery,
+        BulkDeleteRequest, CircuitList, CircuitResponse, CreateCircuitRequest,
+        CreateCircuitResponse, FrontendResponse, ListCircuitsQuery,
     },
 };
 use crate::{
@@ -154,11 +154,11 @@ pub(super) async fn list(
     State(state): State<AppState>,
     _: ManagerAuth,
     QueryParams(q): QueryParams<ListCircuitsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CircuitList<CircuitResponse>>, ApiError> {
     let worker_id = match &q.worker {
         Some(a) => match state.store.worker_by_authority(a).await? {
             Some(w) => Some(w.id),
-            None => return Ok(Json(json!({ "circuits": [] }))),
+            None => return Ok(Json(CircuitList { circuits: vec![] })),
         },
         None => None,
     };
@@ -173,7 +173,8 @@ pub(super) async fn list(
         .iter()
         .map(|c| CircuitResponse::new(c, workers.iter().find(|w| w.id == c.worker_id)))
         .collect();
-    Ok(Json(json!({ "circuits": list })))
+    drop(circuits);
+    Ok(Json(CircuitList { circuits: list }))
 }
 
 /// Whether a worker can carry a circuit of this protocol.

@@ -223,6 +223,38 @@ impl CircuitResponse {
     }
 }
 
+/// `{"circuits": [...]}`, serialized straight from the list (no intermediate JSON tree).
+#[derive(Debug, Serialize)]
+pub(crate) struct CircuitList<T> {
+    pub circuits: Vec<T>,
+}
+
+/// What authgate needs of a circuit (`GET /api/worker/{id}/circuits?view=map`): the field
+/// names of `CircuitResponse`, a fraction of its size.
+#[derive(Debug, Serialize)]
+pub(crate) struct CircuitMapEntry {
+    pub id: Uuid,
+    pub protocol: Protocol,
+    pub app_mode: AppMode,
+    pub port: Option<u16>,
+    pub session_ids: Vec<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_plugin: Option<crate::domain::AuthPlugin>,
+}
+
+impl CircuitMapEntry {
+    pub(crate) fn new(c: &Circuit) -> Self {
+        CircuitMapEntry {
+            id: c.id,
+            protocol: c.protocol,
+            app_mode: c.app_mode,
+            port: c.port(),
+            session_ids: c.session_ids(),
+            auth_plugin: c.auth_plugin.clone(),
+        }
+    }
+}
+
 /// `allowed_client_ips` as a list or Backend.AI's comma-separated string.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct IpList(pub String);

@@ -1,12 +1,18 @@
 //! `/api/worker*` and `/api/slots`: worker registration, heartbeat, deregistration, listing.
 
-use axum::{Json, extract::State};
+use axum::{
+    Json,
+    extract::{RawQuery, State},
+};
 use serde_json::{Value, json};
 
 use super::{
     AppState,
     extract::{IdPath, JsonBody, QueryParams, WorkerAuth},
-    models::{CircuitResponse, SlotResponse, SlotsQuery, WorkerRequest, WorkerResponse},
+    models::{
+        CircuitList, CircuitMapEntry, CircuitResponse, SlotResponse, SlotsQuery, WorkerRequest,
+        WorkerResponse,
+    },
 };
 use crate::{
     domain::{FrontendMode, Protocol, Worker, validate_host},
@@ -227,18 +233,25 @@ pub(super) async fn deregister(
     Ok(Json(json!({ "success": true })))
 }
 
-/// A worker's circuits. authgate polls this every few seconds: the answer carries an `ETag`
-/// (the reconciler's change counter for the worker), and `If-None-Match` with the current one
-/// gets `304` without touching SQL.
+/// A worker's circuits (`?view=map`: only what authgate needs). authgate polls this every
+/// few seconds: the answer carries an `ETag` (the reconciler's change counter for the worker),
+/// and `If-None-Match` with the current one gets `304` without touching SQL.
 pub(super) async fn circuits(
     State(state): State<AppState>,
     _: WorkerAuth,
     IdPath(id): IdPath,
+    RawQuery(query): RawQuery,
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::{http::header, response::IntoResponse};
-    // Read before loading: a change that races with the load bumps it after.
-    let version = state.reconciler.map_version(id);
+    let slim = query.as_deref() == Some("view=map");
+    // Read before loading: a change that races with the load bumps it after. The view is
+    // part of the tag.
+    let version = format!(
+        "{}{}",
+        state.reconciler.map_version(id),
+        if slim { "m" } else { "" }
+    );
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == version.as_bytes());
@@ -251,11 +264,17 @@ pub(super) async fn circuits(
             .into_response());
     }
     let circuits = state.store.circuits_of_worker(w.id).await?;
-    let list: Vec<CircuitResponse> = circuits
-        .iter()
-        .map(|c| CircuitResponse::new(c, Some(&w)))
-        .collect();
-    Ok(([(header::ETAG, version)], Json(json!({ "circuits": list }))).into_response())
+    let etag = [(header::ETAG, version)];
+    Ok(if slim {
+        let circuits = circuits.iter().map(CircuitMapEntry::new).collect();
+        (etag, Json(CircuitList { circuits })).into_response()
+    } else {
+        let circuits = circuits
+            .iter()
+            .map(|c| CircuitResponse::new(c, Some(&w)))
+            .collect();
+        (etag, Json(CircuitList { circuits })).into_response()
+    })
 }
 
 pub(super) async fn slots(

@@ -3,7 +3,13 @@
 //! baseline in the same run, writes the raw samples and the machine facts to
 //! `bench-results/latest.json` and the table between the markers of `BENCHMARKS.md`.
 //!
-//! `--quick` shrinks every size for a smoke run.
+//! `--quick` shrinks every size for a smoke run. `--only=live,burst,auth,ingest,memory,pg`
+//! runs some figures (results go to `bench-results/partial.json`, BENCHMARKS.md is left
+//! alone); `--preload=N` then creates N circuits first when `live` and `burst` are skipped,
+//! so the auth figures see the worker as loaded as in a full run (default 2,100).
+//! Where `perf` works, the auth runs are profiled system-wide (`cpu-clock`): the CPU share of
+//! each process (thread names: `traefik`, `authgate-w`, `wrk`, …) is recorded per scenario,
+//! and authgate's hottest symbols for `/auth` alone.
 
 use std::{
     collections::BTreeMap,
@@ -115,18 +121,95 @@ fn cpu_secs(pid: u32) -> f64 {
 /// Raw baseline: one circuit's keys (the set the provider writes for a public HTTP circuit on a
 /// wildcard worker) in one etcd transaction.
 async fn raw_put(etcd: &mut etcd_client::Client, root: &str, host: &str, backend: u16) {
-    let id = Uuid::new_v4().simple().to_string();
-    let r = format!("{root}/http/routers/raw-{id}");
-    let s = format!("{root}/http/services/raw-{id}/loadBalancer/servers/0/url");
-    let ops = vec![
-        etcd_client::TxnOp::put(format!("{r}/rule"), format!("Host(`{host}`)"), None),
-        etcd_client::TxnOp::put(format!("{r}/service"), format!("raw-{id}"), None),
-        etcd_client::TxnOp::put(format!("{r}/entryPoints/0"), "apps", None),
-        etcd_client::TxnOp::put(s, format!("http://127.0.0.1:{backend}"), None),
-    ];
+    raw_put_many(etcd, root, &[host.to_string()], backend).await;
+}
+
+/// The four keys of a minimal Host router per host, as one raw etcd transaction.
+async fn raw_put_many(etcd: &mut etcd_client::Client, root: &str, hosts: &[String], backend: u16) {
+    let mut ops = Vec::new();
+    for host in hosts {
+        let id = Uuid::new_v4().simple().to_string();
+        let r = format!("{root}/http/routers/raw-{id}");
+        let s = format!("{root}/http/services/raw-{id}/loadBalancer/servers/0/url");
+        ops.extend([
+            etcd_client::TxnOp::put(format!("{r}/rule"), format!("Host(`{host}`)"), None),
+            etcd_client::TxnOp::put(format!("{r}/service"), format!("raw-{id}"), None),
+            etcd_client::TxnOp::put(format!("{r}/entryPoints/0"), "apps", None),
+            etcd_client::TxnOp::put(s, format!("http://127.0.0.1:{backend}"), None),
+        ]);
+    }
     etcd.txn(etcd_client::Txn::new().and_then(ops))
         .await
         .expect("raw txn");
+}
+
+/// Create circuits `pre<from>`… through the provider until the worker holds `to`; returns `to`.
+async fn preload_provider(
+    stack: &Stack,
+    create: &dyn Fn(String) -> Value,
+    from: usize,
+    to: usize,
+) -> usize {
+    for i in from..to {
+        let (s, v) = stack
+            .manager(
+                Method::POST,
+                "/v2/circuits",
+                Some(&create(format!("pre{i}"))),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    to.max(from)
+}
+
+/// Preload the raw Traefik's prefix from `from` up to `to` routers (`pre<i>.raw.test`), 32
+/// routers (128 operations) per transaction: preloading is not what is measured, and one
+/// transaction per router would keep Traefik re-decoding for minutes.
+async fn raw_preload(
+    etcd: &mut etcd_client::Client,
+    root: &str,
+    from: usize,
+    to: usize,
+    backend: u16,
+) {
+    let hosts: Vec<String> = (from..to).map(|i| format!("pre{i}.raw.test")).collect();
+    for chunk in hosts.chunks(32) {
+        raw_put_many(etcd, root, chunk, backend).await;
+    }
+}
+
+/// A router `<name>.raw.test` on the raw Traefik behind a ForwardAuth middleware of the shape
+/// the provider renders for private circuits, asking `address`.
+async fn raw_forward_auth(
+    etcd: &mut etcd_client::Client,
+    root: &str,
+    name: &str,
+    address: &str,
+    backend: u16,
+) {
+    let r = format!("{root}/http/routers/{name}");
+    let m = format!("{root}/http/middlewares/{name}/forwardAuth");
+    let svc = format!("{root}/http/services/{name}/loadBalancer/servers/0/url");
+    let ops = vec![
+        etcd_client::TxnOp::put(
+            format!("{r}/rule"),
+            format!("Host(`{name}.raw.test`)"),
+            None,
+        ),
+        etcd_client::TxnOp::put(format!("{r}/service"), name, None),
+        etcd_client::TxnOp::put(format!("{r}/entryPoints/0"), "apps", None),
+        etcd_client::TxnOp::put(format!("{r}/middlewares/0"), name, None),
+        etcd_client::TxnOp::put(format!("{m}/address"), address, None),
+        etcd_client::TxnOp::put(format!("{m}/trustForwardHeader"), "false", None),
+        etcd_client::TxnOp::put(format!("{m}/authResponseHeaders/0"), "Cookie", None),
+        etcd_client::TxnOp::put(format!("{m}/authResponseHeaders/1"), "Referer", None),
+        etcd_client::TxnOp::put(format!("{m}/maxResponseBodySize"), "65536", None),
+        etcd_client::TxnOp::put(svc, format!("http://127.0.0.1:{backend}"), None),
+    ];
+    etcd.txn(etcd_client::Txn::new().and_then(ops))
+        .await
+        .expect("raw forwardAuth txn");
 }
 
 fn wrk(url: &str, secs: u64, headers: &[(&str, &str)]) -> Value {
@@ -165,6 +248,90 @@ fn wrk_c(url: &str, secs: u64, conns: u32, headers: &[(&str, &str)]) -> Value {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
     json!({ "rps": rps, "p50_ms": lat("50%"), "p99_ms": lat("99%"), "non2xx": non2xx })
+}
+
+/// Run `f` (a wrk run) under a system-wide `perf record -e cpu-clock`, if perf works here.
+/// Returns wrk's result with `cpu_share` (thread name → % of all samples) and, for
+/// `symbols_of`, that thread name's ten hottest symbols.
+fn profiled(name: &str, secs: u64, symbols_of: Option<&str>, f: impl FnOnce() -> Value) -> Value {
+    let data = std::env::temp_dir().join(format!("appproxy-bench-{name}.perf"));
+    let child = Command::new("perf")
+        .args(["record", "-q", "-e", "cpu-clock", "-a", "-o"])
+        .arg(&data)
+        .args(["--", "sleep", &secs.saturating_sub(1).max(1).to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let mut out = f();
+    let Ok(mut child) = child else { return out };
+    if !child.wait().is_ok_and(|s| s.success()) {
+        return out;
+    }
+    let report = |extra: &[&str]| {
+        Command::new("perf")
+            .args(["report", "-q", "--stdio", "-i"])
+            .arg(&data)
+            .args(extra)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    // Lines: `  45.12%  traefik` (or `… symbol` rows for the symbol report).
+    let rows = |text: &str, limit: usize| -> Vec<(String, f64)> {
+        text.lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                let (pct, rest) = l.split_once('%')?;
+                Some((rest.trim().to_string(), pct.trim().parse().ok()?))
+            })
+            .take(limit)
+            .collect()
+    };
+    let share: serde_json::Map<String, Value> = rows(&report(&["--sort", "comm"]), 12)
+        .into_iter()
+        .map(|(k, v)| (k, json!(v)))
+        .collect();
+    println!(
+        "  CPU share during {name}: {}",
+        Value::Object(share.clone())
+    );
+    out["cpu_share"] = Value::Object(share);
+    if let Some(comm) = symbols_of {
+        let syms = rows(
+            &report(&[
+                "--comms",
+                comm,
+                "--percentage",
+                "relative",
+                "--sort",
+                "dso,sym",
+            ]),
+            15,
+        );
+        out["hot_symbols"] = json!(syms);
+    }
+    let _ = std::fs::remove_file(&data);
+    out
+}
+
+/// Wait (at most two minutes, or `limit`) until these processes are idle: below 5 % of a core over a
+/// second. Traefik re-decodes its whole prefix after every change, which takes seconds with
+/// thousands of routers; a measurement must not share the cores with that catch-up.
+fn settle(pids: &[u32]) {
+    settle_within(pids, Duration::from_secs(120));
+}
+
+fn settle_within(pids: &[u32], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let before: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        std::thread::sleep(Duration::from_secs(1));
+        let after: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        if after - before < 0.05 {
+            return;
+        }
+    }
+    println!("  (processes {pids:?} still busy after {limit:?}; measuring anyway)");
 }
 
 fn parse_wrk_duration(v: &str) -> f64 {
@@ -268,6 +435,16 @@ fn version(cmd: &str, arg: &str) -> String {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let only: Option<Vec<String>> = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--only="))
+        .map(|v| v.split(',').map(str::to_string).collect());
+    let want = |figure: &str| only.as_ref().is_none_or(|o| o.iter().any(|f| f == figure));
+    let preload: usize = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--preload="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2100);
     let sz = sizes(quick);
     let mut results = serde_json::Map::new();
     let started = Instant::now();
@@ -301,6 +478,7 @@ async fn main() {
     let raw = stack
         .start_traefik("raw-bench", TraefikFrontend::Wildcard { port: raw_port })
         .await;
+    let traefiks = [w.traefik.proc.pid(), raw.proc.pid()];
     let raw_root = stack
         .root_key("raw-bench")
         .trim_end_matches('/')
@@ -329,29 +507,16 @@ async fn main() {
     let mut figure1 = Vec::new();
     let mut loaded = 0usize;
     let mut raw_loaded = 0usize;
-    for &preload in &sz.preload {
-        while loaded < preload {
-            let (s, v) = stack
-                .manager(
-                    Method::POST,
-                    "/v2/circuits",
-                    Some(&create(format!("pre{loaded}"))),
-                )
-                .await;
-            assert_eq!(s, 201, "{v}");
-            loaded += 1;
-        }
-        while raw_loaded < preload {
-            raw_put(
-                &mut etcd,
-                &raw_root,
-                &format!("pre{raw_loaded}.raw.test"),
-                echo.port,
-            )
-            .await;
-            raw_loaded += 1;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let preloads = if want("live") {
+        sz.preload.clone()
+    } else {
+        Vec::new()
+    };
+    for &preload in &preloads {
+        loaded = preload_provider(&stack, &create, loaded, preload).await;
+        raw_preload(&mut etcd, &raw_root, raw_loaded, preload, echo.port).await;
+        raw_loaded = raw_loaded.max(preload);
+        settle(&traefiks);
         let (mut prov, mut base) = (Vec::new(), Vec::new());
         for i in 0..sz.samples {
             // Alternate provider and raw samples so noise hits both alike, and start each one
@@ -389,378 +554,424 @@ async fn main() {
             "added_p50_ms": pct(&prov, 0.5) - pct(&base, 0.5),
         }));
     }
-    results.insert("create_to_live".into(), json!(figure1));
+    if want("live") {
+        results.insert("create_to_live".into(), json!(figure1));
+    }
 
+    let have_wrk = Command::new("wrk").arg("--version").output().is_ok();
     // --- 2. burst: N concurrent creates vs N raw transactions (one per circuit) ---
     let traefik_pid = w.traefik.proc.pid();
-    let cpu0 = cpu_secs(traefik_pid);
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..sz.burst {
-        let (stack_url, token, body) = (
-            stack.provider_url(),
-            stack.manager_token.clone(),
-            create(format!("burst{i}")),
-        );
-        let http = http.clone();
-        tasks.push(tokio::spawn(async move {
-            http.post(format!("{stack_url}/v2/circuits"))
-                .header("X-BackendAI-Token", token)
-                .json(&body)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 201);
-    }
-    for i in 0..sz.burst {
-        until_200(&http, apps, &format!("burst{i}.bench.test")).await;
-    }
-    let burst_provider = ms(t.elapsed());
-    let burst_cpu = cpu_secs(traefik_pid) - cpu0;
-    let raw_pid = raw.proc.pid();
-    let cpu0 = cpu_secs(raw_pid);
-    let t = Instant::now();
-    for i in 0..sz.burst {
-        raw_put(
-            &mut etcd,
-            &raw_root,
-            &format!("burst{i}.raw.test"),
-            echo.port,
-        )
-        .await;
-    }
-    for i in 0..sz.burst {
-        until_200(&http, raw_port, &format!("burst{i}.raw.test")).await;
-    }
-    let burst_raw = ms(t.elapsed());
-    let burst_raw_cpu = cpu_secs(raw_pid) - cpu0;
-    println!(
-        "burst of {}: provider {:.0} ms (Traefik CPU {:.1} s) | one txn per circuit {:.0} ms (Traefik CPU {:.1} s) → {:.1}×",
-        sz.burst,
-        burst_provider,
-        burst_cpu,
-        burst_raw,
-        burst_raw_cpu,
-        burst_raw / burst_provider
-    );
-    results.insert(
-        "burst".into(),
-        json!({"circuits": sz.burst, "provider_ms": burst_provider, "raw_per_circuit_ms": burst_raw,
-               "speedup": burst_raw / burst_provider, "traefik_cpu_s": burst_cpu,
-               "raw_traefik_cpu_s": burst_raw_cpu}),
-    );
-
-    // --- 3 + 4. auth overhead through Traefik, and authgate alone ---
-    let (s, v) = stack
-        .manager(
-            Method::POST,
-            "/v2/circuits",
-            Some(&json!({"app": "priv", "worker": "bench", "user_id": Uuid::new_v4(), "subdomain": "priv",
-                         "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1", "kernel_port": echo.port}]})),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let priv_id = v["id"].as_str().unwrap().to_string();
-    let generation = v["circuit"]["generation"].as_i64().unwrap();
-    let setup = v["setup_url"].as_str().unwrap().replacen(
-        &format!("priv.bench.test:{apps}"),
-        &format!("127.0.0.1:{apps}"),
-        1,
-    );
-    until_200(&http, apps, "priv.bench.test").await; // 401 until cookie; wait for router
-    let nr = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let mut cookie = String::new();
-    for _ in 0..200 {
-        if let Ok(r) = nr
-            .get(&setup)
-            .header("host", format!("priv.bench.test:{apps}"))
-            .send()
-            .await
-            && let Some(c) = r.headers().get("set-cookie")
-        {
-            cookie = c.to_str().unwrap().split(';').next().unwrap().to_string();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let have_wrk = Command::new("wrk").arg("--version").output().is_ok();
-    // The nginx floor: a raw router on the raw Traefik with ForwardAuth to an nginx that always
-    // answers 200 (the cheapest possible auth server), next to a raw router without auth.
-    let nginx = start_nginx(&stack);
-    if let Some((_, nginx_port)) = &nginx {
-        let r = format!("{raw_root}/http/routers/fa-nginx");
-        let m = format!("{raw_root}/http/middlewares/fa-nginx/forwardAuth");
-        let svc = format!("{raw_root}/http/services/fa-nginx/loadBalancer/servers/0/url");
-        let ops = vec![
-            etcd_client::TxnOp::put(format!("{r}/rule"), "Host(`nginxauth.raw.test`)", None),
-            etcd_client::TxnOp::put(format!("{r}/service"), "fa-nginx", None),
-            etcd_client::TxnOp::put(format!("{r}/entryPoints/0"), "apps", None),
-            etcd_client::TxnOp::put(format!("{r}/middlewares/0"), "fa-nginx", None),
-            etcd_client::TxnOp::put(
-                format!("{m}/address"),
-                format!("http://127.0.0.1:{nginx_port}/"),
-                None,
-            ),
-            etcd_client::TxnOp::put(format!("{m}/trustForwardHeader"), "false", None),
-            etcd_client::TxnOp::put(svc, format!("http://127.0.0.1:{}", echo.port), None),
-        ];
-        etcd.txn(etcd_client::Txn::new().and_then(ops))
-            .await
-            .unwrap();
-        until_200(&http, raw_port, "nginxauth.raw.test").await;
-    }
-    if have_wrk {
-        let base = format!("http://127.0.0.1:{apps}/");
-        let mut runs = BTreeMap::new();
-        // Alternate the scenarios twice each.
-        let raw_base = format!("http://127.0.0.1:{raw_port}/");
-        for round in 0..2 {
-            let open = wrk(&base, sz.wrk_secs, &[("Host", "pre0.bench.test")]);
-            let gated = wrk(
-                &base,
-                sz.wrk_secs,
-                &[("Host", "priv.bench.test"), ("Cookie", &cookie)],
+    if want("burst") {
+        settle(&traefiks);
+        let cpu0 = cpu_secs(traefik_pid);
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..sz.burst {
+            let (stack_url, token, body) = (
+                stack.provider_url(),
+                stack.manager_token.clone(),
+                create(format!("burst{i}")),
             );
-            runs.insert(format!("no_auth_{round}"), open);
-            runs.insert(format!("authgate_{round}"), gated);
-            if nginx.is_some() {
-                let raw_open = wrk(&raw_base, sz.wrk_secs, &[("Host", "pre0.raw.test")]);
-                let raw_nginx = wrk(&raw_base, sz.wrk_secs, &[("Host", "nginxauth.raw.test")]);
-                runs.insert(format!("raw_no_auth_{round}"), raw_open);
-                runs.insert(format!("nginx_{round}"), raw_nginx);
-            }
+            let http = http.clone();
+            tasks.push(tokio::spawn(async move {
+                http.post(format!("{stack_url}/v2/circuits"))
+                    .header("X-BackendAI-Token", token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }));
         }
-        let direct = wrk(
-            &format!("{}/auth/{priv_id}?g={generation}&m=interactive", w.base()),
-            sz.wrk_secs,
-            &[
-                ("X-Forwarded-Method", "GET"),
-                ("X-Forwarded-Host", "priv.bench.test"),
-                ("X-Forwarded-Uri", "/"),
-                ("Cookie", &cookie),
-            ],
-        );
-        let best = |k: &str| {
-            (0..2)
-                .filter_map(|r| runs[&format!("{k}_{r}")]["rps"].as_f64())
-                .fold(0.0, f64::max)
-        };
-        println!(
-            "through Traefik at c=32: no auth {:.0} req/s | authgate ForwardAuth {:.0} req/s ({:.0}%)",
-            best("no_auth"),
-            best("authgate"),
-            100.0 * best("authgate") / best("no_auth")
-        );
-        if nginx.is_some() {
-            println!(
-                "raw Traefik at c=32: no auth {:.0} req/s | nginx ForwardAuth {:.0} req/s ({:.0}%)",
-                best("raw_no_auth"),
-                best("nginx"),
-                100.0 * best("nginx") / best("raw_no_auth")
-            );
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 201);
         }
+        let acked_provider = ms(t.elapsed());
+        for i in 0..sz.burst {
+            until_200(&http, apps, &format!("burst{i}.bench.test")).await;
+        }
+        let burst_provider = ms(t.elapsed());
+        // Traefik's CPU for the burst includes the reloads it still runs after the last
+        // circuit answered.
+        settle(&traefiks);
+        let burst_cpu = cpu_secs(traefik_pid) - cpu0;
+        let raw_pid = raw.proc.pid();
+        let cpu0 = cpu_secs(raw_pid);
+        let t = Instant::now();
+        for i in 0..sz.burst {
+            raw_put(
+                &mut etcd,
+                &raw_root,
+                &format!("burst{i}.raw.test"),
+                echo.port,
+            )
+            .await;
+        }
+        let acked_raw = ms(t.elapsed());
+        for i in 0..sz.burst {
+            until_200(&http, raw_port, &format!("burst{i}.raw.test")).await;
+        }
+        let burst_raw = ms(t.elapsed());
+        settle_within(&traefiks, Duration::from_secs(600));
+        let burst_raw_cpu = cpu_secs(raw_pid) - cpu0;
         println!(
-            "authgate alone (/auth, c=32): {:?} req/s, p99 {:?} ms",
-            direct["rps"], direct["p99_ms"]
+            "burst of {}: provider {:.0} ms, all acknowledged after {acked_provider:.0} ms (Traefik CPU {:.1} s) | one txn per circuit {:.0} ms, all written after {acked_raw:.0} ms (Traefik CPU {:.1} s) → {:.1}×",
+            sz.burst,
+            burst_provider,
+            burst_cpu,
+            burst_raw,
+            burst_raw_cpu,
+            burst_raw / burst_provider
         );
-        results.insert("auth_overhead".into(), json!(runs));
-        results.insert("authgate_alone".into(), direct);
+        results.insert(
+            "burst".into(),
+            json!({"circuits": sz.burst, "provider_ms": burst_provider, "raw_per_circuit_ms": burst_raw,
+                   "provider_acked_ms": acked_provider, "raw_written_ms": acked_raw,
+                   "speedup": burst_raw / burst_provider, "traefik_cpu_s": burst_cpu,
+                   "raw_traefik_cpu_s": burst_raw_cpu}),
+        );
+    }
+    if !want("live") && !want("burst") && want("auth") {
+        // The auth figures see the worker as loaded as in a full run.
+        loaded = preload_provider(&stack, &create, loaded, preload).await;
+        raw_preload(&mut etcd, &raw_root, raw_loaded, preload, echo.port).await;
+        until_200(&http, apps, "pre0.bench.test").await;
+        until_200(&http, raw_port, "pre0.raw.test").await;
+    }
 
-        // Added decision time of a trivial plugin: /auth at c=1, cookie decision vs the
-        // api-keys plugin on a public circuit, alternating.
+    if want("auth") {
+        // --- 3 + 4. auth overhead through Traefik, and authgate alone ---
         let (s, v) = stack
             .manager(
                 Method::POST,
                 "/v2/circuits",
-                Some(
-                    &json!({"app": "plug", "worker": "bench", "user_id": Uuid::new_v4(),
-                             "subdomain": "plug", "open_to_public": true,
-                             "auth_plugin": {"name": "api-keys", "config": {"keys": ["bench-key"]}},
-                             "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
-                                         "kernel_port": echo.port}]}),
-                ),
+                Some(&json!({"app": "priv", "worker": "bench", "user_id": Uuid::new_v4(), "subdomain": "priv",
+                             "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1", "kernel_port": echo.port}]})),
             )
             .await;
         assert_eq!(s, 201, "{v}");
-        let plug_id = v["id"].as_str().unwrap().to_string();
-        until_200_with(
-            &http,
-            apps,
-            "plug.bench.test",
-            &[("x-api-key", "bench-key")],
-        )
-        .await;
-        let fwd = [
-            ("X-Forwarded-Method", "GET"),
-            ("X-Forwarded-Host", "plug.bench.test"),
-            ("X-Forwarded-Uri", "/"),
-        ];
-        let cookie_url = format!("{}/auth/{priv_id}?g={generation}&m=interactive", w.base());
-        let plugin_url = format!(
-            "{}/auth/{plug_id}?g=1&m=interactive&p=api-keys&o=1",
-            w.base()
+        let priv_id = v["id"].as_str().unwrap().to_string();
+        let generation = v["circuit"]["generation"].as_i64().unwrap();
+        let setup = v["setup_url"].as_str().unwrap().replacen(
+            &format!("priv.bench.test:{apps}"),
+            &format!("127.0.0.1:{apps}"),
+            1,
         );
-        let mut with_cookie = fwd.to_vec();
-        with_cookie.push(("Cookie", &cookie));
-        let mut with_key = fwd.to_vec();
-        with_key.push(("X-API-Key", "bench-key"));
-        let mut p50 = (Vec::new(), Vec::new());
-        for _ in 0..2 {
-            p50.0.push(
-                wrk_c(&cookie_url, sz.wrk_secs, 1, &with_cookie)["p50_ms"]
-                    .as_f64()
-                    .unwrap_or(f64::NAN),
-            );
-            p50.1.push(
-                wrk_c(&plugin_url, sz.wrk_secs, 1, &with_key)["p50_ms"]
-                    .as_f64()
-                    .unwrap_or(f64::NAN),
-            );
-        }
-        let base = p50.0.iter().cloned().fold(f64::INFINITY, f64::min);
-        let plug = p50.1.iter().cloned().fold(f64::INFINITY, f64::min);
-        println!(
-            "plugin: /auth p50 at c=1 {:.3} ms with api-keys vs {:.3} ms cookie only → adds {:.0} µs",
-            plug,
-            base,
-            (plug - base) * 1000.0
-        );
-        results.insert(
-            "plugin".into(),
-            json!({"cookie_p50_ms": base, "plugin_p50_ms": plug, "added_us": (plug - base) * 1000.0}),
-        );
-    } else {
-        println!("wrk not found: auth overhead figures skipped (deploy/lib.sh installs it)");
-        results.insert(
-            "auth_overhead".into(),
-            json!({"skipped": "wrk not installed"}),
-        );
-    }
-
-    // --- 5. ingestion: records per second into authgate, Redis commands per flush ---
-    let ids: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
-    let export = otlp_export(&ids, 1000);
-    let calls0 = redis_calls(stack.redis_port).await;
-    let t = Instant::now();
-    let mut sent = 0;
-    while sent < sz.records {
-        let r = http
-            .post(format!("{}/v1/logs", w.base()))
-            .header("content-type", "application/x-protobuf")
-            .body(export.clone())
-            .send()
-            .await
+        until_200(&http, apps, "priv.bench.test").await; // 401 until cookie; wait for router
+        let nr = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
             .unwrap();
-        assert_eq!(r.status(), 200);
-        sent += 1000;
-    }
-    let secs = t.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let calls = redis_calls(stack.redis_port).await - calls0;
-    let flushes = (secs + 2.5).ceil();
-    println!(
-        "ingestion: {:.0} records/s over {} records; Redis commands ≈ {:.0} per 1 s flush for {} active circuits",
-        sent as f64 / secs,
-        sent,
-        calls as f64 / flushes,
-        ids.len()
-    );
-    results.insert(
-        "ingestion".into(),
-        json!({"records": sent, "seconds": secs, "records_per_s": sent as f64 / secs,
-               "redis_commands": calls, "flush_window_s": flushes, "active_circuits": ids.len()}),
-    );
+        let mut cookie = String::new();
+        for _ in 0..200 {
+            if let Ok(r) = nr
+                .get(&setup)
+                .header("host", format!("priv.bench.test:{apps}"))
+                .send()
+                .await
+                && let Some(c) = r.headers().get("set-cookie")
+            {
+                cookie = c.to_str().unwrap().split(';').next().unwrap().to_string();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The nginx floor: a raw router on the raw Traefik with ForwardAuth to an nginx that always
+        // answers 200 (the cheapest possible auth server), next to a raw router without auth.
+        let nginx = start_nginx(&stack);
+        // The same ForwardAuth shape as the provider renders, on the raw Traefik (no access
+        // log), in front of nginx and in front of authgate: only the auth server differs.
+        if let Some((_, nginx_port)) = &nginx {
+            let address = format!("http://127.0.0.1:{nginx_port}/");
+            raw_forward_auth(&mut etcd, &raw_root, "fa-nginx", &address, echo.port).await;
+            until_200(&http, raw_port, "fa-nginx.raw.test").await;
+        }
+        let gate_address = format!("{}/auth/{priv_id}?g={generation}&m=interactive", w.base());
+        raw_forward_auth(&mut etcd, &raw_root, "fa-gate", &gate_address, echo.port).await;
+        until_200_with(&http, raw_port, "fa-gate.raw.test", &[("Cookie", &cookie)]).await;
+        if have_wrk {
+            let base = format!("http://127.0.0.1:{apps}/");
+            let mut runs = BTreeMap::new();
+            // Alternate the scenarios twice each.
+            let raw_base = format!("http://127.0.0.1:{raw_port}/");
+            // (name, URL, Host, with the cookie); alternated, twice each.
+            let mut scenarios = vec![
+                ("no_auth", &base, "pre0.bench.test", false),
+                ("authgate", &base, "priv.bench.test", true),
+            ];
+            if nginx.is_some() {
+                scenarios.extend([
+                    ("raw_no_auth", &raw_base, "pre0.raw.test", false),
+                    ("nginx", &raw_base, "fa-nginx.raw.test", false),
+                    ("authgate_raw", &raw_base, "fa-gate.raw.test", true),
+                ]);
+            }
+            for round in 0..2 {
+                for (name, url, host, with_cookie) in &scenarios {
+                    let mut headers = vec![("Host", *host)];
+                    if *with_cookie {
+                        headers.push(("Cookie", cookie.as_str()));
+                    }
+                    settle(&traefiks);
+                    let run = || wrk(url, sz.wrk_secs, &headers);
+                    // The first round is profiled (CPU share per process), the second is not.
+                    let result = if round == 0 {
+                        profiled(name, sz.wrk_secs, None, run)
+                    } else {
+                        run()
+                    };
+                    runs.insert(format!("{name}_{round}"), result);
+                }
+            }
+            settle(&traefiks);
+            let direct = profiled("direct", sz.wrk_secs, Some("authgate-w"), || {
+                wrk(
+                    &format!("{}/auth/{priv_id}?g={generation}&m=interactive", w.base()),
+                    sz.wrk_secs,
+                    &[
+                        ("X-Forwarded-Method", "GET"),
+                        ("X-Forwarded-Host", "priv.bench.test"),
+                        ("X-Forwarded-Uri", "/"),
+                        ("Cookie", &cookie),
+                    ],
+                )
+            });
+            let best = |k: &str| {
+                (0..2)
+                    .filter_map(|r| runs[&format!("{k}_{r}")]["rps"].as_f64())
+                    .fold(0.0, f64::max)
+            };
+            println!(
+                "through Traefik at c=32: no auth {:.0} req/s | authgate ForwardAuth {:.0} req/s ({:.0}%)",
+                best("no_auth"),
+                best("authgate"),
+                100.0 * best("authgate") / best("no_auth")
+            );
+            if nginx.is_some() {
+                println!(
+                    "raw Traefik at c=32: no auth {:.0} req/s | nginx ForwardAuth {:.0} req/s ({:.0}%) | authgate ForwardAuth {:.0} req/s ({:.0}%)",
+                    best("raw_no_auth"),
+                    best("nginx"),
+                    100.0 * best("nginx") / best("raw_no_auth"),
+                    best("authgate_raw"),
+                    100.0 * best("authgate_raw") / best("raw_no_auth")
+                );
+            }
+            println!(
+                "authgate alone (/auth, c=32): {:?} req/s, p99 {:?} ms",
+                direct["rps"], direct["p99_ms"]
+            );
+            results.insert("auth_overhead".into(), json!(runs));
+            results.insert("authgate_alone".into(), direct);
 
-    // --- 6 + 7. memory and API figures ---
-    let provider_pid = pid_listening(stack.provider_port);
-    let gate_pid = pid_listening(w.port);
-    // Traefik re-decodes its whole prefix on every change (seconds per change at 10k routers,
-    // reference §5): pause it so it does not starve the two cores while 10k circuits are made.
-    let _ = Command::new("kill")
-        .args(["-STOP", &traefik_pid.to_string()])
-        .status();
-    let mut create_ms = Vec::new();
-    while loaded < sz.memory_circuits {
-        let t = Instant::now();
-        let (s, _) = stack
-            .manager(
-                Method::POST,
-                "/v2/circuits",
-                Some(&create(format!("mem{loaded}"))),
+            // Added decision time of a trivial plugin: /auth at c=1, cookie decision vs the
+            // api-keys plugin on a public circuit, alternating.
+            let (s, v) = stack
+                .manager(
+                    Method::POST,
+                    "/v2/circuits",
+                    Some(
+                        &json!({"app": "plug", "worker": "bench", "user_id": Uuid::new_v4(),
+                                 "subdomain": "plug", "open_to_public": true,
+                                 "auth_plugin": {"name": "api-keys", "config": {"keys": ["bench-key"]}},
+                                 "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
+                                             "kernel_port": echo.port}]}),
+                    ),
+                )
+                .await;
+            assert_eq!(s, 201, "{v}");
+            let plug_id = v["id"].as_str().unwrap().to_string();
+            until_200_with(
+                &http,
+                apps,
+                "plug.bench.test",
+                &[("x-api-key", "bench-key")],
             )
             .await;
-        assert_eq!(s, 201);
-        create_ms.push(ms(t.elapsed()));
-        loaded += 1;
+            let fwd = [
+                ("X-Forwarded-Method", "GET"),
+                ("X-Forwarded-Host", "plug.bench.test"),
+                ("X-Forwarded-Uri", "/"),
+            ];
+            let cookie_url = format!("{}/auth/{priv_id}?g={generation}&m=interactive", w.base());
+            let plugin_url = format!(
+                "{}/auth/{plug_id}?g=1&m=interactive&p=api-keys&o=1",
+                w.base()
+            );
+            let mut with_cookie = fwd.to_vec();
+            with_cookie.push(("Cookie", &cookie));
+            let mut with_key = fwd.to_vec();
+            with_key.push(("X-API-Key", "bench-key"));
+            let mut p50 = (Vec::new(), Vec::new());
+            for _ in 0..2 {
+                p50.0.push(
+                    wrk_c(&cookie_url, sz.wrk_secs, 1, &with_cookie)["p50_ms"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN),
+                );
+                p50.1.push(
+                    wrk_c(&plugin_url, sz.wrk_secs, 1, &with_key)["p50_ms"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN),
+                );
+            }
+            // Time inside the plugin itself, from authgate's histogram.
+            let gate_metrics = e2e::metrics_text(&http, &w.base()).await;
+            let metric = |name: &str| {
+                gate_metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            let inside_us = 1e6 * metric("appproxy_authgate_plugin_seconds_sum ")
+                / metric("appproxy_authgate_plugin_seconds_count ");
+            let base = p50.0.iter().cloned().fold(f64::INFINITY, f64::min);
+            let plug = p50.1.iter().cloned().fold(f64::INFINITY, f64::min);
+            println!(
+                "plugin: /auth p50 at c=1 {:.3} ms with api-keys vs {:.3} ms cookie only → adds {:.0} µs (mean time inside the plugin {inside_us:.1} µs)",
+                plug,
+                base,
+                (plug - base) * 1000.0
+            );
+            results.insert(
+                "plugin".into(),
+                json!({"cookie_p50_ms": base, "plugin_p50_ms": plug, "added_us": (plug - base) * 1000.0,
+                       "inside_plugin_mean_us": inside_us}),
+            );
+        } else {
+            println!("wrk not found: auth overhead figures skipped (deploy/lib.sh installs it)");
+            results.insert(
+                "auth_overhead".into(),
+                json!({"skipped": "wrk not installed"}),
+            );
+        }
     }
-    // authgate refreshes its circuit map every 2 s: let it load all of them.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let t = Instant::now();
-    let (s, v) = stack.manager(Method::GET, "/v2/circuits", None).await;
-    let list_ms = ms(t.elapsed());
-    assert_eq!(s, 200);
-    let listed = v["circuits"].as_array().map_or(0, Vec::len);
-    let full = json!({"circuits": loaded, "provider_kib": rss_kib(provider_pid), "authgate_kib": rss_kib(gate_pid)});
-    println!(
-        "memory: idle provider {} KiB authgate {} KiB | with {} circuits provider {} KiB authgate {} KiB",
-        idle["provider_kib"],
-        idle["authgate_kib"],
-        loaded,
-        full["provider_kib"],
-        full["authgate_kib"]
-    );
-    println!(
-        "API (SQLite): create p50 {:.2} ms p99 {:.2} ms; list of {listed} circuits {list_ms:.0} ms",
-        pct(&create_ms, 0.5),
-        pct(&create_ms, 0.99)
-    );
-    results.insert("memory".into(), json!({"idle": idle, "loaded": full}));
-    let _ = Command::new("kill")
-        .args(["-CONT", &traefik_pid.to_string()])
-        .status();
-    results.insert(
-        "api_sqlite".into(),
-        json!({"create_p50_ms": pct(&create_ms, 0.5), "create_p99_ms": pct(&create_ms, 0.99),
-               "list_circuits": listed, "list_ms": list_ms, "create_samples": create_ms.len()}),
-    );
+
+    if want("ingest") {
+        // --- 5. ingestion: records per second into authgate, Redis commands per flush ---
+        let ids: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+        let export = otlp_export(&ids, 1000);
+        let calls0 = redis_calls(stack.redis_port).await;
+        let t = Instant::now();
+        let mut sent = 0;
+        while sent < sz.records {
+            let r = http
+                .post(format!("{}/v1/logs", w.base()))
+                .header("content-type", "application/x-protobuf")
+                .body(export.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            sent += 1000;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let calls = redis_calls(stack.redis_port).await - calls0;
+        let flushes = (secs + 2.5).ceil();
+        println!(
+            "ingestion: {:.0} records/s over {} records; Redis commands ≈ {:.0} per 1 s flush for {} active circuits",
+            sent as f64 / secs,
+            sent,
+            calls as f64 / flushes,
+            ids.len()
+        );
+        results.insert(
+            "ingestion".into(),
+            json!({"records": sent, "seconds": secs, "records_per_s": sent as f64 / secs,
+                   "redis_commands": calls, "flush_window_s": flushes, "active_circuits": ids.len()}),
+        );
+    }
+
+    if want("memory") {
+        // --- 6 + 7. memory and API figures ---
+        let provider_pid = pid_listening(stack.provider_port);
+        let gate_pid = pid_listening(w.port);
+        // Traefik re-decodes its whole prefix on every change (seconds per change at 10k routers,
+        // reference §5): pause it so it does not starve the two cores while 10k circuits are made.
+        let _ = Command::new("kill")
+            .args(["-STOP", &traefik_pid.to_string()])
+            .status();
+        let mut create_ms = Vec::new();
+        while loaded < sz.memory_circuits {
+            let t = Instant::now();
+            let (s, _) = stack
+                .manager(
+                    Method::POST,
+                    "/v2/circuits",
+                    Some(&create(format!("mem{loaded}"))),
+                )
+                .await;
+            assert_eq!(s, 201);
+            create_ms.push(ms(t.elapsed()));
+            loaded += 1;
+        }
+        // authgate refreshes its circuit map every 2 s: let it load all of them.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let t = Instant::now();
+        let (s, v) = stack.manager(Method::GET, "/v2/circuits", None).await;
+        let list_ms = ms(t.elapsed());
+        assert_eq!(s, 200);
+        let listed = v["circuits"].as_array().map_or(0, Vec::len);
+        let full = json!({"circuits": loaded, "provider_kib": rss_kib(provider_pid), "authgate_kib": rss_kib(gate_pid)});
+        println!(
+            "memory: idle provider {} KiB authgate {} KiB | with {} circuits provider {} KiB authgate {} KiB",
+            idle["provider_kib"],
+            idle["authgate_kib"],
+            loaded,
+            full["provider_kib"],
+            full["authgate_kib"]
+        );
+        println!(
+            "API (SQLite): create p50 {:.2} ms p99 {:.2} ms; list of {listed} circuits {list_ms:.0} ms",
+            pct(&create_ms, 0.5),
+            pct(&create_ms, 0.99)
+        );
+        results.insert("memory".into(), json!({"idle": idle, "loaded": full}));
+        let _ = Command::new("kill")
+            .args(["-CONT", &traefik_pid.to_string()])
+            .status();
+        results.insert(
+            "api_sqlite".into(),
+            json!({"create_p50_ms": pct(&create_ms, 0.5), "create_p99_ms": pct(&create_ms, 0.99),
+                   "list_circuits": listed, "list_ms": list_ms, "create_samples": create_ms.len()}),
+        );
+    }
+
     drop(w);
     drop(raw);
     drop(stack);
 
-    // PostgreSQL create p50 (its own stack, no Traefik needed).
-    let pg = Stack::start(Db::Postgres).await;
-    pg.register_worker(json!({
-        "authority": "pgw", "frontend_mode": "wildcard", "protocol": "http",
-        "hostname": "127.0.0.1", "api_port": 1, "wildcard_domain": ".pg.test",
-    }))
-    .await;
-    let mut pg_ms = Vec::new();
-    for i in 0..sz.list_circuits.min(2000) {
-        let mut body = create(format!("pg{i}"));
-        body["worker"] = json!("pgw");
-        let t = Instant::now();
-        let (s, _) = pg.manager(Method::POST, "/v2/circuits", Some(&body)).await;
-        assert_eq!(s, 201);
-        pg_ms.push(ms(t.elapsed()));
+    if want("pg") {
+        // PostgreSQL create p50 (its own stack, no Traefik needed).
+        let pg = Stack::start(Db::Postgres).await;
+        pg.register_worker(json!({
+            "authority": "pgw", "frontend_mode": "wildcard", "protocol": "http",
+            "hostname": "127.0.0.1", "api_port": 1, "wildcard_domain": ".pg.test",
+        }))
+        .await;
+        let mut pg_ms = Vec::new();
+        for i in 0..sz.list_circuits.min(2000) {
+            let mut body = create(format!("pg{i}"));
+            body["worker"] = json!("pgw");
+            let t = Instant::now();
+            let (s, _) = pg.manager(Method::POST, "/v2/circuits", Some(&body)).await;
+            assert_eq!(s, 201);
+            pg_ms.push(ms(t.elapsed()));
+        }
+        println!(
+            "API (PostgreSQL): create p50 {:.2} ms p99 {:.2} ms over {} creates",
+            pct(&pg_ms, 0.5),
+            pct(&pg_ms, 0.99),
+            pg_ms.len()
+        );
+        results.insert(
+            "api_postgres".into(),
+            json!({"create_p50_ms": pct(&pg_ms, 0.5), "create_p99_ms": pct(&pg_ms, 0.99), "creates": pg_ms.len()}),
+        );
+        drop(pg);
     }
-    println!(
-        "API (PostgreSQL): create p50 {:.2} ms p99 {:.2} ms over {} creates",
-        pct(&pg_ms, 0.5),
-        pct(&pg_ms, 0.99),
-        pg_ms.len()
-    );
-    results.insert(
-        "api_postgres".into(),
-        json!({"create_p50_ms": pct(&pg_ms, 0.5), "create_p99_ms": pct(&pg_ms, 0.99), "creates": pg_ms.len()}),
-    );
-    drop(pg);
 
     let machine = json!({
         "date": version("date", "-u"),
@@ -778,12 +989,18 @@ async fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let out_dir = root.join("bench-results");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let file = out_dir.join(if quick { "quick.json" } else { "latest.json" });
+    let file = out_dir.join(if only.is_some() {
+        "partial.json"
+    } else if quick {
+        "quick.json"
+    } else {
+        "latest.json"
+    });
     std::fs::write(&file, serde_json::to_string_pretty(&results).unwrap()).unwrap();
     println!("raw results: {}", file.display());
     let table = table(&results);
     println!("\n{table}");
-    if !quick {
+    if !quick && only.is_none() {
         let md = root.join("BENCHMARKS.md");
         let text = std::fs::read_to_string(&md).unwrap_or_default();
         let (start, end) = ("<!-- bench:start -->", "<!-- bench:end -->");
@@ -816,31 +1033,52 @@ fn table(r: &Value) -> String {
         ));
     }
     let b = &r["burst"];
-    let speed = b["speedup"].as_f64().unwrap_or(0.0);
-    rows.push(format!(
+    if b.is_object() {
+        let speed = b["speedup"].as_f64().unwrap_or(0.0);
+        rows.push(format!(
         "| burst of {} creates → all live | {} ms (Traefik CPU {} s) | one txn per circuit {} ms (Traefik CPU {} s) | ≥ 5× faster | {} ({speed:.1}×) |",
         b["circuits"], f(&b["provider_ms"]), f(&b["traefik_cpu_s"]), f(&b["raw_per_circuit_ms"]),
         f(&b["raw_traefik_cpu_s"]), yes(speed >= 5.0)
     ));
+    }
     let a = &r["auth_overhead"];
-    if a.get("skipped").is_none() {
+    if a.is_object() && a.get("skipped").is_none() {
         let best = |k: &str| {
             (0..2)
                 .filter_map(|i| a[format!("{k}_{i}")]["rps"].as_f64())
                 .fold(0.0, f64::max)
         };
         let (open, gated) = (best("no_auth"), best("authgate"));
-        let (raw_open, nginx) = (best("raw_no_auth"), best("nginx"));
-        let ours = gated / open;
-        let floor = if raw_open > 0.0 {
-            nginx / raw_open
-        } else {
-            f64::NAN
+        let (raw_open, nginx, raw_gate) =
+            (best("raw_no_auth"), best("nginx"), best("authgate_raw"));
+        let pct_of = |x: f64, of: f64| if of > 0.0 { 100.0 * x / of } else { f64::NAN };
+        let (ours, floor) = (pct_of(raw_gate, raw_open), pct_of(nginx, raw_open));
+        // p50/p99 of the better of the two runs of a scenario.
+        let lat = |k: &str| {
+            let run = (0..2)
+                .map(|i| &a[format!("{k}_{i}")])
+                .max_by(|x, y| {
+                    x["rps"]
+                        .as_f64()
+                        .partial_cmp(&y["rps"].as_f64())
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                })
+                .unwrap_or(&Value::Null);
+            (
+                run["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                run["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            )
         };
+        let ((g50, g99), (n50, n99), (o50, o99)) =
+            (lat("authgate_raw"), lat("nginx"), lat("raw_no_auth"));
         rows.push(format!(
-            "| through Traefik, wrk c=32 | authgate ForwardAuth {gated:.0} req/s = {:.0} % of no-auth ({open:.0}); p50 {} ms, p99 {} ms | nginx ForwardAuth {nginx:.0} req/s = {:.0} % of no-auth ({raw_open:.0}) | within 5 % of the nginx floor | {} ({:+.1} points) |",
-            100.0 * ours, f(&a["authgate_0"]["p50_ms"]), f(&a["authgate_0"]["p99_ms"]),
-            100.0 * floor, yes(ours >= floor * 0.95), 100.0 * (ours - floor)
+            "| same Traefik, same ForwardAuth middleware, wrk c=32 | authgate {raw_gate:.0} req/s = {ours:.0} % of no-auth ({raw_open:.0}); adds p50 {:.1} ms, p99 {:.1} ms | nginx {nginx:.0} req/s = {floor:.0} % of no-auth; adds p50 {:.1} ms, p99 {:.1} ms | within 5 % of the nginx floor | {} (authgate at {:.0} % of nginx) |",
+            g50 - o50, g99 - o99, n50 - o50, n99 - o99,
+            yes(raw_gate >= 0.95 * nginx), pct_of(raw_gate, nginx)
+        ));
+        rows.push(format!(
+            "| the worker's own Traefik (OTLP access log on), wrk c=32 | authgate ForwardAuth {gated:.0} req/s = {:.0} % of no-auth ({open:.0}) | raw Traefik without access log: no-auth {raw_open:.0} req/s (the log export costs {:.0} %) | report | — |",
+            pct_of(gated, open), 100.0 - pct_of(open, raw_open)
         ));
         let d = &r["authgate_alone"];
         let rps = d["rps"].as_f64().unwrap_or(0.0);
@@ -851,30 +1089,34 @@ fn table(r: &Value) -> String {
         ));
     }
     let i = &r["ingestion"];
-    let rec = i["records_per_s"].as_f64().unwrap_or(0.0);
-    rows.push(format!(
+    if i.is_object() {
+        let rec = i["records_per_s"].as_f64().unwrap_or(0.0);
+        rows.push(format!(
         "| ingestion (OTLP into authgate) | {rec:.0} records/s | Redis: {} commands over {} s for {} circuits | ≥ 100k records/s; Redis writes ∝ circuits | {} |",
         i["redis_commands"], f(&i["flush_window_s"]), i["active_circuits"], yes(rec >= 100_000.0)
     ));
+    }
     let pl = &r["plugin"];
     if pl.is_object() {
         let added = pl["added_us"].as_f64().unwrap_or(f64::NAN);
         rows.push(format!(
-            "| trivial plugin (api-keys), /auth p50 at c=1 | {} ms | cookie-only decision {} ms | adds < 50 µs | {} (adds {added:.0} µs) |",
-            f3(&pl["plugin_p50_ms"]), f3(&pl["cookie_p50_ms"]), yes(added < 50.0)
+            "| trivial plugin (api-keys), /auth p50 at c=1 | {} ms (mean time inside the plugin {} µs) | cookie-only decision {} ms | adds < 50 µs | {} (adds {added:.0} µs) |",
+            f3(&pl["plugin_p50_ms"]), f(&pl["inside_plugin_mean_us"]), f3(&pl["cookie_p50_ms"]), yes(added < 50.0)
         ));
     }
     let m = &r["memory"];
-    let mib = |v: &Value| v.as_f64().map_or(f64::NAN, |k| k / 1024.0);
-    let (pm, am) = (
-        mib(&m["loaded"]["provider_kib"]),
-        mib(&m["loaded"]["authgate_kib"]),
-    );
-    rows.push(format!(
+    if m.is_object() {
+        let mib = |v: &Value| v.as_f64().map_or(f64::NAN, |k| k / 1024.0);
+        let (pm, am) = (
+            mib(&m["loaded"]["provider_kib"]),
+            mib(&m["loaded"]["authgate_kib"]),
+        );
+        rows.push(format!(
         "| RSS idle / with {} circuits | provider {:.1} / {pm:.1} MiB, authgate {:.1} / {am:.1} MiB | — | ≤ 64 MiB each | {} |",
         m["loaded"]["circuits"], mib(&m["idle"]["provider_kib"]), mib(&m["idle"]["authgate_kib"]),
         yes(pm <= 64.0 && am <= 64.0)
     ));
+    }
     let s = &r["api_sqlite"];
     let p = &r["api_postgres"];
     rows.push(format!(
