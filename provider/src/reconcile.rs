@@ -176,7 +176,7 @@ impl Reconciler {
             .get(&worker)
             .copied()
             .unwrap_or(0);
-        format!("\"{}-{n}\"", self.boot.simple())
+        format!("{}-{n}", self.boot.simple())
     }
 
     pub fn root_key(&self, authority: &str) -> String {

@@ -894,6 +894,10 @@ async fn worker_api_health_and_bulk_delete(db: Db) {
     };
     let (s, tag, body) = map(None).await;
     assert_eq!((s, body.as_str()), (200, r#"{"circuits":[]}"#));
+    assert!(
+        tag.len() > 2 && tag.starts_with('"') && tag.ends_with('"'),
+        "{tag}"
+    );
     let (s, same, body) = map(Some(tag.clone())).await;
     assert_eq!((s, same.as_str(), body.as_str()), (304, tag.as_str(), ""));
     let extra = create(&stack, &circuit_body("w1", Uuid::new_v4(), 9, "http")).await;

@@ -235,7 +235,7 @@ pub(super) async fn deregister(
 
 /// A worker's circuits (`?view=map`: only what authgate needs). authgate polls this every
 /// few seconds: the answer carries an `ETag` (the reconciler's change counter for the worker),
-/// and `If-None-Match` with the current one gets `304` without touching SQL.
+/// and `If-None-Match` with the current one gets `304` without loading the circuits.
 pub(super) async fn circuits(
     State(state): State<AppState>,
     _: WorkerAuth,
@@ -248,9 +248,9 @@ pub(super) async fn circuits(
     // Read before loading: a change that races with the load bumps it after. The view is
     // part of the tag.
     let version = format!(
-        "{}{}",
+        "\"{}{}\"",
         state.reconciler.map_version(id),
-        if slim { "m" } else { "" }
+        if slim { "-m" } else { "" }
     );
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
