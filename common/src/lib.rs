@@ -2,10 +2,12 @@
 //!
 //! - `names`: the etcd layout Traefik reads (worker root key, object names from circuit ids);
 //! - `auth`: token claims, cookie names and the Redis keys of revocations and setup-token uses;
-//! - `config`: how both binaries read TOML plus environment overrides.
+//! - `config`: how both binaries read TOML plus environment overrides;
+//! - `alloc`: the allocator settings both binaries start with.
 //!
 //! Both sides use these functions, so a change here changes both at once.
 
+pub mod alloc;
 pub mod auth;
 pub mod config;
 pub mod names;

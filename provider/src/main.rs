@@ -4,9 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
-/// mimalloc: glibc's malloc kept large freed snapshots (full reconcile passes, big lists) in
-/// per-thread arenas (every SQLite connection has its own thread), so RSS grew far beyond
-/// the live data.
+/// mimalloc (tuned by `appproxy_common::alloc`): glibc's malloc kept large freed snapshots
+/// (full reconcile passes, big lists) in per-thread arenas (every SQLite connection has its
+/// own thread), so RSS grew far beyond the live data.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -24,6 +24,7 @@ struct Cli {
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
+    appproxy_common::alloc::reexec_with_allocator_settings();
     let cli = Cli::parse();
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     let config = match appproxy_provider::Config::load(cli.config.as_deref(), &env) {

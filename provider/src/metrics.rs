@@ -12,6 +12,7 @@ pub struct Metrics {
     pub reconcile_passes: IntCounterVec,
     pub reconcile_seconds: Histogram,
     pub reconcile_kind: IntCounterVec,
+    pub reconcile_image_bytes: IntGauge,
     pub etcd_txns: IntCounter,
     pub etcd_ops: IntCounter,
     pub foreign_changes: IntCounter,
@@ -49,6 +50,11 @@ impl Metrics {
                 &["kind"],
             )
             .expect("metric"),
+            reconcile_image_bytes: IntGauge::new(
+                "reconcile_image_bytes",
+                "Approximate heap bytes of the reconciler's images of etcd.",
+            )
+            .expect("metric"),
             etcd_txns: IntCounter::new("etcd_txns_total", "etcd transactions applied.")
                 .expect("metric"),
             etcd_ops: IntCounter::new("etcd_ops_total", "etcd operations applied.")
@@ -80,6 +86,7 @@ impl Metrics {
             Box::new(m.reconcile_passes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.reconcile_seconds.clone()),
             Box::new(m.reconcile_kind.clone()),
+            Box::new(m.reconcile_image_bytes.clone()),
             Box::new(m.etcd_txns.clone()),
             Box::new(m.etcd_ops.clone()),
             Box::new(m.foreign_changes.clone()),

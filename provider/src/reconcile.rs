@@ -68,9 +68,66 @@ impl Dirty {
     }
 }
 
-/// What we last wrote under a worker's root: group → relative keys. Equal to etcd's content
-/// while no foreign write happened (the watch turns one into a full pass).
-type Image = HashMap<Option<Group>, render::Kv>;
+/// What we last wrote under a worker's root: per group, its relative keys (sorted) with a hash
+/// of each value — values themselves are not kept (memory: ~10 keys per circuit). Equal to
+/// etcd's content while no foreign write happened (the watch turns one into a full pass).
+#[derive(Default)]
+struct Image {
+    groups: HashMap<Group, Vec<(Box<str>, u64)>>,
+    /// Approximate heap bytes, for the `reconcile_image_bytes` gauge.
+    bytes: usize,
+}
+
+fn value_hash(v: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+impl Image {
+    fn group_bytes(keys: &[(Box<str>, u64)]) -> usize {
+        keys.iter().map(|(k, _)| k.len() + 24).sum::<usize>() + 64
+    }
+
+    /// Record `kv` as what `group` now holds in etcd (nothing, if empty).
+    fn set(&mut self, group: Group, kv: &render::Kv) {
+        if let Some(old) = self.groups.remove(&group) {
+            self.bytes -= Self::group_bytes(&old);
+        }
+        if kv.is_empty() {
+            return;
+        }
+        let keys: Vec<(Box<str>, u64)> = kv
+            .iter()
+            .map(|(k, v)| (k.as_str().into(), value_hash(v)))
+            .collect();
+        self.bytes += Self::group_bytes(&keys);
+        self.groups.insert(group, keys);
+    }
+
+    /// etcd's content for `desired`'s groups in `plan`'s terms (full keys → values): a key
+    /// whose stored hash matches the desired value carries that value; any other carries a
+    /// value no rendered value equals (NUL), so `plan` puts it; keys no longer desired are
+    /// deleted by `plan` as usual.
+    fn actual_for(
+        &self,
+        prefix: &str,
+        desired: &BTreeMap<Group, render::Kv>,
+    ) -> BTreeMap<String, String> {
+        let mut actual = BTreeMap::new();
+        for (group, kv) in desired {
+            for (rel, hash) in self.groups.get(group).into_iter().flatten() {
+                let value = match kv.get(&**rel) {
+                    Some(v) if value_hash(v) == *hash => v.clone(),
+                    _ => "\0".to_string(),
+                };
+                actual.insert(format!("{prefix}{rel}"), value);
+            }
+        }
+        actual
+    }
+}
 
 /// Shared handle; clone the `Arc`.
 pub struct Reconciler {
@@ -266,7 +323,10 @@ impl Reconciler {
                 (Some(image), Some(ids)) if !full => self.reconcile_circuits(w, image, ids).await?,
                 _ => self.reconcile_worker(w).await?,
             };
-            self.images.lock().expect("images lock").insert(w.id, image);
+            let mut images = self.images.lock().expect("images lock");
+            images.insert(w.id, image);
+            let bytes: usize = images.values().map(|i| i.bytes).sum();
+            self.metrics.reconcile_image_bytes.set(bytes as i64);
         }
         Ok(())
     }
@@ -285,11 +345,11 @@ impl Reconciler {
             .reconcile_kind
             .with_label_values(&["full"])
             .inc();
-        Ok(desired
-            .into_iter()
-            .filter(|(_, kv)| !kv.is_empty())
-            .map(|(g, kv)| (Some(g), kv))
-            .collect())
+        let mut image = Image::default();
+        for (group, kv) in &desired {
+            image.set(*group, kv);
+        }
+        Ok(image)
     }
 
     /// Incremental pass: only `ids`, from SQL, against the image.
@@ -310,24 +370,15 @@ impl Reconciler {
         for c in circuits.iter().filter(|c| c.worker_id == w.id) {
             desired.insert(Group::Circuit(c.id), render::render_circuit(w, c));
         }
-        let mut actual = BTreeMap::new();
-        for group in desired.keys() {
-            for (rel, value) in image.get(&Some(*group)).into_iter().flatten() {
-                actual.insert(format!("{prefix}{rel}"), value.clone());
-            }
-        }
+        let actual = image.actual_for(&prefix, &desired);
         let batches = plan(&root, &desired, &actual, self.max_ops);
         self.apply(batches).await?;
         self.metrics
             .reconcile_kind
             .with_label_values(&["incremental"])
             .inc();
-        for (group, kv) in desired {
-            if kv.is_empty() {
-                image.remove(&Some(group));
-            } else {
-                image.insert(Some(group), kv);
-            }
+        for (group, kv) in &desired {
+            image.set(*group, kv);
         }
         Ok(image)
     }

@@ -114,7 +114,8 @@ impl Store {
                     if sqlite {
                         sqlx::raw_sql(
                             "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; \
-                             PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;",
+                             PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL; \
+                             PRAGMA cache_size=-512;",
                         )
                         .execute(&mut *conn)
                         .await?;

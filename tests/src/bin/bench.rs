@@ -912,18 +912,29 @@ async fn main() {
         }
         // authgate refreshes its circuit map every 2 s: let it load all of them.
         tokio::time::sleep(Duration::from_secs(5)).await;
+        let before_list_kib = rss_kib(provider_pid);
+        let image_bytes = e2e::metrics_text(&http, &stack.provider_url())
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("appproxy_provider_reconcile_image_bytes "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
         let t = Instant::now();
         let (s, v) = stack.manager(Method::GET, "/v2/circuits", None).await;
         let list_ms = ms(t.elapsed());
         assert_eq!(s, 200);
         let listed = v["circuits"].as_array().map_or(0, Vec::len);
-        let full = json!({"circuits": loaded, "provider_kib": rss_kib(provider_pid), "authgate_kib": rss_kib(gate_pid)});
+        let full = json!({"circuits": loaded, "provider_kib": rss_kib(provider_pid), "authgate_kib": rss_kib(gate_pid),
+                          "provider_kib_before_list": before_list_kib,
+                          "reconcile_image_kib": image_bytes / 1024});
         println!(
-            "memory: idle provider {} KiB authgate {} KiB | with {} circuits provider {} KiB authgate {} KiB",
+            "memory: idle provider {} KiB authgate {} KiB | with {} circuits provider {} KiB ({} KiB before listing them, reconciler image {} KiB) authgate {} KiB",
             idle["provider_kib"],
             idle["authgate_kib"],
             loaded,
             full["provider_kib"],
+            full["provider_kib_before_list"],
+            full["reconcile_image_kib"],
             full["authgate_kib"]
         );
         println!(
