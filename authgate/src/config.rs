@@ -27,6 +27,10 @@ pub struct Config {
     pub session: SessionConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// Runtime threads; 0 = one per core. 1 runs everything on one thread (no cross-thread
+    /// wake-ups per request; see BENCHMARKS.md).
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 /// WebAssembly auth plugins (see PLUGINS.md).

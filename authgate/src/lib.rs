@@ -113,6 +113,13 @@ pub async fn run(
     };
     tracing::info!(addr = %listener.local_addr()?, "authgate listening");
     let mut stop = shutdown.clone();
+    // Traefik's ForwardAuth client keeps only two idle connections per host, so about half of
+    // its calls arrive on a fresh connection (reference §ForwardAuth): answers go out at once
+    // (no Nagle delay behind a previous segment's ACK).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, http::app(gate))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|v| *v).await;

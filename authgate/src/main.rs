@@ -104,7 +104,17 @@ fn serve(a: ServeArgs) -> ExitCode {
         )
         .init();
     // Named threads: profiles (`perf report --sort comm`) tell the processes apart.
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    let rt = builder
         .enable_all()
         .thread_name("authgate-w")
         .build()

@@ -9,6 +9,10 @@ use appproxy_common::auth::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::de::DeserializeOwned;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 use uuid::Uuid;
 
 /// Why a token was refused (kept coarse on the wire; precise in metrics and logs).
@@ -42,6 +46,47 @@ pub struct Keys {
     cookie_enc: EncodingKey,
     cookie_dec: DecodingKey,
     leeway: u64,
+    sessions: Arc<SessionCache>,
+}
+
+/// Session cookies verified recently: the exact cookie value → the circuit, generation and
+/// claims it was verified for, so a browser's repeat requests skip base64, HMAC and JSON.
+/// Only successful verifications are kept; a hit still checks circuit, generation and expiry
+/// (revocation is checked by the caller on every request). Bounded: cleared when full.
+#[derive(Default)]
+struct SessionCache {
+    entries: Mutex<HashMap<Box<str>, (Uuid, i64, SessionClaims)>>,
+}
+
+/// Most cookies the session cache holds before it starts over.
+const SESSION_CACHE_MAX: usize = 4096;
+
+impl SessionCache {
+    fn get(
+        &self,
+        token: &str,
+        circuit: Uuid,
+        generation: i64,
+        leeway: u64,
+    ) -> Option<SessionClaims> {
+        let entries = self.entries.lock().expect("session cache lock");
+        let (c, g, claims) = entries.get(token)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(i64::MAX);
+        // jsonwebtoken's rule: expired once `exp < now - leeway`.
+        (*c == circuit && *g == generation && claims.exp >= now - leeway as i64)
+            .then(|| claims.clone())
+    }
+
+    fn put(&self, token: &str, circuit: Uuid, generation: i64, claims: &SessionClaims) {
+        let mut entries = self.entries.lock().expect("session cache lock");
+        if entries.len() >= SESSION_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(token.into(), (circuit, generation, claims.clone()));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +108,7 @@ impl Keys {
             cookie_enc: EncodingKey::from_secret(cookie_secret),
             cookie_dec: DecodingKey::from_secret(cookie_secret),
             leeway,
+            sessions: Arc::default(),
         })
     }
 
@@ -144,12 +190,16 @@ impl Keys {
         circuit: Uuid,
         generation: i64,
     ) -> Result<SessionClaims, TokenError> {
+        if let Some(c) = self.sessions.get(token, circuit, generation, self.leeway) {
+            return Ok(c);
+        }
         let aud = audience(circuit, generation);
         let v = self.validation(Algorithm::HS256, AUTHGATE_ISSUER, Some(&aud));
         let c: SessionClaims = self.decode(token, &self.cookie_dec, &v)?;
         if c.typ != TYP_SESSION {
             return Err(TokenError::Claims);
         }
+        self.sessions.put(token, circuit, generation, &c);
         Ok(c)
     }
 

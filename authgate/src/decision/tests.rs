@@ -517,3 +517,28 @@ fn referer_into_setup_is_dropped_others_kept() {
     assert_eq!(run("http://h/_appproxy/setup?token=abc"), None);
     assert_eq!(run("http://h/lab").as_deref(), Some("http://h/lab"));
 }
+
+#[test]
+fn verified_cookies_are_cached_but_stay_bound_and_expire() {
+    let k = Keys::new(PROVIDER_PUBLIC.as_bytes(), COOKIE_SECRET, 0).unwrap();
+    let c = Uuid::new_v4();
+    let mut claims = session_claims(c, 1);
+    claims["exp"] = json!(now() + 1);
+    let token = hs256(&claims, COOKIE_SECRET);
+    assert_eq!(k.verify_session(&token, c, 1).unwrap().sub, "alice");
+    // A hit answers the same, but only for the circuit and generation it was verified for.
+    assert_eq!(k.verify_session(&token, c, 1).unwrap().sub, "alice");
+    assert_eq!(
+        k.verify_session(&token, c, 2).unwrap_err(),
+        TokenError::Claims
+    );
+    assert_eq!(
+        k.verify_session(&token, Uuid::new_v4(), 1).unwrap_err(),
+        TokenError::Claims
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(
+        k.verify_session(&token, c, 1).unwrap_err(),
+        TokenError::Expired
+    );
+}
