@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod plugin;
 pub mod revocation;
+pub mod serve;
 pub mod setup;
 pub mod token;
 pub mod traefik_config;
@@ -112,19 +113,7 @@ pub async fn run(
         traefik,
     };
     tracing::info!(addr = %listener.local_addr()?, "authgate listening");
-    let mut stop = shutdown.clone();
-    // Traefik's ForwardAuth client keeps only two idle connections per host, so about half of
-    // its calls arrive on a fresh connection (reference §ForwardAuth): answers go out at once
-    // (no Nagle delay behind a previous segment's ACK).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, http::app(gate))
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|v| *v).await;
-        })
-        .await?;
+    serve::serve(listener, http::app(gate), shutdown.clone()).await;
     // The worker task deregisters on shutdown; give it a bounded moment.
     let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
     // One last flush happens in the flusher's loop before it sees the shutdown.

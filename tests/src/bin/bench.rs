@@ -719,7 +719,8 @@ async fn main() {
                     let run = || wrk(url, sz.wrk_secs, &headers);
                     // The first round is profiled (CPU share per process), the second is not.
                     let result = if round == 0 {
-                        profiled(name, sz.wrk_secs, None, run)
+                        let symbols = name.starts_with("authgate").then_some("authgate-w");
+                        profiled(name, sz.wrk_secs, symbols, run)
                     } else {
                         run()
                     };
