@@ -1,7 +1,7 @@
 //! The accept loop: HTTP/1.1 only, one task per connection, `TCP_NODELAY`.
 //!
 //! Traefik's ForwardAuth client keeps just two idle connections per host, so about half of
-//! its calls arrive on a fresh connection (reference: Traefik, ForwardAuth). A connection must
+//! its calls arrive on a fresh connection (reference traefik.md §3). A connection must
 //! therefore be cheap: no protocol sniffing or upgrade machinery (every client of authgate —
 //! Traefik's ForwardAuth and OTLP exporter, the setup router, browsers on the API port over
 //! plain HTTP — speaks HTTP/1.1), and answers go out at once rather than behind Nagle's
