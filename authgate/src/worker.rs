@@ -46,16 +46,20 @@ struct Client {
 }
 
 impl Client {
+    /// A request to the provider's `path`, with the worker token.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base.trim_end_matches('/')))
+            .header("X-BackendAI-Token", &self.token)
+    }
+
     async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), String> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base.trim_end_matches('/')))
-            .header("X-BackendAI-Token", &self.token);
+        let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -71,11 +75,8 @@ impl Client {
         worker: &str,
         etag: Option<&str>,
     ) -> Result<Option<(CircuitMap, Option<String>)>, String> {
-        let url = format!(
-            "{}/api/worker/{worker}/circuits?view=map",
-            self.base.trim_end_matches('/')
-        );
-        let mut req = self.http.get(url).header("X-BackendAI-Token", &self.token);
+        let path = format!("/api/worker/{worker}/circuits?view=map");
+        let mut req = self.request(reqwest::Method::GET, &path);
         if let Some(e) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, e);
         }
