@@ -92,13 +92,17 @@ pub async fn wait_status(http: &reqwest::Client, url: &str, headers: &[(&str, &s
     .await;
 }
 
+/// The `name=value` part of a `Set-Cookie` line.
+pub fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap_or_default().to_string()
+}
+
 /// Open a setup link until it sets a cookie (the router may not be served yet); the cookie's
 /// `name=value`.
 pub async fn setup_cookie(http: &reqwest::Client, setup_url: &str) -> String {
     eventually("setup link sets a cookie", patience(), || async {
         let r = http.get(setup_url).send().await.ok()?;
-        let c = r.headers().get("set-cookie")?.to_str().ok()?;
-        Some(c.split(';').next()?.to_string())
+        Some(cookie_pair(r.headers().get("set-cookie")?.to_str().ok()?))
     })
     .await
 }

@@ -101,7 +101,7 @@ impl Env {
     async fn cookie(&self, l: &Launch) -> String {
         let (status, h, body) = self.get(&l.setup_url, &[]).await;
         assert_eq!(status, 302, "setup: {body}\n{}", self.worker.authgate_log());
-        set_cookie(&h).split(';').next().unwrap().to_string()
+        e2e::cookie_pair(&set_cookie(&h))
     }
 
     /// Every request the echo backend saw must be free of our credentials.
@@ -259,7 +259,7 @@ async fn launch_flow_sets_cookie_passes_websocket_and_leaks_no_credential() {
         assert!(sc.contains(attr), "{attr} missing: {sc}");
     }
     assert!(!sc.to_ascii_lowercase().contains("domain"), "{sc}");
-    let cookie = sc.split(';').next().unwrap().to_string();
+    let cookie = e2e::cookie_pair(&sc);
     let value = cookie.split_once('=').unwrap().1.to_string();
 
     // The app: our cookie removed, the user's own cookies kept.
@@ -924,13 +924,7 @@ async fn a6_state_nonce_binds_the_launch_to_the_browser() {
         .next()
         .unwrap()
         .to_string();
-    let nonce_cookie = h["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let nonce_cookie = e2e::cookie_pair(h["set-cookie"].to_str().unwrap());
     assert!(nonce_cookie.starts_with("appproxy_state="));
     let link = |state: &str| {
         let body = json!({"user_id": l.user, "state": state, "redirect": "/lab"});
@@ -1102,7 +1096,7 @@ async fn a7_tls_cookie_is_host_prefixed_secure_and_tossing_fails() {
         assert!(sc.contains(attr), "{attr}: {sc}");
     }
     assert!(!sc.to_ascii_lowercase().contains("domain="), "{sc}");
-    let cookie = sc.split(';').next().unwrap().to_string();
+    let cookie = e2e::cookie_pair(&sc);
     let (s, body) = curl_https(&format!("{}/lab", l.url), Some(&format!("{cookie}; a=1")));
     assert_eq!(s, 200, "{body}");
     // A tossed cookie (same name, not ours) neither opens the app nor displaces the real one.
@@ -1173,7 +1167,7 @@ async fn subdomain_mode_setup_runs_on_the_apps_own_host() {
     assert_eq!(s, 302);
     let sc = sc.unwrap();
     assert!(!sc.to_ascii_lowercase().contains("domain="), "{sc}");
-    let cookie = sc.split(';').next().unwrap().to_string();
+    let cookie = e2e::cookie_pair(&sc);
     let root = format!("http://127.0.0.1:{apps_port}/");
     assert_eq!(
         get(root.clone(), host_a.clone(), Some(cookie.clone()))

@@ -113,13 +113,7 @@ async fn webui_http_launch_sequence_reuse_and_refresh() {
     let (s2, h2, _) = get(&http, &setup, &[]).await;
     assert_eq!((s1, s2), (302, 302));
     assert_eq!(h2["location"], "/lab");
-    let cookie = h1["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = e2e::cookie_pair(h1["set-cookie"].to_str().unwrap());
     assert!(h2.contains_key("set-cookie"));
     let (s, _, body) = get(&http, &format!("{origin}/lab"), &[("cookie", &cookie)]).await;
     assert_eq!(s, 200);

@@ -563,7 +563,7 @@ async fn sticky_sessions_and_retry_past_a_dead_replica() {
         .find(|c| c.starts_with("ap_sticky_"))
         .expect("sticky cookie");
     assert!(cookie.contains("HttpOnly"), "{cookie}");
-    let pair = cookie.split(';').next().unwrap().to_string();
+    let pair = e2e::cookie_pair(&cookie);
     let first = r.text().await.unwrap();
     for _ in 0..20 {
         let (_, _, body) = e2e::http_get(&e.http, &url, &[("cookie", &pair)]).await;

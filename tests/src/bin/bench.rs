@@ -677,7 +677,7 @@ async fn main() {
                 .await
                 && let Some(c) = r.headers().get("set-cookie")
             {
-                cookie = c.to_str().unwrap().split(';').next().unwrap().to_string();
+                cookie = e2e::cookie_pair(c.to_str().unwrap());
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
