@@ -78,7 +78,7 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let state = api::AppState {
+    let state = api::AppState::new(api::Shared {
         store,
         reconciler,
         metrics,
@@ -89,7 +89,7 @@ pub async fn run(
         route_health: route_health::RouteHealth::default(),
         activity,
         ingest,
-    };
+    });
     tracing::info!(addr = %listener.local_addr()?, "Provider listening");
     axum::serve(listener, api::app(state))
         .with_graceful_shutdown(async move {

@@ -76,6 +76,29 @@ async fn until_200(http: &reqwest::Client, port: u16, host: &str) -> Duration {
     until_200_with(http, port, host, &[]).await
 }
 
+/// Until every host answers 200 through Traefik on `port`: eight pollers share the list, so
+/// the time measured is the data plane's, not a sequential client's (1,000 sequential checks
+/// alone take most of a second here).
+async fn all_live(http: &reqwest::Client, port: u16, hosts: Vec<String>) {
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(hosts));
+    let pollers: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, queue) = (http.clone(), queue.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Some(host) = queue.lock().unwrap().pop() else {
+                        return;
+                    };
+                    until_200(&http, port, &host).await;
+                }
+            })
+        })
+        .collect();
+    for p in pollers {
+        p.await.unwrap();
+    }
+}
+
 async fn until_200_with(
     http: &reqwest::Client,
     port: u16,
@@ -256,65 +279,123 @@ fn wrk_c(url: &str, secs: u64, conns: u32, headers: &[(&str, &str)]) -> Value {
 /// Run `f` (a wrk run) under a system-wide `perf record -e cpu-clock`, if perf works here.
 /// Returns wrk's result with `cpu_share` (thread name → % of all samples) and, for
 /// `symbols_of`, that thread name's ten hottest symbols.
-fn profiled(name: &str, secs: u64, symbols_of: Option<&str>, f: impl FnOnce() -> Value) -> Value {
-    let data = std::env::temp_dir().join(format!("appproxy-bench-{name}.perf"));
-    let child = Command::new("perf")
-        .args(["record", "-q", "-e", "cpu-clock", "-a", "-o"])
-        .arg(&data)
-        .args(["--", "sleep", &secs.saturating_sub(1).max(1).to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
+fn profiled(name: &str, symbols_of: Option<&str>, f: impl FnOnce() -> Value) -> Value {
+    let profile = Profile::start(name);
     let mut out = f();
-    let Ok(mut child) = child else { return out };
-    if !child.wait().is_ok_and(|s| s.success()) {
-        return out;
+    if let Some(p) = profile.and_then(|p| p.finish(symbols_of)) {
+        out["cpu_share"] = p["cpu_share"].clone();
+        if !p["hot_symbols"].is_null() {
+            out["hot_symbols"] = p["hot_symbols"].clone();
+        }
     }
-    let report = |extra: &[&str]| {
-        Command::new("perf")
-            .args(["report", "-q", "--stdio", "-i"])
-            .arg(&data)
-            .args(extra)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default()
-    };
-    // Lines: `  45.12%  traefik` (or `… symbol` rows for the symbol report).
-    let rows = |text: &str, limit: usize| -> Vec<(String, f64)> {
-        text.lines()
-            .filter_map(|l| {
-                let l = l.trim();
-                let (pct, rest) = l.split_once('%')?;
-                Some((rest.trim().to_string(), pct.trim().parse().ok()?))
-            })
-            .take(limit)
-            .collect()
-    };
-    let share: serde_json::Map<String, Value> = rows(&report(&["--sort", "comm"]), 12)
-        .into_iter()
-        .map(|(k, v)| (k, json!(v)))
-        .collect();
-    println!(
-        "  CPU share during {name}: {}",
-        Value::Object(share.clone())
-    );
-    out["cpu_share"] = Value::Object(share);
-    if let Some(comm) = symbols_of {
-        let syms = rows(
-            &report(&[
-                "--comms",
-                comm,
-                "--percentage",
-                "relative",
-                "--sort",
-                "dso,sym",
-            ]),
-            15,
-        );
-        out["hot_symbols"] = json!(syms);
-    }
-    let _ = std::fs::remove_file(&data);
     out
+}
+
+/// The provider's `/metrics` samples whose names start with one of `prefixes`.
+async fn provider_metrics(http: &reqwest::Client, stack: &Stack, prefixes: &[&str]) -> Value {
+    let text = match http
+        .get(format!("{}/metrics", stack.provider_url()))
+        .send()
+        .await
+    {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let samples: serde_json::Map<String, Value> = text
+        .lines()
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)) && !l.contains("_bucket"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), json!(v.parse::<f64>().ok()?)))
+        })
+        .collect();
+    Value::Object(samples)
+}
+
+/// A system-wide `perf record -e cpu-clock` running until `finish`.
+struct Profile {
+    name: String,
+    data: PathBuf,
+    child: std::process::Child,
+}
+
+impl Profile {
+    /// Start recording; `None` where perf does not work here.
+    fn start(name: &str) -> Option<Profile> {
+        let data = std::env::temp_dir().join(format!("appproxy-bench-{name}.perf"));
+        let child = Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-a", "-o"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        // perf needs a moment before it samples.
+        std::thread::sleep(Duration::from_millis(300));
+        Some(Profile {
+            name: name.to_string(),
+            data,
+            child,
+        })
+    }
+
+    /// Stop recording: `{cpu_share: {thread name: % of all samples}, hot_symbols: [...]}`
+    /// (the ten hottest symbols of `symbols_of`), or `None` if perf failed.
+    fn finish(mut self, symbols_of: Option<&str>) -> Option<Value> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let waited = self.child.wait();
+        let report = |extra: &[&str]| {
+            Command::new("perf")
+                .args(["report", "-q", "--stdio", "-i"])
+                .arg(&self.data)
+                .args(extra)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default()
+        };
+        // Lines: `  45.12%  traefik` (or `… symbol` rows for the symbol report).
+        let rows = |text: &str, limit: usize| -> Vec<(String, f64)> {
+            text.lines()
+                .filter_map(|l| {
+                    let l = l.trim();
+                    let (pct, rest) = l.split_once('%')?;
+                    Some((rest.trim().to_string(), pct.trim().parse().ok()?))
+                })
+                .take(limit)
+                .collect()
+        };
+        let share: serde_json::Map<String, Value> = rows(&report(&["--sort", "comm"]), 12)
+            .into_iter()
+            .map(|(k, v)| (k, json!(v)))
+            .collect();
+        let mut out = json!({});
+        if waited.is_ok() && !share.is_empty() {
+            println!(
+                "  CPU share during {}: {}",
+                self.name,
+                Value::Object(share.clone())
+            );
+            out["cpu_share"] = Value::Object(share);
+            if let Some(comm) = symbols_of {
+                let syms = rows(
+                    &report(&[
+                        "--comms",
+                        comm,
+                        "--percentage",
+                        "relative",
+                        "--sort",
+                        "dso,sym",
+                    ]),
+                    15,
+                );
+                out["hot_symbols"] = json!(syms);
+            }
+        }
+        let _ = std::fs::remove_file(&self.data);
+        out.get("cpu_share").is_some().then_some(out)
+    }
 }
 
 /// Wait (at most two minutes, or `limit`) until these processes are idle: below 5 % of a core over a
@@ -566,7 +647,10 @@ async fn main() {
     let traefik_pid = w.traefik.proc.pid();
     if want("burst") {
         settle(&traefiks);
+        let provider_pid = pid_listening(stack.provider_port);
+        let profile = Profile::start("burst");
         let cpu0 = cpu_secs(traefik_pid);
+        let provider_cpu0 = cpu_secs(provider_pid);
         let t = Instant::now();
         let mut tasks = Vec::new();
         for i in 0..sz.burst {
@@ -577,23 +661,47 @@ async fn main() {
             );
             let http = http.clone();
             tasks.push(tokio::spawn(async move {
-                http.post(format!("{stack_url}/v2/circuits"))
+                let sent = Instant::now();
+                let status = http
+                    .post(format!("{stack_url}/v2/circuits"))
                     .header("X-BackendAI-Token", token)
                     .json(&body)
                     .send()
                     .await
                     .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
+                    .unwrap_or(0);
+                (status, ms(sent.elapsed()))
             }));
         }
+        let mut create_ms = Vec::new();
         for t in tasks {
-            assert_eq!(t.await.unwrap(), 201);
+            let (status, took) = t.await.unwrap();
+            assert_eq!(status, 201);
+            create_ms.push(took);
         }
         let acked_provider = ms(t.elapsed());
-        for i in 0..sz.burst {
-            until_200(&http, apps, &format!("burst{i}.bench.test")).await;
-        }
+        let provider_cpu = cpu_secs(provider_pid) - provider_cpu0;
+        all_live(
+            &http,
+            apps,
+            (0..sz.burst)
+                .map(|i| format!("burst{i}.bench.test"))
+                .collect(),
+        )
+        .await;
         let burst_provider = ms(t.elapsed());
+        let burst_profile = profile.and_then(|p| p.finish(Some("provider-w")));
+        let reconcile_metrics = provider_metrics(
+            &http,
+            &stack,
+            &[
+                "appproxy_provider_reconcile",
+                "appproxy_provider_etcd",
+                "appproxy_provider_foreign",
+            ],
+        )
+        .await;
+        println!("  provider after the burst: {reconcile_metrics}");
         // Traefik's CPU for the burst includes the reloads it still runs after the last
         // circuit answered; so does the time until it is idle again.
         settle_within(&traefiks, Duration::from_secs(600));
@@ -612,13 +720,23 @@ async fn main() {
             .await;
         }
         let acked_raw = ms(t.elapsed());
-        for i in 0..sz.burst {
-            until_200(&http, raw_port, &format!("burst{i}.raw.test")).await;
-        }
+        all_live(
+            &http,
+            raw_port,
+            (0..sz.burst)
+                .map(|i| format!("burst{i}.raw.test"))
+                .collect(),
+        )
+        .await;
         let burst_raw = ms(t.elapsed());
         settle_within(&traefiks, Duration::from_secs(600));
         let idle_raw = ms(t.elapsed());
         let burst_raw_cpu = cpu_secs(raw_pid) - cpu0;
+        println!(
+            "  burst creates: p50 {:.1} ms, p99 {:.1} ms; provider CPU {provider_cpu:.2} s until all acknowledged",
+            pct(&create_ms, 0.5),
+            pct(&create_ms, 0.99)
+        );
         println!(
             "burst of {}: provider {:.0} ms, all acknowledged after {acked_provider:.0} ms, Traefik idle after {idle_provider:.0} ms (Traefik CPU {:.1} s) | one txn per circuit {:.0} ms, all written after {acked_raw:.0} ms, Traefik idle after {idle_raw:.0} ms (Traefik CPU {:.1} s) → {:.1}×",
             sz.burst,
@@ -634,7 +752,9 @@ async fn main() {
                    "provider_acked_ms": acked_provider, "raw_written_ms": acked_raw,
                    "provider_idle_ms": idle_provider, "raw_idle_ms": idle_raw,
                    "speedup": burst_raw / burst_provider, "traefik_cpu_s": burst_cpu,
-                   "raw_traefik_cpu_s": burst_raw_cpu}),
+                   "raw_traefik_cpu_s": burst_raw_cpu, "provider_cpu_s": provider_cpu,
+                   "create_p50_ms": pct(&create_ms, 0.5), "create_p99_ms": pct(&create_ms, 0.99),
+                   "profile": burst_profile, "provider_metrics": reconcile_metrics}),
         );
     }
     if !want("live") && !want("burst") && want("auth") {
@@ -722,7 +842,7 @@ async fn main() {
                     // The first round is profiled (CPU share per process), the second is not.
                     let result = if round == 0 {
                         let symbols = name.starts_with("authgate").then_some("authgate-w");
-                        profiled(name, sz.wrk_secs, symbols, run)
+                        profiled(name, symbols, run)
                     } else {
                         run()
                     };
@@ -730,7 +850,7 @@ async fn main() {
                 }
             }
             settle(&traefiks);
-            let direct = profiled("direct", sz.wrk_secs, Some("authgate-w"), || {
+            let direct = profiled("direct", Some("authgate-w"), || {
                 wrk(
                     &format!("{}/auth/{priv_id}?g={generation}&m=interactive", w.base()),
                     sz.wrk_secs,
