@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -28,6 +28,8 @@ use super::abi::{self, MAX_OUTPUT, Verdict};
 pub const MAX_MODULE_BYTES: usize = 4 * 1024 * 1024;
 /// Epoch tick.
 const TICK: Duration = Duration::from_millis(1);
+/// Ticks the ticker keeps running after the last call ended before it parks.
+const LINGER_TICKS: u32 = 100;
 
 /// Limits of one call.
 #[derive(Debug, Clone, Copy)]
@@ -98,8 +100,67 @@ struct StoreData {
     limits: StoreLimits,
 }
 
+/// The epoch ticker's side of the calls: it advances the engine's epoch every `TICK` while a
+/// call is in flight (and `LINGER_TICKS` after), and is parked otherwise, so an authgate whose
+/// requests use no plugin takes no thousand wake-ups a second for it.
+struct Ticker {
+    in_flight: AtomicUsize,
+    parked: AtomicBool,
+}
+
+/// A call in flight; the ticker may park once none is.
+struct Busy<'a>(&'a Ticker);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Ticker {
+    /// The ticker's loop: runs until the engine is dropped.
+    fn run(&self, engine: wasmtime::EngineWeak) {
+        let mut idle = 0u32;
+        loop {
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                idle = 0;
+            } else {
+                idle = idle.saturating_add(1);
+            }
+            if idle > LINGER_TICKS {
+                // `parked` before the re-check, `in_flight` before the check in `enter`
+                // (both SeqCst): a call either sees `parked` and unparks, or is seen here.
+                self.parked.store(true, Ordering::SeqCst);
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    std::thread::park_timeout(Duration::from_secs(1));
+                }
+                self.parked.store(false, Ordering::SeqCst);
+                if engine.upgrade().is_none() {
+                    return;
+                }
+                continue;
+            }
+            std::thread::sleep(TICK);
+            match engine.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => return,
+            }
+        }
+    }
+
+    fn enter<'a>(&'a self, thread: &std::thread::Thread) -> Busy<'a> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            thread.unpark();
+        }
+        Busy(self)
+    }
+}
+
 /// Loaded plugins plus the engine that runs them.
 pub struct Host {
+    ticker: Arc<Ticker>,
+    ticker_thread: std::thread::Thread,
     engine: Engine,
     linker: Linker<StoreData>,
     dir: Option<PathBuf>,
@@ -161,17 +222,20 @@ impl Host {
     /// A host for the modules in `dir` (none when `None`). Starts the epoch ticker.
     pub fn new(dir: Option<PathBuf>, limits: Limits) -> anyhow::Result<Arc<Host>> {
         let engine = engine()?;
-        let ticker = engine.weak();
-        std::thread::Builder::new()
+        let weak = engine.weak();
+        let ticker = Arc::new(Ticker {
+            in_flight: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
+        });
+        let runs = ticker.clone();
+        let ticker_thread = std::thread::Builder::new()
             .name("plugin-epoch".into())
-            .spawn(move || {
-                while let Some(e) = ticker.upgrade() {
-                    e.increment_epoch();
-                    drop(e);
-                    std::thread::sleep(TICK);
-                }
-            })?;
+            .spawn(move || runs.run(weak))?
+            .thread()
+            .clone();
         let host = Arc::new(Host {
+            ticker,
+            ticker_thread,
             linker: Linker::new(&engine),
             engine,
             dir,
@@ -281,6 +345,12 @@ impl Host {
         (loaded, self.rejected.read().expect("plugins lock").clone())
     }
 
+    /// Whether the epoch ticker is parked (no call in flight for a while).
+    #[cfg(test)]
+    pub fn ticker_parked(&self) -> bool {
+        self.ticker.parked.load(Ordering::SeqCst)
+    }
+
     /// Run `plugin` on `input` (the request JSON). Blocking: call from a blocking thread.
     pub fn call(&self, plugin: &str, input: &[u8]) -> Result<Verdict, CallError> {
         let p = self
@@ -293,7 +363,9 @@ impl Host {
         if p.disabled.load(Ordering::Acquire) {
             return Err(CallError::Disabled);
         }
+        let busy = self.ticker.enter(&self.ticker_thread);
         let result = self.run(&p.module, input);
+        drop(busy);
         match &result {
             Ok(_) => p.failures.store(0, Ordering::Release),
             Err(e) => {

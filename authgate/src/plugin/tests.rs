@@ -188,6 +188,50 @@ fn e1_runaway_cpu_and_start_loops_hit_the_deadline() {
 }
 
 #[test]
+fn idle_epoch_ticker_parks_and_a_later_runaway_still_hits_the_deadline() {
+    let lim = Limits {
+        timeout: Duration::from_millis(20),
+        max_failures: 100,
+        ..Limits::default()
+    };
+    let (_g, dir) = dir_with(&[
+        ("spin.wat", &plugin("(loop $l (br $l)) (i64.const 0)", "")),
+        ("ok.wat", &plugin(ALLOW_BODY, "")),
+    ]);
+    let host = Host::new(Some(dir), lim).unwrap();
+    let parked_within = |limit: Duration| {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if host.ticker_parked() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    };
+    // Nothing in flight: the ticker parks after its linger.
+    assert!(parked_within(Duration::from_secs(3)), "ticker never parked");
+    for round in 0..3 {
+        let t = Instant::now();
+        let r = host.call("spin", b"abi\t1\n");
+        assert!(
+            matches!(&r, Err(e) if e.label() == "timeout"),
+            "round {round}: {r:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "round {round}: the deadline took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            host.call("ok", b"").unwrap(),
+            Verdict::Allow { headers: vec![] }
+        );
+        assert!(parked_within(Duration::from_secs(3)), "round {round}");
+    }
+}
+
+#[test]
 fn e2_memory_and_table_bombs_trap_and_the_next_call_works() {
     let (_g, dir) = dir_with(&[
         (
