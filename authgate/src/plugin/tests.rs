@@ -147,13 +147,18 @@ fn plugin(body: &str, extra: &str) -> Vec<u8> {
 
 const ALLOW_BODY: &str = "(i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 14))";
 
-#[test]
-fn e1_runaway_cpu_and_start_loops_hit_the_deadline() {
-    let lim = Limits {
+/// A 20 ms deadline, and failures enough that a runaway plugin is never disabled.
+fn runaway_limits() -> Limits {
+    Limits {
         timeout: Duration::from_millis(20),
         max_failures: 100,
         ..Limits::default()
-    };
+    }
+}
+
+#[test]
+fn e1_runaway_cpu_and_start_loops_hit_the_deadline() {
+    let lim = runaway_limits();
     let (_g, dir) = dir_with(&[
         ("spin.wat", &plugin("(loop $l (br $l)) (i64.const 0)", "")),
         (
@@ -189,11 +194,7 @@ fn e1_runaway_cpu_and_start_loops_hit_the_deadline() {
 
 #[test]
 fn idle_epoch_ticker_parks_and_a_later_runaway_still_hits_the_deadline() {
-    let lim = Limits {
-        timeout: Duration::from_millis(20),
-        max_failures: 100,
-        ..Limits::default()
-    };
+    let lim = runaway_limits();
     let (_g, dir) = dir_with(&[
         ("spin.wat", &plugin("(loop $l (br $l)) (i64.const 0)", "")),
         ("ok.wat", &plugin(ALLOW_BODY, "")),
