@@ -27,8 +27,8 @@ pub struct Config {
     pub session: SessionConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
-    /// Runtime threads; 0 = one per core. 1 runs everything on one thread (no cross-thread
-    /// wake-ups per request; see BENCHMARKS.md).
+    /// Serving threads, each with its own listener (`SO_REUSEPORT`) and single-threaded
+    /// runtime; 0 = one per core. The first also runs the background tasks.
     #[serde(default)]
     pub worker_threads: usize,
 }

@@ -29,15 +29,15 @@ pub mod worker;
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 
 pub use config::Config;
 
-/// Serve ForwardAuth and setup on `listener`, keep the revocation set in sync and the worker
+/// Serve ForwardAuth and setup on `listeners` (see [`serve`]), keep the revocation set in sync and the worker
 /// registered, until `shutdown` flips to `true`; then deregister.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let keys = token::Keys::load(
@@ -112,8 +112,13 @@ pub async fn run(
         metrics,
         traefik,
     };
-    tracing::info!(addr = %listener.local_addr()?, "authgate listening");
-    serve::serve(listener, http::app(gate), shutdown.clone()).await;
+    let addr = listeners
+        .first()
+        .map(|l| l.local_addr())
+        .transpose()?
+        .ok_or_else(|| anyhow::anyhow!("no listener"))?;
+    tracing::info!(%addr, threads = listeners.len(), "authgate listening");
+    serve::serve(listeners, http::app(gate), shutdown.clone()).await?;
     // The worker task deregisters on shutdown; give it a bounded moment.
     let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
     // One last flush happens in the flusher's loop before it sees the shutdown.

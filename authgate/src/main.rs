@@ -103,37 +103,48 @@ fn serve(a: ServeArgs) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    // Named threads: profiles (`perf report --sort comm`) tell the processes apart.
-    let mut builder = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 1 {
-                b.worker_threads(n);
-            }
-            b
+    // One serving thread per core unless configured: each has a listener and a
+    // single-threaded runtime (see `serve`); this one also runs the background tasks.
+    let threads = match config.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let listeners = match appproxy_authgate::serve::bind(config.listen, threads) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, addr = %config.listen, "cannot listen");
+            return ExitCode::FAILURE;
         }
     };
-    let rt = builder
-        .enable_all()
-        .thread_name("authgate-w")
-        .build()
-        .expect("tokio runtime");
-    let result = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            let _ = tx.send(true);
+    // Named threads (this runtime runs on one, not on `main`): profiles
+    // (`perf report --sort comm`) tell the processes apart.
+    let serving = std::thread::Builder::new()
+        .name("authgate-w".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("authgate-w")
+                .build()?;
+            rt.block_on(async move {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    let _ = tx.send(true);
+                });
+                appproxy_authgate::run(config, listeners, rx).await
+            })
         });
-        appproxy_authgate::run(config, listener, rx).await
-    });
+    let result = match serving.map(|t| t.join()) {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(anyhow::anyhow!("the serving thread panicked")),
+        Err(e) => Err(e.into()),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -345,6 +345,11 @@ impl Host {
         (loaded, self.rejected.read().expect("plugins lock").clone())
     }
 
+    /// The limits every call runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Whether the epoch ticker is parked (no call in flight for a while).
     #[cfg(test)]
     pub fn ticker_parked(&self) -> bool {

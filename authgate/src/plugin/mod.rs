@@ -1,5 +1,5 @@
 //! WebAssembly auth plugins: the ABI ([`abi`], pure), the wasmtime host ([`host`]) and the
-//! [`Runner`] that bounds concurrency (a small pool of blocking workers and a bounded queue;
+//! [`Runner`] that bounds concurrency (at most `workers` calls at once and a bounded queue;
 //! beyond it, 503 at once rather than an unbounded wait).
 
 pub mod abi;
@@ -18,8 +18,10 @@ use tokio::sync::Semaphore;
 pub use abi::Verdict;
 pub use host::{CallError, Host, Limits};
 
-/// Runs plugin calls on blocking threads, at most `workers` at a time, with at most `queue`
-/// calls waiting.
+/// Longest call deadline that may run on a serving thread itself.
+pub const INLINE_DEADLINE: Duration = Duration::from_millis(50);
+
+/// Runs plugin calls, at most `workers` at a time, with at most `queue` calls waiting.
 pub struct Runner {
     pub host: Arc<Host>,
     permits: Semaphore,
@@ -71,17 +73,18 @@ impl Runner {
             let result = host.call(&plugin, input.as_bytes());
             (result, started.elapsed())
         };
-        // On the multi-threaded runtime the call runs right here (the worker's other tasks
-        // move to another thread): no hand-off to a sleeping blocking thread on the request's
-        // path. The permit above still bounds how many run at once.
-        let (result, took) = if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            tokio::task::block_in_place(call)
-        } else {
-            tokio::task::spawn_blocking(call)
+        // No hand-off to a sleeping blocking thread on the request's path where that is safe:
+        // on a multi-threaded runtime the call runs right here (the worker's other tasks move
+        // to another thread); on a serving thread's single-threaded runtime it runs right here
+        // too when its deadline is short, holding that thread's other requests at most that
+        // long. Longer deadlines go to a blocking thread. The permit above still bounds how
+        // many run at once.
+        let (result, took) = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(call),
+            _ if self.host.limits().timeout <= INLINE_DEADLINE => call(),
+            _ => tokio::task::spawn_blocking(call)
                 .await
-                .map_err(|e| RunError::Call(CallError::Trap(format!("plugin thread: {e}"))))?
+                .map_err(|e| RunError::Call(CallError::Trap(format!("plugin thread: {e}"))))?,
         };
         self.seconds.observe(took.as_secs_f64());
         result.map_err(RunError::Call)

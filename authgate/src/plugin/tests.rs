@@ -468,3 +468,55 @@ fn trivial_plugin_call_time() {
         samples[samples.len() * 99 / 100]
     );
 }
+
+/// On a serving thread (single-threaded runtime) a call with a short deadline runs in place,
+/// holding the thread's other tasks at most that long; a long deadline goes to a blocking
+/// thread so a slow plugin cannot hold a serving thread.
+#[tokio::test(flavor = "current_thread")]
+async fn on_a_serving_thread_short_deadlines_run_in_place_and_long_ones_elsewhere() {
+    let (_g, dir) = dir_with(&[("spin.wat", &plugin("(loop $l (br $l)) (i64.const 0)", ""))]);
+    for (deadline_ms, in_place) in [(20, true), (200, false)] {
+        let host = Host::new(
+            Some(dir.clone()),
+            Limits {
+                timeout: Duration::from_millis(deadline_ms),
+                ..runaway_limits()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            host.limits().timeout <= super::INLINE_DEADLINE,
+            in_place,
+            "{deadline_ms} ms"
+        );
+        let seconds = crate::metrics::Metrics::new().plugin_seconds;
+        let runner = Arc::new(Runner::new(host, 2, 16, seconds));
+        let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = ticks.clone();
+        let other = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        tokio::task::yield_now().await;
+        let r = runner.run("spin".into(), "abi\t1\n".into()).await;
+        let ran = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        other.abort();
+        assert!(
+            matches!(&r, Err(super::RunError::Call(e)) if e.label() == "timeout"),
+            "{r:?}"
+        );
+        if in_place {
+            assert!(
+                ran <= 1,
+                "the thread ran {ran} other ticks during an in-place call"
+            );
+        } else {
+            assert!(
+                ran >= 10,
+                "only {ran} ticks ran beside a 200 ms call on a blocking thread"
+            );
+        }
+    }
+}

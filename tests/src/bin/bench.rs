@@ -235,8 +235,9 @@ async fn raw_forward_auth(
         .expect("raw forwardAuth txn");
 }
 
-/// Rounds of the auth-overhead scenarios (each scenario once per round, in the same order).
-const AUTH_ROUNDS: usize = 3;
+/// Rounds of the auth-overhead scenarios (each scenario once per round; odd rounds run them in
+/// reverse order, so neither auth server always goes first).
+const AUTH_ROUNDS: usize = 5;
 
 fn wrk(url: &str, secs: u64, headers: &[(&str, &str)]) -> Value {
     wrk_c(url, secs, 32, headers)
@@ -819,33 +820,68 @@ async fn main() {
             let base = format!("http://127.0.0.1:{apps}/");
             let mut runs = BTreeMap::new();
             let raw_base = format!("http://127.0.0.1:{raw_port}/");
-            // (name, URL, Host, with the cookie); alternated, AUTH_ROUNDS times each.
+            // (name, URL, Host, the Traefik, the auth server); alternated, AUTH_ROUNDS times
+            // each. Every scenario sends the same request, session cookie included: Traefik
+            // copies a request's headers into the ForwardAuth call and to the backend, so a
+            // floor measured without the cookie would be a lighter request, not a cheaper auth
+            // server (it cost Traefik ~60 µs per request here).
+            let (gate_pid, worker_traefik, raw_traefik) =
+                (pid_listening(w.port), w.traefik.proc.pid(), raw.proc.pid());
             let mut scenarios = vec![
-                ("no_auth", &base, "pre0.bench.test", false),
-                ("authgate", &base, "priv.bench.test", true),
+                ("no_auth", &base, "pre0.bench.test", worker_traefik, None),
+                (
+                    "authgate",
+                    &base,
+                    "priv.bench.test",
+                    worker_traefik,
+                    Some(gate_pid),
+                ),
             ];
-            if nginx.is_some() {
+            if let Some((nginx, _)) = &nginx {
                 scenarios.extend([
-                    ("raw_no_auth", &raw_base, "pre0.raw.test", false),
-                    ("nginx", &raw_base, "fa-nginx.raw.test", false),
-                    ("authgate_raw", &raw_base, "fa-gate.raw.test", true),
+                    ("raw_no_auth", &raw_base, "pre0.raw.test", raw_traefik, None),
+                    (
+                        "nginx",
+                        &raw_base,
+                        "fa-nginx.raw.test",
+                        raw_traefik,
+                        Some(nginx.pid()),
+                    ),
+                    (
+                        "authgate_raw",
+                        &raw_base,
+                        "fa-gate.raw.test",
+                        raw_traefik,
+                        Some(gate_pid),
+                    ),
                 ]);
             }
             for round in 0..AUTH_ROUNDS {
-                for (name, url, host, with_cookie) in &scenarios {
-                    let mut headers = vec![("Host", *host)];
-                    if *with_cookie {
-                        headers.push(("Cookie", cookie.as_str()));
-                    }
+                let order: Vec<_> = if round % 2 == 0 {
+                    scenarios.iter().collect()
+                } else {
+                    scenarios.iter().rev().collect()
+                };
+                for (name, url, host, traefik, auth) in order {
+                    let headers = [("Host", *host), ("Cookie", cookie.as_str())];
                     settle(&traefiks);
+                    let (traefik0, auth0) = (cpu_secs(*traefik), auth.map(cpu_secs));
                     let run = || wrk(url, sz.wrk_secs, &headers);
-                    // The first round is profiled (CPU share per process), the second is not.
-                    let result = if round == 0 {
+                    // The first round is profiled (CPU share per process), the others are not.
+                    let mut result = if round == 0 {
                         let symbols = name.starts_with("authgate").then_some("authgate-w");
                         profiled(name, symbols, run)
                     } else {
                         run()
                     };
+                    // CPU time per request from /proc: far steadier than throughput here.
+                    let requests = result["rps"].as_f64().unwrap_or(0.0) * sz.wrk_secs as f64;
+                    let per_req = |secs: f64| (requests > 0.0).then(|| secs * 1e6 / requests);
+                    result["traefik_cpu_us_per_req"] =
+                        json!(per_req(cpu_secs(*traefik) - traefik0));
+                    if let (Some(pid), Some(c0)) = (auth, auth0) {
+                        result["auth_cpu_us_per_req"] = json!(per_req(cpu_secs(*pid) - c0));
+                    }
                     runs.insert(format!("{name}_{round}"), result);
                 }
             }
@@ -1225,9 +1261,20 @@ fn table(r: &Value) -> String {
             pairs.first().copied().unwrap_or(f64::NAN),
             pairs.last().copied().unwrap_or(f64::NAN),
         );
+        // CPU per request of a scenario's auth server and Traefik, median over the rounds.
+        let cpu = |name: &str, field: &str| {
+            let mut v: Vec<f64> = (0..AUTH_ROUNDS)
+                .filter_map(|i| a[format!("{name}_{i}")][field].as_f64())
+                .collect();
+            v.sort_by(|x, y| x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal));
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
         rows.push(format!(
-            "| same Traefik, same ForwardAuth middleware, wrk c=32 | authgate {raw_gate:.0} req/s = {ours:.0} % of no-auth ({raw_open:.0}); adds p50 {:.1} ms, p99 {:.1} ms | nginx {nginx:.0} req/s = {floor:.0} % of no-auth; adds p50 {:.1} ms, p99 {:.1} ms | within 5 % of the nginx floor | {} (authgate at {median:.0} % of nginx: median of {} adjacent pairs, range {lo:.0}–{hi:.0} %) |",
-            g50 - o50, g99 - o99, n50 - o50, n99 - o99,
+            "| same Traefik, same ForwardAuth middleware, wrk c=32 | authgate {raw_gate:.0} req/s = {ours:.0} % of no-auth ({raw_open:.0}); adds p50 {:.1} ms, p99 {:.1} ms; CPU per request: authgate {:.0} µs, Traefik {:.0} µs | nginx {nginx:.0} req/s = {floor:.0} % of no-auth; adds p50 {:.1} ms, p99 {:.1} ms; CPU per request: nginx {:.0} µs, Traefik {:.0} µs | within 5 % of the nginx floor | {} (authgate at {median:.0} % of nginx: median of {} adjacent pairs, range {lo:.0}–{hi:.0} %) |",
+            g50 - o50, g99 - o99,
+            cpu("authgate_raw", "auth_cpu_us_per_req"), cpu("authgate_raw", "traefik_cpu_us_per_req"),
+            n50 - o50, n99 - o99,
+            cpu("nginx", "auth_cpu_us_per_req"), cpu("nginx", "traefik_cpu_us_per_req"),
             yes(median >= 95.0), pairs.len()
         ));
         rows.push(format!(
