@@ -224,15 +224,17 @@ async fn auth(
     State(g): State<Arc<Gate>>,
     Path(circuit): Path<String>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    // The request itself, not the `HeaderMap` extractor: that one clones every header.
+    request: axum::extract::Request,
 ) -> Response {
+    let headers = request.headers();
     let deny = |code: &'static str, status: u16, msg: &str, reason: &str| {
         g.metrics
             .decisions
             .with_label_values(&["deny", reason])
             .inc();
         GateError::new(status, code, msg)
-            .for_client(&headers)
+            .for_client(headers)
             .into_response()
     };
     let mut q = query(raw.as_deref());
@@ -244,12 +246,12 @@ async fn auth(
         return deny("E20001", 400, "Malformed auth address.", "bad_address");
     };
     let f = Forwarded {
-        method: all(&headers, "x-forwarded-method"),
-        host: all(&headers, "x-forwarded-host"),
-        uri: all(&headers, "x-forwarded-uri"),
-        cookies: all(&headers, "cookie"),
-        authorization: all(&headers, "authorization"),
-        referer: all(&headers, "referer"),
+        method: all(headers, "x-forwarded-method"),
+        host: all(headers, "x-forwarded-host"),
+        uri: all(headers, "x-forwarded-uri"),
+        cookies: all(headers, "cookie"),
+        authorization: all(headers, "authorization"),
+        referer: all(headers, "referer"),
     };
     let settings = decision::Settings {
         forward_inference_authorization: g.cfg.session.forward_inference_authorization,
@@ -262,7 +264,7 @@ async fn auth(
                 .get("x-forwarded-method")
                 .is_some_and(|m| m.as_bytes() == b"OPTIONS");
             if let Some(name) = plugin.as_deref().filter(|_| !preflight)
-                && let Some(denied) = run_plugin(&g, name, t, &headers, &a.user, &mut extra).await
+                && let Some(denied) = run_plugin(&g, name, t, headers, &a.user, &mut extra).await
             {
                 return denied;
             }

@@ -127,8 +127,10 @@ async fn accept_loop(listener: TcpListener, app: Router, mut shutdown: watch::Re
             () = stopped(&mut shutdown) => break,
         };
         let _ = tcp.set_nodelay(true);
-        let conn =
-            builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        let conn = builder.serve_connection(
+            TokioIo::new(NoShutdown(tcp)),
+            TowerToHyperService::new(app.clone()),
+        );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
@@ -136,6 +138,57 @@ async fn accept_loop(listener: TcpListener, app: Router, mut shutdown: watch::Re
     }
     drop(listener);
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+/// A connection whose write-side shutdown is left to `close`: hyper shuts a connection down
+/// before dropping it, and the `close` that follows at once sends the same FIN — one
+/// syscall less per connection, and half of Traefik's ForwardAuth calls open one.
+struct NoShutdown(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for NoShutdown {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for NoShutdown {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 #[cfg(test)]
@@ -206,5 +259,32 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(reqwest::get(format!("http://{addr}/who")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_closing_connection_delivers_the_whole_answer_then_eof() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listeners = bind(loopback(), 1).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let app = Router::new().route("/who", get(|| async { "x".repeat(100_000) }));
+        let (tx, rx) = watch::channel(false);
+        let server = tokio::spawn(serve(listeners, app, rx));
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        let text = String::from_utf8(answer).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{}", &text[..40]);
+        assert!(
+            text.ends_with(&"x".repeat(100_000)),
+            "the body arrived whole"
+        );
+        tx.send(true).unwrap();
+        server.await.unwrap().unwrap();
     }
 }
