@@ -33,8 +33,8 @@ use tokio::sync::watch;
 
 pub use config::Config;
 
-/// Serve ForwardAuth and setup on `listeners` (see [`serve`]), keep the revocation set in sync and the worker
-/// registered, until `shutdown` flips to `true`; then deregister.
+/// Serve ForwardAuth and setup on `listeners` (see [`serve`]), keep the revocation set in
+/// sync and the worker registered, until `shutdown` flips to `true`; then deregister.
 pub async fn run(
     config: Config,
     listeners: Vec<std::net::TcpListener>,

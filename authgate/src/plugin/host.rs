@@ -356,7 +356,8 @@ impl Host {
         self.ticker.parked.load(Ordering::SeqCst)
     }
 
-    /// Run `plugin` on `input` (the request JSON). Blocking: call from a blocking thread.
+    /// Run `plugin` on `input` (the request JSON). Blocks the calling thread for at most the
+    /// deadline (see `Runner::run` for where that thread is).
     pub fn call(&self, plugin: &str, input: &[u8]) -> Result<Verdict, CallError> {
         let p = self
             .plugins

@@ -7,9 +7,11 @@
 //! runs some figures (results go to `bench-results/partial.json`, BENCHMARKS.md is left
 //! alone); `--preload=N` then creates N circuits first when `live` and `burst` are skipped,
 //! so the auth figures see the worker as loaded as in a full run (default 2,100).
-//! Where `perf` works, the auth runs are profiled system-wide (`cpu-clock`): the CPU share of
-//! each process (thread names: `traefik`, `authgate-w`, `wrk`, …) is recorded per scenario,
-//! and authgate's hottest symbols for `/auth` alone.
+//! Where `perf` works, the burst and the auth runs are profiled system-wide (`cpu-clock`): the
+//! CPU share of each process (thread names: `traefik`, `authgate-w`, `provider-w`, `wrk`, …)
+//! is recorded, with the provider's hottest symbols for the burst and authgate's for `/auth`.
+//! Every auth run also records CPU time per request of Traefik and the auth server (`/proc`)
+//! and the TCP connections accepted per request.
 
 use std::{
     collections::BTreeMap,
