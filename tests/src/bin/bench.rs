@@ -241,8 +241,9 @@ async fn raw_forward_auth(
         etcd_client::TxnOp::put(format!("{r}/entryPoints/0"), "apps", None),
         etcd_client::TxnOp::put(format!("{r}/middlewares/0"), name, None),
         // Above every preloaded router, whatever the name's length: Traefik tries routers in
-        // priority order (by default the rule's length), so with 2,100 routers a name one
-        // character shorter cost its router ~1,000 more matcher calls per request.
+        // priority order (by default the rule's length). Without it `fa-gate`, one character
+        // shorter than `fa-nginx`, tied with ~1,100 preloaded routers, and Traefik spent
+        // 30–50 µs more per request on it than on `fa-nginx` (18 µs with equal priorities).
         etcd_client::TxnOp::put(format!("{r}/priority"), "100000", None),
         etcd_client::TxnOp::put(format!("{m}/address"), address, None),
         etcd_client::TxnOp::put(format!("{m}/trustForwardHeader"), "false", None),
