@@ -121,22 +121,8 @@ fn serve(a: ServeArgs) -> ExitCode {
     let serving = std::thread::Builder::new()
         .name("authgate-w".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name("authgate-w")
-                .build()?;
-            rt.block_on(async move {
-                let (tx, rx) = tokio::sync::watch::channel(false);
-                tokio::spawn(async move {
-                    let mut term =
-                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                            .expect("SIGTERM handler");
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                    let _ = tx.send(true);
-                });
+            appproxy_authgate::serve::runtime()?.block_on(async move {
+                let rx = appproxy_common::shutdown::on_signal();
                 appproxy_authgate::run(config, listeners, rx).await
             })
         });

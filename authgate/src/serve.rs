@@ -61,6 +61,14 @@ pub fn bind(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>
     Ok(all)
 }
 
+/// A serving thread's runtime: single-threaded, its blocking threads named `authgate-w` too.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("authgate-w")
+        .build()
+}
+
 /// Serve `app` on every listener until `shutdown` flips, then give open requests up to 5 s:
 /// the first listener on the calling task's runtime, each other one on a thread of its own
 /// (named `authgate-w`) with a single-threaded runtime.
@@ -77,10 +85,7 @@ pub async fn serve(
     for listener in listeners {
         let (app, shutdown) = (app.clone(), shutdown.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("authgate-w")
-            .build()?;
+        let rt = runtime()?;
         std::thread::Builder::new()
             .name("authgate-w".into())
             .spawn(move || {

@@ -3,7 +3,8 @@
 //! - `names`: the etcd layout Traefik reads (worker root key, object names from circuit ids);
 //! - `auth`: token claims, cookie names and the Redis keys of revocations and setup-token uses;
 //! - `config`: how both binaries read TOML plus environment overrides;
-//! - `alloc`: the allocator settings both binaries start with.
+//! - `alloc`: the allocator settings both binaries start with;
+//! - `shutdown`: the signal-driven shutdown channel both binaries run under.
 //!
 //! Both sides use these functions, so a change here changes both at once.
 
@@ -11,3 +12,4 @@ pub mod alloc;
 pub mod auth;
 pub mod config;
 pub mod names;
+pub mod shutdown;

@@ -61,15 +61,6 @@ fn main() -> ExitCode {
 
 async fn serve(config: appproxy_provider::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        let _ = tx.send(true);
-    });
+    let rx = appproxy_common::shutdown::on_signal();
     appproxy_provider::run(config, listener, rx).await
 }
