@@ -3,9 +3,10 @@
 //! `circuit.<id>.last_access`, `session.<id>.last_access` (epoch seconds, TTL 2 days, never
 //! moved backwards) and `circuit.<id>.requests` (a counter).
 //!
-//! Sources: access-log events (one per finished request), authorized WebSocket upgrades (a
-//! refcount per circuit until the close line arrives: an open socket keeps its circuit and
-//! sessions active), and Traefik's `traefik_open_connections` per port entrypoint for TCP
+//! Sources: access-log events (one per finished request), authorized WebSocket upgrades (held
+//! by their `Sec-WebSocket-Key` until any access-log record of that request arrives, whatever
+//! its status: an open socket keeps its circuit and sessions active, a refused upgrade is
+//! released by its own record), and Traefik's `traefik_open_connections` per port entrypoint for TCP
 //! circuits. Counts not yet flushed stay pending when Redis is down and go out with the next
 //! successful flush.
 
@@ -30,10 +31,27 @@ struct CircuitState {
     last_ms: i64,
     /// Requests not yet added to Redis.
     pending: u64,
-    /// Open (authorized, not yet closed) WebSockets.
-    websockets: u32,
+    /// Open (authorized, no access-log record yet) WebSockets: `Sec-WebSocket-Key` → count.
+    websockets: HashMap<String, u32>,
     /// Something changed since the last successful flush.
     dirty: bool,
+    /// Listed in a circuit map at least once (so its absence from a later map means deleted).
+    mapped: bool,
+    /// When the state was created (epoch ms).
+    since_ms: i64,
+}
+
+/// A circuit that was never in a map (created after the last poll) keeps its WebSockets this
+/// long before it is taken for a circuit that no longer exists.
+const UNMAPPED_GRACE_MS: i64 = 60_000;
+
+/// Most open WebSocket keys remembered per circuit (the key comes from the client).
+const MAX_WEBSOCKETS_PER_CIRCUIT: usize = 65_536;
+
+impl CircuitState {
+    fn open(&self) -> u32 {
+        self.websockets.values().sum()
+    }
 }
 
 /// What the worker's circuits are, from the provider (refreshed every few seconds).
@@ -46,12 +64,26 @@ pub struct CircuitMap {
     pub plugins: HashMap<Uuid, (String, serde_json::Value)>,
     /// Whether any circuit is an inference circuit (only those have replica health).
     pub has_inference: bool,
+    /// Extra origins (normalized) allowed to use each circuit's cookie cross-origin.
+    pub origins: HashMap<Uuid, Vec<String>>,
 }
 
 #[derive(Default)]
 struct State {
     circuits: HashMap<Uuid, CircuitState>,
     map: CircuitMap,
+}
+
+impl State {
+    /// A circuit's state, created at `now_ms` (already mapped if the current map lists it).
+    fn entry(&mut self, circuit: Uuid, now_ms: i64) -> &mut CircuitState {
+        let mapped = self.map.sessions.contains_key(&circuit);
+        self.circuits.entry(circuit).or_insert_with(|| CircuitState {
+            since_ms: now_ms,
+            mapped,
+            ..CircuitState::default()
+        })
+    }
 }
 
 /// Shared activity state.
@@ -84,20 +116,34 @@ impl Activity {
     /// Apply one access-log event.
     pub fn apply(&self, e: &Event) {
         let mut s = self.lock();
-        let c = s.circuits.entry(e.circuit).or_default();
+        let c = s.entry(e.circuit, e.at_ms);
         c.last_ms = c.last_ms.max(e.at_ms);
         c.pending += 1;
         c.dirty = true;
-        if e.websocket_closed {
-            c.websockets = c.websockets.saturating_sub(1);
+    }
+
+    /// The access-log record of a request that carried `Sec-WebSocket-Key: key` arrived
+    /// (closed socket, refused upgrade, denial): it no longer holds its circuit active.
+    pub fn websocket_ended(&self, circuit: Uuid, key: &str) {
+        let mut s = self.lock();
+        let Some(c) = s.circuits.get_mut(&circuit) else {
+            return;
+        };
+        if let Some(n) = c.websockets.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                c.websockets.remove(key);
+            }
         }
     }
 
-    /// An authorized WebSocket upgrade for `circuit` at `now_ms`.
-    pub fn websocket_opened(&self, circuit: Uuid, now_ms: i64) {
+    /// An authorized WebSocket upgrade for `circuit` with `Sec-WebSocket-Key: key` at `now_ms`.
+    pub fn websocket_opened(&self, circuit: Uuid, key: &str, now_ms: i64) {
         let mut s = self.lock();
-        let c = s.circuits.entry(circuit).or_default();
-        c.websockets += 1;
+        let c = s.entry(circuit, now_ms);
+        if c.websockets.len() < MAX_WEBSOCKETS_PER_CIRCUIT || c.websockets.contains_key(key) {
+            *c.websockets.entry(key.to_string()).or_default() += 1;
+        }
         c.last_ms = c.last_ms.max(now_ms);
         c.dirty = true;
     }
@@ -112,20 +158,36 @@ impl Activity {
         self.lock().map.plugins.get(&circuit).cloned()
     }
 
-    pub fn open_websockets(&self, circuit: Uuid) -> u32 {
+    /// Extra origins allowed on a circuit, as the provider last said.
+    pub fn origins_of(&self, circuit: Uuid) -> Vec<String> {
         self.lock()
-            .circuits
+            .map
+            .origins
             .get(&circuit)
-            .map_or(0, |c| c.websockets)
+            .cloned()
+            .unwrap_or_default()
     }
 
-    pub fn set_map(&self, map: CircuitMap) {
+    pub fn open_websockets(&self, circuit: Uuid) -> u32 {
+        self.lock().circuits.get(&circuit).map_or(0, |c| c.open())
+    }
+
+    /// A new circuit map, fetched at `now_ms`. Circuits that left it are deleted: their
+    /// WebSockets no longer count (a socket Traefik still holds must not keep anything
+    /// alive), and their state goes once it has nothing left to flush. A circuit never seen in
+    /// a map may be newer than the map and keeps its sockets for [`UNMAPPED_GRACE_MS`].
+    pub fn set_map(&self, map: CircuitMap, now_ms: i64) {
         let mut s = self.lock();
-        // Forget circuits that no longer exist on this worker, unless they still have
-        // something to flush (the map may be older than their first request).
         let live: HashSet<Uuid> = map.sessions.keys().copied().collect();
+        for (id, c) in s.circuits.iter_mut() {
+            if live.contains(id) {
+                c.mapped = true;
+            } else if c.mapped || now_ms - c.since_ms > UNMAPPED_GRACE_MS {
+                c.websockets.clear();
+            }
+        }
         s.circuits
-            .retain(|id, c| live.contains(id) || c.dirty || c.websockets > 0);
+            .retain(|id, c| live.contains(id) || c.dirty || !c.websockets.is_empty());
         s.map = map;
     }
 
@@ -138,7 +200,7 @@ impl Activity {
             .filter_map(|(p, _)| s.map.tcp_ports.get(p).copied())
             .collect();
         for id in active {
-            let c = s.circuits.entry(id).or_default();
+            let c = s.entry(id, now_ms);
             c.last_ms = c.last_ms.max(now_ms);
             c.dirty = true;
         }
@@ -152,7 +214,7 @@ impl Activity {
         let mut f = Flush::default();
         let mut touched = Vec::new();
         for (id, c) in s.circuits.iter_mut() {
-            if c.websockets > 0 {
+            if !c.websockets.is_empty() {
                 c.last_ms = c.last_ms.max(now_ms);
                 c.dirty = true;
             }
@@ -181,7 +243,7 @@ impl Activity {
     pub fn restore(&self, f: &Flush) {
         let mut s = self.lock();
         for (id, at, n) in &f.circuits {
-            let c = s.circuits.entry(*id).or_default();
+            let c = s.entry(*id, *at);
             c.pending += n;
             c.last_ms = c.last_ms.max(*at);
             c.dirty = true;
@@ -339,16 +401,24 @@ mod tests {
         }
     }
 
+    fn map_of(circuits: &[Uuid]) -> CircuitMap {
+        CircuitMap {
+            sessions: circuits.iter().map(|c| (*c, vec![])).collect(),
+            ..CircuitMap::default()
+        }
+    }
+
     #[test]
     fn counts_last_access_sessions_and_restore() {
         let a = Activity::new();
         let (c, s1, s2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        a.set_map(CircuitMap {
-            sessions: HashMap::from([(c, vec![s1, s2])]),
-            tcp_ports: HashMap::new(),
-            plugins: HashMap::new(),
-            has_inference: false,
-        });
+        a.set_map(
+            CircuitMap {
+                sessions: HashMap::from([(c, vec![s1, s2])]),
+                ..CircuitMap::default()
+            },
+            0,
+        );
         a.apply(&ev(c, 2_000, false));
         a.apply(&ev(c, 1_000, false));
         let f = a.take(3_000);
@@ -366,25 +436,24 @@ mod tests {
     }
 
     #[test]
-    fn websockets_keep_circuits_active_until_closed() {
+    fn websockets_keep_circuits_active_until_their_record_arrives() {
         let a = Activity::new();
         let c = Uuid::new_v4();
-        a.set_map(CircuitMap {
-            sessions: HashMap::from([(c, vec![])]),
-            tcp_ports: HashMap::new(),
-            plugins: HashMap::new(),
-            has_inference: false,
-        });
-        a.websocket_opened(c, 1_000);
-        a.websocket_opened(c, 1_000);
+        a.set_map(map_of(&[c]), 0);
+        a.websocket_opened(c, "k1", 1_000);
+        a.websocket_opened(c, "k2", 1_000);
+        a.websocket_opened(c, "k2", 1_000);
         assert_eq!(a.take(10_000).circuits, vec![(c, 10_000, 0)]);
         a.apply(&ev(c, 11_000, true));
-        assert_eq!(a.open_websockets(c), 1, "a refcount, not a set");
+        a.websocket_ended(c, "k2");
+        assert_eq!(a.open_websockets(c), 2, "a refcount per key");
         assert_eq!(a.take(20_000).circuits, vec![(c, 20_000, 1)]);
-        a.apply(&ev(c, 21_000, true));
-        a.apply(&ev(c, 21_000, true));
-        assert_eq!(a.open_websockets(c), 0, "never below zero");
-        assert_eq!(a.take(30_000).circuits, vec![(c, 21_000, 2)]);
+        a.websocket_ended(c, "k2");
+        a.websocket_ended(c, "k2");
+        a.websocket_ended(c, "unknown");
+        assert_eq!(a.open_websockets(c), 1, "never below zero, other keys untouched");
+        a.websocket_ended(c, "k1");
+        assert_eq!(a.open_websockets(c), 0);
         assert!(
             a.take(40_000).circuits.is_empty(),
             "closed: idle from now on"
@@ -392,15 +461,39 @@ mod tests {
     }
 
     #[test]
+    fn websockets_of_deleted_circuits_are_dropped() {
+        let a = Activity::new();
+        let (gone, fresh, kept) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        a.set_map(map_of(&[gone, kept]), 0);
+        a.websocket_opened(gone, "k", 1_000);
+        a.websocket_opened(kept, "k", 1_000);
+        // Opened before any map listed it: kept through a map that does not know it yet.
+        a.websocket_opened(fresh, "k", 1_000);
+        a.take(1_500);
+        a.set_map(map_of(&[kept]), 2_000);
+        assert_eq!(a.open_websockets(gone), 0, "deleted circuit");
+        assert_eq!(a.open_websockets(kept), 1);
+        assert_eq!(a.open_websockets(fresh), 1, "newer than the map");
+        let mut want = vec![(fresh, 3_000, 0), (kept, 3_000, 0)];
+        want.sort();
+        assert_eq!(a.take(3_000).circuits, want);
+        // Never listed for longer than the grace: taken for gone.
+        a.set_map(map_of(&[kept]), 1_000 + UNMAPPED_GRACE_MS + 1);
+        assert_eq!(a.open_websockets(fresh), 0);
+    }
+
+    #[test]
     fn tcp_connections_mark_their_circuit() {
         let a = Activity::new();
         let (c, idle) = (Uuid::new_v4(), Uuid::new_v4());
-        a.set_map(CircuitMap {
-            sessions: HashMap::from([(c, vec![]), (idle, vec![])]),
-            tcp_ports: HashMap::from([(10205, c), (10206, idle)]),
-            plugins: HashMap::new(),
-            has_inference: false,
-        });
+        a.set_map(
+            CircuitMap {
+                sessions: HashMap::from([(c, vec![]), (idle, vec![])]),
+                tcp_ports: HashMap::from([(10205, c), (10206, idle)]),
+                ..CircuitMap::default()
+            },
+            0,
+        );
         let text = "# HELP x\n\
             traefik_open_connections{entrypoint=\"port_10205\",protocol=\"TCP\"} 2\n\
             traefik_open_connections{entrypoint=\"port_10206\",protocol=\"TCP\"} 0\n\

@@ -27,11 +27,31 @@ pub struct Config {
     pub session: SessionConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
     /// Serving threads, each with its own listener (`SO_REUSEPORT`) and single-threaded
     /// runtime; 0 = one per core. The first also runs the background tasks.
     #[serde(default)]
     pub worker_threads: usize,
 }
+
+/// The access-log receiver: Traefik's OTLP/HTTP exporter posts `/v1/logs` here, on a listener
+/// of its own (never the ForwardAuth/setup one that browsers reach through `/_appproxy/`), and
+/// every export must carry the shared secret in [`INGEST_SECRET_HEADER`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Loopback address of the receiver; none: no access-log ingestion (no activity data).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// At least 32 characters; `appproxy-authgate traefik-config --otlp-secret` renders it into
+    /// Traefik's exporter headers.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// Header carrying [`IngestConfig::secret`] on every export.
+pub const INGEST_SECRET_HEADER: &str = "x-appproxy-ingest-secret";
 
 /// WebAssembly auth plugins (see PLUGINS.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -191,12 +211,20 @@ pub struct SessionConfig {
     /// Pass a valid inference `Authorization` header on to the model server (default: removed).
     #[serde(default)]
     pub forward_inference_authorization: bool,
+    /// Revocations older than this are forgotten (in memory; the provider prunes Redis with
+    /// its own `auth.revocation_retention_seconds`): every cookie issued before them has
+    /// expired by then. At least `cookie_ttl_seconds + leeway_seconds`.
+    #[serde(default = "default_revocation_retention")]
+    pub revocation_retention_seconds: u64,
     /// Platform page that starts a launch with a state nonce (`/_appproxy/login` sends the
     /// browser there with `state` and `circuit`); none → the 401 page only explains.
     #[serde(default)]
     pub login_url: Option<String>,
 }
 
+fn default_revocation_retention() -> u64 {
+    30 * 24 * 3600
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 10201))
 }
@@ -244,6 +272,7 @@ impl Default for SessionConfig {
             leeway_seconds: default_leeway(),
             forward_inference_authorization: false,
             login_url: None,
+            revocation_retention_seconds: default_revocation_retention(),
         }
     }
 }
@@ -315,6 +344,29 @@ impl Config {
                 "plugins.workers must be 1-64, queue at most 100000, max_failures ≥ 1".into(),
             );
         }
+        if s.revocation_retention_seconds < s.cookie_ttl_seconds + s.leeway_seconds {
+            errs.push(
+                "session.revocation_retention_seconds must be at least cookie_ttl_seconds + \
+                 leeway_seconds"
+                    .into(),
+            );
+        }
+        let i = &self.ingest;
+        if let Some(addr) = i.listen {
+            if !addr.ip().is_loopback() {
+                errs.push(
+                    "ingest.listen must be a loopback address (only the co-located Traefik \
+                     posts access logs)"
+                        .into(),
+                );
+            }
+            if addr == self.listen {
+                errs.push("ingest.listen must differ from listen".into());
+            }
+            if i.secret.as_ref().is_none_or(|s| s.len() < 32) {
+                errs.push("ingest.secret of at least 32 characters is required with ingest.listen".into());
+            }
+        }
         let u = &self.redis.url;
         if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
             errs.push("redis.url must start with redis:// or rediss://".into());
@@ -364,6 +416,8 @@ mod tests {
             ("KEYS__PROVIDER_PUBLIC_KEY_FILE", "/k"),
             ("KEYS__COOKIE_SECRET", "short"),
             ("SESSION__SETUP_MAX_USES", "0"),
+            ("INGEST__LISTEN", "0.0.0.0:10203"),
+            ("INGEST__SECRET", "short"),
         ]
         .into_iter()
         .map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v.to_string()))
@@ -375,6 +429,8 @@ mod tests {
             "worker_token",
             "provider.url",
             "setup_max_uses",
+            "ingest.listen must be a loopback",
+            "ingest.secret",
         ] {
             assert!(text.contains(want), "{want} missing from: {text}");
         }

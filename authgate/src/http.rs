@@ -4,7 +4,8 @@
 //! - `GET /_appproxy/setup?token=` — on every app origin, through the setup router;
 //! - `GET /_appproxy/login?circuit=&next=` — starts a launch with a state nonce (if configured);
 //! - `GET /setup?token=` — Backend.AI-compatible entry on the API port, forwards to the origin;
-//! - `/health`, `/metrics` — on the API port only (through Traefik they are 404).
+//! - `/health`, `/metrics` — on the API port only (through Traefik they are 404);
+//! - `POST /v1/logs` — Traefik's access-log export, on the ingest listener only, with the secret.
 
 use std::{
     collections::HashMap,
@@ -53,15 +54,10 @@ pub struct Gate {
     pub traefik: reqwest::Client,
 }
 
-pub fn app(gate: Gate) -> Router {
+/// The ForwardAuth/setup API (Traefik and, through `/_appproxy/`, browsers reach it).
+pub fn app(gate: Arc<Gate>) -> Router {
     Router::new()
         .route("/auth/{circuit}", get(auth))
-        .route(
-            "/v1/logs",
-            axum::routing::post(ingest_logs).layer(axum::extract::DefaultBodyLimit::max(
-                crate::ingest::MAX_EXPORT_BYTES,
-            )),
-        )
         .route("/_appproxy/setup", get(setup_on_origin))
         .route("/_appproxy/login", get(login))
         .route("/setup", get(setup_on_api_port))
@@ -72,7 +68,25 @@ pub fn app(gate: Gate) -> Router {
         .method_not_allowed_fallback(|| async {
             GateError::new(405, "E00003", "Method not allowed.")
         })
-        .with_state(Arc::new(gate))
+        .with_state(gate)
+}
+
+/// The access-log receiver, on its own loopback listener: `POST /v1/logs` with the secret.
+pub fn ingest_app(gate: Arc<Gate>) -> Router {
+    Router::new()
+        .route(
+            "/v1/logs",
+            axum::routing::post(ingest_logs).layer(axum::extract::DefaultBodyLimit::max(
+                crate::ingest::MAX_EXPORT_BYTES,
+            )),
+        )
+        .fallback(|| async { GateError::new(404, "E00002", "Not found.") })
+        .with_state(gate)
+}
+
+/// Constant-time equality (the ingest secret must not be guessable byte by byte).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn now() -> i64 {
@@ -252,26 +266,38 @@ async fn auth(
         cookies: all(headers, "cookie"),
         authorization: all(headers, "authorization"),
         referer: all(headers, "referer"),
+        proto: all(headers, "x-forwarded-proto"),
+        origin: all(headers, "origin"),
+        fetch_site: all(headers, "sec-fetch-site"),
+        preflight_method: all(headers, "access-control-request-method"),
+        websocket_key: all(headers, "sec-websocket-key"),
+        content_length: all(headers, "content-length"),
+        transfer_encoding: all(headers, "transfer-encoding"),
+    };
+    // Extra allowed origins come from the circuit map; looked up only when a page of some
+    // origin asks (a lock on the shared map otherwise saved).
+    let extra_origins = if headers.contains_key(header::ORIGIN) {
+        g.activity.origins_of(t.circuit)
+    } else {
+        Vec::new()
     };
     let settings = decision::Settings {
         forward_inference_authorization: g.cfg.session.forward_inference_authorization,
+        extra_origins: &extra_origins,
     };
     let plugin = q.as_mut().and_then(|q| q.remove("p"));
     match decision::decide(&f, t, &g.keys, &g.revoked, &settings) {
         Ok(a) => {
             let mut extra = Vec::new();
-            let preflight = headers
-                .get("x-forwarded-method")
-                .is_some_and(|m| m.as_bytes() == b"OPTIONS");
-            if let Some(name) = plugin.as_deref().filter(|_| !preflight)
+            if let Some(name) = plugin.as_deref().filter(|_| !a.preflight)
                 && let Some(denied) = run_plugin(&g, name, t, headers, &a.user, &mut extra).await
             {
                 return denied;
             }
-            // An authorized WebSocket is activity until its close line arrives.
-            if headers.contains_key("sec-websocket-key") {
+            // An authorized WebSocket is activity until its request's access-log record.
+            if let Some(key) = &a.websocket {
                 g.activity
-                    .websocket_opened(t.circuit, crate::activity::now_ms());
+                    .websocket_opened(t.circuit, key, crate::activity::now_ms());
             }
             g.metrics
                 .decisions
@@ -317,6 +343,9 @@ async fn auth(
                 decision::Deny::NotReady => "Auth service is starting; retry shortly.",
                 decision::Deny::BadForwarded | decision::Deny::BadCookieHeader => {
                     "Malformed request."
+                }
+                decision::Deny::CrossOrigin => {
+                    "This request came from another site's page and was refused."
                 }
             };
             deny(d.code(), d.status(), msg, d.reason())
@@ -375,6 +404,25 @@ fn setup_claims(
             GateError::new(401, "E20008", "This app link is invalid or has expired."),
         )
     })?;
+    // A link minted before its user or login session was revoked must not mint a fresh
+    // cookie; before the set is loaded nothing is known, so nothing is set (fail closed).
+    if !g.revoked.synced() {
+        return Err((
+            "not_ready",
+            GateError::new(503, "E10001", "Auth service is starting; retry shortly."),
+        ));
+    }
+    if g.revoked.is_revoked(&claims.sub, &claims.ls, claims.iat) {
+        tracing::info!(circuit = %claims.cid, "Setup link of a revoked user or login session refused");
+        return Err((
+            "revoked",
+            GateError::new(
+                401,
+                "E20005",
+                "Access to this app was revoked (logged out).",
+            ),
+        ));
+    }
     Ok((token, claims))
 }
 
@@ -603,6 +651,14 @@ async fn ingest_logs(
     body: axum::body::Bytes,
 ) -> Response {
     let m = &g.metrics;
+    let presented = headers
+        .get(crate::config::INGEST_SECRET_HEADER)
+        .map(HeaderValue::as_bytes);
+    let expected = g.cfg.ingest.secret.as_deref().map(str::as_bytes);
+    if !matches!((presented, expected), (Some(p), Some(e)) if same_secret(p, e)) {
+        m.ingest_exports.with_label_values(&["unauthorized"]).inc();
+        return (StatusCode::UNAUTHORIZED, "missing or wrong ingest secret").into_response();
+    }
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
@@ -618,7 +674,11 @@ async fn ingest_logs(
     let now = crate::activity::now_ms();
     for r in &records {
         tracing::trace!(attributes = ?r.attributes, "Access-log record");
-        match crate::ingest::event(r, now) {
+        let c = crate::ingest::classify(r, now);
+        if let Some((circuit, key)) = &c.websocket_ended {
+            g.activity.websocket_ended(*circuit, key);
+        }
+        match c.event {
             Ok(e) => {
                 g.activity.apply(&e);
                 m.ingest_records.with_label_values(&["applied", ""]).inc();

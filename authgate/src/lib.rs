@@ -54,6 +54,11 @@ pub async fn run(
         revoked.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(revocation::pruner(
+        revoked.clone(),
+        Duration::from_secs(config.session.revocation_retention_seconds),
+        shutdown.clone(),
+    ));
     let activity = activity::Activity::new();
     let traefik = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -102,6 +107,15 @@ pub async fn run(
         }
         None => None,
     };
+    // The access-log receiver listens apart from the API (loopback, validated).
+    let ingest = match config.ingest.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("ingest.listen {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let gate = http::Gate {
         plugins,
         activity,
@@ -118,7 +132,23 @@ pub async fn run(
         .transpose()?
         .ok_or_else(|| anyhow::anyhow!("no listener"))?;
     tracing::info!(%addr, threads = listeners.len(), "authgate listening");
+    let gate = Arc::new(gate);
+    let ingest_task = ingest.map(|l| {
+        let mut stop = shutdown.clone();
+        let app = http::ingest_app(gate.clone());
+        tracing::info!(addr = ?l.local_addr().ok(), "Access-log receiver listening");
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|v| *v).await;
+                })
+                .await;
+        })
+    });
     serve::serve(listeners, http::app(gate), shutdown.clone()).await?;
+    if let Some(t) = ingest_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
     // The worker task deregisters on shutdown; give it a bounded moment.
     let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
     // One last flush happens in the flusher's loop before it sees the shutdown.

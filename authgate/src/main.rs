@@ -69,9 +69,13 @@ struct TraefikArgs {
     log_file: Option<String>,
     #[arg(long, default_value_t = 100)]
     throttle_ms: u64,
-    /// authgate's OTLP logs receiver, e.g. `http://127.0.0.1:10201/v1/logs` (activity).
-    #[arg(long)]
+    /// authgate's OTLP logs receiver (its `ingest.listen`), e.g.
+    /// `http://127.0.0.1:10203/v1/logs` (activity).
+    #[arg(long, requires = "otlp_secret")]
     otlp_logs: Option<String>,
+    /// The receiver's `ingest.secret`, sent with every export.
+    #[arg(long, env = "APPPROXY_INGEST_SECRET", hide_env_values = true)]
+    otlp_secret: Option<String>,
     /// Directory that receives `traefik.yml` (and `dynamic.yml`).
     #[arg(long)]
     out_dir: PathBuf,
@@ -175,7 +179,7 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         dynamic_file: dynamic.display().to_string(),
         log_file: a.log_file,
         throttle_ms: a.throttle_ms,
-        otlp_logs: a.otlp_logs,
+        otlp_logs: a.otlp_logs.zip(a.otlp_secret),
     };
     let write = |path: PathBuf, text: String| {
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))

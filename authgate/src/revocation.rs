@@ -72,6 +72,36 @@ impl Revocations {
         *self.map.write().expect("revocations lock") = all;
         self.synced.store(true, Ordering::Release);
     }
+
+    /// Forget revocations made before `cutoff` (epoch seconds): every credential they could
+    /// refuse has expired. Returns how many were dropped.
+    pub fn prune(&self, cutoff: i64) -> usize {
+        let mut map = self.map.write().expect("revocations lock");
+        let before = map.len();
+        map.retain(|_, at| *at >= cutoff);
+        before - map.len()
+    }
+}
+
+/// Prune `set` every minute: revocations older than `retention` are dropped.
+pub async fn pruner(
+    set: Arc<Revocations>,
+    retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let n = set.prune(now - retention.as_secs() as i64);
+        if n > 0 {
+            tracing::info!(dropped = n, "Expired revocations forgotten");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+    }
 }
 
 /// Keep `set` in sync with Redis until `shutdown`.
@@ -157,5 +187,20 @@ mod tests {
         assert!(r.is_revoked("alice", "", 100));
         assert!(!r.apply_event("garbage"));
         assert!(!r.apply_event("u:x=notanumber"));
+    }
+
+    #[test]
+    fn old_revocations_are_pruned_recent_ones_kept() {
+        let r = Revocations::new();
+        r.replace(HashMap::from([
+            ("u:old".to_string(), 100),
+            ("l:old".to_string(), 199),
+            ("u:new".to_string(), 200),
+        ]));
+        assert_eq!(r.prune(200), 2);
+        assert_eq!(r.len(), 1);
+        assert!(r.is_revoked("new", "", 150));
+        assert!(!r.is_revoked("old", "", 50));
+        assert_eq!(r.prune(200), 0);
     }
 }

@@ -33,9 +33,10 @@ pub struct Settings {
     pub log_file: Option<String>,
     /// Provider throttle in milliseconds (~100 keeps bursts coalesced).
     pub throttle_ms: u64,
-    /// authgate's OTLP/HTTP logs receiver (`http://127.0.0.1:10201/v1/logs`): access logs go
-    /// there and nowhere else. `None`: no access log.
-    pub otlp_logs: Option<String>,
+    /// authgate's OTLP/HTTP logs receiver (`http://127.0.0.1:10203/v1/logs`, its ingest
+    /// listener) and the secret sent with every export: access logs go there and nowhere
+    /// else. `None`: no access log.
+    pub otlp_logs: Option<(String, String)>,
 }
 
 /// `traefik.yml`.
@@ -89,19 +90,28 @@ pub fn render_static(s: &Settings) -> String {
         "log": log,
         "global": { "checkNewVersion": false, "sendAnonymousUsage": false },
     });
-    if let Some(endpoint) = &s.otlp_logs {
+    if let Some((endpoint, secret)) = &s.otlp_logs {
+        let mut headers = Map::new();
+        headers.insert(crate::config::INGEST_SECRET_HEADER.into(), json!(secret));
         // OTLP never blocks traffic when the receiver is slow or down (a FIFO would, and a
         // Unix-socket filePath silently disables logging). Only the fields authgate reads
         // are kept: `RequestPath` (it carries setup tokens in its query) and every header but
-        // `Upgrade` (which marks WebSockets) are dropped before export.
+        // `Upgrade` and `Sec-WebSocket-Key` (which mark a WebSocket request and name it) are
+        // dropped before export. The secret header proves the export comes from this Traefik.
         doc["experimental"] = json!({ "otlpLogs": true });
         doc["accessLog"] = json!({
             "format": "json",
-            "otlp": { "http": { "endpoint": endpoint } },
+            "otlp": { "http": {
+                "endpoint": endpoint,
+                "headers": headers,
+            } },
             "fields": {
                 "defaultMode": "keep",
                 "names": { "RequestPath": "drop", "ClientUsername": "drop" },
-                "headers": { "defaultMode": "drop", "names": { "Upgrade": "keep" } },
+                "headers": { "defaultMode": "drop", "names": {
+                    "Upgrade": "keep",
+                    "Sec-Websocket-Key": "keep",
+                } },
             },
         });
     }
@@ -134,7 +144,10 @@ mod tests {
             dynamic_file: "/d/dynamic.yml".into(),
             log_file: None,
             throttle_ms: 100,
-            otlp_logs: Some("http://127.0.0.1:10201/v1/logs".into()),
+            otlp_logs: Some((
+                "http://127.0.0.1:10203/v1/logs".into(),
+                "s3cret-s3cret-s3cret-s3cret-s3cret".into(),
+            )),
         }
     }
 
@@ -159,8 +172,15 @@ mod tests {
         assert_eq!(v["experimental"]["otlpLogs"], true);
         assert_eq!(
             v["accessLog"]["otlp"]["http"]["endpoint"],
-            "http://127.0.0.1:10201/v1/logs"
+            "http://127.0.0.1:10203/v1/logs"
         );
+        assert_eq!(
+            v["accessLog"]["otlp"]["http"]["headers"]["x-appproxy-ingest-secret"],
+            "s3cret-s3cret-s3cret-s3cret-s3cret"
+        );
+        let kept = &v["accessLog"]["fields"]["headers"]["names"];
+        assert_eq!(kept["Sec-Websocket-Key"], "keep");
+        assert_eq!(kept["Upgrade"], "keep");
         assert_eq!(v["accessLog"]["fields"]["names"]["RequestPath"], "drop");
         assert!(v["accessLog"].get("filePath").is_none());
     }

@@ -149,6 +149,15 @@ fn circuit_map(v: &Value) -> CircuitMap {
             map.plugins
                 .insert(id, (name.to_string(), c["auth_plugin"]["config"].clone()));
         }
+        let origins: Vec<String> = c["allowed_origins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.as_str().and_then(crate::decision::normalize_origin))
+            .collect();
+        if !origins.is_empty() {
+            map.origins.insert(id, origins);
+        }
         if c["protocol"] == "tcp"
             && let Some(p) = c["port"].as_u64().and_then(|p| u16::try_from(p).ok())
         {
@@ -272,7 +281,7 @@ pub async fn run(
                 }
                 match client.circuits(w, map_etag.as_deref()).await {
                     Ok(Some((map, tag))) => {
-                        activity.set_map(map);
+                        activity.set_map(map, now_ms());
                         map_etag = tag;
                     }
                     Ok(None) => {}

@@ -284,6 +284,7 @@ mod tests {
             updated_at_ms: created_ms,
             balancing: None,
             auth_plugin: None,
+            allowed_origins: Vec::new(),
         }
     }
 

@@ -109,6 +109,21 @@ pub struct AuthConfig {
     /// Lifetime of a setup link in seconds (short: it travels in a URL).
     #[serde(default = "default_setup_ttl")]
     pub setup_token_ttl_seconds: u64,
+    /// Revocations older than this are deleted from Redis: every cookie issued before them has
+    /// expired (keep it ≥ authgate's `session.cookie_ttl_seconds`; inference tokens that live
+    /// longer are no longer covered by an older user revocation — delete the endpoint's tokens).
+    #[serde(default = "default_revocation_retention")]
+    pub revocation_retention_seconds: u64,
+    /// How often expired revocations are pruned.
+    #[serde(default = "default_revocation_prune_interval")]
+    pub revocation_prune_interval_seconds: u64,
+}
+
+fn default_revocation_retention() -> u64 {
+    30 * 24 * 3600
+}
+fn default_revocation_prune_interval() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -224,6 +239,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             setup_token_ttl_seconds: default_setup_ttl(),
+            revocation_retention_seconds: default_revocation_retention(),
+            revocation_prune_interval_seconds: default_revocation_prune_interval(),
         }
     }
 }
@@ -348,6 +365,12 @@ impl Config {
         }
         if !(10..=600).contains(&self.auth.setup_token_ttl_seconds) {
             errs.push("auth.setup_token_ttl_seconds must be between 10 and 600".into());
+        }
+        if self.auth.revocation_retention_seconds < 3600 {
+            errs.push("auth.revocation_retention_seconds must be at least 3600".into());
+        }
+        if !(1..=86_400).contains(&self.auth.revocation_prune_interval_seconds) {
+            errs.push("auth.revocation_prune_interval_seconds must be 1-86400".into());
         }
         if let Some(u) = &self.redis.url
             && !(u.starts_with("redis://") || u.starts_with("rediss://"))

@@ -160,6 +160,63 @@ pub struct Circuit {
     pub balancing: Option<Balancing>,
     /// WebAssembly auth plugin authgate runs for this circuit.
     pub auth_plugin: Option<AuthPlugin>,
+    /// Origins besides the app's own allowed to make unsafe requests and WebSocket upgrades
+    /// with the circuit's cookie (authgate's cross-origin guard).
+    pub allowed_origins: Vec<String>,
+}
+
+/// Most extra origins one circuit may list.
+pub const MAX_ALLOWED_ORIGINS: usize = 16;
+
+/// Validate and normalize `allowed_origins`: `http(s)://host[:port]`, nothing else (no path,
+/// no wildcard, no `null`); lowercase, without the scheme's default port.
+pub fn normalize_origins(list: &[String]) -> Result<Vec<String>, String> {
+    if list.len() > MAX_ALLOWED_ORIGINS {
+        return Err(format!(
+            "allowed_origins takes at most {MAX_ALLOWED_ORIGINS} origins"
+        ));
+    }
+    let mut out = Vec::new();
+    for o in list {
+        let bad = || format!("allowed_origins: {o:?} is not an origin like https://host[:port]");
+        let lower = o.trim().to_ascii_lowercase();
+        let (scheme, rest) = lower.split_once("://").ok_or_else(bad)?;
+        let default = match scheme {
+            "http" => ":80",
+            "https" => ":443",
+            _ => return Err(bad()),
+        };
+        // `[v6]:port`, `[v6]`, `host:port`, `host`.
+        let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            Some((v6, tail)) => {
+                v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+                let port = match tail {
+                    "" => None,
+                    t => Some(t.strip_prefix(':').ok_or_else(bad)?),
+                };
+                (&rest[..v6.len() + 2], port)
+            }
+            None => match rest.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            },
+        };
+        if !host.starts_with('[') {
+            validate_host(host).map_err(|_| bad())?;
+        }
+        let port: Option<u16> = port
+            .map(|p| p.parse().ok().filter(|p| *p != 0).ok_or_else(bad))
+            .transpose()?;
+        let full = match port {
+            Some(p) => format!("{scheme}://{host}:{p}"),
+            None => format!("{scheme}://{host}"),
+        };
+        let norm = full.strip_suffix(default).unwrap_or(&full).to_string();
+        if !out.contains(&norm) {
+            out.push(norm);
+        }
+    }
+    Ok(out)
 }
 
 /// `auth_plugin` of a circuit or endpoint: a plugin of the worker's plugin directory and its
@@ -434,6 +491,24 @@ pub fn validate_host(host: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_origins_are_validated_and_normalized() {
+        let ok = |l: &[&str]| normalize_origins(&l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            ok(&["HTTPS://Lab.Example.com:443", "http://127.0.0.1:8080", "http://[::1]:81", "https://[::1]"]).unwrap(),
+            vec!["https://lab.example.com", "http://127.0.0.1:8080", "http://[::1]:81", "https://[::1]"]
+        );
+        assert_eq!(ok(&["https://a.b", "https://a.b:443"]).unwrap(), vec!["https://a.b"]);
+        for bad in [
+            "null", "*", "https://*.example.com", "https://a.b/path", "ftp://a.b", "https://",
+            "https://a.b:0", "https://a.b:99999", "https://a.b:x", "https://user@a.b",
+            "https://[nope]:1", "https://[::1]x", "https://€.com", "https://a.b?x",
+        ] {
+            assert!(ok(&[bad]).is_err(), "{bad}");
+        }
+        assert!(ok(&vec!["https://a.b"; MAX_ALLOWED_ORIGINS + 1]).is_err());
+    }
 
     #[test]
     fn subdomain_normalisation() {

@@ -46,6 +46,14 @@ pub async fn run(
         config.auth.setup_token_ttl_seconds,
     )?;
     let revoker = revoke::Revoker::new(config.redis.url.as_deref(), &config.etcd.namespace)?;
+    let prune_task = revoker.configured().then(|| {
+        tokio::spawn(revoke::pruner(
+            revoker.clone(),
+            std::time::Duration::from_secs(config.auth.revocation_retention_seconds),
+            std::time::Duration::from_secs(config.auth.revocation_prune_interval_seconds),
+            shutdown.clone(),
+        ))
+    });
     let store =
         store::Store::connect(&config.database.url, config.database.max_connections).await?;
     let kv = etcd::Kv::connect(&config.etcd).await?;
@@ -98,7 +106,7 @@ pub async fn run(
         .await?;
     rec_task.abort();
     gc_task.abort();
-    if let Some(t) = reaper_task {
+    for t in [reaper_task, prune_task].into_iter().flatten() {
         t.abort();
     }
     Ok(())

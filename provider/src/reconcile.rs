@@ -515,7 +515,7 @@ pub fn plan(
         }
     }
     for key in actual.keys() {
-        let rel = &key[prefix.len().min(key.len())..];
+        let rel = key.get(prefix.len()..).unwrap_or("");
         let group = render::group_of(rel);
         let wanted = group
             .and_then(|g| desired.get(&g))

@@ -36,6 +36,36 @@ impl Revoker {
         })
     }
 
+    /// Delete revocations made before `cutoff` (epoch seconds), atomically (a script, so a
+    /// revocation renewed meanwhile is never lost). Returns how many were deleted.
+    pub async fn prune(&self, cutoff: i64) -> Result<u64, RevokeError> {
+        const PRUNE: &str = "local all = redis.call('HGETALL', KEYS[1]) local n = 0 \
+            for i = 1, #all, 2 do \
+              if (tonumber(all[i + 1]) or 0) < tonumber(ARGV[1]) then \
+                redis.call('HDEL', KEYS[1], all[i]) n = n + 1 end end return n";
+        let client = self.client.as_ref().ok_or(RevokeError::NotConfigured)?;
+        let work = async {
+            let mut con = client.get_multiplexed_async_connection().await?;
+            redis::cmd("EVAL")
+                .arg(PRUNE)
+                .arg(1)
+                .arg(redis_keys::revocations(&self.namespace))
+                .arg(cutoff)
+                .query_async::<u64>(&mut con)
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), work).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(RevokeError::Redis(e.to_string())),
+            Err(_) => Err(RevokeError::Redis("timed out after 10 s".into())),
+        }
+    }
+
+    /// Whether Redis is configured (revocations and pruning need it).
+    pub fn configured(&self) -> bool {
+        self.client.is_some()
+    }
+
     /// Record the revocations at `at` (epoch seconds) and announce them, atomically.
     pub async fn revoke(&self, subjects: &[Subject], at: i64) -> Result<(), RevokeError> {
         let client = self.client.as_ref().ok_or(RevokeError::NotConfigured)?;
@@ -61,6 +91,29 @@ impl Revoker {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(RevokeError::Redis(e.to_string())),
             Err(_) => Err(RevokeError::Redis("timed out after 3 s".into())),
+        }
+    }
+}
+
+/// Prune revocations older than `retention` every `interval` (first at start) until `shutdown`.
+pub async fn pruner(
+    revoker: Revoker,
+    retention: Duration,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        match revoker.prune(now - retention.as_secs() as i64).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "Expired revocations pruned"),
+            Err(e) => tracing::warn!(error = %e, "Revocation pruning failed; retrying later"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct GatedWorker {
     authgate: Option<Proc>,
     pub traefik: Traefik,
     pub port: u16,
+    /// authgate's access-log receiver (loopback) and the secret Traefik sends it.
+    pub ingest_port: u16,
+    pub ingest_secret: String,
     pub spec: WorkerSpec,
     env: Vec<(String, String)>,
     dir: PathBuf,
@@ -53,16 +56,30 @@ impl Stack {
     /// sentinel is in etcd and authgate has loaded the revocation set.
     pub async fn start_gated_worker(&self, spec: WorkerSpec) -> GatedWorker {
         let port = free_port();
+        let ingest_port = free_port();
+        let ingest_secret = format!(
+            "ingest-{}-{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
         let traefik = self
             .start_traefik_with(
                 &spec.authority,
                 spec.frontend,
-                Some(format!("http://127.0.0.1:{port}/v1/logs")),
+                Some((
+                    format!("http://127.0.0.1:{ingest_port}/v1/logs"),
+                    ingest_secret.clone(),
+                )),
             )
             .await;
         let p = "APPPROXY_AUTHGATE__";
         let mut env = vec![
             (format!("{p}LISTEN"), format!("127.0.0.1:{port}")),
+            (
+                format!("{p}INGEST__LISTEN"),
+                format!("127.0.0.1:{ingest_port}"),
+            ),
+            (format!("{p}INGEST__SECRET"), ingest_secret.clone()),
             (format!("{p}NAMESPACE"), self.namespace.clone()),
             (format!("{p}WORKER__AUTHORITY"), spec.authority.clone()),
             (format!("{p}WORKER__HOSTNAME"), "127.0.0.1".into()),
@@ -124,6 +141,8 @@ impl Stack {
             authgate: None,
             traefik,
             port,
+            ingest_port,
+            ingest_secret,
             spec,
             env,
             dir: self.dir.path().to_path_buf(),
@@ -211,5 +230,13 @@ impl GatedWorker {
 
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `POST /v1/logs` to the access-log receiver as Traefik does (with the secret).
+    pub fn post_logs(&self, http: &reqwest::Client, body: Vec<u8>) -> reqwest::RequestBuilder {
+        http.post(format!("http://127.0.0.1:{}/v1/logs", self.ingest_port))
+            .header("x-appproxy-ingest-secret", &self.ingest_secret)
+            .header("content-type", "application/x-protobuf")
+            .body(body)
     }
 }

@@ -419,12 +419,12 @@ impl Stack {
         self.start_traefik_with(authority, frontend, None).await
     }
 
-    /// Same, exporting access logs over OTLP/HTTP to `otlp_logs`.
+    /// Same, exporting access logs over OTLP/HTTP to `otlp_logs` (receiver URL, secret).
     pub async fn start_traefik_with(
         &self,
         authority: &str,
         frontend: TraefikFrontend,
-        otlp_logs: Option<String>,
+        otlp_logs: Option<(String, String)>,
     ) -> Traefik {
         let dir = self.dir.path().join(format!("traefik-{}", short_id()));
         let api_port = free_port();
@@ -444,8 +444,10 @@ impl Stack {
             .arg(&self.cert.1)
             .arg("--out-dir")
             .arg(&dir);
-        if let Some(o) = &otlp_logs {
-            cmd.arg("--otlp-logs").arg(o);
+        if let Some((url, secret)) = &otlp_logs {
+            cmd.arg("--otlp-logs")
+                .arg(url)
+                .env("APPPROXY_INGEST_SECRET", secret);
         }
         match frontend {
             TraefikFrontend::Ports { lo, hi } => cmd.arg("--port-range").arg(format!("{lo}-{hi}")),

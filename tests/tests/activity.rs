@@ -206,17 +206,10 @@ async fn every_request_is_counted_exactly_and_last_access_is_its_time() {
     assert!(not_fwd >= 10.0, "{not_fwd}");
     assert!(applied >= total as f64, "{applied}");
     // Garbage exports and records are counted and skipped.
-    let junk = http
-        .post(format!("{}/v1/logs", w.base()))
-        .header("content-type", "application/x-protobuf")
-        .body(vec![0xffu8; 64])
-        .send()
-        .await
-        .unwrap();
+    let junk = w.post_logs(&http, vec![0xffu8; 64]).send().await.unwrap();
     assert_eq!(junk.status(), 400);
-    let big = http
-        .post(format!("{}/v1/logs", w.base()))
-        .body(vec![0u8; 9 * 1024 * 1024])
+    let big = w
+        .post_logs(&http, vec![0u8; 9 * 1024 * 1024])
         .send()
         .await
         .unwrap();

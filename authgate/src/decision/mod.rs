@@ -36,6 +36,18 @@ pub struct Forwarded<'a> {
     pub cookies: Vec<Result<&'a str, ()>>,
     pub authorization: Vec<Result<&'a str, ()>>,
     pub referer: Vec<Result<&'a str, ()>>,
+    /// `X-Forwarded-Proto` (the scheme of the app's own origin).
+    pub proto: Vec<Result<&'a str, ()>>,
+    /// `Origin` and `Sec-Fetch-Site`: where a browser request comes from.
+    pub origin: Vec<Result<&'a str, ()>>,
+    pub fetch_site: Vec<Result<&'a str, ()>>,
+    /// `Access-Control-Request-Method` (a CORS preflight names the method it asks for).
+    pub preflight_method: Vec<Result<&'a str, ()>>,
+    /// `Sec-WebSocket-Key` (Traefik drops the hop-by-hop `Upgrade`, this one arrives).
+    pub websocket_key: Vec<Result<&'a str, ()>>,
+    /// `Content-Length` and `Transfer-Encoding`: whether the request carries a body.
+    pub content_length: Vec<Result<&'a str, ()>>,
+    pub transfer_encoding: Vec<Result<&'a str, ()>>,
 }
 
 /// Why a request was denied. Each maps to one status and one Backend.AI error code.
@@ -59,6 +71,8 @@ pub enum Deny {
     BadToken(TokenError),
     /// The revocation set was never loaded: fail closed.
     NotReady,
+    /// A cookie-authorized unsafe request or WebSocket upgrade made by another origin's page.
+    CrossOrigin,
 }
 
 impl Deny {
@@ -66,6 +80,7 @@ impl Deny {
         match self {
             Deny::BadForwarded | Deny::BadCookieHeader => 400,
             Deny::NotReady => 503,
+            Deny::CrossOrigin => 403,
             _ => 401,
         }
     }
@@ -81,6 +96,7 @@ impl Deny {
             Deny::BadToken(_) => "E20008",
             Deny::BadForwarded | Deny::BadCookieHeader => "E20001",
             Deny::NotReady => "E10001",
+            Deny::CrossOrigin => "E20011",
         }
     }
 
@@ -96,6 +112,7 @@ impl Deny {
             Deny::BadScheme => "bad_scheme",
             Deny::BadToken(_) => "bad_token",
             Deny::NotReady => "not_ready",
+            Deny::CrossOrigin => "cross_origin",
         }
     }
 }
@@ -110,6 +127,11 @@ pub struct Allow {
     pub authorization: Option<String>,
     /// Who was let in (empty for preflight).
     pub user: String,
+    /// An authorized WebSocket upgrade (`GET` with `Sec-WebSocket-Key`), by that key: it is
+    /// activity until the access-log record of the same request arrives.
+    pub websocket: Option<String>,
+    /// A CORS preflight let through without a credential (plugins are skipped too).
+    pub preflight: bool,
 }
 
 /// The only header value of a name, if exactly one valid one was sent.
@@ -126,8 +148,77 @@ fn valid_uri(u: &str) -> bool {
     u.starts_with('/') && u.len() <= 16 * 1024 && !u.bytes().any(|b| b <= 0x20 || b == 0x7f)
 }
 
-pub struct Settings {
+pub struct Settings<'a> {
     pub forward_inference_authorization: bool,
+    /// Origins besides the app's own whose pages may make unsafe requests and WebSocket
+    /// upgrades with the circuit's cookie (`scheme://host[:port]`, lowercase).
+    pub extra_origins: &'a [String],
+}
+
+/// A real CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method` and no
+/// body. Browsers send it without cookies, so it passes without a credential; any other
+/// `OPTIONS` needs one like every other method.
+fn is_preflight(f: &Forwarded<'_>, method: &str) -> bool {
+    let no_body = f.transfer_encoding.is_empty()
+        && match f.content_length.as_slice() {
+            [] => true,
+            [Ok(n)] => n.trim() == "0",
+            _ => false,
+        };
+    method == "OPTIONS"
+        && single(&f.origin).is_some()
+        && single(&f.preflight_method).is_some()
+        && no_body
+}
+
+/// `scheme://host[:port]`, lowercase, without the scheme's default port and a trailing dot.
+pub fn normalize_origin(origin: &str) -> Option<String> {
+    let (scheme, rest) = origin.trim().split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return None,
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return None;
+    }
+    let hostport = rest.to_ascii_lowercase();
+    let hostport = hostport.strip_suffix(default).unwrap_or(&hostport);
+    // Without a trailing dot on the host (`example.com.:8080`, `example.com.`).
+    let hostport = match hostport.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{}:{p}", h.trim_end_matches('.'))
+        }
+        _ => hostport.trim_end_matches('.').to_string(),
+    };
+    Some(format!("{scheme}://{hostport}"))
+}
+
+/// Whether a cookie-authorized request may go on: safe methods always (top-level navigations
+/// and subresources); unsafe methods and WebSocket upgrades only from the app's own origin
+/// (or an extra allowed one) when the browser says where it comes from. Clients that send
+/// neither `Origin` nor `Sec-Fetch-Site` (curl, SDKs) are not browsers acting for a page.
+fn same_origin_or_allowed(f: &Forwarded<'_>, method: &str, host: &str, s: &Settings<'_>) -> bool {
+    let unsafe_method = !matches!(method, "GET" | "HEAD" | "OPTIONS");
+    if !unsafe_method && f.websocket_key.is_empty() {
+        return true;
+    }
+    if !f.origin.is_empty() {
+        let Some(origin) = single(&f.origin).and_then(normalize_origin) else {
+            // `Origin: null` (sandboxed frames, opaque redirects), repeated or garbled.
+            return false;
+        };
+        let proto = single(&f.proto).unwrap_or("http");
+        let own = normalize_origin(&format!("{proto}://{host}"));
+        return own.as_deref() == Some(origin.as_str())
+            || s.extra_origins.iter().any(|o| *o == origin);
+    }
+    match f.fetch_site.as_slice() {
+        [] => true,
+        [Ok(site)] => matches!(site.trim(), "same-origin" | "none"),
+        _ => false,
+    }
 }
 
 /// Decide one request. Token times are checked by the verifier against the system clock.
@@ -136,10 +227,10 @@ pub fn decide(
     t: Target,
     keys: &Keys,
     revoked: &Revocations,
-    s: &Settings,
+    s: &Settings<'_>,
 ) -> Result<Allow, Deny> {
     let method = single(&f.method).ok_or(Deny::BadForwarded)?;
-    let _host = single(&f.host).ok_or(Deny::BadForwarded)?;
+    let host = single(&f.host).ok_or(Deny::BadForwarded)?;
     let uri = single(&f.uri).ok_or(Deny::BadForwarded)?;
     if !valid_uri(uri) || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(Deny::BadForwarded);
@@ -154,12 +245,21 @@ pub fn decide(
     let referer = single(&f.referer)
         .filter(|r| !r.contains(appproxy_common::names::SETUP_PATH_PREFIX))
         .map(str::to_string);
-    if method == "OPTIONS" || t.public {
+    // Counted only for a `GET` upgrade with one key: an `OPTIONS` or `POST` carrying the
+    // header is not a WebSocket, and its access-log record would never release the count.
+    let websocket = match (method, single(&f.websocket_key)) {
+        ("GET", Some(k)) => Some(k.trim().to_string()),
+        _ => None,
+    };
+    let preflight = is_preflight(f, method);
+    if t.public || preflight {
         return Ok(Allow {
             cookie,
             referer,
             authorization: None,
             user: String::new(),
+            websocket,
+            preflight,
         });
     }
     if !revoked.synced() {
@@ -174,12 +274,17 @@ pub fn decide(
             for value in candidates {
                 match keys.verify_session(value, t.circuit, t.generation) {
                     Ok(c) if revoked.is_revoked(&c.sub, &c.ls, c.iat) => last = Deny::Revoked,
+                    Ok(_) if !same_origin_or_allowed(f, method, host, s) => {
+                        return Err(Deny::CrossOrigin);
+                    }
                     Ok(c) => {
                         return Ok(Allow {
                             cookie,
                             referer,
                             authorization: None,
                             user: c.sub,
+                            websocket,
+                            preflight: false,
                         });
                     }
                     Err(e) => {
@@ -214,6 +319,8 @@ pub fn decide(
                 referer,
                 authorization: s.forward_inference_authorization.then(|| raw.to_string()),
                 user,
+                websocket,
+                preflight: false,
             })
         }
     }

@@ -86,6 +86,9 @@ struct Req {
     uri: String,
     cookies: Vec<String>,
     authorization: Vec<String>,
+    /// Other forwarded headers by name (`origin`, `sec-fetch-site`, …).
+    extra: Vec<(&'static str, String)>,
+    extra_origins: Vec<String>,
 }
 
 impl Req {
@@ -96,7 +99,17 @@ impl Req {
             uri: "/lab?x=1".into(),
             cookies: vec![],
             authorization: vec![],
+            extra: vec![("x-forwarded-proto", "http".into())],
+            extra_origins: vec![],
         }
+    }
+    fn method(mut self, m: &str) -> Req {
+        self.method = m.into();
+        self
+    }
+    fn header(mut self, name: &'static str, v: &str) -> Req {
+        self.extra.push((name, v.into()));
+        self
     }
     fn cookie(mut self, c: Uuid, v: &str) -> Req {
         self.cookies.push(format!("{}={v}", cookie_name(c, false)));
@@ -106,6 +119,13 @@ impl Req {
         fn ok(v: &[String]) -> Vec<Result<&str, ()>> {
             v.iter().map(|s| Ok(s.as_str())).collect()
         }
+        let h = |name: &str| -> Vec<Result<&str, ()>> {
+            self.extra
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, v)| Ok(v.as_str()))
+                .collect()
+        };
         let f = Forwarded {
             method: vec![Ok(self.method.as_str())],
             host: ok(&self.host),
@@ -113,6 +133,13 @@ impl Req {
             cookies: ok(&self.cookies),
             authorization: ok(&self.authorization),
             referer: vec![],
+            proto: h("x-forwarded-proto"),
+            origin: h("origin"),
+            fetch_site: h("sec-fetch-site"),
+            preflight_method: h("access-control-request-method"),
+            websocket_key: h("sec-websocket-key"),
+            content_length: h("content-length"),
+            transfer_encoding: h("transfer-encoding"),
         };
         decide(
             &f,
@@ -121,6 +148,7 @@ impl Req {
             r,
             &Settings {
                 forward_inference_authorization: false,
+                extra_origins: &self.extra_origins,
             },
         )
     }
@@ -374,6 +402,7 @@ fn b2_malformed_requests_fail_closed() {
         cookies: vec![Err(())],
         authorization: vec![],
         referer: vec![],
+        ..Forwarded::default()
     };
     assert_eq!(
         decide(
@@ -382,7 +411,8 @@ fn b2_malformed_requests_fail_closed() {
             &keys(),
             &r,
             &Settings {
-                forward_inference_authorization: false
+                forward_inference_authorization: false,
+                extra_origins: &[],
             }
         ),
         Err(Deny::BadCookieHeader)
@@ -392,12 +422,15 @@ fn b2_malformed_requests_fail_closed() {
 #[test]
 fn preflight_passes_and_not_ready_fails_closed() {
     let c = Uuid::new_v4();
-    let mut pre = Req::get();
-    pre.method = "OPTIONS".into();
+    let mut pre = Req::get()
+        .method("OPTIONS")
+        .header("origin", "http://other.test")
+        .header("access-control-request-method", "PUT");
     pre.cookies
         .push(format!("{}=x; a=1", cookie_name(c, false)));
     let a = pre.run(interactive(c, 1), &synced()).unwrap();
     assert_eq!(a.cookie.as_deref(), Some("a=1"));
+    assert!(a.preflight);
     let good = hs256(&session_claims(c, 1), COOKIE_SECRET);
     let unsynced = Revocations::new();
     assert_eq!(
@@ -474,6 +507,7 @@ fn inference_tokens() {
         cookies: vec![],
         authorization: vec![Ok(auth.as_str())],
         referer: vec![],
+        ..Forwarded::default()
     };
     let a = decide(
         &f,
@@ -482,6 +516,7 @@ fn inference_tokens() {
         &r,
         &Settings {
             forward_inference_authorization: true,
+            extra_origins: &[],
         },
     )
     .unwrap();
@@ -501,6 +536,7 @@ fn referer_into_setup_is_dropped_others_kept() {
             cookies: vec![Ok(cookie.as_str())],
             authorization: vec![],
             referer: vec![Ok(referer)],
+            ..Forwarded::default()
         };
         decide(
             &f,
@@ -509,6 +545,7 @@ fn referer_into_setup_is_dropped_others_kept() {
             &synced(),
             &Settings {
                 forward_inference_authorization: false,
+                extra_origins: &[],
             },
         )
         .unwrap()
@@ -541,4 +578,153 @@ fn verified_cookies_are_cached_but_stay_bound_and_expire() {
         k.verify_session(&token, c, 1).unwrap_err(),
         TokenError::Expired
     );
+}
+
+#[test]
+fn only_a_real_cors_preflight_passes_without_a_credential() {
+    let c = Uuid::new_v4();
+    let t = interactive(c, 1);
+    let r = synced();
+    let pre = || {
+        Req::get()
+            .method("OPTIONS")
+            .header("origin", "http://other.test")
+            .header("access-control-request-method", "POST")
+    };
+    assert!(pre().run(t, &r).unwrap().preflight);
+    assert!(pre().header("content-length", "0").run(t, &r).is_ok());
+    // Not a preflight: a credential is needed like for any other method.
+    for not_pre in [
+        Req::get().method("OPTIONS"),
+        Req::get()
+            .method("OPTIONS")
+            .header("origin", "http://other.test"),
+        Req::get()
+            .method("OPTIONS")
+            .header("access-control-request-method", "POST"),
+        pre().header("content-length", "12"),
+        pre().header("transfer-encoding", "chunked"),
+        pre()
+            .header("content-length", "0")
+            .header("content-length", "0"),
+        pre().header("origin", "http://second.test"),
+    ] {
+        assert_eq!(not_pre.run(t, &r), Err(Deny::NoCookie));
+    }
+    // With the cookie, a plain OPTIONS is an ordinary request.
+    let good = hs256(&session_claims(c, 1), COOKIE_SECRET);
+    let a = Req::get().method("OPTIONS").cookie(c, &good).run(t, &r).unwrap();
+    assert!(!a.preflight);
+    assert_eq!(a.user, "alice");
+}
+
+#[test]
+fn websocket_counted_only_for_an_authorized_get_upgrade() {
+    let c = Uuid::new_v4();
+    let t = interactive(c, 1);
+    let r = synced();
+    let good = hs256(&session_claims(c, 1), COOKIE_SECRET);
+    let ws = |m: &str| {
+        Req::get()
+            .method(m)
+            .cookie(c, &good)
+            .header("sec-websocket-key", "a2V5MQ==")
+            .header("origin", "http://app.test")
+    };
+    assert_eq!(
+        ws("GET").run(t, &r).unwrap().websocket.as_deref(),
+        Some("a2V5MQ==")
+    );
+    assert_eq!(ws("OPTIONS").run(t, &r).unwrap().websocket, None);
+    // A preflight carrying the header is not a socket either.
+    let pre = Req::get()
+        .method("OPTIONS")
+        .header("origin", "http://app.test")
+        .header("access-control-request-method", "GET")
+        .header("sec-websocket-key", "a2V5MQ==");
+    assert_eq!(pre.run(t, &r).unwrap().websocket, None);
+    // Refused upgrades count nothing.
+    let anon = Req::get().header("sec-websocket-key", "a2V5MQ==");
+    assert_eq!(anon.run(t, &r), Err(Deny::NoCookie));
+}
+
+#[test]
+fn cookie_requests_from_another_origin_are_refused_when_unsafe() {
+    let c = Uuid::new_v4();
+    let t = interactive(c, 1);
+    let r = synced();
+    let good = hs256(&session_claims(c, 1), COOKIE_SECRET);
+    let req = |m: &str| Req::get().method(m).cookie(c, &good);
+    // Same origin (default port elided, case-insensitive), no Origin at all, safe methods.
+    assert!(req("POST").header("origin", "http://app.test").run(t, &r).is_ok());
+    assert!(req("POST").header("origin", "HTTP://App.Test:80").run(t, &r).is_ok());
+    assert!(req("POST").run(t, &r).is_ok(), "no Origin: not a browser page");
+    assert!(req("GET").header("origin", "http://evil.test").run(t, &r).is_ok());
+    assert!(req("HEAD").header("sec-fetch-site", "cross-site").run(t, &r).is_ok());
+    assert!(req("POST").header("sec-fetch-site", "same-origin").run(t, &r).is_ok());
+    assert!(req("POST").header("sec-fetch-site", "none").run(t, &r).is_ok());
+    // Another origin: another port of the same host (port mode), a sibling subdomain
+    // (wildcard mode), another scheme, `null`, two values.
+    for (name, value) in [
+        ("origin", "http://app.test:8081"),
+        ("origin", "http://other.app.test"),
+        ("origin", "https://app.test"),
+        ("origin", "null"),
+        ("sec-fetch-site", "same-site"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        for m in ["POST", "PUT", "DELETE", "PATCH"] {
+            assert_eq!(
+                req(m).header(name, value).run(t, &r),
+                Err(Deny::CrossOrigin),
+                "{m} {name}: {value}"
+            );
+        }
+    }
+    let twice = req("POST")
+        .header("origin", "http://app.test")
+        .header("origin", "http://app.test");
+    assert_eq!(twice.run(t, &r), Err(Deny::CrossOrigin));
+    // WebSocket upgrades are checked like unsafe methods.
+    let ws = req("GET").header("sec-websocket-key", "k");
+    assert_eq!(
+        ws.header("origin", "http://app.test:9999").run(t, &r),
+        Err(Deny::CrossOrigin)
+    );
+    // Origin wins over Sec-Fetch-Site when both are present.
+    assert!(
+        req("POST")
+            .header("origin", "http://app.test")
+            .header("sec-fetch-site", "same-origin")
+            .run(t, &r)
+            .is_ok()
+    );
+    // Extra allowed origins of the circuit.
+    let mut allowed = req("POST").header("origin", "https://notebook.example.com");
+    allowed.extra_origins = vec!["https://notebook.example.com".into()];
+    assert!(allowed.run(t, &r).is_ok());
+    // Without a valid cookie the answer stays "no access", not a hint about origins.
+    assert_eq!(
+        Req::get()
+            .method("POST")
+            .header("origin", "http://evil.test")
+            .run(t, &r),
+        Err(Deny::NoCookie)
+    );
+}
+
+#[test]
+fn origins_normalize() {
+    for (raw, want) in [
+        ("http://a.test", Some("http://a.test")),
+        ("HTTPS://A.Test:443", Some("https://a.test")),
+        ("http://a.test.:8080", Some("http://a.test:8080")),
+        ("http://[::1]:80", Some("http://[::1]")),
+        ("null", None),
+        ("http://a.test/x", None),
+        ("ftp://a.test", None),
+        ("http://", None),
+    ] {
+        assert_eq!(normalize_origin(raw).as_deref(), want, "{raw}");
+    }
 }

@@ -117,12 +117,17 @@ fn as_int(v: &Value) -> Option<i64> {
     }
 }
 
+/// Access-log field of the request's `Sec-WebSocket-Key` (Go's canonical header spelling; the
+/// static configuration keeps exactly this header).
+pub const WEBSOCKET_KEY_FIELD: &str = "request_Sec-Websocket-Key";
+
 /// The fields we read, from the typed attributes or else from the JSON line in the body.
 struct Fields {
     router: Option<String>,
     origin_status: Option<i64>,
     downstream_status: Option<i64>,
     upgrade: Option<String>,
+    websocket_key: Option<String>,
 }
 
 fn fields(r: &LogRecord) -> Result<Fields, Reject> {
@@ -131,6 +136,7 @@ fn fields(r: &LogRecord) -> Result<Fields, Reject> {
         origin_status: attr(r, "OriginStatus").and_then(as_int),
         downstream_status: attr(r, "DownstreamStatus").and_then(as_int),
         upgrade: attr(r, "request_Upgrade").and_then(as_str),
+        websocket_key: attr(r, WEBSOCKET_KEY_FIELD).and_then(as_str),
     };
     if from_attrs.router.is_some() {
         return Ok(from_attrs);
@@ -151,17 +157,52 @@ fn fields(r: &LogRecord) -> Result<Fields, Reject> {
         origin_status: v["OriginStatus"].as_i64(),
         downstream_status: v["DownstreamStatus"].as_i64(),
         upgrade: v["request_Upgrade"].as_str().map(str::to_string),
+        websocket_key: v[WEBSOCKET_KEY_FIELD].as_str().map(str::to_string),
     })
 }
 
+/// One record, classified: activity to apply (or why not), and the WebSocket upgrade it ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    pub event: Result<Event, Reject>,
+    /// (circuit, `Sec-WebSocket-Key`) of a request that carried one: whatever its status
+    /// (closed socket, upgrade refused by the app or by auth), its record ends it.
+    pub websocket_ended: Option<(Uuid, String)>,
+}
+
 /// Classify one record at time `now_ms`.
+pub fn classify(r: &LogRecord, now_ms: i64) -> Classified {
+    match fields(r) {
+        Err(e) => Classified {
+            event: Err(e),
+            websocket_ended: None,
+        },
+        Ok(mut f) => {
+            let circuit = f.router.as_deref().and_then(circuit_of_router);
+            let websocket_ended = circuit.zip(f.websocket_key.take());
+            Classified {
+                event: event_of(f, r, now_ms),
+                websocket_ended,
+            }
+        }
+    }
+}
+
+/// Classify one record's activity at time `now_ms`.
 pub fn event(r: &LogRecord, now_ms: i64) -> Result<Event, Reject> {
-    let f = fields(r)?;
-    let router = f.router.ok_or(Reject::NoRouter)?;
-    let name = router.strip_suffix("@etcd").ok_or(Reject::NotCircuit)?;
-    let circuit = appproxy_common::names::circuit_of_object(name)
+    classify(r, now_ms).event
+}
+
+/// The circuit of a router name `ap-<id>@etcd` (not its `-auth`/`-ipallow` helpers).
+fn circuit_of_router(router: &str) -> Option<Uuid> {
+    let name = router.strip_suffix("@etcd")?;
+    appproxy_common::names::circuit_of_object(name)
         .filter(|_| !name.contains("-auth") && !name.contains("-ipallow"))
-        .ok_or(Reject::NotCircuit)?;
+}
+
+fn event_of(f: Fields, r: &LogRecord, now_ms: i64) -> Result<Event, Reject> {
+    let router = f.router.ok_or(Reject::NoRouter)?;
+    let circuit = circuit_of_router(&router).ok_or(Reject::NotCircuit)?;
     let websocket = f
         .upgrade
         .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
@@ -305,6 +346,43 @@ mod tests {
         assert_eq!(got[5].as_ref().unwrap().circuit, c);
         assert_eq!(got[6], Err(Reject::Malformed));
         assert_eq!(got[7], Err(Reject::Malformed));
+    }
+
+    #[test]
+    fn any_record_of_a_websocket_request_ends_it() {
+        let c = Uuid::new_v4();
+        let rec = |status: i64, origin: i64| {
+            record(
+                vec![
+                    kv("RouterName", Value::StringValue(format!("ap-{c}@etcd"))),
+                    kv("DownstreamStatus", Value::IntValue(status)),
+                    kv("OriginStatus", Value::IntValue(origin)),
+                    kv("request_Upgrade", Value::StringValue("websocket".into())),
+                    kv(WEBSOCKET_KEY_FIELD, Value::StringValue("k==".into())),
+                ],
+                None,
+                1_000,
+            )
+        };
+        // Closed socket, upgrade refused by the app (200), denied by auth (401, not forwarded).
+        for (status, origin) in [(0, 0), (200, 200), (401, 0)] {
+            let got = classify(&rec(status, origin), 5_000);
+            assert_eq!(got.websocket_ended, Some((c, "k==".into())), "{status}");
+        }
+        assert!(classify(&rec(401, 0), 5_000).event.is_err());
+        // From the JSON body too; a record of another router ends nothing.
+        let body = format!(r#"{{"RouterName":"ap-{c}@etcd","OriginStatus":200,"{WEBSOCKET_KEY_FIELD}":"j"}}"#);
+        let got = classify(&record(vec![], Some(&body), 1_000), 5_000);
+        assert_eq!(got.websocket_ended, Some((c, "j".into())));
+        let other = record(
+            vec![
+                kv("RouterName", Value::StringValue("ap-setup@etcd".into())),
+                kv(WEBSOCKET_KEY_FIELD, Value::StringValue("k==".into())),
+            ],
+            None,
+            1,
+        );
+        assert_eq!(classify(&other, 5).websocket_ended, None);
     }
 
     #[test]

@@ -165,7 +165,8 @@ pub fn verdict(bytes: &[u8]) -> Result<Verdict, BadAnswer> {
         for (k, v) in raw.headers {
             let ok_name = k.len() <= 64
                 && k.len() > HEADER_PREFIX.len()
-                && k[..HEADER_PREFIX.len()].eq_ignore_ascii_case(HEADER_PREFIX)
+                && k.get(..HEADER_PREFIX.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(HEADER_PREFIX))
                 && k.chars().all(token_char);
             if !ok_name {
                 return Err(BadAnswer::Header(k));
@@ -229,6 +230,9 @@ mod tests {
             &br#"{"allow":true,"headers":{"Set-Cookie":"x=1"}}"#[..],
             br#"{"allow":true,"headers":{"Location":"//evil"}}"#,
             br#"{"allow":true,"headers":{"X-Plugin-":"x"}}"#,
+            // A multi-byte character across the prefix's end (was a slicing panic).
+            "{\"allow\":true,\"headers\":{\"X-Plugin€\":\"x\"}}".as_bytes(),
+            "{\"allow\":true,\"headers\":{\"X-Plugi€€\":\"x\"}}".as_bytes(),
             br#"{"allow":true,"headers":{"X-Plugin-A":"a\r\nSet-Cookie: x"}}"#,
             br#"{"allow":false,"status":200}"#,
             br#"{"allow":false,"status":302}"#,

@@ -263,6 +263,7 @@ pub(super) struct NewInteractive {
     /// Properties worker app filters match (`session.user_uuid`, …).
     pub props: Vec<(String, String)>,
     pub auth_plugin: Option<crate::domain::AuthPlugin>,
+    pub allowed_origins: Vec<String>,
 }
 
 /// Place and store an interactive circuit, then nudge the reconciler.
@@ -300,6 +301,7 @@ pub(super) async fn create_interactive(
         routes: n.routes,
         idle_timeout: n.idle_timeout,
         auth_plugin: n.auth_plugin,
+        allowed_origins: n.allowed_origins,
     };
     let c = store_circuit(state, &new, &worker).await?;
     Ok((c, worker))
@@ -391,6 +393,8 @@ pub(super) async fn create(
         Some(l) => parse_client_ips(&l.0).map_err(ApiError::InvalidParams)?,
         None => Vec::new(),
     };
+    let origins =
+        crate::domain::normalize_origins(&req.allowed_origins).map_err(ApiError::InvalidParams)?;
     let (c, worker) = create_interactive(
         &state,
         NewInteractive {
@@ -408,6 +412,7 @@ pub(super) async fn create(
             routes,
             props: vec![("session.user_uuid".into(), req.user_id.to_string())],
             auth_plugin: req.auth_plugin.clone(),
+            allowed_origins: origins,
         },
     )
     .await?;

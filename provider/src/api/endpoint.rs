@@ -215,6 +215,7 @@ async fn sync_one(
         routes: Vec::new(),
         idle_timeout: None,
         auth_plugin: item.auth_plugin.clone(),
+        allowed_origins: Vec::new(),
     };
     let c = store_circuit(state, &new, &worker).await?;
     Ok((c.url(&worker), e.health_check_enabled()))
@@ -497,8 +498,13 @@ fn exp_any<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         Form::Text(t) => {
             use time::format_description::well_known::Rfc3339;
             let t = t.trim().replace(' ', "T");
-            let with_tz = if t.ends_with('Z') || t[t.len().saturating_sub(6)..].contains(['+', '-'])
-            {
+            // The last six characters (not bytes: the text is the client's and may hold
+            // multi-byte characters) may carry an offset like `+09:00`.
+            let tail: String = {
+                let n = t.chars().count();
+                t.chars().skip(n.saturating_sub(6)).collect()
+            };
+            let with_tz = if t.ends_with('Z') || tail.contains(['+', '-']) {
                 t
             } else {
                 format!("{t}Z")
@@ -544,6 +550,20 @@ pub(super) async fn token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_exp_in_any_text_is_an_error_not_a_panic() {
+        let user = Uuid::new_v4();
+        for exp in ["€a€", "€", "aé", "2026-01-01T00:00:00€", "🦀🦀🦀🦀🦀🦀🦀", "", " "] {
+            let body = json!({ "user_uuid": user, "exp": exp }).to_string();
+            assert!(serde_json::from_str::<TokenRequest>(&body).is_err(), "{exp}");
+        }
+        let ok = json!({ "user_uuid": user, "exp": "2030-01-02 03:04:05+09:00" }).to_string();
+        assert_eq!(
+            serde_json::from_str::<TokenRequest>(&ok).unwrap().exp,
+            1_893_521_045
+        );
+    }
 
     #[test]
     fn urls_split_into_host_and_port() {

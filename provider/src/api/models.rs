@@ -181,6 +181,8 @@ pub(crate) struct CircuitResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     pub auth_plugin: Option<crate::domain::AuthPlugin>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -217,6 +219,7 @@ impl CircuitResponse {
             idle_timeout: c.idle_timeout,
             url: worker.map(|w| c.url(w)),
             auth_plugin: c.auth_plugin.clone(),
+            allowed_origins: c.allowed_origins.clone(),
             created_at: iso(c.created_at_ms),
             updated_at: iso(c.updated_at_ms),
         }
@@ -240,6 +243,8 @@ pub(crate) struct CircuitMapEntry {
     pub session_ids: Vec<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_plugin: Option<crate::domain::AuthPlugin>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 impl CircuitMapEntry {
@@ -251,6 +256,7 @@ impl CircuitMapEntry {
             port: c.port(),
             session_ids: c.session_ids(),
             auth_plugin: c.auth_plugin.clone(),
+            allowed_origins: c.allowed_origins.clone(),
         }
     }
 }
@@ -352,6 +358,10 @@ pub(crate) struct CreateCircuitRequest {
     /// Relative path the setup link lands on.
     #[serde(default)]
     pub redirect: Option<String>,
+    /// Origins besides the app's own whose pages may make unsafe requests and WebSocket
+    /// upgrades with the circuit's cookie (`https://host[:port]`).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// WebAssembly auth plugin (after the built-in checks; instead of them when public).
     #[serde(default)]
     pub auth_plugin: Option<crate::domain::AuthPlugin>,

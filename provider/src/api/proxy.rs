@@ -280,6 +280,7 @@ pub(super) async fn auth(
                 }],
                 props: session_props(&token),
                 auth_plugin: None,
+                allowed_origins: Vec::new(),
             };
             let (c, w) = create_interactive(&state, new).await?;
             (c, w, false)

@@ -12,6 +12,11 @@
 
 use std::collections::BTreeMap;
 
+/// Request headers Traefik replaces with authgate's answer on circuits with a plugin: the
+/// plugin's `X-Plugin-*` and every look-alike spelling (Go canonicalises `X_Plugin_A` to
+/// `X_plugin_a`, so the match ignores case).
+pub const PLUGIN_HEADERS_REGEX: &str = "(?i)^x[-_]plugin[-_]";
+
 use appproxy_common::names;
 use uuid::Uuid;
 
@@ -173,9 +178,12 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
             if c.open_to_public {
                 address.push_str("&o=1");
             }
+            // Every spelling a WSGI/CGI server would merge with the plugin's headers
+            // (`X_Plugin_Tenant`, `x-plugin_tenant`, …): Traefik deletes the client's headers
+            // that match, then copies authgate's.
             kv.insert(
                 format!("{fa}/authResponseHeadersRegex"),
-                "^X-Plugin-".into(),
+                PLUGIN_HEADERS_REGEX.into(),
             );
         }
         kv.insert(format!("{fa}/address"), address);

@@ -49,6 +49,7 @@ fn circuit(frontend: Frontend, protocol: Protocol, routes: Vec<Route>) -> Circui
     Circuit {
         balancing: None,
         auth_plugin: None,
+        allowed_origins: Vec::new(),
         id: Uuid::parse_str(CID).unwrap(),
         app: "jupyter".into(),
         protocol,
@@ -319,7 +320,10 @@ fn plugins_are_named_in_the_address_and_their_headers_listed() {
     let kv = render_circuit(&w, &c);
     let fa = format!("http/middlewares/ap-{CID}-auth/forwardAuth");
     assert!(kv[&format!("{fa}/address")].ends_with("&m=interactive&p=api-keys"));
-    assert_eq!(kv[&format!("{fa}/authResponseHeadersRegex")], "^X-Plugin-");
+    assert_eq!(
+        kv[&format!("{fa}/authResponseHeadersRegex")],
+        "(?i)^x[-_]plugin[-_]"
+    );
     assert!(
         !kv.values().any(|v| v.contains("secret-key")),
         "configs stay out of etcd"

@@ -64,6 +64,7 @@ pub struct NewCircuit {
     pub routes: Vec<NewRoute>,
     pub idle_timeout: Option<u64>,
     pub auth_plugin: Option<crate::domain::AuthPlugin>,
+    pub allowed_origins: Vec<String>,
 }
 
 pub type NewRoute = Route;
@@ -92,7 +93,7 @@ const WORKER_COLS: &str = "id, authority, frontend_mode, protocol, hostname, tls
 const CIRCUIT_COLS: &str = "id, worker_id, app, protocol, app_mode, frontend_mode, port, \
     subdomain, envs, arguments, open_to_public, allowed_client_ips, user_id, endpoint_id, \
     runtime_variant, idle_timeout, generation, created_at, updated_at, auth_plugin, \
-    auth_plugin_config";
+    auth_plugin_config, allowed_origins";
 
 const ROUTE_COLS: &str = "circuit_id, idx, route_id, session_id, session_name, kernel_host, \
     kernel_port, protocol, traffic_ratio";
@@ -372,8 +373,8 @@ impl Store {
             "INSERT INTO circuits (id, worker_id, app, protocol, app_mode, frontend_mode, port, \
              subdomain, envs, arguments, open_to_public, allowed_client_ips, user_id, endpoint_id, \
              runtime_variant, idle_timeout, generation, created_at, updated_at, auth_plugin, \
-             auth_plugin_config) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,1,$17,$17,$18,$19)",
+             auth_plugin_config, allowed_origins) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,1,$17,$17,$18,$19,$20)",
         )
         .bind(id.to_string())
         .bind(worker.id.to_string())
@@ -394,6 +395,10 @@ impl Store {
         .bind(now)
         .bind(c.auth_plugin.as_ref().map(|p| p.name.clone()))
         .bind(c.auth_plugin.as_ref().map(|p| p.config.to_string()))
+        .bind(
+            (!c.allowed_origins.is_empty())
+                .then(|| serde_json::to_string(&c.allowed_origins).unwrap_or_default()),
+        )
         .execute(&mut *tx)
         .await?;
         for (idx, r) in c.routes.iter().enumerate() {
@@ -1058,6 +1063,10 @@ fn circuit_from_row(row: &AnyRow) -> Result<Circuit, StoreError> {
         updated_at_ms: get(row, "updated_at")?,
         balancing: None,
         auth_plugin: plugin_from_row(row)?,
+        allowed_origins: match get::<Option<String>>(row, "allowed_origins")? {
+            Some(s) => serde_json::from_str(&s).map_err(|e| corrupt("allowed_origins", e))?,
+            None => Vec::new(),
+        },
     })
 }
 

@@ -1032,13 +1032,7 @@ async fn main() {
         let t = Instant::now();
         let mut sent = 0;
         while sent < sz.records {
-            let r = http
-                .post(format!("{}/v1/logs", w.base()))
-                .header("content-type", "application/x-protobuf")
-                .body(export.clone())
-                .send()
-                .await
-                .unwrap();
+            let r = w.post_logs(&http, export.clone()).send().await.unwrap();
             assert_eq!(r.status(), 200);
             sent += 1000;
         }
