@@ -440,3 +440,79 @@ async fn a_stopped_or_dead_receiver_never_slows_traefik() {
         );
     }
 }
+
+/// A raw request on an app port; the status line.
+async fn raw_status(url: &str, request: &str) -> String {
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(hostport).await.unwrap();
+    s.write_all(request.replace("{host}", hostport).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answer")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    head.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_or_unauthorized_upgrades_hold_nothing_and_deleted_circuits_let_go() {
+    let stack = stack().await;
+    let w = stack
+        .start_gated_worker(WorkerSpec::ports("act-wsx", 4))
+        .await;
+    let echo = HttpEcho::start("nb").await;
+    let http = e2e::no_redirect_client();
+    let probed = launch(&stack, &w, echo.port, json!({"idle_timeout": 3})).await;
+    let refused = launch(&stack, &w, echo.port, json!({"idle_timeout": 3})).await;
+    let deleted = launch(&stack, &w, echo.port, json!({"idle_timeout": 3600})).await;
+    let c_refused = e2e::setup_cookie(&http, refused.setup_url.as_deref().unwrap()).await;
+    let c_deleted = e2e::setup_cookie(&http, deleted.setup_url.as_deref().unwrap()).await;
+    // An unauthenticated OPTIONS that carries Sec-WebSocket-Key: refused, counts nothing.
+    let status = raw_status(
+        &probed.url,
+        "OPTIONS / HTTP/1.1\r\nHost: {host}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(status.contains(" 401 "), "{status}");
+    // An authorized upgrade the app refuses (unsupported version: no 101).
+    let status = raw_status(
+        &refused.url,
+        &format!(
+            "GET /ws HTTP/1.1\r\nHost: {{host}}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 99\r\n\
+             Cookie: {c_refused}\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(!status.contains(" 101 "), "{status}");
+    // Neither holds its circuit: both are reclaimed after their idle timeout.
+    eventually(
+        "both circuits reclaimed",
+        Duration::from_secs(25),
+        || async {
+            (!exists(&stack, probed.id).await && !exists(&stack, refused.id).await).then_some(())
+        },
+    )
+    .await;
+
+    // A WebSocket of a deleted circuit (Traefik keeps the hijacked socket) stops counting.
+    let _ws = open_websocket(&deleted.url, &c_deleted).await;
+    let (s, _) = stack
+        .manager(Method::DELETE, &format!("/v2/circuits/{}", deleted.id), None)
+        .await;
+    assert!(s == 200 || s == 204, "{s}");
+    // After authgate's next circuit map (≤ 2 s) nothing writes its activity any more.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let key = format!("circuit.{}.last_access", deleted.id);
+    let first = get_str(&stack, &key).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        get_str(&stack, &key).await,
+        first,
+        "a deleted circuit's socket still refreshes its activity"
+    );
+}

@@ -79,6 +79,20 @@ impl Env {
         self.launch_with(Uuid::new_v4(), json!({})).await
     }
 
+    /// A fresh setup link for `l`'s user.
+    async fn launch_link(&self, l: &Launch) -> String {
+        let (s, v) = self
+            .stack
+            .manager(
+                Method::POST,
+                &format!("/v2/circuits/{}/setup-link", l.id),
+                Some(&json!({"user_id": l.user})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["setup_url"].as_str().unwrap().to_string()
+    }
+
     /// Wait until Traefik serves the circuit's router.
     async fn wait_router(&self, id: Uuid) {
         let url = format!(
@@ -163,6 +177,15 @@ fn setup_claims(l: &Launch) -> Value {
 /// Raw WebSocket handshake plus one masked text frame; returns the status line and the
 /// echoed payload (if the upgrade succeeded).
 async fn websocket(port: u16, cookie: Option<&str>) -> (String, Option<String>) {
+    websocket_with(port, cookie, &[]).await
+}
+
+/// [`websocket`] with extra request headers (`Origin`, …).
+async fn websocket_with(
+    port: u16,
+    cookie: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (String, Option<String>) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -172,6 +195,9 @@ async fn websocket(port: u16, cookie: Option<&str>) -> (String, Option<String>) 
     );
     if let Some(c) = cookie {
         req.push_str(&format!("Cookie: {c}\r\n"));
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
@@ -1220,4 +1246,199 @@ async fn client_ip_allowlists_are_enforced_by_traefik_before_auth() {
         401,
         "allowlist does not replace auth"
     );
+}
+
+/// A request with any method, headers and body through Traefik: status.
+async fn send(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> u16 {
+    let mut req = http.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_links_preflights_and_the_ingest_listener() {
+    let e = env().await;
+    let alice = Uuid::new_v4();
+    // Issue 13.2: links minted before a revocation set no cookie.
+    let by_session = e
+        .launch_with(alice, json!({"login_session_token": "alice-phone"}))
+        .await;
+    let by_user = e.launch_with(alice, json!({})).await;
+    for body in [
+        json!({"login_session_token": "alice-phone"}),
+        json!({"user_id": alice}),
+    ] {
+        let (s, v) = e
+            .stack
+            .manager(Method::POST, "/v2/revocations", Some(&body))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    for l in [&by_session, &by_user] {
+        eventually("revoked link refused", Duration::from_secs(5), || async {
+            let (s, h, _) = e.get(&l.setup_url, &[]).await;
+            (s == 401 && h.get("set-cookie").is_none()).then_some(())
+        })
+        .await;
+        // The API-port entry refuses it too.
+        let token = token_of(&l.setup_url);
+        let (s, _, _) = e
+            .get(&format!("{}/setup?token={token}", e.worker.base()), &[])
+            .await;
+        assert_eq!(s, 401);
+    }
+    // Another user's link on the same worker still works.
+    let bob = e.launch().await;
+    assert_eq!(e.get(&bob.setup_url, &[]).await.0, 302);
+
+    // Issue 13.5: only a real CORS preflight passes without a cookie.
+    let before = e.echo.count();
+    let origin = origin_of(&bob.url).to_string();
+    for (headers, body) in [
+        (vec![], None),
+        (vec![], Some("payload")),
+        (vec![("origin", "http://x.test")], None),
+        (vec![("access-control-request-method", "POST")], None),
+        (vec![("sec-websocket-key", "a2V5a2V5a2V5a2V5a2V5aw==")], None),
+    ] {
+        let s = send(&e.http, "OPTIONS", &bob.url, &headers, body).await;
+        assert_eq!(s, 401, "OPTIONS {headers:?} body {body:?}");
+    }
+    assert_eq!(e.echo.count(), before, "a non-preflight OPTIONS reached the app");
+    let pre = [
+        ("origin", origin.as_str()),
+        ("access-control-request-method", "PUT"),
+    ];
+    assert_eq!(send(&e.http, "OPTIONS", &bob.url, &pre, None).await, 200);
+    let last = e.echo.requests().pop().unwrap();
+    assert_eq!(last.method, "OPTIONS");
+
+    // Issue 13.3: access logs are taken only on the ingest listener, with the secret.
+    let export = vec![0u8; 0];
+    let public = e
+        .http
+        .post(format!("{}/v1/logs", e.worker.base()))
+        .body(export.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404, "the public listener took an export");
+    let through_traefik = send(&e.http, "POST", &format!("{}/v1/logs", origin), &[], Some("")).await;
+    assert_ne!(through_traefik, 200);
+    let ingest = format!("http://127.0.0.1:{}/v1/logs", e.worker.ingest_port);
+    for secret in [None, Some("wrong"), Some(&e.worker.ingest_secret[1..])] {
+        let mut req = e.http.post(&ingest).body(export.clone());
+        if let Some(s) = secret {
+            req = req.header("x-appproxy-ingest-secret", s);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 401, "{secret:?}");
+    }
+    let ok = e.worker.post_logs(&e.http, export).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    // The ingest listener serves nothing else.
+    let (s, _, _) = e.get(&format!("http://127.0.0.1:{}/health", e.worker.ingest_port), &[]).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_use_from_another_origin_is_refused_and_planted_cookies_never_authorize() {
+    let e = env().await;
+    let a = e.launch().await;
+    let b = e.launch().await;
+    let allowed = e
+        .launch_with(
+            Uuid::new_v4(),
+            json!({"allowed_origins": ["https://Portal.Example.com:443"]}),
+        )
+        .await;
+    let (ca, callowed) = (e.cookie(&a).await, e.cookie(&allowed).await);
+    let (own, other) = (origin_of(&a.url).to_string(), origin_of(&b.url).to_string());
+    let before = e.echo.count();
+    // Another app's page (another port of the same host): unsafe methods and form posts with
+    // A's cookie are refused (403, short page), as is a WebSocket upgrade.
+    for (m, extra) in [
+        ("POST", vec![("origin", other.as_str())]),
+        ("PUT", vec![("origin", other.as_str())]),
+        ("DELETE", vec![("origin", "null")]),
+        (
+            "POST",
+            vec![
+                ("origin", other.as_str()),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+        ),
+        ("POST", vec![("sec-fetch-site", "same-site")]),
+    ] {
+        let mut h = vec![("cookie", ca.as_str()), ("accept", "text/html")];
+        h.extend(extra.iter().copied());
+        let s = send(&e.http, m, &a.url, &h, Some("x=1")).await;
+        assert_eq!(s, 403, "{m} {extra:?}");
+    }
+    let (status, _) = websocket_with(port_of(&a.url), Some(&ca), &[("Origin", &other)]).await;
+    assert!(status.contains("403"), "{status}");
+    assert_eq!(e.echo.count(), before, "a cross-origin request reached the app");
+    // Its own page, top-level navigations and clients without Origin keep working.
+    let own_h = [("cookie", ca.as_str()), ("origin", own.as_str())];
+    assert_eq!(send(&e.http, "POST", &a.url, &own_h, Some("x")).await, 200);
+    let nav = [("cookie", ca.as_str()), ("sec-fetch-site", "cross-site")];
+    assert_eq!(send(&e.http, "GET", &a.url, &nav, None).await, 200);
+    assert_eq!(
+        send(&e.http, "POST", &a.url, &[("cookie", ca.as_str())], Some("x")).await,
+        200
+    );
+    let (status, echoed) =
+        websocket_with(port_of(&a.url), Some(&ca), &[("Origin", &own)]).await;
+    assert!(status.contains("101"), "{status}");
+    assert_eq!(echoed.as_deref(), Some("hi over ws"));
+    // A circuit's extra allowed origin (normalized) may post; others may not.
+    let portal = [
+        ("cookie", callowed.as_str()),
+        ("origin", "https://portal.example.com"),
+    ];
+    // (authgate learns the circuit's extra origins with its next circuit map, ≤ 2 s.)
+    eventually("extra origin allowed", patience(), || async {
+        (send(&e.http, "POST", &allowed.url, &portal, Some("x")).await == 200).then_some(())
+    })
+    .await;
+    let evil = [("cookie", callowed.as_str()), ("origin", "https://evil.example.com")];
+    assert_eq!(send(&e.http, "POST", &allowed.url, &evil, Some("x")).await, 403);
+    let (s, v) = e
+        .stack
+        .manager(
+            Method::POST,
+            "/v2/circuits",
+            Some(&json!({"app": "x", "worker": e.worker.spec.authority, "user_id": Uuid::new_v4(),
+                         "allowed_origins": ["https://*.example.com"],
+                         "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
+                                     "kernel_port": e.echo.port}]})),
+        )
+        .await;
+    assert_eq!(s, 400, "wildcard origin accepted: {v}");
+
+    // Issue 13.8: an app can plant `appproxy_<A>=…` on the shared host (port mode). A planted
+    // value never authorizes; next to the real cookie the real one still wins; `/setup` sets
+    // a working cookie over a planted one.
+    let name = format!("appproxy_{}", a.id.simple());
+    let planted = format!("{name}=planted.by.app");
+    assert_eq!(e.get(&a.url, &[("cookie", &planted)]).await.0, 401);
+    let both = format!("{planted}; {ca}");
+    assert_eq!(e.get(&a.url, &[("cookie", &both)]).await.0, 200);
+    let forged = format!("{name}={}", ca.split_once('=').unwrap().1.replace('a', "b"));
+    assert_eq!(e.get(&a.url, &[("cookie", &forged)]).await.0, 401);
+    let (s, h, _) = e.get(&e.launch_link(&a).await, &[("cookie", &planted)]).await;
+    assert_eq!(s, 302);
+    let fresh = e2e::cookie_pair(&set_cookie(&h));
+    assert_eq!(e.get(&a.url, &[("cookie", &format!("{planted}; {fresh}"))]).await.0, 200);
+    e.assert_backend_clean(&[ca.split_once('=').unwrap().1]);
 }

@@ -123,7 +123,17 @@ async fn example_plugins_through_traefik_and_failures_deny() {
         403,
     )
     .await;
-    let tenant = [("cookie", cookie.as_str()), ("x-tenant", "acme")];
+    // Look-alike spellings of the plugin's header (WSGI servers merge `X_Plugin_Tenant` and
+    // `X-Plugin-Tenant` into one variable) are stripped; only the plugin's value arrives.
+    let tenant = [
+        ("cookie", cookie.as_str()),
+        ("x-tenant", "acme"),
+        ("X_Plugin_Tenant", "evil-1"),
+        ("X-Plugin_Tenant", "evil-2"),
+        ("x_plugin-tenant", "evil-3"),
+        ("X-PLUGIN-ROLE", "admin"),
+        ("X_Plugin_Role", "admin"),
+    ];
     assert_eq!(e2e::http_get(&http, &nb, &tenant).await.0, 200);
     let last = echo.requests().pop().unwrap();
     assert!(
@@ -131,6 +141,19 @@ async fn example_plugins_through_traefik_and_failures_deny() {
             .contains(&("x-plugin-tenant".into(), "acme".into())),
         "{:?}",
         last.headers
+    );
+    let plugin_like: Vec<_> = last
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.to_ascii_lowercase().replace('_', "-");
+            k.starts_with("x-plugin-")
+        })
+        .collect();
+    assert_eq!(
+        plugin_like,
+        vec![&("x-plugin-tenant".to_string(), "acme".to_string())],
+        "client-sent plugin headers reached the app"
     );
 
     // office-hours: open all day → allowed; an empty window → 403.
