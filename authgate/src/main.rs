@@ -181,8 +181,17 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         throttle_ms: a.throttle_ms,
         otlp_logs: a.otlp_logs.zip(a.otlp_secret),
     };
+    // Owner-only: the static configuration carries the ingest secret.
     let write = |path: PathBuf, text: String| {
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("{}: {e}", path.display()))
     };
     let result = std::fs::create_dir_all(&a.out_dir)
         .map_err(|e| e.to_string())

@@ -131,6 +131,62 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Per-worker credentials: `apw1.<id>.<secret>` (id 16 hex digits, secret 64). The provider
+/// issues them bound to one worker authority and keeps only SHA-256(secret); authgate
+/// presents the whole string.
+pub mod worker_credential {
+    use sha2::{Digest, Sha256};
+
+    pub const PREFIX: &str = "apw1";
+
+    /// The credential string for `id` and `secret`.
+    pub fn format(id: &str, secret: &str) -> String {
+        format!("{PREFIX}.{id}.{secret}")
+    }
+
+    /// `(id, secret)` of a well-formed credential.
+    pub fn parse(token: &str) -> Option<(&str, &str)> {
+        let mut parts = token.split('.');
+        let (p, id, secret) = (parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (p == PREFIX && parts.next().is_none() && hex(id, 16) && hex(secret, 64))
+            .then_some((id, secret))
+    }
+
+    /// What the provider stores: SHA-256 of the secret, lowercase hex (the secret has 244
+    /// random bits, so a fast hash is enough).
+    pub fn hash(secret: &str) -> String {
+        super::hex(&Sha256::digest(secret.as_bytes()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn credentials_round_trip_and_reject_look_alikes() {
+            let (id, secret) = ("0123456789abcdef", "a".repeat(64));
+            let t = format(id, &secret);
+            assert_eq!(parse(&t), Some((id, secret.as_str())));
+            for bad in [
+                "",
+                "apw1",
+                "apw1..",
+                "apw2.0123456789abcdef.aaaa",
+                &format!("apw1.0123456789abcde.{secret}"),
+                &format!("apw1.0123456789abcdeg.{secret}"),
+                &format!("apw1.0123456789abcdef.{secret}a"),
+                &format!("{t}.x"),
+                "apw1.€€€€€€€€€€€€€€€€.x",
+            ] {
+                assert_eq!(parse(bad), None, "{bad}");
+            }
+            assert_eq!(hash("x").len(), 64);
+            assert_ne!(hash("x"), hash("y"));
+        }
+    }
+}
+
 /// Redis names shared by provider and authgate, all under `appproxy:<namespace>:`.
 pub mod redis_keys {
     /// Hash: field `u:<user>` or `l:<login session hash>` → epoch seconds of the revocation;

@@ -166,8 +166,14 @@ pub struct EtcdConfig {
 pub struct Secrets {
     /// Token the platform manager presents.
     pub manager_token: String,
-    /// Token workers (authgate) present; must differ from the manager token.
-    pub worker_token: String,
+    /// Legacy: one token that every worker shares (Backend.AI's model). Off unless set; its
+    /// holder may act for *any* worker, so prefer per-worker credentials
+    /// (`POST /v2/workers/credentials`). Must differ from the manager token.
+    #[serde(default)]
+    pub legacy_shared_worker_token: Option<String>,
+    /// Removed (it was the shared worker token); kept only to explain the replacement.
+    #[serde(default)]
+    pub worker_token: Option<String>,
     /// Ed25519 private key (PKCS#8 PEM) that signs setup and inference tokens; authgate holds
     /// only the public half.
     pub signing_key_file: String,
@@ -302,11 +308,26 @@ impl Config {
         if s.manager_token.len() < 16 {
             errs.push("secrets.manager_token must be at least 16 characters".into());
         }
-        if s.worker_token.len() < 16 {
-            errs.push("secrets.worker_token must be at least 16 characters".into());
+        if s.worker_token.is_some() {
+            errs.push(
+                "secrets.worker_token was removed: enrol each worker (POST \
+                 /v2/workers/credentials, SECURITY.md) or, to keep one token for every worker, \
+                 set secrets.legacy_shared_worker_token"
+                    .into(),
+            );
         }
-        if s.manager_token == s.worker_token {
-            errs.push("secrets.manager_token and secrets.worker_token must differ".into());
+        if let Some(t) = &s.legacy_shared_worker_token {
+            if t.len() < 16 {
+                errs.push(
+                    "secrets.legacy_shared_worker_token must be at least 16 characters".into(),
+                );
+            }
+            if *t == s.manager_token {
+                errs.push(
+                    "secrets.manager_token and secrets.legacy_shared_worker_token must differ"
+                        .into(),
+                );
+            }
         }
         let ns = &self.etcd.namespace;
         let cp = &self.etcd.control_prefix;
@@ -410,10 +431,6 @@ mod tests {
                     "APPPROXY_PROVIDER__SECRETS__MANAGER_TOKEN",
                     "m".repeat(20).as_str(),
                 ),
-                (
-                    "APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN",
-                    "w".repeat(20).as_str(),
-                ),
                 ("APPPROXY_PROVIDER__SECRETS__SIGNING_KEY_FILE", "/k.pem"),
                 ("APPPROXY_PROVIDER__LISTEN", "127.0.0.1:1234"),
                 ("APPPROXY_PROVIDER__RECONCILE__MAX_TXN_OPS", "64"),
@@ -424,6 +441,10 @@ mod tests {
         assert_eq!(cfg.listen.port(), 1234);
         assert_eq!(cfg.reconcile.max_txn_ops, 64);
         assert_eq!(cfg.etcd.namespace, "traefik");
+        assert_eq!(
+            cfg.secrets.legacy_shared_worker_token, None,
+            "the shared worker token is off unless configured"
+        );
     }
 
     #[test]
@@ -432,7 +453,8 @@ mod tests {
             None,
             &env(&[
                 ("APPPROXY_PROVIDER__SECRETS__MANAGER_TOKEN", "short"),
-                ("APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN", "short"),
+                ("APPPROXY_PROVIDER__SECRETS__LEGACY_SHARED_WORKER_TOKEN", "short"),
+                ("APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN", "w".repeat(20).as_str()),
                 ("APPPROXY_PROVIDER__SECRETS__SIGNING_KEY_FILE", "/k.pem"),
                 ("APPPROXY_PROVIDER__ETCD__CONTROL_PREFIX", "traefik-cp/"),
             ]),
@@ -441,6 +463,8 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("manager_token must be at least"), "{text}");
         assert!(text.contains("must differ"), "{text}");
+        assert!(text.contains("legacy_shared_worker_token must be at least"), "{text}");
+        assert!(text.contains("worker_token was removed"), "{text}");
         assert!(text.contains("control_prefix"), "{text}");
     }
 

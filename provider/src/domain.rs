@@ -468,6 +468,14 @@ pub fn parse_client_ips(text: &str) -> Result<Vec<ipnet::IpNet>, String> {
 }
 
 /// Validate a kernel host: an IP address or a DNS name (no scheme, path, port or spaces).
+/// A worker authority: 1-255 printable characters.
+pub fn validate_authority(authority: &str) -> Result<(), String> {
+    if authority.is_empty() || authority.len() > 255 || authority.chars().any(char::is_control) {
+        return Err("authority must be 1-255 printable characters".into());
+    }
+    Ok(())
+}
+
 pub fn validate_host(host: &str) -> Result<(), String> {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return Ok(());

@@ -72,6 +72,7 @@ impl Stack {
                 )),
             )
             .await;
+        let (_, credential) = self.enrol_worker(&spec.authority).await;
         let p = "APPPROXY_AUTHGATE__";
         let mut env = vec![
             (format!("{p}LISTEN"), format!("127.0.0.1:{port}")),
@@ -84,10 +85,7 @@ impl Stack {
             (format!("{p}WORKER__AUTHORITY"), spec.authority.clone()),
             (format!("{p}WORKER__HOSTNAME"), "127.0.0.1".into()),
             (format!("{p}PROVIDER__URL"), self.provider_url()),
-            (
-                format!("{p}PROVIDER__WORKER_TOKEN"),
-                self.worker_token.clone(),
-            ),
+            (format!("{p}PROVIDER__WORKER_TOKEN"), credential),
             (format!("{p}PROVIDER__HEARTBEAT_SECONDS"), "2".into()),
             (
                 format!("{p}KEYS__PROVIDER_PUBLIC_KEY_FILE"),

@@ -75,7 +75,10 @@ pub struct Stack {
     pub namespace: String,
     pub control_prefix: String,
     pub manager_token: String,
-    pub worker_token: String,
+    /// The provider's `legacy_shared_worker_token`, for tests that register workers without
+    /// an authgate (`None`: the option is off, as in a default deployment). Gated workers
+    /// always enrol a credential of their own.
+    pub worker_token: Option<String>,
     pub http: reqwest::Client,
     /// Extra `APPPROXY_PROVIDER__*` settings for the next `start_provider`.
     pub provider_extra_env: Vec<(String, String)>,
@@ -162,6 +165,19 @@ impl Stack {
 
     /// A stack whose provider gets extra `APPPROXY_PROVIDER__*` settings.
     pub async fn start_with(db: Db, provider_extra_env: Vec<(String, String)>) -> Stack {
+        Stack::start_opts(db, provider_extra_env, true).await
+    }
+
+    /// A stack whose provider has no legacy shared worker token (only enrolled credentials).
+    pub async fn start_strict(db: Db) -> Stack {
+        Stack::start_opts(db, Vec::new(), false).await
+    }
+
+    async fn start_opts(
+        db: Db,
+        provider_extra_env: Vec<(String, String)>,
+        legacy_worker_token: bool,
+    ) -> Stack {
         let dir = TempDir::new("stack");
         let etcd_port = free_port();
         let peer_port = free_port();
@@ -235,7 +251,8 @@ impl Stack {
             namespace: format!("ns-{id}"),
             control_prefix: format!("cp-{id}/"),
             manager_token: format!("manager-{}", uuid::Uuid::new_v4().simple()),
-            worker_token: format!("worker-{}", uuid::Uuid::new_v4().simple()),
+            worker_token: legacy_worker_token
+                .then(|| format!("worker-{}", uuid::Uuid::new_v4().simple())),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -255,7 +272,7 @@ impl Stack {
     /// Environment that configures the provider binary for this stack.
     pub fn provider_env(&self) -> Vec<(String, String)> {
         let p = "APPPROXY_PROVIDER__";
-        vec![
+        let mut env = vec![
             (
                 format!("{p}LISTEN"),
                 format!("127.0.0.1:{}", self.provider_port),
@@ -275,10 +292,6 @@ impl Stack {
                 self.manager_token.clone(),
             ),
             (
-                format!("{p}SECRETS__WORKER_TOKEN"),
-                self.worker_token.clone(),
-            ),
-            (
                 format!("{p}SECRETS__SIGNING_KEY_FILE"),
                 self.signing_key.0.display().to_string(),
             ),
@@ -286,7 +299,11 @@ impl Stack {
                 format!("{p}REDIS__URL"),
                 format!("redis://127.0.0.1:{}", self.redis_port),
             ),
-        ]
+        ];
+        if let Some(t) = &self.worker_token {
+            env.push((format!("{p}SECRETS__LEGACY_SHARED_WORKER_TOKEN"), t.clone()));
+        }
+        env
     }
 
     /// A connection to this stack's Redis.
@@ -364,9 +381,29 @@ impl Stack {
             .await
     }
 
+    /// A worker-API call with the legacy shared token (the manager token on a strict stack).
     pub async fn worker(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
-        self.call(Some(&self.worker_token.clone()), method, path, body)
-            .await
+        let token = self
+            .worker_token
+            .clone()
+            .unwrap_or_else(|| self.manager_token.clone());
+        self.call(Some(&token), method, path, body).await
+    }
+
+    /// Enrol a credential for `authority` (`POST /v2/workers/credentials`): (id, credential).
+    pub async fn enrol_worker(&self, authority: &str) -> (String, String) {
+        let (s, v) = self
+            .manager(
+                Method::POST,
+                "/v2/workers/credentials",
+                Some(&serde_json::json!({ "authority": authority })),
+            )
+            .await;
+        assert_eq!(s, 201, "enrol {authority}: {v}");
+        (
+            v["id"].as_str().expect("id").to_string(),
+            v["credential"].as_str().expect("credential").to_string(),
+        )
     }
 
     pub async fn etcd_client(&self) -> etcd_client::Client {

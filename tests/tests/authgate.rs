@@ -1442,3 +1442,166 @@ async fn cookie_use_from_another_origin_is_refused_and_planted_cookies_never_aut
     assert_eq!(e.get(&a.url, &[("cookie", &format!("{planted}; {fresh}"))]).await.0, 200);
     e.assert_backend_clean(&[ca.split_once('=').unwrap().1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_credential_acts_only_for_its_own_worker() {
+    // No legacy shared token: each authgate enrols a credential of its own.
+    let stack = Stack::start_strict(Db::Sqlite).await;
+    let a = stack.start_gated_worker(WorkerSpec::ports("cred-a", 2)).await;
+    let b = stack.start_gated_worker(WorkerSpec::ports("cred-b", 2)).await;
+    let echo = HttpEcho::start("app").await;
+    let http = e2e::no_redirect_client();
+    let (s, v) = stack
+        .manager(
+            Method::POST,
+            "/v2/circuits",
+            Some(&json!({"app": "nb", "worker": "cred-b", "user_id": Uuid::new_v4(),
+                         "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
+                                     "kernel_port": echo.port}]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (b_circuit, b_url) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["url"].as_str().unwrap().to_string(),
+    );
+    e2e::wait_status(&http, &b_url, &[], 401).await;
+    let (_, list) = stack.manager(Method::GET, "/api/worker", None).await;
+    let id_of = |authority: &str| {
+        list["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["authority"] == authority)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a_id, b_id) = (id_of("cred-a"), id_of("cred-b"));
+    let (a_cred_id, a_cred) = stack.enrol_worker("cred-a").await;
+    let before = stack.etcd_dump().await;
+    let root_b = stack.root_key("cred-b");
+    let b_keys = |d: &std::collections::BTreeMap<String, String>| {
+        d.iter()
+            .filter(|(k, _)| k.starts_with(&root_b))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+
+    // Worker A's credential against worker B: every worker route refuses (403), nothing changes.
+    let hijack = json!({"authority": "cred-b", "frontend_mode": "port", "protocol": "http",
+                        "hostname": "127.0.0.1", "api_port": a.port, "port_range": [1, 2],
+                        "authgate_url": "http://127.0.0.1:9"});
+    let circuit = format!("/api/circuit/{b_circuit}");
+    let attempts: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::PUT, "/api/worker".into(), Some(hijack)),
+        (Method::PATCH, format!("/api/worker/{b_id}"), None),
+        (Method::GET, format!("/api/worker/{b_id}"), None),
+        (Method::GET, format!("/api/worker/{b_id}/circuits?view=map"), None),
+        (
+            Method::PUT,
+            format!("/api/worker/{b_id}/route-health"),
+            Some(json!({"circuits": {}})),
+        ),
+        (Method::GET, "/api/slots?wsproxy_host=cred-b".into(), None),
+        (Method::GET, circuit.clone(), None),
+        (Method::GET, format!("{circuit}/statistics"), None),
+        (Method::DELETE, circuit.clone(), None),
+        (
+            Method::DELETE,
+            "/api/circuit/_/bulk".into(),
+            Some(json!({"circuit_ids": [b_circuit]})),
+        ),
+        (Method::DELETE, format!("/api/worker/{b_id}"), None),
+    ];
+    for (m, path, body) in attempts {
+        let (s, v) = stack.call(Some(&a_cred), m.clone(), &path, body.as_ref()).await;
+        assert_eq!(s, 403, "{m} {path}: {v}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b_keys(&stack.etcd_dump().await), b_keys(&before), "B's config changed");
+    assert_eq!(e2e::http_get(&http, &b_url, &[]).await.0, 401, "auth still on");
+    let (_, list) = stack.manager(Method::GET, "/api/worker", None).await;
+    let b_now = list["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["authority"] == "cred-b")
+        .cloned()
+        .unwrap();
+    assert_eq!(b_now["status"], "ALIVE", "{b_now}");
+
+    // For its own worker it works; it sees only itself; it is no manager.
+    let (s, v) = stack
+        .call(Some(&a_cred), Method::GET, &format!("/api/worker/{a_id}/circuits"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = stack.call(Some(&a_cred), Method::GET, "/api/worker", None).await;
+    assert_eq!(s, 200);
+    let seen: Vec<&str> = v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["authority"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, vec!["cred-a"]);
+    for (m, path) in [
+        (Method::GET, "/v2/circuits"),
+        (Method::POST, "/v2/workers/credentials"),
+        (Method::GET, "/v2/workers/credentials"),
+    ] {
+        let (s, _) = stack
+            .call(Some(&a_cred), m, path, Some(&json!({"authority": "cred-a"})))
+            .await;
+        assert_eq!(s, 401, "{path}");
+    }
+    // No shared token exists on this provider; forged and garbled credentials are refused.
+    let forged = format!("{}0", &a_cred[..a_cred.len() - 1]);
+    for t in ["worker-legacy-token-guess", forged.as_str(), "apw1.x.y", ""] {
+        let (s, _) = stack
+            .call(Some(t), Method::GET, &format!("/api/worker/{a_id}"), None)
+            .await;
+        assert_eq!(s, 401, "{t}");
+    }
+
+    // The listing never shows a secret; revoking a credential ends it at once.
+    let (s, v) = stack
+        .manager(Method::GET, "/v2/workers/credentials?authority=cred-a", None)
+        .await;
+    assert_eq!(s, 200);
+    let creds = v["credentials"].as_array().unwrap();
+    assert_eq!(creds.len(), 2, "{v}");
+    let secret = a_cred.rsplit('.').next().unwrap();
+    assert!(!v.to_string().contains(secret), "secret listed: {v}");
+    let (s, v) = stack
+        .manager(Method::DELETE, &format!("/v2/workers/credentials/{a_cred_id}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["revoked_at"].is_string(), "{v}");
+    let (s, _) = stack
+        .call(Some(&a_cred), Method::GET, &format!("/api/worker/{a_id}"), None)
+        .await;
+    assert_eq!(s, 401, "revoked credential still works");
+    // A's authgate (its own, other credential) keeps heartbeating.
+    let before_beat = stack.manager(Method::GET, &format!("/api/worker/{a_id}"), None).await.1
+        ["last_heartbeat"]
+        .clone();
+    eventually("authgate A still heartbeats", patience(), || async {
+        let (_, w) = stack.manager(Method::GET, &format!("/api/worker/{a_id}"), None).await;
+        (w["last_heartbeat"] != before_beat && w["status"] == "ALIVE").then_some(())
+    })
+    .await;
+    // Bad enrolments change nothing.
+    for body in [json!({}), json!({"authority": ""}), json!({"authority": "x", "extra": 1})] {
+        let (s, _) = stack
+            .manager(Method::POST, "/v2/workers/credentials", Some(&body))
+            .await;
+        assert_eq!(s, 400, "{body}");
+    }
+    let (s, _) = stack
+        .manager(Method::DELETE, "/v2/workers/credentials/nope", None)
+        .await;
+    assert_eq!(s, 404);
+    drop((a, b));
+}

@@ -743,7 +743,7 @@ async fn bad_input_is_rejected_and_changes_nothing(db: Db) {
 
     for (what, method, path, body, want) in cases {
         let token = if path.starts_with("/api/worker") {
-            stack.worker_token.clone()
+            stack.worker_token.clone().unwrap()
         } else {
             stack.manager_token.clone()
         };
@@ -777,7 +777,7 @@ async fn bad_input_is_rejected_and_changes_nothing(db: Db) {
     assert_eq!(s, 401);
     let (s, _) = stack
         .call(
-            Some(&stack.worker_token.clone()),
+            stack.worker_token.as_deref(),
             Method::POST,
             "/v2/circuits",
             Some(&good),
@@ -882,7 +882,7 @@ async fn worker_api_health_and_bulk_delete(db: Db) {
                 "{}/api/worker/{wid}/circuits?view=map",
                 stack.provider_url()
             ))
-            .header("X-BackendAI-Token", &stack.worker_token);
+            .header("X-BackendAI-Token", stack.worker_token.as_deref().unwrap());
         if let Some(e) = etag {
             req = req.header("If-None-Match", e);
         }

@@ -29,6 +29,31 @@ async fn circuit_or_404(state: &AppState, id: Uuid) -> Result<Circuit, ApiError>
         .ok_or(ApiError::NotFound("circuit"))
 }
 
+/// A circuit's worker must be the caller's (a worker credential reads and deletes only its
+/// own worker's circuits).
+async fn check_circuit_owner(
+    state: &AppState,
+    caller: &WorkerAuth,
+    c: &Circuit,
+) -> Result<(), ApiError> {
+    if caller.authority().is_none() {
+        return Ok(());
+    }
+    let w = state
+        .store
+        .get_worker(c.worker_id)
+        .await?
+        .ok_or(ApiError::NotFound("worker"))?;
+    caller.may_act_for(&w.authority)
+}
+
+/// The circuit `id`, if the caller may see it.
+async fn own_circuit(state: &AppState, caller: &WorkerAuth, id: Uuid) -> Result<Circuit, ApiError> {
+    let c = circuit_or_404(state, id).await?;
+    check_circuit_owner(state, caller, &c).await?;
+    Ok(c)
+}
+
 /// Delete circuits by id, then settle.
 async fn remove(state: &AppState, ids: &[Uuid]) -> Result<Vec<Circuit>, ApiError> {
     let gone = state.store.delete_circuits(ids).await?;
@@ -54,10 +79,10 @@ async fn remove_one(state: &AppState, id: Uuid) -> Result<Json<Value>, ApiError>
 
 pub(super) async fn get_one(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     IdPath(id): IdPath,
 ) -> Result<Json<CircuitResponse>, ApiError> {
-    let c = circuit_or_404(&state, id).await?;
+    let c = own_circuit(&state, &caller, id).await?;
     Ok(Json(CircuitResponse::new(&c, None)))
 }
 
@@ -66,10 +91,10 @@ pub(super) async fn get_one(
 /// inference circuits).
 pub(super) async fn statistics(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     IdPath(id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
-    let c = circuit_or_404(&state, id).await?;
+    let c = own_circuit(&state, &caller, id).await?;
     let w = state.store.get_worker(c.worker_id).await?;
     let stats = state
         .activity
@@ -95,17 +120,25 @@ pub(super) async fn statistics(
 
 pub(super) async fn delete_one(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     IdPath(id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
+    own_circuit(&state, &caller, id).await?;
     remove_one(&state, id).await
 }
 
 pub(super) async fn delete_bulk(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     Params(req): Params<BulkDeleteRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    if caller.authority().is_some() {
+        for id in &req.circuit_ids.0 {
+            if let Some(c) = state.store.get_circuit(*id).await? {
+                check_circuit_owner(&state, &caller, &c).await?;
+            }
+        }
+    }
     remove(&state, &req.circuit_ids.0).await?;
     Ok(Json(json!({ "success": true })))
 }

@@ -16,9 +16,38 @@ use crate::error::ApiError;
 /// Caller presented the manager token.
 pub(crate) struct ManagerAuth;
 
-/// Caller presented the worker token or the manager token (the manager may do all a worker
-/// may; a worker may not act as the manager).
-pub(crate) struct WorkerAuth;
+/// Who called a worker route: the manager (may do all a worker may), the holder of the
+/// legacy shared worker token (any worker), or one worker by its own credential. A worker may
+/// not act as the manager, nor as another worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WorkerAuth {
+    Manager,
+    LegacyShared,
+    Worker { authority: String },
+}
+
+impl WorkerAuth {
+    /// Whether the caller may act for the worker `authority` (register, heartbeat,
+    /// deregister, report, read its circuits).
+    pub(crate) fn may_act_for(&self, authority: &str) -> Result<(), ApiError> {
+        match self {
+            WorkerAuth::Worker { authority: mine } if mine != authority => {
+                Err(ApiError::Forbidden(format!(
+                    "this credential belongs to worker {mine:?}, not {authority:?}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The one authority the caller is bound to (`None`: any).
+    pub(crate) fn authority(&self) -> Option<&str> {
+        match self {
+            WorkerAuth::Worker { authority } => Some(authority),
+            _ => None,
+        }
+    }
+}
 
 /// The secret a request presents: `X-BackendAI-Token: <s>|Bearer <s>|BackendAI <s>`, or
 /// `Authorization: Bearer <s>|BackendAI <s>`.
@@ -42,7 +71,7 @@ fn presented(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Constant-time equality so a token cannot be guessed byte by byte from timing.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
         return false;
@@ -70,10 +99,17 @@ impl FromRequestParts<AppState> for WorkerAuth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let s = &state.config.secrets;
-        match presented(&parts.headers) {
-            Some(t) if same(t, &s.worker_token) || same(t, &s.manager_token) => Ok(WorkerAuth),
-            _ => Err(ApiError::Unauthorized),
+        let Some(t) = presented(&parts.headers) else {
+            return Err(ApiError::Unauthorized);
+        };
+        if same(t, &s.manager_token) {
+            return Ok(WorkerAuth::Manager);
         }
+        if s.legacy_shared_worker_token.as_deref().is_some_and(|l| same(t, l)) {
+            return Ok(WorkerAuth::LegacyShared);
+        }
+        let authority = super::credentials::verify(state, t).await?;
+        Ok(WorkerAuth::Worker { authority })
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod auth;
 mod circuit;
+mod credentials;
 mod endpoint;
 mod extract;
 mod health;
@@ -105,6 +106,14 @@ pub fn app(state: AppState) -> Router {
             post(auth::create_link),
         )
         .route("/v2/revocations", post(auth::revoke))
+        .route(
+            "/v2/workers/credentials",
+            post(credentials::enrol).get(credentials::list),
+        )
+        .route(
+            "/v2/workers/credentials/{credential_id}",
+            delete(credentials::revoke),
+        )
         .route("/v2/sessions/{session_id}", delete(circuit::delete_session))
         .route("/v2/conf", post(proxy::conf))
         .route(

@@ -25,12 +25,7 @@ const MAX_PORTS_PER_WORKER: u32 = 4096;
 
 fn validate(r: WorkerRequest) -> Result<WorkerRegistration, ApiError> {
     let bad = |m: String| Err(ApiError::InvalidParams(m));
-    if r.authority.is_empty()
-        || r.authority.len() > 255
-        || r.authority.chars().any(char::is_control)
-    {
-        return bad("authority must be 1-255 printable characters".into());
-    }
+    crate::domain::validate_authority(&r.authority).map_err(ApiError::InvalidParams)?;
     validate_host(&r.hostname).map_err(ApiError::InvalidParams)?;
     if r.api_port == 0 {
         return bad("api_port must be 1-65535".into());
@@ -159,11 +154,20 @@ async fn worker_or_404(state: &AppState, id: uuid::Uuid) -> Result<Worker, ApiEr
         .ok_or(ApiError::NotFound("worker"))
 }
 
+/// The worker `id`, if the caller may act for it (404 before 403: ids are not secrets, but
+/// a missing worker is the better answer for a stale id).
+async fn own_worker(state: &AppState, caller: &WorkerAuth, id: uuid::Uuid) -> Result<Worker, ApiError> {
+    let w = worker_or_404(state, id).await?;
+    caller.may_act_for(&w.authority)?;
+    Ok(w)
+}
+
 pub(super) async fn register(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     JsonBody(req): JsonBody<WorkerRequest>,
 ) -> Result<Json<WorkerResponse>, ApiError> {
+    caller.may_act_for(&req.authority)?;
     let reg = validate(req)?;
     let w = state.store.upsert_worker(&reg).await?;
     tracing::info!(authority = %w.authority, id = %w.id, "Worker registered");
@@ -173,9 +177,13 @@ pub(super) async fn register(
 
 pub(super) async fn list(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
 ) -> Result<Json<Value>, ApiError> {
-    let workers = state.store.list_workers().await?;
+    let mut workers = state.store.list_workers().await?;
+    // A worker sees itself only.
+    if let Some(mine) = caller.authority() {
+        workers.retain(|w| w.authority == mine);
+    }
     let counts = state.store.occupied_counts().await?;
     state.metrics.workers.set(workers.len() as i64);
     let list: Vec<WorkerResponse> = workers
@@ -193,10 +201,10 @@ pub(super) async fn list(
 
 pub(super) async fn get_one(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     IdPath(id): IdPath,
 ) -> Result<Json<WorkerResponse>, ApiError> {
-    let w = worker_or_404(&state, id).await?;
+    let w = own_worker(&state, &caller, id).await?;
     respond(&state, &w, true).await
 }
 
@@ -204,10 +212,11 @@ pub(super) async fn get_one(
 /// {redis_ok, last_flush_ms, lag_seconds}}`), which gates the idle reaper.
 pub(super) async fn heartbeat(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     IdPath(id): IdPath,
     body: axum::body::Bytes,
 ) -> Result<Json<WorkerResponse>, ApiError> {
+    own_worker(&state, &caller, id).await?;
     let w = state
         .store
         .heartbeat_worker(id)
@@ -221,9 +230,10 @@ pub(super) async fn heartbeat(
 
 pub(super) async fn deregister(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     IdPath(id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
+    own_worker(&state, &caller, id).await?;
     let w = state
         .store
         .deregister_worker(id)
@@ -238,7 +248,7 @@ pub(super) async fn deregister(
 /// and `If-None-Match` with the current one gets `304` without loading the circuits.
 pub(super) async fn circuits(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     IdPath(id): IdPath,
     RawQuery(query): RawQuery,
     headers: axum::http::HeaderMap,
@@ -255,7 +265,7 @@ pub(super) async fn circuits(
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == version.as_bytes());
-    let w = worker_or_404(&state, id).await?;
+    let w = own_worker(&state, &caller, id).await?;
     if unchanged {
         return Ok((
             axum::http::StatusCode::NOT_MODIFIED,
@@ -279,9 +289,10 @@ pub(super) async fn circuits(
 
 pub(super) async fn slots(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     QueryParams(q): QueryParams<SlotsQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.may_act_for(&q.wsproxy_host)?;
     let w = state
         .store
         .worker_by_authority(&q.wsproxy_host)
@@ -295,11 +306,11 @@ pub(super) async fn slots(
 /// `{"circuits": {"<circuit id>": {"<server url>": "UP"|"DOWN"}}}` replaces its last report.
 pub(super) async fn route_health(
     State(state): State<AppState>,
-    _: WorkerAuth,
+    caller: WorkerAuth,
     IdPath(id): IdPath,
     super::extract::JsonBody(req): super::extract::JsonBody<RouteHealthReport>,
 ) -> Result<Json<Value>, ApiError> {
-    worker_or_404(&state, id).await?;
+    own_worker(&state, &caller, id).await?;
     state.route_health.report(id, req.circuits);
     Ok(Json(json!({ "success": true })))
 }

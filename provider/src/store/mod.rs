@@ -2,12 +2,14 @@
 //! code path (`sqlx::Any`).
 //!
 //! What is durable: workers (by unique `authority`), circuits with their routes (own table),
-//! inference endpoints and `/v2/conf` tokens. Everything in etcd is a projection of these
+//! inference endpoints, `/v2/conf` tokens and per-worker credentials (hashed). Everything in etcd is a projection of these
 //! tables. Uniqueness of a port or subdomain per worker is enforced by unique indexes, never
 //! by locks: allocation picks the lowest free slot and retries when a concurrent insert won.
 
+mod credentials;
 mod sql;
 
+pub use credentials::WorkerCredential;
 pub use sql::{CircuitFilter, NewCircuit, NewRoute, Store, WorkerRegistration, now_ms};
 
 /// Store failures, classified for the API edge.

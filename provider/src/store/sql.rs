@@ -22,7 +22,7 @@ const ALLOC_ATTEMPTS: usize = 32;
 /// Handle to the SQL database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
 }
 
 /// What a worker reports when it registers (`PUT /api/worker`).
@@ -952,11 +952,11 @@ fn join_modes(modes: &[AppMode]) -> String {
         .join(",")
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn get<'r, T>(row: &'r AnyRow, col: &str) -> Result<T, StoreError>
+pub(super) fn get<'r, T>(row: &'r AnyRow, col: &str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
