@@ -78,11 +78,13 @@ impl State {
     /// A circuit's state, created at `now_ms` (already mapped if the current map lists it).
     fn entry(&mut self, circuit: Uuid, now_ms: i64) -> &mut CircuitState {
         let mapped = self.map.sessions.contains_key(&circuit);
-        self.circuits.entry(circuit).or_insert_with(|| CircuitState {
-            since_ms: now_ms,
-            mapped,
-            ..CircuitState::default()
-        })
+        self.circuits
+            .entry(circuit)
+            .or_insert_with(|| CircuitState {
+                since_ms: now_ms,
+                mapped,
+                ..CircuitState::default()
+            })
     }
 }
 
@@ -451,7 +453,11 @@ mod tests {
         a.websocket_ended(c, "k2");
         a.websocket_ended(c, "k2");
         a.websocket_ended(c, "unknown");
-        assert_eq!(a.open_websockets(c), 1, "never below zero, other keys untouched");
+        assert_eq!(
+            a.open_websockets(c),
+            1,
+            "never below zero, other keys untouched"
+        );
         a.websocket_ended(c, "k1");
         assert_eq!(a.open_websockets(c), 0);
         assert!(

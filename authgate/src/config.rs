@@ -364,7 +364,9 @@ impl Config {
                 errs.push("ingest.listen must differ from listen".into());
             }
             if i.secret.as_ref().is_none_or(|s| s.len() < 32) {
-                errs.push("ingest.secret of at least 32 characters is required with ingest.listen".into());
+                errs.push(
+                    "ingest.secret of at least 32 characters is required with ingest.listen".into(),
+                );
             }
         }
         let u = &self.redis.url;

@@ -47,18 +47,16 @@ pub async fn run(
     )?;
     let redis = redis::Client::open(config.redis.url.as_str())?;
     let metrics = metrics::Metrics::new();
-    let revoked = revocation::Revocations::new();
+    let revoked = revocation::Revocations::with_retention(Duration::from_secs(
+        config.session.revocation_retention_seconds,
+    ));
     let sync = tokio::spawn(revocation::sync(
         redis.clone(),
         config.namespace.clone(),
         revoked.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(revocation::pruner(
-        revoked.clone(),
-        Duration::from_secs(config.session.revocation_retention_seconds),
-        shutdown.clone(),
-    ));
+    tokio::spawn(revocation::pruner(revoked.clone(), shutdown.clone()));
     let activity = activity::Activity::new();
     let traefik = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))

@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -20,11 +20,35 @@ pub struct Revocations {
     map: RwLock<HashMap<String, i64>>,
     synced: AtomicBool,
     connected: AtomicBool,
+    /// Revocations older than this many seconds are forgotten (0: kept forever).
+    retention_secs: AtomicI64,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Revocations {
     pub fn new() -> Arc<Revocations> {
         Arc::new(Revocations::default())
+    }
+
+    /// A set that forgets revocations older than `retention` (loads, events and [`pruner`]).
+    pub fn with_retention(retention: Duration) -> Arc<Revocations> {
+        let r = Revocations::default();
+        r.retention_secs
+            .store(retention.as_secs() as i64, Ordering::Relaxed);
+        Arc::new(r)
+    }
+
+    /// Epoch seconds before which revocations are forgotten (`i64::MIN`: never).
+    fn cutoff(&self, now: i64) -> i64 {
+        match self.retention_secs.load(Ordering::Relaxed) {
+            0 => i64::MIN,
+            r => now - r,
+        }
     }
 
     /// Whether a credential of `user` / login session `ls`, issued at `iat`, is revoked.
@@ -61,6 +85,9 @@ impl Revocations {
         let Ok(at) = at.parse::<i64>() else {
             return false;
         };
+        if at < self.cutoff(now_secs()) {
+            return true;
+        }
         let mut map = self.map.write().expect("revocations lock");
         let e = map.entry(field.to_string()).or_insert(at);
         *e = (*e).max(at);
@@ -68,7 +95,9 @@ impl Revocations {
     }
 
     /// Replace the set with a full load.
-    pub fn replace(&self, all: HashMap<String, i64>) {
+    pub fn replace(&self, mut all: HashMap<String, i64>) {
+        let cutoff = self.cutoff(now_secs());
+        all.retain(|_, at| *at >= cutoff);
         *self.map.write().expect("revocations lock") = all;
         self.synced.store(true, Ordering::Release);
     }
@@ -83,17 +112,10 @@ impl Revocations {
     }
 }
 
-/// Prune `set` every minute: revocations older than `retention` are dropped.
-pub async fn pruner(
-    set: Arc<Revocations>,
-    retention: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Prune `set` every minute: revocations older than its retention are dropped.
+pub async fn pruner(set: Arc<Revocations>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let n = set.prune(now - retention.as_secs() as i64);
+        let n = set.prune(set.cutoff(now_secs()));
         if n > 0 {
             tracing::info!(dropped = n, "Expired revocations forgotten");
         }
@@ -202,5 +224,21 @@ mod tests {
         assert!(r.is_revoked("new", "", 150));
         assert!(!r.is_revoked("old", "", 50));
         assert_eq!(r.prune(200), 0);
+    }
+
+    #[test]
+    fn a_set_with_retention_ignores_expired_loads_and_events() {
+        let now = now_secs();
+        let r = Revocations::with_retention(Duration::from_secs(3600));
+        r.replace(HashMap::from([
+            ("u:old".to_string(), now - 7200),
+            ("u:new".to_string(), now - 60),
+        ]));
+        assert_eq!(r.len(), 1);
+        assert!(r.apply_event(&format!("u:older={}", now - 4000)));
+        assert_eq!(r.len(), 1, "an expired event is accepted but not kept");
+        assert!(r.apply_event(&format!("u:fresh={now}")));
+        assert_eq!(r.len(), 2);
+        assert!(r.is_revoked("fresh", "", now));
     }
 }

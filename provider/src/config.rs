@@ -453,8 +453,14 @@ mod tests {
             None,
             &env(&[
                 ("APPPROXY_PROVIDER__SECRETS__MANAGER_TOKEN", "short"),
-                ("APPPROXY_PROVIDER__SECRETS__LEGACY_SHARED_WORKER_TOKEN", "short"),
-                ("APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN", "w".repeat(20).as_str()),
+                (
+                    "APPPROXY_PROVIDER__SECRETS__LEGACY_SHARED_WORKER_TOKEN",
+                    "short",
+                ),
+                (
+                    "APPPROXY_PROVIDER__SECRETS__WORKER_TOKEN",
+                    "w".repeat(20).as_str(),
+                ),
                 ("APPPROXY_PROVIDER__SECRETS__SIGNING_KEY_FILE", "/k.pem"),
                 ("APPPROXY_PROVIDER__ETCD__CONTROL_PREFIX", "traefik-cp/"),
             ]),
@@ -463,7 +469,10 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("manager_token must be at least"), "{text}");
         assert!(text.contains("must differ"), "{text}");
-        assert!(text.contains("legacy_shared_worker_token must be at least"), "{text}");
+        assert!(
+            text.contains("legacy_shared_worker_token must be at least"),
+            "{text}"
+        );
         assert!(text.contains("worker_token was removed"), "{text}");
         assert!(text.contains("control_prefix"), "{text}");
     }

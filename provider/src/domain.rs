@@ -502,16 +502,42 @@ mod tests {
 
     #[test]
     fn allowed_origins_are_validated_and_normalized() {
-        let ok = |l: &[&str]| normalize_origins(&l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let ok =
+            |l: &[&str]| normalize_origins(&l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(
-            ok(&["HTTPS://Lab.Example.com:443", "http://127.0.0.1:8080", "http://[::1]:81", "https://[::1]"]).unwrap(),
-            vec!["https://lab.example.com", "http://127.0.0.1:8080", "http://[::1]:81", "https://[::1]"]
+            ok(&[
+                "HTTPS://Lab.Example.com:443",
+                "http://127.0.0.1:8080",
+                "http://[::1]:81",
+                "https://[::1]"
+            ])
+            .unwrap(),
+            vec![
+                "https://lab.example.com",
+                "http://127.0.0.1:8080",
+                "http://[::1]:81",
+                "https://[::1]"
+            ]
         );
-        assert_eq!(ok(&["https://a.b", "https://a.b:443"]).unwrap(), vec!["https://a.b"]);
+        assert_eq!(
+            ok(&["https://a.b", "https://a.b:443"]).unwrap(),
+            vec!["https://a.b"]
+        );
         for bad in [
-            "null", "*", "https://*.example.com", "https://a.b/path", "ftp://a.b", "https://",
-            "https://a.b:0", "https://a.b:99999", "https://a.b:x", "https://user@a.b",
-            "https://[nope]:1", "https://[::1]x", "https://€.com", "https://a.b?x",
+            "null",
+            "*",
+            "https://*.example.com",
+            "https://a.b/path",
+            "ftp://a.b",
+            "https://",
+            "https://a.b:0",
+            "https://a.b:99999",
+            "https://a.b:x",
+            "https://user@a.b",
+            "https://[nope]:1",
+            "https://[::1]x",
+            "https://€.com",
+            "https://a.b?x",
         ] {
             assert!(ok(&[bad]).is_err(), "{bad}");
         }

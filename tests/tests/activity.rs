@@ -502,7 +502,11 @@ async fn refused_or_unauthorized_upgrades_hold_nothing_and_deleted_circuits_let_
     // A WebSocket of a deleted circuit (Traefik keeps the hijacked socket) stops counting.
     let _ws = open_websocket(&deleted.url, &c_deleted).await;
     let (s, _) = stack
-        .manager(Method::DELETE, &format!("/v2/circuits/{}", deleted.id), None)
+        .manager(
+            Method::DELETE,
+            &format!("/v2/circuits/{}", deleted.id),
+            None,
+        )
         .await;
     assert!(s == 200 || s == 204, "{s}");
     // After authgate's next circuit map (≤ 2 s) nothing writes its activity any more.

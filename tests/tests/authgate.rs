@@ -1310,12 +1310,19 @@ async fn revoked_links_preflights_and_the_ingest_listener() {
         (vec![], Some("payload")),
         (vec![("origin", "http://x.test")], None),
         (vec![("access-control-request-method", "POST")], None),
-        (vec![("sec-websocket-key", "a2V5a2V5a2V5a2V5a2V5aw==")], None),
+        (
+            vec![("sec-websocket-key", "a2V5a2V5a2V5a2V5a2V5aw==")],
+            None,
+        ),
     ] {
         let s = send(&e.http, "OPTIONS", &bob.url, &headers, body).await;
         assert_eq!(s, 401, "OPTIONS {headers:?} body {body:?}");
     }
-    assert_eq!(e.echo.count(), before, "a non-preflight OPTIONS reached the app");
+    assert_eq!(
+        e.echo.count(),
+        before,
+        "a non-preflight OPTIONS reached the app"
+    );
     let pre = [
         ("origin", origin.as_str()),
         ("access-control-request-method", "PUT"),
@@ -1334,7 +1341,14 @@ async fn revoked_links_preflights_and_the_ingest_listener() {
         .await
         .unwrap();
     assert_eq!(public.status(), 404, "the public listener took an export");
-    let through_traefik = send(&e.http, "POST", &format!("{}/v1/logs", origin), &[], Some("")).await;
+    let through_traefik = send(
+        &e.http,
+        "POST",
+        &format!("{}/v1/logs", origin),
+        &[],
+        Some(""),
+    )
+    .await;
     assert_ne!(through_traefik, 200);
     let ingest = format!("http://127.0.0.1:{}/v1/logs", e.worker.ingest_port);
     for secret in [None, Some("wrong"), Some(&e.worker.ingest_secret[1..])] {
@@ -1347,7 +1361,12 @@ async fn revoked_links_preflights_and_the_ingest_listener() {
     let ok = e.worker.post_logs(&e.http, export).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     // The ingest listener serves nothing else.
-    let (s, _, _) = e.get(&format!("http://127.0.0.1:{}/health", e.worker.ingest_port), &[]).await;
+    let (s, _, _) = e
+        .get(
+            &format!("http://127.0.0.1:{}/health", e.worker.ingest_port),
+            &[],
+        )
+        .await;
     assert_eq!(s, 404);
 }
 
@@ -1387,18 +1406,28 @@ async fn cookie_use_from_another_origin_is_refused_and_planted_cookies_never_aut
     }
     let (status, _) = websocket_with(port_of(&a.url), Some(&ca), &[("Origin", &other)]).await;
     assert!(status.contains("403"), "{status}");
-    assert_eq!(e.echo.count(), before, "a cross-origin request reached the app");
+    assert_eq!(
+        e.echo.count(),
+        before,
+        "a cross-origin request reached the app"
+    );
     // Its own page, top-level navigations and clients without Origin keep working.
     let own_h = [("cookie", ca.as_str()), ("origin", own.as_str())];
     assert_eq!(send(&e.http, "POST", &a.url, &own_h, Some("x")).await, 200);
     let nav = [("cookie", ca.as_str()), ("sec-fetch-site", "cross-site")];
     assert_eq!(send(&e.http, "GET", &a.url, &nav, None).await, 200);
     assert_eq!(
-        send(&e.http, "POST", &a.url, &[("cookie", ca.as_str())], Some("x")).await,
+        send(
+            &e.http,
+            "POST",
+            &a.url,
+            &[("cookie", ca.as_str())],
+            Some("x")
+        )
+        .await,
         200
     );
-    let (status, echoed) =
-        websocket_with(port_of(&a.url), Some(&ca), &[("Origin", &own)]).await;
+    let (status, echoed) = websocket_with(port_of(&a.url), Some(&ca), &[("Origin", &own)]).await;
     assert!(status.contains("101"), "{status}");
     assert_eq!(echoed.as_deref(), Some("hi over ws"));
     // A circuit's extra allowed origin (normalized) may post; others may not.
@@ -1411,17 +1440,25 @@ async fn cookie_use_from_another_origin_is_refused_and_planted_cookies_never_aut
         (send(&e.http, "POST", &allowed.url, &portal, Some("x")).await == 200).then_some(())
     })
     .await;
-    let evil = [("cookie", callowed.as_str()), ("origin", "https://evil.example.com")];
-    assert_eq!(send(&e.http, "POST", &allowed.url, &evil, Some("x")).await, 403);
+    let evil = [
+        ("cookie", callowed.as_str()),
+        ("origin", "https://evil.example.com"),
+    ];
+    assert_eq!(
+        send(&e.http, "POST", &allowed.url, &evil, Some("x")).await,
+        403
+    );
     let (s, v) = e
         .stack
         .manager(
             Method::POST,
             "/v2/circuits",
-            Some(&json!({"app": "x", "worker": e.worker.spec.authority, "user_id": Uuid::new_v4(),
+            Some(
+                &json!({"app": "x", "worker": e.worker.spec.authority, "user_id": Uuid::new_v4(),
                          "allowed_origins": ["https://*.example.com"],
                          "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
-                                     "kernel_port": e.echo.port}]})),
+                                     "kernel_port": e.echo.port}]}),
+            ),
         )
         .await;
     assert_eq!(s, 400, "wildcard origin accepted: {v}");
@@ -1436,10 +1473,17 @@ async fn cookie_use_from_another_origin_is_refused_and_planted_cookies_never_aut
     assert_eq!(e.get(&a.url, &[("cookie", &both)]).await.0, 200);
     let forged = format!("{name}={}", ca.split_once('=').unwrap().1.replace('a', "b"));
     assert_eq!(e.get(&a.url, &[("cookie", &forged)]).await.0, 401);
-    let (s, h, _) = e.get(&e.launch_link(&a).await, &[("cookie", &planted)]).await;
+    let (s, h, _) = e
+        .get(&e.launch_link(&a).await, &[("cookie", &planted)])
+        .await;
     assert_eq!(s, 302);
     let fresh = e2e::cookie_pair(&set_cookie(&h));
-    assert_eq!(e.get(&a.url, &[("cookie", &format!("{planted}; {fresh}"))]).await.0, 200);
+    assert_eq!(
+        e.get(&a.url, &[("cookie", &format!("{planted}; {fresh}"))])
+            .await
+            .0,
+        200
+    );
     e.assert_backend_clean(&[ca.split_once('=').unwrap().1]);
 }
 
@@ -1447,17 +1491,23 @@ async fn cookie_use_from_another_origin_is_refused_and_planted_cookies_never_aut
 async fn a_worker_credential_acts_only_for_its_own_worker() {
     // No legacy shared token: each authgate enrols a credential of its own.
     let stack = Stack::start_strict(Db::Sqlite).await;
-    let a = stack.start_gated_worker(WorkerSpec::ports("cred-a", 2)).await;
-    let b = stack.start_gated_worker(WorkerSpec::ports("cred-b", 2)).await;
+    let a = stack
+        .start_gated_worker(WorkerSpec::ports("cred-a", 2))
+        .await;
+    let b = stack
+        .start_gated_worker(WorkerSpec::ports("cred-b", 2))
+        .await;
     let echo = HttpEcho::start("app").await;
     let http = e2e::no_redirect_client();
     let (s, v) = stack
         .manager(
             Method::POST,
             "/v2/circuits",
-            Some(&json!({"app": "nb", "worker": "cred-b", "user_id": Uuid::new_v4(),
+            Some(
+                &json!({"app": "nb", "worker": "cred-b", "user_id": Uuid::new_v4(),
                          "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
-                                     "kernel_port": echo.port}]})),
+                                     "kernel_port": echo.port}]}),
+            ),
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -1498,7 +1548,11 @@ async fn a_worker_credential_acts_only_for_its_own_worker() {
         (Method::PUT, "/api/worker".into(), Some(hijack)),
         (Method::PATCH, format!("/api/worker/{b_id}"), None),
         (Method::GET, format!("/api/worker/{b_id}"), None),
-        (Method::GET, format!("/api/worker/{b_id}/circuits?view=map"), None),
+        (
+            Method::GET,
+            format!("/api/worker/{b_id}/circuits?view=map"),
+            None,
+        ),
         (
             Method::PUT,
             format!("/api/worker/{b_id}/route-health"),
@@ -1516,12 +1570,22 @@ async fn a_worker_credential_acts_only_for_its_own_worker() {
         (Method::DELETE, format!("/api/worker/{b_id}"), None),
     ];
     for (m, path, body) in attempts {
-        let (s, v) = stack.call(Some(&a_cred), m.clone(), &path, body.as_ref()).await;
+        let (s, v) = stack
+            .call(Some(&a_cred), m.clone(), &path, body.as_ref())
+            .await;
         assert_eq!(s, 403, "{m} {path}: {v}");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(b_keys(&stack.etcd_dump().await), b_keys(&before), "B's config changed");
-    assert_eq!(e2e::http_get(&http, &b_url, &[]).await.0, 401, "auth still on");
+    assert_eq!(
+        b_keys(&stack.etcd_dump().await),
+        b_keys(&before),
+        "B's config changed"
+    );
+    assert_eq!(
+        e2e::http_get(&http, &b_url, &[]).await.0,
+        401,
+        "auth still on"
+    );
     let (_, list) = stack.manager(Method::GET, "/api/worker", None).await;
     let b_now = list["workers"]
         .as_array()
@@ -1534,10 +1598,17 @@ async fn a_worker_credential_acts_only_for_its_own_worker() {
 
     // For its own worker it works; it sees only itself; it is no manager.
     let (s, v) = stack
-        .call(Some(&a_cred), Method::GET, &format!("/api/worker/{a_id}/circuits"), None)
+        .call(
+            Some(&a_cred),
+            Method::GET,
+            &format!("/api/worker/{a_id}/circuits"),
+            None,
+        )
         .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = stack.call(Some(&a_cred), Method::GET, "/api/worker", None).await;
+    let (s, v) = stack
+        .call(Some(&a_cred), Method::GET, "/api/worker", None)
+        .await;
     assert_eq!(s, 200);
     let seen: Vec<&str> = v["workers"]
         .as_array()
@@ -1552,7 +1623,12 @@ async fn a_worker_credential_acts_only_for_its_own_worker() {
         (Method::GET, "/v2/workers/credentials"),
     ] {
         let (s, _) = stack
-            .call(Some(&a_cred), m, path, Some(&json!({"authority": "cred-a"})))
+            .call(
+                Some(&a_cred),
+                m,
+                path,
+                Some(&json!({"authority": "cred-a"})),
+            )
             .await;
         assert_eq!(s, 401, "{path}");
     }
@@ -1567,7 +1643,11 @@ async fn a_worker_credential_acts_only_for_its_own_worker() {
 
     // The listing never shows a secret; revoking a credential ends it at once.
     let (s, v) = stack
-        .manager(Method::GET, "/v2/workers/credentials?authority=cred-a", None)
+        .manager(
+            Method::GET,
+            "/v2/workers/credentials?authority=cred-a",
+            None,
+        )
         .await;
     assert_eq!(s, 200);
     let creds = v["credentials"].as_array().unwrap();
@@ -1575,25 +1655,42 @@ async fn a_worker_credential_acts_only_for_its_own_worker() {
     let secret = a_cred.rsplit('.').next().unwrap();
     assert!(!v.to_string().contains(secret), "secret listed: {v}");
     let (s, v) = stack
-        .manager(Method::DELETE, &format!("/v2/workers/credentials/{a_cred_id}"), None)
+        .manager(
+            Method::DELETE,
+            &format!("/v2/workers/credentials/{a_cred_id}"),
+            None,
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     assert!(v["revoked_at"].is_string(), "{v}");
     let (s, _) = stack
-        .call(Some(&a_cred), Method::GET, &format!("/api/worker/{a_id}"), None)
+        .call(
+            Some(&a_cred),
+            Method::GET,
+            &format!("/api/worker/{a_id}"),
+            None,
+        )
         .await;
     assert_eq!(s, 401, "revoked credential still works");
     // A's authgate (its own, other credential) keeps heartbeating.
-    let before_beat = stack.manager(Method::GET, &format!("/api/worker/{a_id}"), None).await.1
-        ["last_heartbeat"]
+    let before_beat = stack
+        .manager(Method::GET, &format!("/api/worker/{a_id}"), None)
+        .await
+        .1["last_heartbeat"]
         .clone();
     eventually("authgate A still heartbeats", patience(), || async {
-        let (_, w) = stack.manager(Method::GET, &format!("/api/worker/{a_id}"), None).await;
+        let (_, w) = stack
+            .manager(Method::GET, &format!("/api/worker/{a_id}"), None)
+            .await;
         (w["last_heartbeat"] != before_beat && w["status"] == "ALIVE").then_some(())
     })
     .await;
     // Bad enrolments change nothing.
-    for body in [json!({}), json!({"authority": ""}), json!({"authority": "x", "extra": 1})] {
+    for body in [
+        json!({}),
+        json!({"authority": ""}),
+        json!({"authority": "x", "extra": 1}),
+    ] {
         let (s, _) = stack
             .manager(Method::POST, "/v2/workers/credentials", Some(&body))
             .await;

@@ -1035,3 +1035,60 @@ async fn worker_selection_honours_app_filters_traffic_and_liveness(db: Db) {
     assert_eq!(s, 503);
     assert_eq!(place(alice).await, (201, "dedicated".to_string()));
 }
+
+/// Issue 13.10: revocations older than the retention are pruned from Redis; recent ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_revocations_are_pruned_from_redis() {
+    let stack = Stack::start_with(
+        Db::Sqlite,
+        vec![
+            (
+                "APPPROXY_PROVIDER__AUTH__REVOCATION_RETENTION_SECONDS".into(),
+                "86400".into(),
+            ),
+            (
+                "APPPROXY_PROVIDER__AUTH__REVOCATION_PRUNE_INTERVAL_SECONDS".into(),
+                "1".into(),
+            ),
+        ],
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let key = appproxy_common::auth::redis_keys::revocations(&stack.namespace);
+    let mut redis = stack.redis().await;
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("u:gone")
+        .arg(now - 2 * 86_400)
+        .arg("l:gone")
+        .arg(now - 86_401)
+        .arg("u:kept")
+        .arg(now - 3600)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // And one through the API, which must survive.
+    let (s, v) = stack
+        .manager(
+            Method::POST,
+            "/v2/revocations",
+            Some(&json!({"user_id": Uuid::new_v4()})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let left = eventually("old revocations pruned", patience(), || async {
+        let mut redis = stack.redis().await;
+        let all: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .ok()?;
+        (!all.contains_key("u:gone") && !all.contains_key("l:gone")).then_some(all)
+    })
+    .await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains_key("u:kept"));
+}

@@ -212,7 +212,7 @@ fn same_origin_or_allowed(f: &Forwarded<'_>, method: &str, host: &str, s: &Setti
         let proto = single(&f.proto).unwrap_or("http");
         let own = normalize_origin(&format!("{proto}://{host}"));
         return own.as_deref() == Some(origin.as_str())
-            || s.extra_origins.iter().any(|o| *o == origin);
+            || s.extra_origins.contains(&origin);
     }
     match f.fetch_site.as_slice() {
         [] => true,

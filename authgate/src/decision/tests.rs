@@ -613,7 +613,11 @@ fn only_a_real_cors_preflight_passes_without_a_credential() {
     }
     // With the cookie, a plain OPTIONS is an ordinary request.
     let good = hs256(&session_claims(c, 1), COOKIE_SECRET);
-    let a = Req::get().method("OPTIONS").cookie(c, &good).run(t, &r).unwrap();
+    let a = Req::get()
+        .method("OPTIONS")
+        .cookie(c, &good)
+        .run(t, &r)
+        .unwrap();
     assert!(!a.preflight);
     assert_eq!(a.user, "alice");
 }
@@ -656,13 +660,46 @@ fn cookie_requests_from_another_origin_are_refused_when_unsafe() {
     let good = hs256(&session_claims(c, 1), COOKIE_SECRET);
     let req = |m: &str| Req::get().method(m).cookie(c, &good);
     // Same origin (default port elided, case-insensitive), no Origin at all, safe methods.
-    assert!(req("POST").header("origin", "http://app.test").run(t, &r).is_ok());
-    assert!(req("POST").header("origin", "HTTP://App.Test:80").run(t, &r).is_ok());
-    assert!(req("POST").run(t, &r).is_ok(), "no Origin: not a browser page");
-    assert!(req("GET").header("origin", "http://evil.test").run(t, &r).is_ok());
-    assert!(req("HEAD").header("sec-fetch-site", "cross-site").run(t, &r).is_ok());
-    assert!(req("POST").header("sec-fetch-site", "same-origin").run(t, &r).is_ok());
-    assert!(req("POST").header("sec-fetch-site", "none").run(t, &r).is_ok());
+    assert!(
+        req("POST")
+            .header("origin", "http://app.test")
+            .run(t, &r)
+            .is_ok()
+    );
+    assert!(
+        req("POST")
+            .header("origin", "HTTP://App.Test:80")
+            .run(t, &r)
+            .is_ok()
+    );
+    assert!(
+        req("POST").run(t, &r).is_ok(),
+        "no Origin: not a browser page"
+    );
+    assert!(
+        req("GET")
+            .header("origin", "http://evil.test")
+            .run(t, &r)
+            .is_ok()
+    );
+    assert!(
+        req("HEAD")
+            .header("sec-fetch-site", "cross-site")
+            .run(t, &r)
+            .is_ok()
+    );
+    assert!(
+        req("POST")
+            .header("sec-fetch-site", "same-origin")
+            .run(t, &r)
+            .is_ok()
+    );
+    assert!(
+        req("POST")
+            .header("sec-fetch-site", "none")
+            .run(t, &r)
+            .is_ok()
+    );
     // Another origin: another port of the same host (port mode), a sibling subdomain
     // (wildcard mode), another scheme, `null`, two values.
     for (name, value) in [

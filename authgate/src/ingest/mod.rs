@@ -371,7 +371,9 @@ mod tests {
         }
         assert!(classify(&rec(401, 0), 5_000).event.is_err());
         // From the JSON body too; a record of another router ends nothing.
-        let body = format!(r#"{{"RouterName":"ap-{c}@etcd","OriginStatus":200,"{WEBSOCKET_KEY_FIELD}":"j"}}"#);
+        let body = format!(
+            r#"{{"RouterName":"ap-{c}@etcd","OriginStatus":200,"{WEBSOCKET_KEY_FIELD}":"j"}}"#
+        );
         let got = classify(&record(vec![], Some(&body), 1_000), 5_000);
         assert_eq!(got.websocket_ended, Some((c, "j".into())));
         let other = record(

@@ -82,7 +82,10 @@ pub(super) async fn list(
     _: ManagerAuth,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let list = state.store.worker_credentials(q.authority.as_deref()).await?;
+    let list = state
+        .store
+        .worker_credentials(q.authority.as_deref())
+        .await?;
     Ok(Json(
         json!({ "credentials": list.iter().map(view).collect::<Vec<_>>() }),
     ))

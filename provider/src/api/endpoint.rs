@@ -554,9 +554,20 @@ mod tests {
     #[test]
     fn token_exp_in_any_text_is_an_error_not_a_panic() {
         let user = Uuid::new_v4();
-        for exp in ["€a€", "€", "aé", "2026-01-01T00:00:00€", "🦀🦀🦀🦀🦀🦀🦀", "", " "] {
+        for exp in [
+            "€a€",
+            "€",
+            "aé",
+            "2026-01-01T00:00:00€",
+            "🦀🦀🦀🦀🦀🦀🦀",
+            "",
+            " ",
+        ] {
             let body = json!({ "user_uuid": user, "exp": exp }).to_string();
-            assert!(serde_json::from_str::<TokenRequest>(&body).is_err(), "{exp}");
+            assert!(
+                serde_json::from_str::<TokenRequest>(&body).is_err(),
+                "{exp}"
+            );
         }
         let ok = json!({ "user_uuid": user, "exp": "2030-01-02 03:04:05+09:00" }).to_string();
         assert_eq!(

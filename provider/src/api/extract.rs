@@ -105,7 +105,10 @@ impl FromRequestParts<AppState> for WorkerAuth {
         if same(t, &s.manager_token) {
             return Ok(WorkerAuth::Manager);
         }
-        if s.legacy_shared_worker_token.as_deref().is_some_and(|l| same(t, l)) {
+        if s.legacy_shared_worker_token
+            .as_deref()
+            .is_some_and(|l| same(t, l))
+        {
             return Ok(WorkerAuth::LegacyShared);
         }
         let authority = super::credentials::verify(state, t).await?;

@@ -156,7 +156,11 @@ async fn worker_or_404(state: &AppState, id: uuid::Uuid) -> Result<Worker, ApiEr
 
 /// The worker `id`, if the caller may act for it (404 before 403: ids are not secrets, but
 /// a missing worker is the better answer for a stale id).
-async fn own_worker(state: &AppState, caller: &WorkerAuth, id: uuid::Uuid) -> Result<Worker, ApiError> {
+async fn own_worker(
+    state: &AppState,
+    caller: &WorkerAuth,
+    id: uuid::Uuid,
+) -> Result<Worker, ApiError> {
     let w = worker_or_404(state, id).await?;
     caller.may_act_for(&w.authority)?;
     Ok(w)
