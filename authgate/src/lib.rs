@@ -16,6 +16,8 @@ pub mod config;
 pub mod cookie;
 pub mod decision;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -211,8 +211,7 @@ fn same_origin_or_allowed(f: &Forwarded<'_>, method: &str, host: &str, s: &Setti
         };
         let proto = single(&f.proto).unwrap_or("http");
         let own = normalize_origin(&format!("{proto}://{host}"));
-        return own.as_deref() == Some(origin.as_str())
-            || s.extra_origins.contains(&origin);
+        return own.as_deref() == Some(origin.as_str()) || s.extra_origins.contains(&origin);
     }
     match f.fetch_site.as_slice() {
         [] => true,

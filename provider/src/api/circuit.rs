@@ -369,7 +369,10 @@ pub(super) fn store_to_api(e: StoreError) -> ApiError {
     }
 }
 
-fn validate_create(req: &CreateCircuitRequest, max_routes: usize) -> Result<Vec<Route>, ApiError> {
+pub(super) fn validate_create(
+    req: &CreateCircuitRequest,
+    max_routes: usize,
+) -> Result<Vec<Route>, ApiError> {
     let bad = |m: String| Err(ApiError::InvalidParams(m));
     if req.app.is_empty() || req.app.len() > 255 || req.app.chars().any(char::is_control) {
         return bad("app must be 1-255 printable characters".into());

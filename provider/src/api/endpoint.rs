@@ -66,7 +66,7 @@ pub(crate) struct EndpointItem {
 }
 
 impl EndpointItem {
-    fn validate(&self) -> Result<(), ApiError> {
+    pub(super) fn validate(&self) -> Result<(), ApiError> {
         let bad = |m: &str| Err(ApiError::InvalidParams(m.into()));
         if self.service_name.is_empty() || self.service_name.len() > 255 {
             return bad("service_name must be 1-255 characters");

@@ -8,6 +8,8 @@ mod circuit;
 mod credentials;
 mod endpoint;
 mod extract;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod models;
 mod proxy;

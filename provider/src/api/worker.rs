@@ -23,7 +23,7 @@ use crate::{
 /// Most ports one worker may declare: each is a static Traefik entrypoint.
 const MAX_PORTS_PER_WORKER: u32 = 4096;
 
-fn validate(r: WorkerRequest) -> Result<WorkerRegistration, ApiError> {
+pub(super) fn validate(r: WorkerRequest) -> Result<WorkerRegistration, ApiError> {
     let bad = |m: String| Err(ApiError::InvalidParams(m));
     crate::domain::validate_authority(&r.authority).map_err(ApiError::InvalidParams)?;
     validate_host(&r.hostname).map_err(ApiError::InvalidParams)?;
