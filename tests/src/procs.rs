@@ -103,7 +103,11 @@ impl Proc {
     /// The last `n` bytes of the log, for failure messages.
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text[text.len().saturating_sub(n)..].to_string()
+        let mut start = text.len().saturating_sub(n);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        text[start..].to_string()
     }
 }
 
