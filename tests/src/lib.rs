@@ -93,6 +93,15 @@ pub async fn wait_status(http: &reqwest::Client, url: &str, headers: &[(&str, &s
     .await;
 }
 
+/// The value of query parameter `name` in `url` (as written, not decoded).
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .map(str::to_string)
+}
+
 /// The `name=value` part of a `Set-Cookie` line.
 pub fn cookie_pair(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap_or_default().to_string()

@@ -390,6 +390,30 @@ impl Stack {
         self.call(Some(&token), method, path, body).await
     }
 
+    /// `POST /v2/circuits`: app `app` of `user` on `worker`, one route to `127.0.0.1:<port>` of
+    /// `session`, with the fields of `extra` set over those; asserts `201`, returns the answer.
+    pub async fn create_circuit(
+        &self,
+        worker: &str,
+        user: uuid::Uuid,
+        session: uuid::Uuid,
+        port: u16,
+        extra: &Value,
+    ) -> Value {
+        let mut body = serde_json::json!({
+            "app": "app", "worker": worker, "user_id": user,
+            "routes": [{"session_id": session, "kernel_host": "127.0.0.1", "kernel_port": port}],
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        let (s, v) = self
+            .manager(Method::POST, "/v2/circuits", Some(&body))
+            .await;
+        assert_eq!(s, 201, "create circuit: {v}");
+        v
+    }
+
     /// Enrol a credential for `authority` (`POST /v2/workers/credentials`): (id, credential).
     pub async fn enrol_worker(&self, authority: &str) -> (String, String) {
         let (s, v) = self

@@ -36,17 +36,9 @@ struct Launch {
 
 async fn launch(stack: &Stack, w: &GatedWorker, port: u16, extra: Value) -> Launch {
     let session = Uuid::new_v4();
-    let mut body = json!({
-        "app": "app", "worker": w.spec.authority, "user_id": Uuid::new_v4(),
-        "routes": [{"session_id": session, "kernel_host": "127.0.0.1", "kernel_port": port}],
-    });
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        body[k] = v.clone();
-    }
-    let (s, v) = stack
-        .manager(Method::POST, "/v2/circuits", Some(&body))
+    let v = stack
+        .create_circuit(&w.spec.authority, Uuid::new_v4(), session, port, &extra)
         .await;
-    assert_eq!(s, 201, "{v}");
     Launch {
         id: v["id"].as_str().unwrap().parse().unwrap(),
         session,

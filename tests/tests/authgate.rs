@@ -51,19 +51,20 @@ struct Launch {
 
 impl Env {
     async fn launch_with(&self, user: Uuid, extra: Value) -> Launch {
-        let mut body = json!({
-            "app": "jupyter", "worker": self.worker.spec.authority, "user_id": user,
-            "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
-                        "kernel_port": self.echo.port}],
-        });
-        for (k, v) in extra.as_object().into_iter().flatten() {
-            body[k] = v.clone();
+        let mut extra = extra;
+        if extra.get("app").is_none() {
+            extra["app"] = json!("jupyter");
         }
-        let (status, v) = self
+        let v = self
             .stack
-            .manager(Method::POST, "/v2/circuits", Some(&body))
+            .create_circuit(
+                &self.worker.spec.authority,
+                user,
+                Uuid::new_v4(),
+                self.echo.port,
+                &extra,
+            )
             .await;
-        assert_eq!(status, 201, "create: {v}");
         let l = Launch {
             id: v["id"].as_str().unwrap().parse().unwrap(),
             url: v["url"].as_str().unwrap().to_string(),
@@ -942,14 +943,7 @@ async fn a6_state_nonce_binds_the_launch_to_the_browser() {
     assert_eq!(s, 302);
     let loc = h["location"].to_str().unwrap().to_string();
     assert!(loc.starts_with("http://127.0.0.1:9/launch?"), "{loc}");
-    let state = loc
-        .split("state=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .to_string();
+    let state = e2e::query_param(&loc, "state").unwrap();
     let nonce_cookie = e2e::cookie_pair(h["set-cookie"].to_str().unwrap());
     assert!(nonce_cookie.starts_with("appproxy_state="));
     let link = |state: &str| {

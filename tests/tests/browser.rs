@@ -64,15 +64,9 @@ async fn create(
     extra: Value,
 ) -> (Uuid, Uuid, String, String) {
     let user = Uuid::new_v4();
-    let mut body = json!({"app": "app", "worker": worker, "user_id": user,
-        "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1", "kernel_port": port}]});
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        body[k] = v.clone();
-    }
-    let (s, v) = stack
-        .manager(Method::POST, "/v2/circuits", Some(&body))
+    let v = stack
+        .create_circuit(worker, user, Uuid::new_v4(), port, &extra)
         .await;
-    assert_eq!(s, 201, "{v}");
     (
         v["id"].as_str().unwrap().parse().unwrap(),
         user,
@@ -126,13 +120,7 @@ async fn a6_state_nonce_binds_the_launch_to_the_browser_that_started_it() {
         .await
         .unwrap();
     let loc = r.headers()["location"].to_str().unwrap().to_string();
-    let state = loc
-        .split("state=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
+    let state = e2e::query_param(&loc, "state").unwrap();
     let (s, v) = stack
         .manager(
             Method::POST,
