@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
+use appproxy_common::wire::{AppFilter, AppMode, FrontendMode, Protocol};
 use serde::{Deserialize, Serialize};
 
 pub const ENV_PREFIX: &str = "APPPROXY_AUTHGATE__";
@@ -111,10 +112,9 @@ impl Default for PluginsConfig {
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     pub authority: String,
-    /// `port` or `wildcard`.
-    pub frontend_mode: String,
+    pub frontend_mode: FrontendMode,
     #[serde(default = "default_protocol")]
-    pub protocol: String,
+    pub protocol: Protocol,
     /// Host browsers use to reach this worker's Traefik.
     pub hostname: String,
     #[serde(default)]
@@ -128,7 +128,7 @@ pub struct WorkerConfig {
     #[serde(default)]
     pub wildcard_traffic_port: Option<u16>,
     #[serde(default = "default_traffics")]
-    pub accepted_traffics: Vec<String>,
+    pub accepted_traffics: Vec<AppMode>,
     /// How Traefik reaches this authgate; default `http://<listen>`.
     #[serde(default)]
     pub authgate_url: Option<String>,
@@ -138,13 +138,6 @@ pub struct WorkerConfig {
     /// `[{key = "session.user_uuid", value = "…"}]`: requests this worker is meant for.
     #[serde(default)]
     pub app_filters: Vec<AppFilter>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppFilter {
-    pub key: String,
-    pub value: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,11 +224,11 @@ fn default_listen() -> SocketAddr {
 fn default_namespace() -> String {
     "traefik".into()
 }
-fn default_protocol() -> String {
-    "http".into()
+fn default_protocol() -> Protocol {
+    Protocol::Http
 }
-fn default_traffics() -> Vec<String> {
-    vec!["interactive".into(), "inference".into()]
+fn default_traffics() -> Vec<AppMode> {
+    vec![AppMode::Interactive, AppMode::Inference]
 }
 fn default_heartbeat() -> u64 {
     10
@@ -291,23 +284,10 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs: Vec<String> = Vec::new();
-        let w = &self.worker;
-        if w.authority.is_empty() || w.authority.len() > 255 {
-            errs.push("worker.authority must be 1-255 characters".into());
-        }
-        match w.frontend_mode.as_str() {
-            "port" => match w.port_range {
-                Some((lo, hi)) if lo >= 1 && lo <= hi => {}
-                _ => errs.push("worker.port_range [lo, hi] is required in port mode".into()),
-            },
-            "wildcard" => {
-                if w.wildcard_domain.is_none() {
-                    errs.push("worker.wildcard_domain is required in wildcard mode".into());
-                }
-            }
-            other => errs.push(format!(
-                "worker.frontend_mode {other:?} must be port or wildcard"
-            )),
+        // The provider runs the same check on registration: a config that passes here is
+        // one it accepts.
+        if let Err(e) = crate::worker::registration(self).validate() {
+            errs.push(format!("worker: {e}"));
         }
         if self.keys.cookie_secret.len() < 32 {
             errs.push("keys.cookie_secret must be at least 32 bytes".into());

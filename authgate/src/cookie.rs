@@ -68,11 +68,14 @@ impl<'a> Jar<'a> {
     }
 
     /// The `Cookie` header for the app: every cookie but ours, or `None` when nothing is left.
+    /// A nameless entry is written as its bare value, so one whose value holds `=` (sent as
+    /// `=name=value`, which no browser does) is dropped: it would reach the app as a cookie
+    /// called `name` — ours too (found by the `cookie` fuzz target).
     pub fn without_ours(&self) -> Option<String> {
         let kept: Vec<String> = self
             .pairs
             .iter()
-            .filter(|(n, _)| !is_our_cookie(n))
+            .filter(|(n, v)| !(is_our_cookie(n) || (n.is_empty() && v.contains('='))))
             .map(|(n, v)| {
                 if n.is_empty() {
                     v.to_string()
@@ -114,6 +117,22 @@ mod tests {
         assert_eq!(jar.without_ours().as_deref(), Some("a=1; b=2; c"));
         assert_eq!(jar.candidates(c).unwrap(), vec!["tok"]);
         assert!(jar.candidates(Uuid::new_v4()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_nameless_entry_never_becomes_our_cookie() {
+        let c = Uuid::new_v4();
+        let line = format!("a=1; = {}=planted; =x=y; bare", cookie_name(c, true));
+        let jar = Jar::parse(&[&line]).unwrap();
+        let kept = jar.without_ours().unwrap();
+        assert_eq!(kept, "a=1; bare");
+        assert!(
+            Jar::parse(&[&kept])
+                .unwrap()
+                .candidates(c)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use crate::{cookie::Jar, decision, ingest, plugin::abi, token::Keys};
+use crate::{cookie::Jar, ingest, plugin::abi, token::Keys};
 
 /// A fixed Ed25519 public key (its private half signs nothing anywhere): setup tokens checked
 /// against it exercise the verifier's parsing, never accept.
@@ -123,8 +123,11 @@ pub fn setup(data: &[u8]) {
         assert_eq!(to, s);
         assert!(to.starts_with('/') && !to.starts_with("//") && !to.contains('\\'));
     }
-    if let Some(o) = decision::normalize_origin(s) {
-        assert_eq!(decision::normalize_origin(&o).as_deref(), Some(o.as_str()));
+    if let Some(o) = appproxy_common::wire::normalize_origin(s) {
+        assert_eq!(
+            appproxy_common::wire::normalize_origin(&o).as_deref(),
+            Some(o.as_str())
+        );
     }
     let keys = Keys::new(
         PUBLIC_PEM.as_bytes(),

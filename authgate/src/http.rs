@@ -700,7 +700,7 @@ async fn ingest_logs(
 
 async fn health(State(g): State<Arc<Gate>>) -> Response {
     let synced = g.revoked.synced();
-    let setup_router = if g.cfg.worker.protocol == "tcp" {
+    let setup_router = if g.cfg.worker.protocol == appproxy_common::wire::Protocol::Tcp {
         true
     } else {
         crate::setup::setup_router_loaded(&g.traefik, &g.cfg.traefik.api_url).await

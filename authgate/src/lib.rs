@@ -36,12 +36,23 @@ use tokio::sync::watch;
 pub use config::Config;
 
 /// Serve ForwardAuth and setup on `listeners` (see [`serve`]), keep the revocation set in
-/// sync and the worker registered, until `shutdown` flips to `true`; then deregister.
+/// sync and the worker registered, until `stop` flips to `true`; then deregister. A
+/// registration the provider refuses stops everything and is returned as the error.
 pub async fn run(
     config: Config,
     listeners: Vec<std::net::TcpListener>,
-    shutdown: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // One shutdown signal for every task: the caller's, or a refused registration.
+    let (stop_all, shutdown) = watch::channel(false);
+    let stop_all = Arc::new(stop_all);
+    {
+        let (tx, mut stop) = (stop_all.clone(), stop);
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|v| *v).await;
+            let _ = tx.send(true);
+        });
+    }
     let keys = token::Keys::load(
         &config.keys.provider_public_key_file,
         &config.keys.cookie_secret,
@@ -68,15 +79,26 @@ pub async fn run(
         redis.clone(),
         traefik.clone(),
         config.traefik.api_url.clone(),
-        config.worker.protocol == "tcp",
+        config.worker.protocol == appproxy_common::wire::Protocol::Tcp,
         shutdown.clone(),
     ));
-    let worker = tokio::spawn(worker::run(
-        config.clone(),
-        metrics.clone(),
-        activity.clone(),
-        shutdown.clone(),
-    ));
+    let worker = {
+        let role = worker::run(
+            config.clone(),
+            metrics.clone(),
+            activity.clone(),
+            shutdown.clone(),
+        );
+        let tx = stop_all.clone();
+        tokio::spawn(async move {
+            let r = role.await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "Registration refused; stopping");
+                let _ = tx.send(true);
+            }
+            r
+        })
+    };
     let plugins = match &config.plugins.dir {
         Some(dir) => {
             let limits = plugin::Limits {
@@ -150,9 +172,12 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
     // The worker task deregisters on shutdown; give it a bounded moment.
-    let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    let role = tokio::time::timeout(Duration::from_secs(5), worker).await;
     // One last flush happens in the flusher's loop before it sees the shutdown.
     let _ = tokio::time::timeout(Duration::from_secs(3), flusher).await;
     sync.abort();
-    Ok(())
+    match role {
+        Ok(Ok(Err(refused))) => Err(refused.into()),
+        _ => Ok(()),
+    }
 }

@@ -8,7 +8,11 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Value, json};
+use appproxy_common::wire::{
+    AppMode, CircuitList, CircuitMapEntry, Heartbeat, IngestHealth, Protocol, RouteHealthReport,
+    WorkerSpec, normalize_origin,
+};
+use serde_json::Value;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -19,24 +23,25 @@ use crate::{
 };
 
 /// `PUT /api/worker` body for this worker.
-pub fn registration(cfg: &Config) -> Value {
+pub fn registration(cfg: &Config) -> WorkerSpec {
     let w = &cfg.worker;
-    json!({
-        "authority": w.authority,
-        "frontend_mode": w.frontend_mode,
-        "protocol": w.protocol,
-        "hostname": w.hostname,
-        "tls_listen": w.tls_listen,
-        "tls_advertised": w.tls_advertised,
-        "api_port": cfg.listen.port(),
-        "port_range": w.port_range,
-        "wildcard_domain": w.wildcard_domain,
-        "wildcard_traffic_port": w.wildcard_traffic_port,
-        "accepted_traffics": w.accepted_traffics,
-        "authgate_url": cfg.authgate_url(),
-        "filtered_apps_only": w.filtered_apps_only,
-        "app_filters": w.app_filters,
-    })
+    WorkerSpec {
+        authority: w.authority.clone(),
+        frontend_mode: w.frontend_mode,
+        protocol: w.protocol,
+        hostname: w.hostname.clone(),
+        tls_listen: w.tls_listen,
+        tls_advertised: w.tls_advertised,
+        api_port: cfg.listen.port(),
+        port_range: w.port_range,
+        wildcard_domain: w.wildcard_domain.clone(),
+        wildcard_traffic_port: w.wildcard_traffic_port,
+        filtered_apps_only: w.filtered_apps_only,
+        traefik_last_used_marker_path: None,
+        accepted_traffics: w.accepted_traffics.clone(),
+        app_filters: w.app_filters.clone(),
+        authgate_url: Some(cfg.authgate_url()),
+    }
 }
 
 struct Client {
@@ -53,11 +58,11 @@ impl Client {
             .header("X-BackendAI-Token", &self.token)
     }
 
-    async fn send(
+    async fn send<B: serde::Serialize>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<(u16, Value), String> {
         let mut req = self.request(method, path);
         if let Some(b) = body {
@@ -89,8 +94,11 @@ impl Client {
                     .get(reqwest::header::ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let v = resp.json::<Value>().await.map_err(|e| e.to_string())?;
-                Ok(Some((circuit_map(&v), tag)))
+                let list = resp
+                    .json::<CircuitList<CircuitMapEntry>>()
+                    .await
+                    .map_err(|e| format!("undecodable circuit map: {e}"))?;
+                Ok(Some((circuit_map(list), tag)))
             }
             s => Err(format!(
                 "provider answered {s}: {}",
@@ -99,70 +107,87 @@ impl Client {
         }
     }
 
-    async fn register(&self, body: &Value) -> Result<String, String> {
-        match self
+    async fn register(&self, body: &WorkerSpec) -> Result<String, RegisterError> {
+        let (status, v) = self
             .send(reqwest::Method::PUT, "/api/worker", Some(body))
-            .await?
-        {
-            (200, v) => v["id"]
+            .await
+            .map_err(RegisterError::Transient)?;
+        match status {
+            200 => v["id"]
                 .as_str()
                 .map(str::to_string)
-                .ok_or_else(|| "registration answer without id".to_string()),
-            (s, v) => Err(format!("provider answered {s}: {v}")),
+                .ok_or_else(|| RegisterError::Transient("registration answer without id".into())),
+            // A refusal of this worker or its credential does not heal by retrying.
+            400..=499 if status != 408 && status != 429 => Err(RegisterError::Refused(status, v)),
+            s => Err(RegisterError::Transient(format!(
+                "provider answered {s}: {v}"
+            ))),
         }
     }
 }
 
+/// Why registration failed.
+#[derive(Debug)]
+enum RegisterError {
+    /// The provider refused this worker (4xx): a configuration or credential problem.
+    Refused(u16, Value),
+    /// Anything that may heal (provider down, 5xx): retried.
+    Transient(String),
+}
+
+/// The provider refused this worker's registration; authgate stops (retrying would not help).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the provider refused to register worker {authority:?} ({status}): {body} — check \
+     [provider] worker_token (a credential enrolled for this authority) and [worker]"
+)]
+pub struct RegistrationRefused {
+    pub authority: String,
+    pub status: u16,
+    pub body: Value,
+}
+
 /// Heartbeat body: how fresh this worker's activity data in Redis is, so the provider never
 /// reclaims circuits on stale data.
-fn heartbeat(a: &Activity) -> Value {
+fn heartbeat(a: &Activity) -> Heartbeat {
     let last = a.last_flush_ok_ms.load(Ordering::Acquire);
     let lag = if last > 0 {
         Some((now_ms() - last) as f64 / 1000.0)
     } else {
         None
     };
-    json!({ "ingest": {
-        "redis_ok": a.redis_ok.load(Ordering::Acquire),
-        "last_flush_ms": last,
-        "lag_seconds": lag,
-    }})
+    Heartbeat {
+        ingest: Some(IngestHealth {
+            redis_ok: a.redis_ok.load(Ordering::Acquire),
+            last_flush_ms: last,
+            lag_seconds: lag,
+        }),
+    }
 }
 
-/// Sessions, TCP ports and plugins of this worker's circuits, from
+/// Sessions, TCP ports, plugins and extra origins of this worker's circuits, from
 /// `GET /api/worker/{id}/circuits?view=map`.
-fn circuit_map(v: &Value) -> CircuitMap {
+fn circuit_map(list: CircuitList<CircuitMapEntry>) -> CircuitMap {
     let mut map = CircuitMap::default();
-    for c in v["circuits"].as_array().into_iter().flatten() {
-        let Some(id) = c["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
-            continue;
-        };
-        let sessions = c["session_ids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str().and_then(|s| Uuid::parse_str(s).ok()))
-            .collect();
-        map.sessions.insert(id, sessions);
-        map.has_inference |= c["app_mode"] == "inference";
-        if let Some(name) = c["auth_plugin"]["name"].as_str() {
-            map.plugins
-                .insert(id, (name.to_string(), c["auth_plugin"]["config"].clone()));
+    for c in list.circuits {
+        map.has_inference |= c.app_mode == AppMode::Inference;
+        if let Some(p) = c.auth_plugin {
+            map.plugins.insert(c.id, (p.name, p.config));
         }
-        let origins: Vec<String> = c["allowed_origins"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.as_str().and_then(crate::decision::normalize_origin))
+        let origins: Vec<String> = c
+            .allowed_origins
+            .iter()
+            .filter_map(|o| normalize_origin(o))
             .collect();
         if !origins.is_empty() {
-            map.origins.insert(id, origins);
+            map.origins.insert(c.id, origins);
         }
-        if c["protocol"] == "tcp"
-            && let Some(p) = c["port"].as_u64().and_then(|p| u16::try_from(p).ok())
+        if c.protocol == Protocol::Tcp
+            && let Some(p) = c.port
         {
-            map.tcp_ports.insert(p, id);
+            map.tcp_ports.insert(p, c.id);
         }
+        map.sessions.insert(c.id, c.session_ids);
     }
     map
 }
@@ -171,7 +196,7 @@ fn circuit_map(v: &Value) -> CircuitMap {
 async fn route_health(
     http: &reqwest::Client,
     api: &str,
-) -> Option<HashMap<String, BTreeMap<String, String>>> {
+) -> Option<HashMap<Uuid, BTreeMap<String, String>>> {
     let mut out = HashMap::new();
     // Traefik's API pages its lists; follow `X-Next-Page` (bounded).
     let mut page = 1;
@@ -202,7 +227,7 @@ async fn route_health(
                 .iter()
                 .map(|(u, v)| (u.clone(), v.as_str().unwrap_or("").to_string()))
                 .collect();
-            out.insert(id.to_string(), servers);
+            out.insert(id, servers);
         }
         match next {
             Some(n) => page = n,
@@ -213,13 +238,14 @@ async fn route_health(
 }
 
 /// Run the worker role until `shutdown`; deregisters on the way out. Every 2 s it also
-/// reports replica health from its Traefik when that changed (or every heartbeat).
+/// reports replica health from its Traefik when that changed (or every heartbeat). A refused
+/// registration ends it with [`RegistrationRefused`].
 pub async fn run(
     cfg: Config,
     metrics: Metrics,
     activity: Arc<Activity>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Result<(), RegistrationRefused> {
     let client = Client {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -234,7 +260,7 @@ pub async fn run(
     let mut id: Option<String> = None;
     let mut backoff = Duration::from_millis(200);
     let mut last_beat = tokio::time::Instant::now();
-    let mut last_health: Option<HashMap<String, BTreeMap<String, String>>> = None;
+    let mut last_health: Option<HashMap<Uuid, BTreeMap<String, String>>> = None;
     // Version of the circuit map we hold; polls with it are answered 304 while unchanged.
     let mut map_etag: Option<String> = None;
     loop {
@@ -250,7 +276,14 @@ pub async fn run(
                     map_etag = None;
                     tick
                 }
-                Err(e) => {
+                Err(RegisterError::Refused(status, body)) => {
+                    return Err(RegistrationRefused {
+                        authority: cfg.worker.authority.clone(),
+                        status,
+                        body,
+                    });
+                }
+                Err(RegisterError::Transient(e)) => {
                     tracing::warn!(error = %e, "Registration failed; retrying");
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     backoff
@@ -289,18 +322,19 @@ pub async fn run(
                 }
                 // Replica health matters for inference circuits only; Traefik's service list
                 // grows with every circuit, so it is not polled without any.
-                if cfg.worker.protocol != "tcp"
+                if cfg.worker.protocol != Protocol::Tcp
                     && (activity.has_inference()
                         || last_health.as_ref().is_some_and(|h| !h.is_empty()))
                     && let Some(h) = route_health(&client.http, &cfg.traefik.api_url).await
                     && (due || last_health.as_ref() != Some(&h))
                 {
                     let path = format!("/api/worker/{w}/route-health");
+                    let report = RouteHealthReport { circuits: h };
                     match client
-                        .send(reqwest::Method::PUT, &path, Some(&json!({ "circuits": h })))
+                        .send(reqwest::Method::PUT, &path, Some(&report))
                         .await
                     {
-                        Ok((200, _)) => last_health = Some(h),
+                        Ok((200, _)) => last_health = Some(report.circuits),
                         Ok((s, v)) => tracing::warn!(status = s, body = %v, "Route health refused"),
                         Err(e) => tracing::warn!(error = %e, "Route health report failed"),
                     }
@@ -315,7 +349,7 @@ pub async fn run(
     }
     if let Some(w) = id {
         match client
-            .send(reqwest::Method::DELETE, &format!("/api/worker/{w}"), None)
+            .send::<()>(reqwest::Method::DELETE, &format!("/api/worker/{w}"), None)
             .await
         {
             Ok((200, _)) => tracing::info!("Deregistered from the provider"),
@@ -324,4 +358,5 @@ pub async fn run(
         }
         metrics.registered.set(0);
     }
+    Ok(())
 }

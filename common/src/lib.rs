@@ -13,3 +13,4 @@ pub mod auth;
 pub mod config;
 pub mod names;
 pub mod shutdown;
+pub mod wire;

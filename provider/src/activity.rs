@@ -40,15 +40,14 @@ pub struct IngestHealth {
 
 impl IngestHealth {
     /// Record the `ingest` object of a heartbeat body, if present.
-    pub fn report(&self, worker: Uuid, body: &serde_json::Value) {
-        let i = &body["ingest"];
-        if !i.is_object() {
+    pub fn report(&self, worker: Uuid, body: &appproxy_common::wire::Heartbeat) {
+        let Some(i) = body.ingest else {
             return;
-        }
+        };
         let report = Ingest {
             reported_ms: now_ms(),
-            redis_ok: i["redis_ok"].as_bool().unwrap_or(false),
-            last_flush_ms: i["last_flush_ms"].as_i64().unwrap_or(0),
+            redis_ok: i.redis_ok,
+            last_flush_ms: i.last_flush_ms,
         };
         self.inner
             .write()
@@ -309,25 +308,24 @@ mod tests {
 
     #[test]
     fn ingest_is_fresh_only_with_recent_successful_flushes() {
+        use appproxy_common::wire::{Heartbeat, IngestHealth as IngestReport};
         let h = IngestHealth::default();
         let w = Uuid::new_v4();
         assert!(!h.fresh(w, now_ms(), 30_000), "never reported");
-        h.report(
-            w,
-            &serde_json::json!({"ingest": {"redis_ok": true, "last_flush_ms": now_ms()}}),
-        );
+        let hb = |redis_ok: bool, last_flush_ms: i64| Heartbeat {
+            ingest: Some(IngestReport {
+                redis_ok,
+                last_flush_ms,
+                lag_seconds: None,
+            }),
+        };
+        h.report(w, &hb(true, now_ms()));
         assert!(h.fresh(w, now_ms(), 30_000));
-        h.report(
-            w,
-            &serde_json::json!({"ingest": {"redis_ok": false, "last_flush_ms": now_ms()}}),
-        );
+        h.report(w, &hb(false, now_ms()));
         assert!(!h.fresh(w, now_ms(), 30_000), "Redis down at the worker");
-        h.report(
-            w,
-            &serde_json::json!({"ingest": {"redis_ok": true, "last_flush_ms": 1}}),
-        );
+        h.report(w, &hb(true, 1));
         assert!(!h.fresh(w, now_ms(), 30_000), "flushes stalled");
-        h.report(w, &serde_json::json!({"other": 1}));
+        h.report(w, &Heartbeat::default());
         assert!(
             !h.fresh(w, now_ms(), 30_000),
             "a body without ingest changes nothing"

@@ -1,43 +1,16 @@
 //! Validated domain types and the pure rules on them: subdomain normalisation, lowest-free
 //! port allocation, client-IP allowlists. No axum, sqlx or etcd types here.
 
-use std::{collections::BTreeSet, fmt, str::FromStr};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
-/// A wire enum with a fixed set of lowercase names.
-macro_rules! wire_enum {
-    ($name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum $name { $(#[serde(rename = $text)] $variant),+ }
-        impl $name {
-            pub fn as_str(self) -> &'static str { match self { $(Self::$variant => $text),+ } }
-        }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
-        }
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s { $($text => Ok(Self::$variant),)+ _ => Err(format!("unknown {} {s:?}", stringify!($name))) }
-            }
-        }
-    };
-}
-
-wire_enum!(Protocol { Http = "http", Grpc = "grpc", H2 = "h2", Tcp = "tcp" });
-wire_enum!(AppMode { Interactive = "interactive", Inference = "inference" });
-wire_enum!(FrontendMode { Port = "port", Wildcard = "wildcard" });
-wire_enum!(WorkerStatus { Alive = "ALIVE", Lost = "LOST", Terminated = "TERMINATED" });
-
-impl Protocol {
-    /// Whether Traefik routes it as HTTP (`http`, `grpc`, `h2`) rather than raw TCP.
-    pub fn is_http(self) -> bool {
-        !matches!(self, Protocol::Tcp)
-    }
-}
+pub use appproxy_common::wire::{
+    AppMode, AuthPlugin, FrontendMode, Protocol, WorkerStatus, normalize_origin,
+    validate_authority, validate_host,
+};
 
 /// A worker: one authgate plus the Traefik instances that read its etcd prefix.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,79 +151,14 @@ pub fn normalize_origins(list: &[String]) -> Result<Vec<String>, String> {
     }
     let mut out = Vec::new();
     for o in list {
-        let bad = || format!("allowed_origins: {o:?} is not an origin like https://host[:port]");
-        let lower = o.trim().to_ascii_lowercase();
-        let (scheme, rest) = lower.split_once("://").ok_or_else(bad)?;
-        let default = match scheme {
-            "http" => ":80",
-            "https" => ":443",
-            _ => return Err(bad()),
-        };
-        // `[v6]:port`, `[v6]`, `host:port`, `host`.
-        let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
-            Some((v6, tail)) => {
-                v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
-                let port = match tail {
-                    "" => None,
-                    t => Some(t.strip_prefix(':').ok_or_else(bad)?),
-                };
-                (&rest[..v6.len() + 2], port)
-            }
-            None => match rest.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (rest, None),
-            },
-        };
-        if !host.starts_with('[') {
-            validate_host(host).map_err(|_| bad())?;
-        }
-        let port: Option<u16> = port
-            .map(|p| p.parse().ok().filter(|p| *p != 0).ok_or_else(bad))
-            .transpose()?;
-        let full = match port {
-            Some(p) => format!("{scheme}://{host}:{p}"),
-            None => format!("{scheme}://{host}"),
-        };
-        let norm = full.strip_suffix(default).unwrap_or(&full).to_string();
+        let norm = normalize_origin(o).ok_or_else(|| {
+            format!("allowed_origins: {o:?} is not an origin like https://host[:port]")
+        })?;
         if !out.contains(&norm) {
             out.push(norm);
         }
     }
     Ok(out)
-}
-
-/// `auth_plugin` of a circuit or endpoint: a plugin of the worker's plugin directory and its
-/// JSON config (kept in SQL, handed to authgate over the worker API, never written to etcd).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthPlugin {
-    pub name: String,
-    #[serde(default = "empty_object")]
-    pub config: serde_json::Value,
-}
-
-fn empty_object() -> serde_json::Value {
-    serde_json::json!({})
-}
-
-impl AuthPlugin {
-    pub fn validate(&self) -> Result<(), String> {
-        let n = &self.name;
-        let name_ok = !n.is_empty()
-            && n.len() <= 64
-            && n.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !name_ok {
-            return Err("auth_plugin.name must be [a-z0-9_-]{1,64}".into());
-        }
-        if !self.config.is_object() {
-            return Err("auth_plugin.config must be a JSON object".into());
-        }
-        if self.config.to_string().len() > 16 * 1024 {
-            return Err("auth_plugin.config must be at most 16 KiB".into());
-        }
-        Ok(())
-    }
 }
 
 /// Backend.AI's `ModelHealthCheck` (field names, defaults and units as on the wire: seconds).
@@ -468,34 +376,6 @@ pub fn parse_client_ips(text: &str) -> Result<Vec<ipnet::IpNet>, String> {
 }
 
 /// Validate a kernel host: an IP address or a DNS name (no scheme, path, port or spaces).
-/// A worker authority: 1-255 printable characters.
-pub fn validate_authority(authority: &str) -> Result<(), String> {
-    if authority.is_empty() || authority.len() > 255 || authority.chars().any(char::is_control) {
-        return Err("authority must be 1-255 printable characters".into());
-    }
-    Ok(())
-}
-
-pub fn validate_host(host: &str) -> Result<(), String> {
-    if host.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{host:?} is not a valid host name or IP address"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

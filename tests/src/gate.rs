@@ -55,6 +55,15 @@ impl Stack {
     /// Start Traefik and authgate for `spec`; returns once the worker is registered, its
     /// sentinel is in etcd and authgate has loaded the revocation set.
     pub async fn start_gated_worker(&self, spec: WorkerSpec) -> GatedWorker {
+        let w = self.launch_gated_worker(spec).await;
+        self.wait_registered(&w.spec.authority).await;
+        w.wait_ready(&self.http).await;
+        w
+    }
+
+    /// Start Traefik and authgate for `spec` (with a credential enrolled for its authority,
+    /// unless `spec.env` sets another); returns once authgate listens.
+    pub async fn launch_gated_worker(&self, spec: WorkerSpec) -> GatedWorker {
         let port = free_port();
         let ingest_port = free_port();
         let ingest_secret = format!(
@@ -146,8 +155,6 @@ impl Stack {
             dir: self.dir.path().to_path_buf(),
         };
         w.start_authgate();
-        self.wait_registered(&w.spec.authority).await;
-        w.wait_ready(&self.http).await;
         w
     }
 
@@ -193,6 +200,12 @@ impl GatedWorker {
             (r.status() == 200).then_some(())
         })
         .await;
+    }
+
+    /// Whether authgate has exited on its own, and its log.
+    pub fn authgate_exited(&mut self) -> Option<String> {
+        let p = self.authgate.as_mut()?;
+        (!p.alive()).then(|| p.log_tail(6000))
     }
 
     /// SIGKILL authgate.

@@ -1696,3 +1696,30 @@ async fn a_worker_credential_acts_only_for_its_own_worker() {
     assert_eq!(s, 404);
     drop((a, b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_registration_stops_authgate_with_a_clear_error() {
+    let stack = Stack::start_strict(Db::Sqlite).await;
+    // A credential enrolled for another worker: the provider refuses (403), authgate stops
+    // instead of retrying forever.
+    let (_, other) = stack.enrol_worker("someone-else").await;
+    let mut spec = WorkerSpec::ports("refused-1", 2);
+    spec.env
+        .push(("APPPROXY_AUTHGATE__PROVIDER__WORKER_TOKEN".into(), other));
+    let mut w = stack.launch_gated_worker(spec).await;
+    let start = Instant::now();
+    let log = loop {
+        if let Some(log) = w.authgate_exited() {
+            break log;
+        }
+        assert!(
+            start.elapsed() < patience(),
+            "authgate kept running after a refusal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(log.contains("refused to register"), "{log}");
+    assert!(log.contains("refused-1"), "{log}");
+    let (_, list) = stack.manager(Method::GET, "/api/worker", None).await;
+    assert_eq!(list["workers"], json!([]), "{list}");
+}

@@ -2,6 +2,7 @@
 //! the forwardAuth address, authgate's keys and the revocation set in; allow (with the headers
 //! the app may see) or deny (with a reason) out. No I/O, no clock of its own.
 
+use appproxy_common::wire::normalize_origin;
 use uuid::Uuid;
 
 use crate::{
@@ -169,30 +170,6 @@ fn is_preflight(f: &Forwarded<'_>, method: &str) -> bool {
         && single(&f.origin).is_some()
         && single(&f.preflight_method).is_some()
         && no_body
-}
-
-/// `scheme://host[:port]`, lowercase, without the scheme's default port and a trailing dot.
-pub fn normalize_origin(origin: &str) -> Option<String> {
-    let (scheme, rest) = origin.trim().split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    let default = match scheme.as_str() {
-        "http" => ":80",
-        "https" => ":443",
-        _ => return None,
-    };
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
-        return None;
-    }
-    let hostport = rest.to_ascii_lowercase();
-    let hostport = hostport.strip_suffix(default).unwrap_or(&hostport);
-    // Without a trailing dot on the host (`example.com.:8080`, `example.com.`).
-    let hostport = match hostport.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-            format!("{}:{p}", h.trim_end_matches('.'))
-        }
-        _ => hostport.trim_end_matches('.').to_string(),
-    };
-    Some(format!("{scheme}://{hostport}"))
 }
 
 /// Whether a cookie-authorized request may go on: safe methods always (top-level navigations

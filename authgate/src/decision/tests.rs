@@ -749,19 +749,3 @@ fn cookie_requests_from_another_origin_are_refused_when_unsafe() {
         Err(Deny::NoCookie)
     );
 }
-
-#[test]
-fn origins_normalize() {
-    for (raw, want) in [
-        ("http://a.test", Some("http://a.test")),
-        ("HTTPS://A.Test:443", Some("https://a.test")),
-        ("http://a.test.:8080", Some("http://a.test:8080")),
-        ("http://[::1]:80", Some("http://[::1]")),
-        ("null", None),
-        ("http://a.test/x", None),
-        ("ftp://a.test", None),
-        ("http://", None),
-    ] {
-        assert_eq!(normalize_origin(raw).as_deref(), want, "{raw}");
-    }
-}

@@ -4,10 +4,7 @@
 
 use serde::de::DeserializeOwned;
 
-use super::{
-    circuit, credentials, endpoint, models, proxy,
-    worker::{self, RouteHealthReport},
-};
+use super::{circuit, credentials, endpoint, models, proxy, worker};
 
 fn body<T: DeserializeOwned>(data: &[u8]) -> Option<T> {
     serde_json::from_slice(data).ok()
@@ -23,7 +20,7 @@ pub fn json_bodies(data: &[u8]) {
             let _ = p.validate();
         }
     }
-    if let Some(r) = body::<models::WorkerRequest>(data) {
+    if let Some(r) = body::<models::WorkerSpec>(data) {
         let _ = worker::validate(r);
     }
     if let Some(r) = body::<endpoint::EndpointItem>(data) {
@@ -38,7 +35,7 @@ pub fn json_bodies(data: &[u8]) {
     let _ = body::<models::SetupLinkRequest>(data);
     let _ = body::<models::RevocationRequest>(data);
     let _ = body::<proxy::ConfRequest>(data);
-    let _ = body::<RouteHealthReport>(data);
+    let _ = body::<appproxy_common::wire::RouteHealthReport>(data);
     if let Some(r) = body::<credentials::EnrolRequest>(data) {
         let _ = crate::domain::validate_authority(&r.authority);
     }

@@ -6,48 +6,7 @@ use uuid::Uuid;
 
 use crate::domain::{AppMode, Circuit, Frontend, FrontendMode, Protocol, Route, Worker};
 
-/// `PUT /api/worker`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct WorkerRequest {
-    pub authority: String,
-    pub frontend_mode: FrontendMode,
-    pub protocol: Protocol,
-    pub hostname: String,
-    #[serde(default)]
-    pub tls_listen: bool,
-    #[serde(default)]
-    pub tls_advertised: bool,
-    pub api_port: u16,
-    #[serde(default)]
-    pub port_range: Option<(u16, u16)>,
-    #[serde(default)]
-    pub wildcard_domain: Option<String>,
-    #[serde(default)]
-    pub wildcard_traffic_port: Option<u16>,
-    #[serde(default)]
-    pub filtered_apps_only: bool,
-    #[serde(default)]
-    pub traefik_last_used_marker_path: Option<String>,
-    #[serde(default = "both_traffics")]
-    pub accepted_traffics: Vec<AppMode>,
-    #[serde(default)]
-    pub app_filters: Vec<AppFilter>,
-    /// Extension: where this worker's Traefik reaches authgate.
-    #[serde(default)]
-    pub authgate_url: Option<String>,
-}
-
-fn both_traffics() -> Vec<AppMode> {
-    vec![AppMode::Interactive, AppMode::Inference]
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AppFilter {
-    pub key: String,
-    pub value: String,
-}
+pub(crate) use appproxy_common::wire::{CircuitList, CircuitMapEntry, WorkerSpec};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct SlotResponse {
@@ -226,38 +185,17 @@ impl CircuitResponse {
     }
 }
 
-/// `{"circuits": [...]}`, serialized straight from the list (no intermediate JSON tree).
-#[derive(Debug, Serialize)]
-pub(crate) struct CircuitList<T> {
-    pub circuits: Vec<T>,
-}
-
-/// What authgate needs of a circuit (`GET /api/worker/{id}/circuits?view=map`): the field
-/// names of `CircuitResponse`, a fraction of its size.
-#[derive(Debug, Serialize)]
-pub(crate) struct CircuitMapEntry {
-    pub id: Uuid,
-    pub protocol: Protocol,
-    pub app_mode: AppMode,
-    pub port: Option<u16>,
-    pub session_ids: Vec<Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth_plugin: Option<crate::domain::AuthPlugin>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub allowed_origins: Vec<String>,
-}
-
-impl CircuitMapEntry {
-    pub(crate) fn new(c: &Circuit) -> Self {
-        CircuitMapEntry {
-            id: c.id,
-            protocol: c.protocol,
-            app_mode: c.app_mode,
-            port: c.port(),
-            session_ids: c.session_ids(),
-            auth_plugin: c.auth_plugin.clone(),
-            allowed_origins: c.allowed_origins.clone(),
-        }
+/// What authgate needs of a circuit (the field names of `CircuitResponse`, a fraction of its
+/// size).
+pub(crate) fn map_entry(c: &Circuit) -> CircuitMapEntry {
+    CircuitMapEntry {
+        id: c.id,
+        protocol: c.protocol,
+        app_mode: c.app_mode,
+        port: c.port(),
+        session_ids: c.session_ids(),
+        auth_plugin: c.auth_plugin.clone(),
+        allowed_origins: c.allowed_origins.clone(),
     }
 }
 

@@ -10,65 +10,23 @@ use super::{
     AppState,
     extract::{IdPath, JsonBody, QueryParams, WorkerAuth},
     models::{
-        CircuitList, CircuitMapEntry, CircuitResponse, SlotResponse, SlotsQuery, WorkerRequest,
-        WorkerResponse,
+        CircuitList, CircuitResponse, SlotResponse, SlotsQuery, WorkerResponse, WorkerSpec,
+        map_entry,
     },
 };
+use appproxy_common::wire::{Heartbeat, RouteHealthReport, SpecError};
+
 use crate::{
-    domain::{FrontendMode, Protocol, Worker, validate_host},
+    domain::{FrontendMode, Worker},
     error::ApiError,
     store::WorkerRegistration,
 };
 
-/// Most ports one worker may declare: each is a static Traefik entrypoint.
-const MAX_PORTS_PER_WORKER: u32 = 4096;
-
-pub(super) fn validate(r: WorkerRequest) -> Result<WorkerRegistration, ApiError> {
-    let bad = |m: String| Err(ApiError::InvalidParams(m));
-    crate::domain::validate_authority(&r.authority).map_err(ApiError::InvalidParams)?;
-    validate_host(&r.hostname).map_err(ApiError::InvalidParams)?;
-    if r.api_port == 0 {
-        return bad("api_port must be 1-65535".into());
-    }
-    match r.frontend_mode {
-        FrontendMode::Port => match r.port_range {
-            Some((lo, hi)) if lo >= 1 && lo <= hi && u32::from(hi - lo) < MAX_PORTS_PER_WORKER => {}
-            _ => {
-                return bad(format!(
-                    "port mode needs port_range [lo, hi] with 1 <= lo <= hi and at most \
-                     {MAX_PORTS_PER_WORKER} ports"
-                ));
-            }
-        },
-        FrontendMode::Wildcard => {
-            let ok = r.wildcard_domain.as_deref().is_some_and(|d| {
-                d.starts_with('.') && validate_host(&d[1..]).is_ok() && d.len() > 1
-            });
-            if !ok {
-                return bad(
-                    "wildcard mode needs wildcard_domain like \".apps.example.com\"".into(),
-                );
-            }
-            if r.protocol == Protocol::Tcp {
-                return Err(ApiError::UnsupportedProtocol(
-                    "tcp workers need port mode".into(),
-                ));
-            }
-        }
-    }
-    if let Some(u) = &r.authgate_url {
-        let ok = (u.starts_with("http://") || u.starts_with("https://"))
-            && !u.contains(char::is_whitespace)
-            && !u.contains(['`', '"', '?', '#']);
-        if !ok {
-            return bad("authgate_url must be an http(s) URL without query".into());
-        }
-    }
-    if let Some(p) = &r.traefik_last_used_marker_path
-        && p.len() > 1024
-    {
-        return bad("traefik_last_used_marker_path is too long".into());
-    }
+pub(super) fn validate(r: WorkerSpec) -> Result<WorkerRegistration, ApiError> {
+    r.validate().map_err(|e| match e {
+        SpecError::Invalid(m) => ApiError::InvalidParams(m),
+        SpecError::UnsupportedProtocol(m) => ApiError::UnsupportedProtocol(m),
+    })?;
     Ok(WorkerRegistration {
         authority: r.authority,
         frontend_mode: r.frontend_mode,
@@ -169,7 +127,7 @@ async fn own_worker(
 pub(super) async fn register(
     State(state): State<AppState>,
     caller: WorkerAuth,
-    JsonBody(req): JsonBody<WorkerRequest>,
+    JsonBody(req): JsonBody<WorkerSpec>,
 ) -> Result<Json<WorkerResponse>, ApiError> {
     caller.may_act_for(&req.authority)?;
     let reg = validate(req)?;
@@ -226,8 +184,8 @@ pub(super) async fn heartbeat(
         .heartbeat_worker(id)
         .await?
         .ok_or(ApiError::NotFound("worker"))?;
-    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-        state.ingest.report(w.id, &v);
+    if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&body) {
+        state.ingest.report(w.id, &hb);
     }
     respond(&state, &w, false).await
 }
@@ -280,7 +238,7 @@ pub(super) async fn circuits(
     let circuits = state.store.circuits_of_worker(w.id).await?;
     let etag = [(header::ETAG, version)];
     Ok(if slim {
-        let circuits = circuits.iter().map(CircuitMapEntry::new).collect();
+        let circuits = circuits.iter().map(map_entry).collect();
         (etag, Json(CircuitList { circuits })).into_response()
     } else {
         let circuits = circuits
@@ -312,15 +270,9 @@ pub(super) async fn route_health(
     State(state): State<AppState>,
     caller: WorkerAuth,
     IdPath(id): IdPath,
-    super::extract::JsonBody(req): super::extract::JsonBody<RouteHealthReport>,
+    JsonBody(req): JsonBody<RouteHealthReport>,
 ) -> Result<Json<Value>, ApiError> {
     own_worker(&state, &caller, id).await?;
     state.route_health.report(id, req.circuits);
     Ok(Json(json!({ "success": true })))
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RouteHealthReport {
-    pub circuits: std::collections::HashMap<uuid::Uuid, std::collections::BTreeMap<String, String>>,
 }

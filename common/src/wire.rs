@@ -1,0 +1,411 @@
+//! The typed wire contract of the worker API, shared by the provider (server), authgate
+//! (client), the e2e harness and the bench: the protocol enums, the worker spec a worker
+//! registers with and its one validation, the heartbeat, the circuit map authgate polls, the
+//! route-health report. A field renamed on one side is a compile error, not a quiet gap.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    str::FromStr,
+};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A wire enum with a fixed set of names.
+macro_rules! wire_enum {
+    ($name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $(#[serde(rename = $text)] $variant),+ }
+        impl $name {
+            pub fn as_str(self) -> &'static str { match self { $(Self::$variant => $text),+ } }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s { $($text => Ok(Self::$variant),)+ _ => Err(format!("unknown {} {s:?}", stringify!($name))) }
+            }
+        }
+    };
+}
+
+wire_enum!(Protocol { Http = "http", Grpc = "grpc", H2 = "h2", Tcp = "tcp" });
+wire_enum!(AppMode { Interactive = "interactive", Inference = "inference" });
+wire_enum!(FrontendMode { Port = "port", Wildcard = "wildcard" });
+wire_enum!(WorkerStatus { Alive = "ALIVE", Lost = "LOST", Terminated = "TERMINATED" });
+
+impl Protocol {
+    /// Whether Traefik routes it as HTTP (`http`, `grpc`, `h2`) rather than raw TCP.
+    pub fn is_http(self) -> bool {
+        !matches!(self, Protocol::Tcp)
+    }
+}
+
+/// A host name or IP address (no scheme, port, path or spaces).
+pub fn validate_host(host: &str) -> Result<(), String> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{host:?} is not a valid host name or IP address"))
+    }
+}
+
+/// A worker authority: 1-255 printable characters.
+pub fn validate_authority(authority: &str) -> Result<(), String> {
+    if authority.is_empty() || authority.len() > 255 || authority.chars().any(char::is_control) {
+        return Err("authority must be 1-255 printable characters".into());
+    }
+    Ok(())
+}
+
+/// An origin `http(s)://host[:port]` (`[v6]` allowed), lowercase, without the scheme's default
+/// port or a trailing dot on the host; `None` for anything else (paths, user info, `null`,
+/// wildcards, port 0). Used for `allowed_origins` and for the `Origin` header authgate checks.
+pub fn normalize_origin(origin: &str) -> Option<String> {
+    let lower = origin.trim().to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once("://")?;
+    let default = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return None,
+    };
+    // `[v6]:port`, `[v6]`, `host:port`, `host`.
+    let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((v6, tail)) => {
+            v6.parse::<std::net::Ipv6Addr>().ok()?;
+            let port = match tail {
+                "" => None,
+                t => Some(t.strip_prefix(':')?),
+            };
+            (format!("[{v6}]"), port)
+        }
+        None => {
+            let (h, p) = match rest.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            };
+            let h = h.strip_suffix('.').unwrap_or(h);
+            validate_host(h).ok()?;
+            (h.to_string(), p)
+        }
+    };
+    let port: Option<u16> = match port {
+        Some(p) => Some(p.parse().ok().filter(|p| *p != 0)?),
+        None => None,
+    };
+    let full = match port {
+        Some(p) => format!("{scheme}://{host}:{p}"),
+        None => format!("{scheme}://{host}"),
+    };
+    Some(full.strip_suffix(default).unwrap_or(&full).to_string())
+}
+
+/// Most ports one worker may declare: each is a static Traefik entrypoint.
+pub const MAX_PORTS_PER_WORKER: u32 = 4096;
+
+/// An app filter of a worker (`filtered_apps_only`): a property the circuit must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppFilter {
+    pub key: String,
+    pub value: String,
+}
+
+/// What a worker registers with (`PUT /api/worker`), Backend.AI's worker fields plus
+/// `authgate_url`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSpec {
+    pub authority: String,
+    pub frontend_mode: FrontendMode,
+    pub protocol: Protocol,
+    pub hostname: String,
+    #[serde(default)]
+    pub tls_listen: bool,
+    #[serde(default)]
+    pub tls_advertised: bool,
+    pub api_port: u16,
+    #[serde(default)]
+    pub port_range: Option<(u16, u16)>,
+    #[serde(default)]
+    pub wildcard_domain: Option<String>,
+    #[serde(default)]
+    pub wildcard_traffic_port: Option<u16>,
+    #[serde(default)]
+    pub filtered_apps_only: bool,
+    #[serde(default)]
+    pub traefik_last_used_marker_path: Option<String>,
+    #[serde(default = "both_traffics")]
+    pub accepted_traffics: Vec<AppMode>,
+    #[serde(default)]
+    pub app_filters: Vec<AppFilter>,
+    /// Extension: where this worker's Traefik reaches authgate.
+    #[serde(default)]
+    pub authgate_url: Option<String>,
+}
+
+fn both_traffics() -> Vec<AppMode> {
+    vec![AppMode::Interactive, AppMode::Inference]
+}
+
+/// Why a worker spec is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    UnsupportedProtocol(String),
+}
+
+impl WorkerSpec {
+    /// The one check of a worker spec: authgate's `--check-config` and the provider's
+    /// registration run this same function.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |m: String| Err(SpecError::Invalid(m));
+        validate_authority(&self.authority).map_err(SpecError::Invalid)?;
+        validate_host(&self.hostname).map_err(SpecError::Invalid)?;
+        if self.api_port == 0 {
+            return bad("api_port must be 1-65535".into());
+        }
+        match self.frontend_mode {
+            FrontendMode::Port => match self.port_range {
+                Some((lo, hi))
+                    if lo >= 1 && lo <= hi && u32::from(hi - lo) < MAX_PORTS_PER_WORKER => {}
+                _ => {
+                    return bad(format!(
+                        "port mode needs port_range [lo, hi] with 1 <= lo <= hi and at most \
+                         {MAX_PORTS_PER_WORKER} ports"
+                    ));
+                }
+            },
+            FrontendMode::Wildcard => {
+                let ok = self
+                    .wildcard_domain
+                    .as_deref()
+                    .and_then(|d| d.strip_prefix('.'))
+                    .is_some_and(|d| validate_host(d).is_ok());
+                if !ok {
+                    return bad(
+                        "wildcard mode needs wildcard_domain like \".apps.example.com\"".into(),
+                    );
+                }
+                if self.protocol == Protocol::Tcp {
+                    return Err(SpecError::UnsupportedProtocol(
+                        "tcp workers need port mode".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(u) = &self.authgate_url {
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && !u.contains(char::is_whitespace)
+                && !u.contains(['`', '"', '?', '#']);
+            if !ok {
+                return bad("authgate_url must be an http(s) URL without query".into());
+            }
+        }
+        if self
+            .traefik_last_used_marker_path
+            .as_ref()
+            .is_some_and(|p| p.len() > 1024)
+        {
+            return bad("traefik_last_used_marker_path is too long".into());
+        }
+        Ok(())
+    }
+}
+
+/// How fresh a worker's activity data in Redis is (the idle reaper trusts only fresh data).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct IngestHealth {
+    pub redis_ok: bool,
+    /// Epoch ms of the last successful flush (0: never).
+    pub last_flush_ms: i64,
+    pub lag_seconds: Option<f64>,
+}
+
+/// `PATCH /api/worker/{id}` body (optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub ingest: Option<IngestHealth>,
+}
+
+/// `auth_plugin` of a circuit or endpoint: a plugin of the worker's plugin directory and its
+/// JSON config (kept in SQL, handed to authgate over the worker API, never written to etcd).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPlugin {
+    pub name: String,
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+impl AuthPlugin {
+    pub fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        let name_ok = !n.is_empty()
+            && n.len() <= 64
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err("auth_plugin.name must be [a-z0-9_-]{1,64}".into());
+        }
+        if !self.config.is_object() {
+            return Err("auth_plugin.config must be a JSON object".into());
+        }
+        if self.config.to_string().len() > 16 * 1024 {
+            return Err("auth_plugin.config must be at most 16 KiB".into());
+        }
+        Ok(())
+    }
+}
+
+/// What authgate needs of a circuit (`GET /api/worker/{id}/circuits?view=map`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CircuitMapEntry {
+    pub id: Uuid,
+    pub protocol: Protocol,
+    pub app_mode: AppMode,
+    pub port: Option<u16>,
+    pub session_ids: Vec<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_plugin: Option<AuthPlugin>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+}
+
+/// `{"circuits": [...]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CircuitList<T> {
+    pub circuits: Vec<T>,
+}
+
+/// `PUT /api/worker/{id}/route-health`: circuit → server URL → `UP`/`DOWN`, replacing the
+/// worker's last report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteHealthReport {
+    pub circuits: HashMap<Uuid, BTreeMap<String, String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> WorkerSpec {
+        WorkerSpec {
+            authority: "w1".into(),
+            frontend_mode: FrontendMode::Port,
+            protocol: Protocol::Http,
+            hostname: "apps.example.com".into(),
+            tls_listen: false,
+            tls_advertised: false,
+            api_port: 10201,
+            port_range: Some((10205, 10214)),
+            wildcard_domain: None,
+            wildcard_traffic_port: None,
+            filtered_apps_only: false,
+            traefik_last_used_marker_path: None,
+            accepted_traffics: both_traffics(),
+            app_filters: Vec::new(),
+            authgate_url: None,
+        }
+    }
+
+    #[test]
+    fn worker_specs_are_checked_once() {
+        assert_eq!(spec().validate(), Ok(()));
+        type Change = Box<dyn Fn(&mut WorkerSpec)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("authority", Box::new(|s| s.authority = String::new())),
+            ("host", Box::new(|s| s.hostname = "a b".into())),
+            ("api_port", Box::new(|s| s.api_port = 0)),
+            ("port_range", Box::new(|s| s.port_range = None)),
+            ("port_range", Box::new(|s| s.port_range = Some((10, 9)))),
+            ("port_range", Box::new(|s| s.port_range = Some((1, 5000)))),
+            (
+                "authgate_url",
+                Box::new(|s| s.authgate_url = Some("ftp://x".into())),
+            ),
+            (
+                "authgate_url",
+                Box::new(|s| s.authgate_url = Some("http://x?y".into())),
+            ),
+            (
+                "wildcard_domain",
+                Box::new(|s| s.frontend_mode = FrontendMode::Wildcard),
+            ),
+            (
+                "wildcard_domain",
+                Box::new(|s| {
+                    s.frontend_mode = FrontendMode::Wildcard;
+                    s.wildcard_domain = Some("apps.example.com".into());
+                }),
+            ),
+        ];
+        for (what, change) in cases {
+            let mut s = spec();
+            change(&mut s);
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(what), "{what}: {err}");
+        }
+        let mut tcp = spec();
+        tcp.protocol = Protocol::Tcp;
+        tcp.frontend_mode = FrontendMode::Wildcard;
+        tcp.wildcard_domain = Some(".apps.example.com".into());
+        assert!(matches!(
+            tcp.validate(),
+            Err(SpecError::UnsupportedProtocol(_))
+        ));
+    }
+
+    #[test]
+    fn origins_normalize() {
+        for (raw, want) in [
+            ("http://a.test", Some("http://a.test")),
+            ("HTTPS://A.Test:443", Some("https://a.test")),
+            ("http://a.test.:8080", Some("http://a.test:8080")),
+            ("http://[::1]:80", Some("http://[::1]")),
+            ("http://[::1]:81", Some("http://[::1]:81")),
+            ("http://127.0.0.1:8080", Some("http://127.0.0.1:8080")),
+            ("null", None),
+            ("*", None),
+            ("https://*.example.com", None),
+            ("http://a.test/x", None),
+            ("http://a.test?x", None),
+            ("http://user@a.test", None),
+            ("ftp://a.test", None),
+            ("http://", None),
+            ("http://a.test:0", None),
+            ("http://a.test:99999", None),
+            ("http://[nope]:1", None),
+            ("http://[::1]x", None),
+            ("https://€.com", None),
+        ] {
+            assert_eq!(normalize_origin(raw).as_deref(), want, "{raw}");
+            if let Some(o) = normalize_origin(raw) {
+                assert_eq!(normalize_origin(&o), Some(o.clone()), "idempotent");
+            }
+        }
+    }
+}
