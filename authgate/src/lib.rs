@@ -43,6 +43,16 @@ pub async fn run(
     listeners: Vec<std::net::TcpListener>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // The access-log receiver listens apart from the API (loopback, validated); bound before
+    // anything starts, so a port in use fails the start instead of a half-running worker.
+    let ingest = match config.ingest.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("ingest.listen {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     // One shutdown signal for every task: the caller's, or a refused registration.
     let (stop_all, shutdown) = watch::channel(false);
     let stop_all = Arc::new(stop_all);
@@ -127,15 +137,6 @@ pub async fn run(
                 metrics.plugin_seconds.clone(),
             )))
         }
-        None => None,
-    };
-    // The access-log receiver listens apart from the API (loopback, validated).
-    let ingest = match config.ingest.listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("ingest.listen {addr}: {e}"))?,
-        ),
         None => None,
     };
     let gate = http::Gate {
