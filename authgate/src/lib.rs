@@ -119,17 +119,17 @@ pub async fn run(
             };
             let host = plugin::Host::new(Some(dir.into()), limits)?;
             let watched = host.clone();
-            let mut stop = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                        _ = stop.wait_for(|v| *v) => return,
-                    }
+            tokio::spawn(appproxy_common::shutdown::every(
+                Duration::from_secs(2),
+                appproxy_common::shutdown::First::AfterInterval,
+                shutdown.clone(),
+                move || {
                     let h = watched.clone();
-                    let _ = tokio::task::spawn_blocking(move || h.reload()).await;
-                }
-            });
+                    async move {
+                        let _ = tokio::task::spawn_blocking(move || h.reload()).await;
+                    }
+                },
+            ));
             Some(Arc::new(plugin::Runner::new(
                 host,
                 config.plugins.workers,

@@ -113,17 +113,15 @@ impl Revocations {
 }
 
 /// Prune `set` every minute: revocations older than its retention are dropped.
-pub async fn pruner(set: Arc<Revocations>, mut shutdown: watch::Receiver<bool>) {
-    loop {
+pub async fn pruner(set: Arc<Revocations>, shutdown: watch::Receiver<bool>) {
+    use appproxy_common::shutdown::{First, every};
+    every(Duration::from_secs(60), First::Now, shutdown, || async {
         let n = set.prune(set.cutoff(now_secs()));
         if n > 0 {
             tracing::info!(dropped = n, "Expired revocations forgotten");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-            _ = shutdown.wait_for(|v| *v) => return,
-        }
-    }
+    })
+    .await;
 }
 
 /// Keep `set` in sync with Redis until `shutdown`.

@@ -200,13 +200,11 @@ pub async fn reaper(
     reconciler: Arc<Reconciler>,
     metrics: Metrics,
     settings: ReaperSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(settings.interval) => {}
-            _ = shutdown.wait_for(|v| *v) => return,
-        }
+    use appproxy_common::shutdown::{First, every};
+    let interval = settings.interval;
+    every(interval, First::AfterInterval, shutdown, || async {
         match reap_once(&store, &activity, &ingest, &settings).await {
             Ok(gone) if gone.is_empty() => {}
             Ok(gone) => {
@@ -223,7 +221,8 @@ pub async fn reaper(
             }
             Err(e) => tracing::warn!(error = %e, "Idle reaper skipped a pass"),
         }
-    }
+    })
+    .await;
 }
 
 /// One pass; returns the circuits removed. Any Redis error aborts the pass before deleting.

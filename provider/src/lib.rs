@@ -113,16 +113,19 @@ pub async fn run(
 }
 
 /// Delete expired `/v2/conf` grants every minute.
-async fn gc_tokens(store: store::Store, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        match store.gc_tokens().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "Expired conf tokens removed"),
-            Err(e) => tracing::warn!(error = %e, "Token GC failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
-            _ = shutdown.wait_for(|v| *v) => return,
-        }
-    }
+async fn gc_tokens(store: store::Store, shutdown: watch::Receiver<bool>) {
+    use appproxy_common::shutdown::{First, every};
+    every(
+        std::time::Duration::from_secs(60),
+        First::Now,
+        shutdown,
+        || async {
+            match store.gc_tokens().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "Expired conf tokens removed"),
+                Err(e) => tracing::warn!(error = %e, "Token GC failed"),
+            }
+        },
+    )
+    .await;
 }

@@ -100,9 +100,10 @@ pub async fn pruner(
     revoker: Revoker,
     retention: Duration,
     interval: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
+    use appproxy_common::shutdown::{First, every};
+    every(interval, First::Now, shutdown, || async {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -111,9 +112,6 @@ pub async fn pruner(
             Ok(n) => tracing::info!(deleted = n, "Expired revocations pruned"),
             Err(e) => tracing::warn!(error = %e, "Revocation pruning failed; retrying later"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.wait_for(|v| *v) => return,
-        }
-    }
+    })
+    .await;
 }
