@@ -55,14 +55,17 @@ impl Stack {
     /// Start Traefik and authgate for `spec`; returns once the worker is registered, its
     /// sentinel is in etcd and authgate has loaded the revocation set.
     pub async fn start_gated_worker(&self, spec: WorkerSpec) -> GatedWorker {
-        let w = self.launch_gated_worker(spec).await;
+        let mut w = self.launch_gated_worker(spec).await;
+        if let Some(p) = w.authgate.as_mut() {
+            wait_listening(w.port, Duration::from_secs(30), p);
+        }
         self.wait_registered(&w.spec.authority).await;
         w.wait_ready(&self.http).await;
         w
     }
 
     /// Start Traefik and authgate for `spec` (with a credential enrolled for its authority,
-    /// unless `spec.env` sets another); returns once authgate listens.
+    /// unless `spec.env` sets another); returns once authgate is started.
     pub async fn launch_gated_worker(&self, spec: WorkerSpec) -> GatedWorker {
         let port = free_port();
         let ingest_port = free_port();
@@ -154,7 +157,7 @@ impl Stack {
             env,
             dir: self.dir.path().to_path_buf(),
         };
-        w.start_authgate();
+        w.spawn_authgate();
         w
     }
 
@@ -183,12 +186,19 @@ impl Stack {
 impl GatedWorker {
     /// Start (or restart) authgate and wait until it listens.
     pub fn start_authgate(&mut self) {
+        self.spawn_authgate();
+        if let Some(p) = self.authgate.as_mut() {
+            wait_listening(self.port, Duration::from_secs(30), p);
+        }
+    }
+
+    /// Start authgate without waiting for anything (it may exit at once).
+    fn spawn_authgate(&mut self) {
         let mut cmd = Command::new(workspace_bin("appproxy-authgate"));
         cmd.arg("serve")
             .envs(self.env.iter().cloned())
             .env("RUST_LOG", "info");
-        let mut p = Proc::spawn(&format!("authgate-{}", self.spec.authority), cmd, &self.dir);
-        wait_listening(self.port, Duration::from_secs(30), &mut p);
+        let p = Proc::spawn(&format!("authgate-{}", self.spec.authority), cmd, &self.dir);
         self.authgate = Some(p);
     }
 
