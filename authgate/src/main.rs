@@ -40,8 +40,6 @@ struct ServeArgs {
     check_config: bool,
 }
 
-const EX_USAGE: u8 = 64;
-
 #[derive(clap::Args)]
 struct TraefikArgs {
     #[arg(long)]
@@ -90,23 +88,16 @@ fn main() -> ExitCode {
 }
 
 fn serve(a: ServeArgs) -> ExitCode {
-    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
-    let config = match appproxy_authgate::Config::load(a.config.as_deref(), &env) {
+    use appproxy_common::startup;
+    let path = a.config.as_deref();
+    let config = match startup::load_config(
+        |env| appproxy_authgate::Config::load(path, env),
+        a.check_config,
+    ) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(status) => return status,
     };
-    if a.check_config {
-        eprintln!("configuration OK");
-        return ExitCode::SUCCESS;
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    startup::init_logging("info");
     // One serving thread per core unless configured: each has a listener and a
     // single-threaded runtime (see `serve`); this one also runs the background tasks.
     let threads = match config.worker_threads {
@@ -135,13 +126,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         Ok(Err(_)) => Err(anyhow::anyhow!("the serving thread panicked")),
         Err(e) => Err(e.into()),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "authgate stopped with an error");
-            ExitCode::FAILURE
-        }
-    }
+    startup::exit_status(result, "authgate")
 }
 
 fn traefik_config(a: TraefikArgs) -> ExitCode {
@@ -157,14 +142,14 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
                 Some((lo, hi)) if lo >= 1 && lo <= hi => Frontend::Ports { lo, hi },
                 _ => {
                     eprintln!("--port-range must be LO-HI with 1 <= LO <= HI <= 65535");
-                    return ExitCode::from(EX_USAGE);
+                    return ExitCode::from(appproxy_common::startup::EX_USAGE);
                 }
             }
         }
         (None, Some(port)) => Frontend::Wildcard { port },
         _ => {
             eprintln!("give exactly one of --port-range or --apps-port");
-            return ExitCode::from(EX_USAGE);
+            return ExitCode::from(appproxy_common::startup::EX_USAGE);
         }
     };
     let dynamic = a.out_dir.join("dynamic.yml");

@@ -13,4 +13,5 @@ pub mod auth;
 pub mod config;
 pub mod names;
 pub mod shutdown;
+pub mod startup;
 pub mod wire;

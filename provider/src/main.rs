@@ -21,42 +21,26 @@ struct Cli {
     check_config: bool,
 }
 
-const EX_USAGE: u8 = 64;
-
 fn main() -> ExitCode {
+    use appproxy_common::startup;
     appproxy_common::alloc::reexec_with_allocator_settings();
     let cli = Cli::parse();
-    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
-    let config = match appproxy_provider::Config::load(cli.config.as_deref(), &env) {
+    let path = cli.config.as_deref();
+    let config = match startup::load_config(
+        |env| appproxy_provider::Config::load(path, env),
+        cli.check_config,
+    ) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(status) => return status,
     };
-    if cli.check_config {
-        eprintln!("configuration OK");
-        return ExitCode::SUCCESS;
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .init();
+    startup::init_logging("info,sqlx=warn");
     // Named threads: profiles (`perf report --sort comm`) tell the processes apart.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("provider-w")
         .build()
         .expect("tokio runtime");
-    match rt.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "Provider stopped with an error");
-            ExitCode::FAILURE
-        }
-    }
+    startup::exit_status(rt.block_on(serve(config)), "Provider")
 }
 
 async fn serve(config: appproxy_provider::Config) -> anyhow::Result<()> {
