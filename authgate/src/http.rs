@@ -7,11 +7,7 @@
 //! - `/health`, `/metrics` — on the API port only (through Traefik they are 404);
 //! - `POST /v1/logs` — Traefik's access-log export, on the ingest listener only, with the secret.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use appproxy_common::auth::{SETUP_PATH, SetupClaims, safe_redirect, state_hash};
 use axum::{
@@ -89,11 +85,9 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Epoch seconds (authgate's one clock is `activity::now_ms`).
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::activity::now_ms() / 1000
 }
 
 /// Every value of a header, as UTF-8 or `Err(())`.

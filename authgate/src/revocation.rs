@@ -24,12 +24,6 @@ pub struct Revocations {
     retention_secs: AtomicI64,
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 impl Revocations {
     pub fn new() -> Arc<Revocations> {
         Arc::new(Revocations::default())
@@ -44,10 +38,10 @@ impl Revocations {
     }
 
     /// Epoch seconds before which revocations are forgotten (`i64::MIN`: never).
-    fn cutoff(&self, now: i64) -> i64 {
+    fn cutoff(&self) -> i64 {
         match self.retention_secs.load(Ordering::Relaxed) {
             0 => i64::MIN,
-            r => now - r,
+            r => crate::activity::now_ms() / 1000 - r,
         }
     }
 
@@ -85,7 +79,7 @@ impl Revocations {
         let Ok(at) = at.parse::<i64>() else {
             return false;
         };
-        if at < self.cutoff(now_secs()) {
+        if at < self.cutoff() {
             return true;
         }
         let mut map = self.map.write().expect("revocations lock");
@@ -96,7 +90,7 @@ impl Revocations {
 
     /// Replace the set with a full load.
     pub fn replace(&self, mut all: HashMap<String, i64>) {
-        let cutoff = self.cutoff(now_secs());
+        let cutoff = self.cutoff();
         all.retain(|_, at| *at >= cutoff);
         *self.map.write().expect("revocations lock") = all;
         self.synced.store(true, Ordering::Release);
@@ -116,7 +110,7 @@ impl Revocations {
 pub async fn pruner(set: Arc<Revocations>, shutdown: watch::Receiver<bool>) {
     use appproxy_common::shutdown::{First, every};
     every(Duration::from_secs(60), First::Now, shutdown, || async {
-        let n = set.prune(set.cutoff(now_secs()));
+        let n = set.prune(set.cutoff());
         if n > 0 {
             tracing::info!(dropped = n, "Expired revocations forgotten");
         }
@@ -226,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_set_with_retention_ignores_expired_loads_and_events() {
-        let now = now_secs();
+        let now = crate::activity::now_ms() / 1000;
         let r = Revocations::with_retention(Duration::from_secs(3600));
         r.replace(HashMap::from([
             ("u:old".to_string(), now - 7200),

@@ -10,7 +10,7 @@ use std::{
 
 use appproxy_common::wire::{
     AppMode, CircuitList, CircuitMapEntry, Heartbeat, IngestHealth, Protocol, RouteHealthReport,
-    WorkerSpec, normalize_origin,
+    WorkerSpec,
 };
 use serde_json::Value;
 use tokio::sync::watch;
@@ -174,13 +174,10 @@ fn circuit_map(list: CircuitList<CircuitMapEntry>) -> CircuitMap {
         if let Some(p) = c.auth_plugin {
             map.plugins.insert(c.id, (p.name, p.config));
         }
-        let origins: Vec<String> = c
-            .allowed_origins
-            .iter()
-            .filter_map(|o| normalize_origin(o))
-            .collect();
-        if !origins.is_empty() {
-            map.origins.insert(c.id, origins);
+        // Normalized by the provider when the circuit was created (the same function the
+        // decision uses for `Origin`).
+        if !c.allowed_origins.is_empty() {
+            map.origins.insert(c.id, c.allowed_origins);
         }
         if c.protocol == Protocol::Tcp
             && let Some(p) = c.port

@@ -104,9 +104,7 @@ pub async fn pruner(
 ) {
     use appproxy_common::shutdown::{First, every};
     every(interval, First::Now, shutdown, || async {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = crate::tokens::now_secs();
         match revoker.prune(now - retention.as_secs() as i64).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "Expired revocations pruned"),

@@ -29,28 +29,34 @@ async fn circuit_or_404(state: &AppState, id: Uuid) -> Result<Circuit, ApiError>
         .ok_or(ApiError::NotFound("circuit"))
 }
 
-/// A circuit's worker must be the caller's (a worker credential reads and deletes only its
-/// own worker's circuits).
-async fn check_circuit_owner(
+/// `403` unless every one of `circuits` is on the caller's worker: a worker credential reads
+/// and deletes only its own worker's circuits (the manager and the legacy token, any).
+async fn check_owner(
     state: &AppState,
     caller: &WorkerAuth,
-    c: &Circuit,
+    circuits: &[Circuit],
 ) -> Result<(), ApiError> {
-    if caller.authority().is_none() {
+    let Some(authority) = caller.authority() else {
         return Ok(());
-    }
-    let w = state
+    };
+    let mine = state
         .store
-        .get_worker(c.worker_id)
+        .worker_by_authority(authority)
         .await?
-        .ok_or(ApiError::NotFound("worker"))?;
-    caller.may_act_for(&w.authority)
+        .map(|w| w.id);
+    match circuits.iter().find(|c| Some(c.worker_id) != mine) {
+        Some(c) => Err(ApiError::Forbidden(format!(
+            "circuit {} is not on worker {authority:?}",
+            c.id
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The circuit `id`, if the caller may see it.
 async fn own_circuit(state: &AppState, caller: &WorkerAuth, id: Uuid) -> Result<Circuit, ApiError> {
     let c = circuit_or_404(state, id).await?;
-    check_circuit_owner(state, caller, &c).await?;
+    check_owner(state, caller, std::slice::from_ref(&c)).await?;
     Ok(c)
 }
 
@@ -133,11 +139,8 @@ pub(super) async fn delete_bulk(
     Params(req): Params<BulkDeleteRequest>,
 ) -> Result<Json<Value>, ApiError> {
     if caller.authority().is_some() {
-        for id in &req.circuit_ids.0 {
-            if let Some(c) = state.store.get_circuit(*id).await? {
-                check_circuit_owner(&state, &caller, &c).await?;
-            }
-        }
+        let circuits = state.store.circuits_by_ids(&req.circuit_ids.0).await?;
+        check_owner(&state, &caller, &circuits).await?;
     }
     remove(&state, &req.circuit_ids.0).await?;
     Ok(Json(json!({ "success": true })))

@@ -142,12 +142,12 @@ pub(super) async fn list(
     caller: WorkerAuth,
 ) -> Result<Json<Value>, ApiError> {
     let mut workers = state.store.list_workers().await?;
+    state.metrics.workers.set(workers.len() as i64);
     // A worker sees itself only.
     if let Some(mine) = caller.authority() {
         workers.retain(|w| w.authority == mine);
     }
     let counts = state.store.occupied_counts().await?;
-    state.metrics.workers.set(workers.len() as i64);
     let list: Vec<WorkerResponse> = workers
         .iter()
         .map(|w| {
