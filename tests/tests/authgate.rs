@@ -1466,6 +1466,7 @@ async fn cookie_use_from_another_origin_is_refused_and_planted_cookies_never_aut
     let both = format!("{planted}; {ca}");
     assert_eq!(e.get(&a.url, &[("cookie", &both)]).await.0, 200);
     let forged = format!("{name}={}", ca.split_once('=').unwrap().1.replace('a', "b"));
+    assert_ne!(forged, ca, "the forgery must change the cookie");
     assert_eq!(e.get(&a.url, &[("cookie", &forged)]).await.0, 401);
     let (s, h, _) = e
         .get(&e.launch_link(&a).await, &[("cookie", &planted)])
@@ -1627,7 +1628,10 @@ async fn a_worker_credential_acts_only_for_its_own_worker() {
         assert_eq!(s, 401, "{path}");
     }
     // No shared token exists on this provider; forged and garbled credentials are refused.
-    let forged = format!("{}0", &a_cred[..a_cred.len() - 1]);
+    // Flip the last hex digit (replacing it with a fixed digit would forge nothing one time in 16).
+    let last = if a_cred.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &a_cred[..a_cred.len() - 1]);
+    assert_ne!(forged, a_cred);
     for t in ["worker-legacy-token-guess", forged.as_str(), "apw1.x.y", ""] {
         let (s, _) = stack
             .call(Some(t), Method::GET, &format!("/api/worker/{a_id}"), None)
