@@ -58,6 +58,7 @@ pub async fn run(
         store::Store::connect(&config.database.url, config.database.max_connections).await?;
     let kv = etcd::Kv::connect(&config.etcd).await?;
     let metrics = metrics::Metrics::new();
+    metrics.register_db(store.db_metrics());
     let reconciler = reconcile::Reconciler::new(
         store.clone(),
         kv.clone(),

@@ -102,6 +102,17 @@ impl Metrics {
         m
     }
 
+    /// Export the store's query timing (`db_seconds`, `db_errors_total`) with the rest.
+    pub fn register_db(&self, db: &crate::store::DbMetrics) {
+        for c in [
+            Box::new(db.seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(db.errors.clone()),
+        ] {
+            // Registering the same store twice is a no-op, not a failure.
+            let _ = self.registry.register(c);
+        }
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -3,10 +3,7 @@
 
 use sqlx::any::AnyRow;
 
-use super::{
-    StoreError,
-    sql::{Store, get, now_ms},
-};
+use super::{Store, StoreError, now_ms, row::get};
 
 /// One credential, without its secret.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -39,23 +36,26 @@ impl Store {
         authority: &str,
         secret_hash: &str,
     ) -> Result<WorkerCredential, StoreError> {
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO worker_credentials (id, authority, secret_hash, created_at) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(id.to_string())
-        .bind(authority.to_string())
-        .bind(secret_hash.to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(WorkerCredential {
-            id: id.into(),
-            authority: authority.into(),
-            created_at_ms: now,
-            revoked_at_ms: None,
+        self.measured("insert_worker_credential", async move {
+            let now = now_ms();
+            sqlx::query(
+                "INSERT INTO worker_credentials (id, authority, secret_hash, created_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id.to_string())
+            .bind(authority.to_string())
+            .bind(secret_hash.to_string())
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            Ok(WorkerCredential {
+                id: id.into(),
+                authority: authority.into(),
+                created_at_ms: now,
+                revoked_at_ms: None,
+            })
         })
+        .await
     }
 
     /// A credential and its secret hash, by id.
@@ -63,13 +63,16 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(WorkerCredential, String)>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLS} FROM worker_credentials WHERE id=$1"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| from_row(&r)).transpose()
+        self.measured("worker_credential", async move {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM worker_credentials WHERE id=$1"
+            )))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|r| from_row(&r)).transpose()
+        })
+        .await
     }
 
     /// Credentials of one authority (or all), oldest first.
@@ -77,25 +80,28 @@ impl Store {
         &self,
         authority: Option<&str>,
     ) -> Result<Vec<WorkerCredential>, StoreError> {
-        let rows = match authority {
-            Some(a) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {COLS} FROM worker_credentials WHERE authority=$1 \
-                     ORDER BY created_at, id"
-                )))
-                .bind(a.to_string())
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {COLS} FROM worker_credentials ORDER BY created_at, id"
-                )))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        rows.iter().map(|r| from_row(r).map(|(c, _)| c)).collect()
+        self.measured("worker_credentials", async move {
+            let rows = match authority {
+                Some(a) => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {COLS} FROM worker_credentials WHERE authority=$1 \
+                         ORDER BY created_at, id"
+                    )))
+                    .bind(a.to_string())
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                None => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {COLS} FROM worker_credentials ORDER BY created_at, id"
+                    )))
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+            rows.iter().map(|r| from_row(r).map(|(c, _)| c)).collect()
+        })
+        .await
     }
 
     /// Revoke a credential; `None` when there is no such credential. Revoking twice keeps the
@@ -104,13 +110,16 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<WorkerCredential>, StoreError> {
-        sqlx::query(
-            "UPDATE worker_credentials SET revoked_at=$1 WHERE id=$2 AND revoked_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(self.worker_credential(id).await?.map(|(c, _)| c))
+        self.measured("revoke_worker_credential", async move {
+            sqlx::query(
+                "UPDATE worker_credentials SET revoked_at=$1 WHERE id=$2 AND revoked_at IS NULL",
+            )
+            .bind(now_ms())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+            Ok(self.worker_credential(id).await?.map(|(c, _)| c))
+        })
+        .await
     }
 }

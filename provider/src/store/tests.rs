@@ -1,0 +1,280 @@
+//! Store tests on a real SQLite file (one per test, in the temp dir): allocation races, upsert
+//! races, atomic route replacement, one circuit per endpoint. PostgreSQL runs the same code
+//! path in the e2e suite (`both_dbs!`).
+
+use std::sync::Arc;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::*;
+use crate::domain::{AppMode, Frontend, FrontendMode, Protocol, Route};
+
+struct TempDb {
+    store: Store,
+    path: std::path::PathBuf,
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn temp_db() -> TempDb {
+    let path = std::env::temp_dir().join(format!("appproxy-store-{}.db", Uuid::new_v4()));
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let store = Store::connect(&url, 8).await.expect("sqlite store");
+    TempDb { store, path }
+}
+
+fn registration(authority: &str, mode: FrontendMode) -> WorkerRegistration {
+    WorkerRegistration {
+        authority: authority.into(),
+        frontend_mode: mode,
+        protocol: Protocol::Http,
+        hostname: "127.0.0.1".into(),
+        tls_listen: false,
+        tls_advertised: false,
+        api_port: 10201,
+        port_range: (mode == FrontendMode::Port).then_some((20000, 20009)),
+        wildcard_domain: (mode == FrontendMode::Wildcard).then(|| ".apps.test".into()),
+        wildcard_traffic_port: None,
+        filtered_apps_only: false,
+        traefik_last_used_marker_path: None,
+        accepted_traffics: vec![AppMode::Interactive, AppMode::Inference],
+        app_filters: json!([]),
+        authgate_url: None,
+    }
+}
+
+fn route(port: u16) -> Route {
+    Route {
+        route_id: Some(Uuid::new_v4()),
+        session_id: Uuid::new_v4(),
+        session_name: None,
+        kernel_host: "127.0.0.1".into(),
+        kernel_port: port,
+        protocol: Protocol::Http,
+        traffic_ratio: 1.0,
+    }
+}
+
+fn new_circuit(worker: &crate::domain::Worker, endpoint: Option<Uuid>) -> NewCircuit {
+    NewCircuit {
+        app: "app".into(),
+        protocol: Protocol::Http,
+        app_mode: if endpoint.is_some() {
+            AppMode::Inference
+        } else {
+            AppMode::Interactive
+        },
+        worker_id: worker.id,
+        preferred_port: None,
+        preferred_subdomain: Some("svc".into()),
+        envs: json!({}),
+        arguments: None,
+        open_to_public: false,
+        allowed_client_ips: Vec::new(),
+        user_id: None,
+        endpoint_id: endpoint,
+        runtime_variant: None,
+        routes: vec![route(8000)],
+        idle_timeout: None,
+        auth_plugin: None,
+        allowed_origins: Vec::new(),
+    }
+}
+
+/// Two (here: eight) concurrent first syncs of one endpoint must not leave two circuits: the
+/// unique index on `circuits(endpoint_id)` refuses the losers, which learn the winner's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_creates_of_one_endpoint_leave_one_circuit() {
+    let db = temp_db().await;
+    let store = Arc::new(db.store.clone());
+    let w = store
+        .upsert_worker(&registration("w", FrontendMode::Wildcard))
+        .await
+        .unwrap();
+    let endpoint = Uuid::new_v4();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, w) = (store.clone(), w.clone());
+            tokio::spawn(async move {
+                store
+                    .create_circuit(&new_circuit(&w, Some(endpoint)), &w)
+                    .await
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(c) => created.push(c.id),
+            Err(StoreError::EndpointTaken(id)) => assert!(id != Uuid::nil()),
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    let all = store.circuits_of_worker(w.id).await.unwrap();
+    assert_eq!(all.len(), 1, "one endpoint, one circuit: {all:?}");
+    assert_eq!(created, vec![all[0].id]);
+    assert_eq!(
+        store
+            .circuit_of_endpoint(endpoint)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        all[0].id
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_allocations_take_distinct_ports_until_the_range_is_full() {
+    let db = temp_db().await;
+    let store = Arc::new(db.store.clone());
+    let w = store
+        .upsert_worker(&registration("p", FrontendMode::Port))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (store, w) = (store.clone(), w.clone());
+            tokio::spawn(async move { store.create_circuit(&new_circuit(&w, None), &w).await })
+        })
+        .collect();
+    let mut ports = std::collections::BTreeSet::new();
+    for t in tasks {
+        let c = t.await.unwrap().expect("a free port");
+        let Frontend::Port(p) = c.frontend else {
+            panic!("port worker gave {:?}", c.frontend)
+        };
+        assert!(ports.insert(p), "port {p} handed out twice");
+    }
+    assert_eq!(ports, (20000..=20009).collect());
+    assert!(matches!(
+        store.create_circuit(&new_circuit(&w, None), &w).await,
+        Err(StoreError::NoFreeSlot)
+    ));
+    // A taken preferred port is refused, not reassigned.
+    let mut taken = new_circuit(&w, None);
+    taken.preferred_port = Some(20003);
+    store
+        .delete_circuits(&[store.circuits_of_worker(w.id).await.unwrap()[0].id])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_circuit(&taken, &w).await,
+        Err(StoreError::SlotTaken(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_registrations_of_one_authority_make_one_worker() {
+    let db = temp_db().await;
+    let store = Arc::new(db.store.clone());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .upsert_worker(&registration("same", FrontendMode::Port))
+                    .await
+            })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap().expect("upsert").id);
+    }
+    assert_eq!(ids.len(), 1);
+    let workers = store.list_workers().await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].nodes, 8, "every registration counted as a node");
+}
+
+/// A reader never sees a half-replaced route set, and a refused replacement (duplicate route
+/// id) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn route_replacement_is_atomic() {
+    let db = temp_db().await;
+    let store = Arc::new(db.store.clone());
+    let w = store
+        .upsert_worker(&registration("w", FrontendMode::Wildcard))
+        .await
+        .unwrap();
+    let endpoint = Uuid::new_v4();
+    let c = store
+        .create_circuit(&new_circuit(&w, Some(endpoint)), &w)
+        .await
+        .unwrap();
+    let a: Vec<Route> = (0..5).map(|i| route(9000 + i)).collect();
+    let b: Vec<Route> = (0..5).map(|i| route(9100 + i)).collect();
+    store.replace_routes(c.id, &a).await.unwrap();
+    let writer = {
+        let (store, a, b) = (store.clone(), a.clone(), b.clone());
+        tokio::spawn(async move {
+            for i in 0..40 {
+                let set = if i % 2 == 0 { &b } else { &a };
+                store.replace_routes(c.id, set).await.unwrap();
+            }
+        })
+    };
+    let ports = |r: &[Route]| r.iter().map(|r| r.kernel_port).collect::<Vec<_>>();
+    let (pa, pb) = (ports(&a), ports(&b));
+    while !writer.is_finished() {
+        let seen = ports(&store.get_circuit(c.id).await.unwrap().unwrap().routes);
+        assert!(seen == pa || seen == pb, "half-replaced routes: {seen:?}");
+    }
+    writer.await.unwrap();
+    let before = store.get_circuit(c.id).await.unwrap().unwrap().routes;
+    let mut dup = b.clone();
+    dup[1].route_id = dup[0].route_id;
+    assert!(matches!(
+        store.replace_routes(c.id, &dup).await,
+        Err(StoreError::DuplicateRoute(_))
+    ));
+    let after = store.get_circuit(c.id).await.unwrap().unwrap().routes;
+    assert_eq!(ports(&before), ports(&after));
+}
+
+#[tokio::test]
+async fn endpoint_listing_joins_each_endpoint_with_its_circuit() {
+    let db = temp_db().await;
+    let store = &db.store;
+    let w = store
+        .upsert_worker(&registration("w", FrontendMode::Wildcard))
+        .await
+        .unwrap();
+    let (with, without) = (Uuid::new_v4(), Uuid::new_v4());
+    store.upsert_endpoint(with, None, Some(true)).await.unwrap();
+    store.upsert_endpoint(without, None, None).await.unwrap();
+    let c = store
+        .create_circuit(&new_circuit(&w, Some(with)), &w)
+        .await
+        .unwrap();
+    store
+        .create_circuit(&new_circuit(&w, None), &w)
+        .await
+        .unwrap();
+    let listed: Vec<(Uuid, Option<Uuid>, bool)> = store
+        .list_endpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(e, c)| (e.id, c.map(|c| c.id), e.sticky))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(with, Some(c.id), true), (without, None, false)]
+    );
+    let timed = store
+        .db_metrics()
+        .seconds
+        .with_label_values(&["list_endpoints"]);
+    assert_eq!(timed.get_sample_count(), 1, "every store call is timed");
+}

@@ -1,0 +1,192 @@
+//! Workers: registration (upsert by unique authority), heartbeats, deregistration, counts.
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{
+    Store, StoreError, now_ms, q,
+    row::{WORKER_COLS, corrupt, join_modes, split_range, worker_from_row},
+};
+use crate::domain::{AppMode, FrontendMode, Protocol, Worker};
+
+/// What a worker reports when it registers (`PUT /api/worker`).
+#[derive(Debug, Clone)]
+pub struct WorkerRegistration {
+    pub authority: String,
+    pub frontend_mode: FrontendMode,
+    pub protocol: Protocol,
+    pub hostname: String,
+    pub tls_listen: bool,
+    pub tls_advertised: bool,
+    pub api_port: u16,
+    pub port_range: Option<(u16, u16)>,
+    pub wildcard_domain: Option<String>,
+    pub wildcard_traffic_port: Option<u16>,
+    pub filtered_apps_only: bool,
+    pub traefik_last_used_marker_path: Option<String>,
+    pub accepted_traffics: Vec<AppMode>,
+    pub app_filters: serde_json::Value,
+    pub authgate_url: Option<String>,
+}
+
+impl Store {
+    /// Insert or update a worker by authority; a re-registration revives it.
+    pub async fn upsert_worker(&self, r: &WorkerRegistration) -> Result<Worker, StoreError> {
+        self.measured("upsert_worker", async move {
+            let now = now_ms();
+            let traffics = join_modes(&r.accepted_traffics);
+            let filters = r.app_filters.to_string();
+            let (lo, hi) = split_range(r.port_range);
+            let existing = self.worker_by_authority(&r.authority).await?;
+            let id = existing.as_ref().map(|w| w.id).unwrap_or_else(Uuid::new_v4);
+            let sql = if existing.is_some() {
+                "UPDATE workers SET frontend_mode=$2, protocol=$3, hostname=$4, tls_listen=$5, \
+                 tls_advertised=$6, api_port=$7, port_range_lo=$8, port_range_hi=$9, \
+                 wildcard_domain=$10, wildcard_traffic_port=$11, filtered_apps_only=$12, \
+                 traefik_last_used_marker_path=$13, accepted_traffics=$14, app_filters=$15, \
+                 authgate_url=$16, nodes=nodes+1, status='ALIVE', last_heartbeat=$17, updated_at=$17 \
+                 WHERE id=$1"
+            } else {
+                "INSERT INTO workers (id, frontend_mode, protocol, hostname, tls_listen, \
+                 tls_advertised, api_port, port_range_lo, port_range_hi, wildcard_domain, \
+                 wildcard_traffic_port, filtered_apps_only, traefik_last_used_marker_path, \
+                 accepted_traffics, app_filters, authgate_url, last_heartbeat, created_at, \
+                 updated_at, authority, nodes, status) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$17,$17,$18,1,'ALIVE')"
+            };
+            let mut query = sqlx::query(sql)
+                .bind(id.to_string())
+                .bind(r.frontend_mode.as_str())
+                .bind(r.protocol.as_str())
+                .bind(r.hostname.clone())
+                .bind(i64::from(r.tls_listen))
+                .bind(i64::from(r.tls_advertised))
+                .bind(i64::from(r.api_port))
+                .bind(lo)
+                .bind(hi)
+                .bind(r.wildcard_domain.clone())
+                .bind(r.wildcard_traffic_port.map(i64::from))
+                .bind(i64::from(r.filtered_apps_only))
+                .bind(r.traefik_last_used_marker_path.clone())
+                .bind(traffics)
+                .bind(filters)
+                .bind(r.authgate_url.clone())
+                .bind(now);
+            if existing.is_none() {
+                query = query.bind(r.authority.clone());
+            }
+            match query.execute(&self.pool).await {
+                Ok(_) => {}
+                // Two registrations of a new authority raced; the other insert won: update it.
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && existing.is_none() => {
+                    return Box::pin(self.upsert_worker(r)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.get_worker(id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("worker vanished".into()))
+        })
+        .await
+    }
+
+    pub async fn get_worker(&self, id: Uuid) -> Result<Option<Worker>, StoreError> {
+        self.measured("get_worker", async move {
+            let row = sqlx::query(q(format!("SELECT {WORKER_COLS} FROM workers WHERE id=$1")))
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.map(|r| worker_from_row(&r)).transpose()
+        })
+        .await
+    }
+
+    pub async fn worker_by_authority(&self, authority: &str) -> Result<Option<Worker>, StoreError> {
+        self.measured("worker_by_authority", async move {
+            let row = sqlx::query(q(format!(
+                "SELECT {WORKER_COLS} FROM workers WHERE authority=$1"
+            )))
+            .bind(authority.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|r| worker_from_row(&r)).transpose()
+        })
+        .await
+    }
+
+    pub async fn list_workers(&self) -> Result<Vec<Worker>, StoreError> {
+        self.measured("list_workers", async move {
+            let rows = sqlx::query(q(format!(
+                "SELECT {WORKER_COLS} FROM workers ORDER BY created_at, id"
+            )))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(worker_from_row).collect()
+        })
+        .await
+    }
+
+    /// Record a heartbeat; `None` when the worker is unknown.
+    pub async fn heartbeat_worker(&self, id: Uuid) -> Result<Option<Worker>, StoreError> {
+        self.measured("heartbeat_worker", async move {
+            self.update_worker(
+                id,
+                "UPDATE workers SET last_heartbeat=$2, updated_at=$2, status='ALIVE' WHERE id=$1",
+            )
+            .await
+        })
+        .await
+    }
+
+    /// Deregister one node of a worker; the worker becomes LOST when none remain.
+    pub async fn deregister_worker(&self, id: Uuid) -> Result<Option<Worker>, StoreError> {
+        self.measured("deregister_worker", async move {
+            self.update_worker(
+                id,
+                "UPDATE workers SET nodes = CASE WHEN nodes > 0 THEN nodes - 1 ELSE 0 END, \
+                 status = CASE WHEN nodes <= 1 THEN 'LOST' ELSE status END, updated_at=$2 WHERE id=$1",
+            )
+            .await
+        })
+        .await
+    }
+
+    /// Run `sql` (parameters: id, now) and return the updated worker; `None` when unknown.
+    async fn update_worker(
+        &self,
+        id: Uuid,
+        sql: &'static str,
+    ) -> Result<Option<Worker>, StoreError> {
+        let done = sqlx::query(sql)
+            .bind(id.to_string())
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_worker(id).await
+    }
+
+    /// Number of circuits per worker.
+    pub async fn occupied_counts(
+        &self,
+    ) -> Result<std::collections::HashMap<Uuid, i64>, StoreError> {
+        self.measured("occupied_counts", async move {
+            let rows = sqlx::query("SELECT worker_id, COUNT(*) FROM circuits GROUP BY worker_id")
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let id: String = r.try_get(0).map_err(|e| corrupt("worker_id", e))?;
+                    let n: i64 = r.try_get(1).map_err(|e| corrupt("count", e))?;
+                    Ok((
+                        Uuid::parse_str(&id).map_err(|e| corrupt("worker_id", e))?,
+                        n,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+}
