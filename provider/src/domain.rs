@@ -8,35 +8,29 @@ use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
 pub use appproxy_common::wire::{
-    AppMode, AuthPlugin, FrontendMode, Protocol, WorkerStatus, normalize_origin,
-    validate_authority, validate_host,
+    AppFilter, AppMode, AuthPlugin, FrontendMode, Protocol, WorkerSpec, WorkerStatus,
+    normalize_origin, validate_authority, validate_host,
 };
 
-/// A worker: one authgate plus the Traefik instances that read its etcd prefix.
+/// A worker: one authgate plus the Traefik instances that read its etcd prefix. What it
+/// registered with is the wire contract's [`WorkerSpec`] (the one list of worker fields;
+/// `Deref` reads through it); the provider adds identity and lifecycle.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Worker {
     pub id: Uuid,
-    pub authority: String,
-    pub frontend_mode: FrontendMode,
-    pub protocol: Protocol,
-    pub hostname: String,
-    pub tls_listen: bool,
-    pub tls_advertised: bool,
-    pub api_port: u16,
-    pub port_range: Option<(u16, u16)>,
-    pub wildcard_domain: Option<String>,
-    pub wildcard_traffic_port: Option<u16>,
-    pub filtered_apps_only: bool,
-    pub traefik_last_used_marker_path: Option<String>,
-    pub accepted_traffics: Vec<AppMode>,
-    pub app_filters: serde_json::Value,
-    /// Where this worker's Traefik reaches its authgate (default `http://127.0.0.1:<api_port>`).
-    pub authgate_url: Option<String>,
+    pub spec: WorkerSpec,
     pub nodes: i64,
     pub status: WorkerStatus,
     pub last_heartbeat_ms: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+impl std::ops::Deref for Worker {
+    type Target = WorkerSpec;
+    fn deref(&self) -> &WorkerSpec {
+        &self.spec
+    }
 }
 
 impl Worker {
@@ -487,6 +481,46 @@ mod tests {
         assert!(validate_host("kernel-1.cluster.local").is_ok());
         for bad in ["", "a b", "http://x", "x:80", "x/y", "-a", "a..b", "x`)"] {
             assert!(validate_host(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// Fixtures for the provider's unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A worker spec: ports 10205-10206 or `.apps.example.com`, interactive traffic only.
+    pub(crate) fn spec(authority: &str, mode: FrontendMode, protocol: Protocol) -> WorkerSpec {
+        WorkerSpec {
+            authority: authority.into(),
+            frontend_mode: mode,
+            protocol,
+            hostname: "apps.example.com".into(),
+            tls_listen: false,
+            tls_advertised: false,
+            api_port: 10201,
+            port_range: (mode == FrontendMode::Port).then_some((10205, 10206)),
+            wildcard_domain: (mode == FrontendMode::Wildcard).then(|| ".apps.example.com".into()),
+            wildcard_traffic_port: None,
+            filtered_apps_only: false,
+            traefik_last_used_marker_path: None,
+            accepted_traffics: vec![AppMode::Interactive],
+            app_filters: vec![],
+            authgate_url: None,
+        }
+    }
+
+    /// An ALIVE worker with that spec.
+    pub(crate) fn worker(id: Uuid, spec: WorkerSpec) -> Worker {
+        Worker {
+            id,
+            spec,
+            nodes: 1,
+            status: WorkerStatus::Alive,
+            last_heartbeat_ms: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
         }
     }
 }

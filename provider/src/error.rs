@@ -184,9 +184,21 @@ impl ApiError {
     }
 }
 
+/// Store failures in Backend.AI's terms (allocation failures are the client's answer; the
+/// rest is unavailability or an internal error).
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
+            StoreError::NoFreeSlot => {
+                ApiError::WorkerNotAvailable("no free port on the worker".into())
+            }
+            StoreError::SlotTaken(m) => ApiError::PortNotAvailable(m),
+            StoreError::DuplicateRoute(id) => {
+                ApiError::InvalidParams(format!("route_id {id} appears twice"))
+            }
+            StoreError::EndpointTaken(id) => {
+                ApiError::Conflict(format!("the endpoint already has circuit {id}"))
+            }
             StoreError::Unavailable(_) => ApiError::Unavailable(e),
             other => ApiError::Internal(other),
         }

@@ -7,7 +7,9 @@
 //! - [`render`]: pure circuit → Traefik KV rendering.
 //! - [`etcd`]: thin etcd shell.
 //! - [`reconcile`]: SQL → etcd projection, coalesced, idempotent, self-repairing.
-//! - [`api`]: HTTP handlers (Backend.AI wire + extensions); [`error`]: the only status mapping.
+//! - [`api`]: HTTP handlers (Backend.AI wire + extensions) that parse, call a [`service`] and
+//!   answer in [`models`]; [`error`]: the only status mapping.
+//! - [`placement`]: the pure worker ranking.
 //! - [`tokens`]: Ed25519-signed setup links and inference tokens; [`revoke`]: revocations in
 //!   Redis (unified logout).
 //! - [`activity`]: activity keys in Redis, workers' ingest health, the idle reaper.
@@ -21,10 +23,13 @@ pub mod domain;
 pub mod error;
 pub mod etcd;
 pub mod metrics;
+pub mod models;
+pub mod placement;
 pub mod reconcile;
 pub mod render;
 pub mod revoke;
 pub mod route_health;
+pub mod service;
 pub mod store;
 pub mod tokens;
 

@@ -29,14 +29,9 @@ pub fn serves(w: &Worker, protocol: Protocol) -> bool {
 
 /// Whether one of the worker's app filters matches one of the request's properties.
 pub fn filter_match(w: &Worker, props: &[(String, String)]) -> bool {
-    let Some(filters) = w.app_filters.as_array() else {
-        return false;
-    };
-    filters.iter().any(|f| {
-        props
-            .iter()
-            .any(|(k, v)| f["key"].as_str() == Some(k) && f["value"].as_str() == Some(v))
-    })
+    w.app_filters
+        .iter()
+        .any(|f| props.iter().any(|(k, v)| f.key == *k && f.value == *v))
 }
 
 /// Why a named worker cannot take the circuit, if it cannot.
@@ -74,36 +69,60 @@ pub fn rank_workers<'w>(
         .map(|(_, w)| w)
 }
 
+/// `host`, `port` of `scheme://host[:port][/…]`.
+fn url_host_port(url: &str) -> Option<(String, Option<u16>)> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            Some((h.to_ascii_lowercase(), Some(p.parse().ok()?)))
+        }
+        _ => Some((authority.to_ascii_lowercase(), None)),
+    }
+}
+
+/// The worker (and slot) an endpoint's `existing_url` belongs to, so a re-created endpoint
+/// keeps its URL.
+pub fn match_existing<'w>(
+    workers: &'w [Worker],
+    url: &str,
+) -> Option<(&'w Worker, Option<u16>, Option<String>)> {
+    let (host, port) = url_host_port(url)?;
+    for w in workers {
+        if !w.accepted_traffics.contains(&AppMode::Inference) {
+            continue;
+        }
+        match w.frontend_mode {
+            FrontendMode::Wildcard => {
+                let (label, rest) = host.split_once('.')?;
+                if w.wildcard_domain.as_deref() == Some(&format!(".{rest}")) {
+                    return Some((w, None, Some(label.to_string())));
+                }
+            }
+            FrontendMode::Port => {
+                if let (Some(p), Some((lo, hi))) = (port, w.port_range)
+                    && w.hostname.eq_ignore_ascii_case(&host)
+                    && (lo..=hi).contains(&p)
+                {
+                    return Some((w, Some(p), None));
+                }
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::domain::{AppFilter, fixtures};
 
     fn worker(name: &str, mode: FrontendMode, protocol: Protocol) -> Worker {
-        Worker {
-            id: Uuid::new_v4(),
-            authority: name.into(),
-            frontend_mode: mode,
-            protocol,
-            hostname: "apps.example.com".into(),
-            tls_listen: false,
-            tls_advertised: false,
-            api_port: 10201,
-            port_range: (mode == FrontendMode::Port).then_some((10205, 10209)),
-            wildcard_domain: (mode == FrontendMode::Wildcard).then(|| ".apps.example.com".into()),
-            wildcard_traffic_port: None,
-            filtered_apps_only: false,
-            traefik_last_used_marker_path: None,
-            accepted_traffics: vec![AppMode::Interactive, AppMode::Inference],
-            app_filters: json!([]),
-            authgate_url: None,
-            nodes: 1,
-            status: WorkerStatus::Alive,
-            last_heartbeat_ms: 0,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        }
+        let mut spec = fixtures::spec(name, mode, protocol);
+        spec.port_range = spec.port_range.map(|_| (10205, 10209));
+        spec.accepted_traffics = vec![AppMode::Interactive, AppMode::Inference];
+        fixtures::worker(Uuid::new_v4(), spec)
     }
 
     fn port(name: &str) -> Worker {
@@ -120,12 +139,15 @@ mod tests {
         w
     }
     fn only(mut w: Worker, mode: AppMode) -> Worker {
-        w.accepted_traffics = vec![mode];
+        w.spec.accepted_traffics = vec![mode];
         w
     }
     fn filtered(mut w: Worker, key: &str, value: &str, exclusive: bool) -> Worker {
-        w.app_filters = json!([{ "key": key, "value": value }]);
-        w.filtered_apps_only = exclusive;
+        w.spec.app_filters = vec![AppFilter {
+            key: key.into(),
+            value: value.into(),
+        }];
+        w.spec.filtered_apps_only = exclusive;
         w
     }
 
@@ -172,8 +194,16 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            let got = rank_workers(&workers, &counts, Ask { protocol, mode, props: &props })
-                .map(|w| w.authority.as_str());
+            let got = rank_workers(
+                &workers,
+                &counts,
+                Ask {
+                    protocol,
+                    mode,
+                    props: &props,
+                },
+            )
+            .map(|w| w.authority.as_str());
             assert_eq!(got, want, "{case}");
         }
     }
@@ -187,11 +217,15 @@ mod tests {
     }
 
     #[test]
-    fn malformed_filters_match_nothing() {
-        let mut w = port("a");
-        for f in [json!(null), json!({}), json!([1, "x", {"key": 1}])] {
-            w.app_filters = f;
-            assert!(!filter_match(&w, &[("k".into(), "v".into())]));
-        }
+    fn urls_split_into_host_and_port() {
+        assert_eq!(
+            url_host_port("http://Host.Example:10205/x"),
+            Some(("host.example".into(), Some(10205)))
+        );
+        assert_eq!(
+            url_host_port("https://svc.apps.example.com"),
+            Some(("svc.apps.example.com".into(), None))
+        );
+        assert_eq!(url_host_port("no-scheme"), None);
     }
 }

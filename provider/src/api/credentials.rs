@@ -35,8 +35,8 @@ fn view(c: &WorkerCredential) -> Value {
     json!({
         "id": c.id,
         "authority": c.authority,
-        "created_at": crate::api::models::iso(c.created_at_ms),
-        "revoked_at": c.revoked_at_ms.map(crate::api::models::iso),
+        "created_at": crate::models::iso(c.created_at_ms),
+        "revoked_at": c.revoked_at_ms.map(crate::models::iso),
     })
 }
 

@@ -4,7 +4,8 @@
 
 use serde::de::DeserializeOwned;
 
-use super::{circuit, credentials, endpoint, models, proxy, worker};
+use super::credentials;
+use crate::models::{self, endpoint, launch};
 
 fn body<T: DeserializeOwned>(data: &[u8]) -> Option<T> {
     serde_json::from_slice(data).ok()
@@ -14,14 +15,10 @@ fn body<T: DeserializeOwned>(data: &[u8]) -> Option<T> {
 /// exercises all of them.
 pub fn json_bodies(data: &[u8]) {
     if let Some(r) = body::<models::CreateCircuitRequest>(data) {
-        let _ = circuit::validate_create(&r, 256);
-        let _ = crate::domain::normalize_origins(&r.allowed_origins);
-        if let Some(p) = &r.auth_plugin {
-            let _ = p.validate();
-        }
+        let _ = r.validate(256);
     }
     if let Some(r) = body::<models::WorkerSpec>(data) {
-        let _ = worker::validate(r);
+        let _ = r.validate();
     }
     if let Some(r) = body::<endpoint::EndpointItem>(data) {
         let _ = r.validate();
@@ -34,7 +31,7 @@ pub fn json_bodies(data: &[u8]) {
     let _ = body::<models::BulkDeleteRequest>(data);
     let _ = body::<models::SetupLinkRequest>(data);
     let _ = body::<models::RevocationRequest>(data);
-    let _ = body::<proxy::ConfRequest>(data);
+    let _ = body::<launch::ConfRequest>(data);
     let _ = body::<appproxy_common::wire::RouteHealthReport>(data);
     if let Some(r) = body::<credentials::EnrolRequest>(data) {
         let _ = crate::domain::validate_authority(&r.authority);

@@ -1,7 +1,10 @@
 //! The HTTP API: Backend.AI's coordinator routes plus our `/v2/circuits` extensions.
 //!
-//! Handlers stay short: authenticate (extractor), parse (extractor), call the store, nudge
-//! the reconciler, answer. Every failure is an `ApiError`.
+//! Handlers stay short: authenticate (extractor), parse (extractor), call one service
+//! (`crate::service`), map the answer. Every failure is an `ApiError`. Each request runs in a
+//! span named by its matched route (never the raw path, which may hold a grant id) and a
+//! request id (`x-request-id`, taken when the caller sends a sane one, else minted, and
+//! echoed on the response).
 
 mod auth;
 mod circuit;
@@ -11,15 +14,16 @@ mod extract;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
-mod models;
 mod proxy;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{HeaderValue, header},
     middleware::{self, Next},
     response::Response,
@@ -27,7 +31,12 @@ use axum::{
 };
 
 use crate::{
-    config::Config, error::ApiError, metrics::Metrics, reconcile::Reconciler, store::Store,
+    config::Config,
+    error::ApiError,
+    metrics::Metrics,
+    reconcile::Reconciler,
+    service::{Circuits, Endpoints, Launch, Workers},
+    store::Store,
 };
 
 /// Everything a handler needs, behind one `Arc`: axum clones the state for every connection
@@ -63,9 +72,63 @@ pub struct Shared {
     pub ingest: crate::activity::IngestHealth,
 }
 
+impl Shared {
+    /// The circuits service over this state's handles.
+    pub fn circuits(&self) -> Circuits<'_> {
+        Circuits {
+            store: &self.store,
+            reconciler: &self.reconciler,
+            metrics: &self.metrics,
+        }
+    }
+
+    /// The workers service.
+    pub fn workers(&self) -> Workers<'_> {
+        Workers {
+            store: &self.store,
+            reconciler: &self.reconciler,
+            metrics: &self.metrics,
+        }
+    }
+
+    /// The inference endpoints service.
+    pub fn endpoints(&self) -> Endpoints<'_> {
+        Endpoints {
+            circuits: self.circuits(),
+            signer: &self.signer,
+        }
+    }
+
+    /// The launch-flow service.
+    pub fn launch(&self) -> Launch<'_> {
+        Launch {
+            circuits: self.circuits(),
+            signer: &self.signer,
+            conf: &self.config.conf,
+        }
+    }
+}
+
 /// The provider's router.
-pub fn app(state: AppState) -> Router {
+pub fn app(state: AppState) -> Router<()> {
     let limit = state.config.limits.max_body_bytes;
+    Router::new()
+        .merge(health_routes())
+        .merge(worker_routes())
+        .merge(manager_routes())
+        .merge(launch_routes())
+        .fallback(|| async { ApiError::UrlNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            common_headers,
+        ))
+        .with_state(state)
+}
+
+/// Probes, metrics and Backend.AI's `/health/*` views.
+fn health_routes() -> Router<AppState> {
     Router::new()
         .route("/status", get(health::status))
         .route("/health", get(health::health))
@@ -76,6 +139,11 @@ pub fn app(state: AppState) -> Router {
         .route("/health/summary", get(health::summary))
         .route("/health/endpoints", get(health::endpoints))
         .route("/health/circuits/{circuit_id}", get(health::circuit))
+}
+
+/// What workers (authgate) call: registration, heartbeats, their circuits, reports.
+fn worker_routes() -> Router<AppState> {
+    Router::new()
         .route(
             "/api/worker/{worker_id}/route-health",
             put(worker::route_health),
@@ -98,6 +166,11 @@ pub fn app(state: AppState) -> Router {
             "/api/circuit/{circuit_id}/statistics",
             get(circuit::statistics),
         )
+}
+
+/// What the manager calls: circuits, links, revocations, credentials, sessions, endpoints.
+fn manager_routes() -> Router<AppState> {
+    Router::new()
         .route("/v2/circuits", get(circuit::list).post(circuit::create))
         .route(
             "/v2/circuits/{circuit_id}",
@@ -117,7 +190,6 @@ pub fn app(state: AppState) -> Router {
             delete(credentials::revoke),
         )
         .route("/v2/sessions/{session_id}", delete(circuit::delete_session))
-        .route("/v2/conf", post(proxy::conf))
         .route(
             "/v2/endpoints/bulk",
             post(endpoint::create_bulk).delete(endpoint::delete_bulk),
@@ -140,25 +212,30 @@ pub fn app(state: AppState) -> Router {
             put(endpoint::health_check),
         )
         .route("/v2/endpoints/{endpoint_id}/token", post(endpoint::token))
-        .route("/v2/proxy/{token}/{session_id}/add", get(proxy::add))
-        .route("/v2/proxy/auth", get(proxy::auth))
-        .fallback(|| async { ApiError::UrlNotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            common_headers,
-        ))
-        .with_state(state)
 }
 
-/// `Server: BackendAI`, CORS `*` (no credentials) and a request span on every response.
+/// Backend.AI's launch flow (the WebUI and the Manager).
+fn launch_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2/conf", post(proxy::conf))
+        .route("/v2/proxy/{token}/{session_id}/add", get(proxy::add))
+        .route("/v2/proxy/auth", get(proxy::auth))
+}
+
+/// `Server: BackendAI`, CORS `*` (no credentials), a request span and a request id on every
+/// response.
 async fn common_headers(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
-    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
+    let id = request_id(req.headers());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), route = %route);
     let mut resp = tracing::Instrument::instrument(next.run(req), span).await;
     let class = match resp.status().as_u16() {
         200..=299 => "2xx",
@@ -181,5 +258,24 @@ async fn common_headers(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("*"),
     );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert(X_REQUEST_ID, v);
+    }
     resp
+}
+
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+/// The caller's `x-request-id` when it is short and plain (1-64 of `[A-Za-z0-9._-]`, so it
+/// cannot forge log lines), else a fresh one.
+fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string)
 }

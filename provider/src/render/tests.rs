@@ -3,34 +3,13 @@
 use uuid::Uuid;
 
 use super::*;
-use crate::domain::{Route, WorkerStatus};
+use crate::domain::Route;
 
 const CID: &str = "0b6c2f7e-1111-4a2b-8c3d-1234567890ab";
 
 fn worker(mode: FrontendMode, protocol: Protocol) -> Worker {
-    Worker {
-        id: Uuid::nil(),
-        authority: "w1".into(),
-        frontend_mode: mode,
-        protocol,
-        hostname: "apps.example.com".into(),
-        tls_listen: false,
-        tls_advertised: false,
-        api_port: 10201,
-        port_range: (mode == FrontendMode::Port).then_some((10205, 10206)),
-        wildcard_domain: (mode == FrontendMode::Wildcard).then(|| ".apps.example.com".into()),
-        wildcard_traffic_port: None,
-        filtered_apps_only: false,
-        traefik_last_used_marker_path: None,
-        accepted_traffics: vec![AppMode::Interactive],
-        app_filters: serde_json::json!([]),
-        authgate_url: None,
-        nodes: 1,
-        status: WorkerStatus::Alive,
-        last_heartbeat_ms: 0,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-    }
+    let spec = crate::domain::fixtures::spec("w1", mode, protocol);
+    crate::domain::fixtures::worker(Uuid::nil(), spec)
 }
 
 fn route(host: &str, port: u16, ratio: f64, protocol: Protocol) -> Route {
@@ -245,8 +224,8 @@ fn weights_reduce_and_equal_ratios_write_none() {
 #[test]
 fn inference_balancing_sticky_health_check_and_retry() {
     let mut w = worker(FrontendMode::Port, Protocol::Http);
-    w.accepted_traffics = vec![AppMode::Interactive, AppMode::Inference];
-    w.tls_listen = true;
+    w.spec.accepted_traffics = vec![AppMode::Interactive, AppMode::Inference];
+    w.spec.tls_listen = true;
     let mut c = circuit(
         Frontend::Port(10205),
         Protocol::Http,

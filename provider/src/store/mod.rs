@@ -22,7 +22,6 @@ use sqlx::{AnyPool, any::AnyPoolOptions};
 
 pub use circuit::{CircuitFilter, NewCircuit, NewRoute};
 pub use credentials::WorkerCredential;
-pub use worker::WorkerRegistration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

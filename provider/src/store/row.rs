@@ -7,7 +7,9 @@ use sqlx::{Row, any::AnyRow};
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::domain::{AppMode, Circuit, Endpoint, Frontend, Route, Worker, WorkerStatus};
+use crate::domain::{
+    AppMode, Circuit, Endpoint, Frontend, Route, Worker, WorkerSpec, WorkerStatus,
+};
 
 pub(super) const WORKER_COLS: &str = "id, authority, frontend_mode, protocol, hostname, tls_listen, \
     tls_advertised, api_port, port_range_lo, port_range_hi, wildcard_domain, \
@@ -89,8 +91,7 @@ pub(super) fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
     let hi = opt_u16(row, "port_range_hi")?;
     let traffics: String = get(row, "accepted_traffics")?;
     let filters: String = get(row, "app_filters")?;
-    Ok(Worker {
-        id: parse(row, "id")?,
+    let spec = WorkerSpec {
         authority: get(row, "authority")?,
         frontend_mode: parse(row, "frontend_mode")?,
         protocol: parse(row, "protocol")?,
@@ -110,6 +111,10 @@ pub(super) fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
             .collect::<Result<_, _>>()?,
         app_filters: serde_json::from_str(&filters).map_err(|e| corrupt("app_filters", e))?,
         authgate_url: get(row, "authgate_url")?,
+    };
+    Ok(Worker {
+        id: parse(row, "id")?,
+        spec,
         nodes: get(row, "nodes")?,
         status: parse::<WorkerStatus>(row, "status")?,
         last_heartbeat_ms: get(row, "last_heartbeat")?,

@@ -8,7 +8,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::*;
-use crate::domain::{AppMode, Frontend, FrontendMode, Protocol, Route};
+use crate::domain::{AppMode, Frontend, FrontendMode, Protocol, Route, WorkerSpec};
 
 struct TempDb {
     store: Store,
@@ -32,24 +32,11 @@ async fn temp_db() -> TempDb {
     TempDb { store, path }
 }
 
-fn registration(authority: &str, mode: FrontendMode) -> WorkerRegistration {
-    WorkerRegistration {
-        authority: authority.into(),
-        frontend_mode: mode,
-        protocol: Protocol::Http,
-        hostname: "127.0.0.1".into(),
-        tls_listen: false,
-        tls_advertised: false,
-        api_port: 10201,
-        port_range: (mode == FrontendMode::Port).then_some((20000, 20009)),
-        wildcard_domain: (mode == FrontendMode::Wildcard).then(|| ".apps.test".into()),
-        wildcard_traffic_port: None,
-        filtered_apps_only: false,
-        traefik_last_used_marker_path: None,
-        accepted_traffics: vec![AppMode::Interactive, AppMode::Inference],
-        app_filters: json!([]),
-        authgate_url: None,
-    }
+fn registration(authority: &str, mode: FrontendMode) -> WorkerSpec {
+    let mut spec = crate::domain::fixtures::spec(authority, mode, Protocol::Http);
+    spec.port_range = spec.port_range.map(|_| (20000, 20009));
+    spec.accepted_traffics = vec![AppMode::Interactive, AppMode::Inference];
+    spec
 }
 
 fn route(port: u16) -> Route {

@@ -7,36 +7,18 @@ use super::{
     Store, StoreError, now_ms, q,
     row::{WORKER_COLS, corrupt, join_modes, split_range, worker_from_row},
 };
-use crate::domain::{AppMode, FrontendMode, Protocol, Worker};
-
-/// What a worker reports when it registers (`PUT /api/worker`).
-#[derive(Debug, Clone)]
-pub struct WorkerRegistration {
-    pub authority: String,
-    pub frontend_mode: FrontendMode,
-    pub protocol: Protocol,
-    pub hostname: String,
-    pub tls_listen: bool,
-    pub tls_advertised: bool,
-    pub api_port: u16,
-    pub port_range: Option<(u16, u16)>,
-    pub wildcard_domain: Option<String>,
-    pub wildcard_traffic_port: Option<u16>,
-    pub filtered_apps_only: bool,
-    pub traefik_last_used_marker_path: Option<String>,
-    pub accepted_traffics: Vec<AppMode>,
-    pub app_filters: serde_json::Value,
-    pub authgate_url: Option<String>,
-}
+use crate::domain::{FrontendMode, Worker, WorkerSpec};
 
 impl Store {
     /// Insert or update a worker by authority; a re-registration revives it.
-    pub async fn upsert_worker(&self, r: &WorkerRegistration) -> Result<Worker, StoreError> {
+    pub async fn upsert_worker(&self, r: &WorkerSpec) -> Result<Worker, StoreError> {
         self.measured("upsert_worker", async move {
             let now = now_ms();
             let traffics = join_modes(&r.accepted_traffics);
-            let filters = r.app_filters.to_string();
-            let (lo, hi) = split_range(r.port_range);
+            let filters = serde_json::to_string(&r.app_filters).unwrap_or_else(|_| "[]".into());
+            // A port range means something only to a port worker.
+            let (lo, hi) =
+                split_range(r.port_range.filter(|_| r.frontend_mode == FrontendMode::Port));
             let existing = self.worker_by_authority(&r.authority).await?;
             let id = existing.as_ref().map(|w| w.id).unwrap_or_else(Uuid::new_v4);
             let sql = if existing.is_some() {

@@ -1,15 +1,26 @@
-//! Wire models (serde). Request models reject unknown fields; response models follow
-//! Backend.AI's `WorkerResponseModel` and `SerializableCircuit`, plus our extensions.
+//! The API's wire models (serde), shared by handlers and services. Our own request models
+//! reject unknown fields; Backend.AI's (`endpoint`, `launch`) ignore them as Backend.AI does.
+//! Response models follow Backend.AI's `WorkerResponseModel` and `SerializableCircuit`, plus
+//! our extensions. The worker API's types come from `appproxy_common::wire`.
+
+pub mod endpoint;
+pub mod launch;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{AppMode, Circuit, Frontend, FrontendMode, Protocol, Route, Worker};
+use crate::{
+    domain::{
+        AppMode, Circuit, Frontend, FrontendMode, Protocol, Route, Worker, WorkerStatus,
+        parse_client_ips, validate_host,
+    },
+    error::ApiError,
+};
 
-pub(crate) use appproxy_common::wire::{CircuitList, CircuitMapEntry, WorkerSpec};
+pub use appproxy_common::wire::{CircuitList, CircuitMapEntry, WorkerSpec};
 
 #[derive(Debug, Serialize)]
-pub(crate) struct SlotResponse {
+pub struct SlotResponse {
     pub frontend_mode: FrontendMode,
     pub in_use: bool,
     pub port: Option<u16>,
@@ -17,28 +28,16 @@ pub(crate) struct SlotResponse {
     pub circuit_id: Option<Uuid>,
 }
 
+/// Backend.AI's `WorkerResponseModel`: the registered spec plus identity, load and lifecycle.
 #[derive(Debug, Serialize)]
-pub(crate) struct WorkerResponse {
+pub struct WorkerResponse {
     pub id: Uuid,
-    pub authority: String,
-    pub frontend_mode: FrontendMode,
-    pub protocol: Protocol,
-    pub hostname: String,
-    pub tls_listen: bool,
-    pub tls_advertised: bool,
-    pub api_port: u16,
-    pub port_range: Option<(u16, u16)>,
-    pub wildcard_domain: Option<String>,
-    pub wildcard_traffic_port: Option<u16>,
-    pub filtered_apps_only: bool,
-    pub traefik_last_used_marker_path: Option<String>,
-    pub accepted_traffics: Vec<AppMode>,
-    pub app_filters: serde_json::Value,
-    pub authgate_url: Option<String>,
+    #[serde(flatten)]
+    pub spec: WorkerSpec,
     pub available_slots: i64,
     pub occupied_slots: i64,
     pub nodes: i64,
-    pub status: String,
+    pub status: WorkerStatus,
     pub traefik_root_key: String,
     pub last_heartbeat: String,
     pub created_at: String,
@@ -47,7 +46,7 @@ pub(crate) struct WorkerResponse {
     pub slots: Option<Vec<SlotResponse>>,
 }
 
-pub(crate) fn iso(ms: i64) -> String {
+pub fn iso(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| {
@@ -58,28 +57,14 @@ pub(crate) fn iso(ms: i64) -> String {
 }
 
 impl WorkerResponse {
-    pub(crate) fn new(w: &Worker, occupied: i64, root_key: String) -> Self {
+    pub fn new(w: &Worker, occupied: i64, root_key: String) -> Self {
         WorkerResponse {
             id: w.id,
-            authority: w.authority.clone(),
-            frontend_mode: w.frontend_mode,
-            protocol: w.protocol,
-            hostname: w.hostname.clone(),
-            tls_listen: w.tls_listen,
-            tls_advertised: w.tls_advertised,
-            api_port: w.api_port,
-            port_range: w.port_range,
-            wildcard_domain: w.wildcard_domain.clone(),
-            wildcard_traffic_port: w.wildcard_traffic_port,
-            filtered_apps_only: w.filtered_apps_only,
-            traefik_last_used_marker_path: w.traefik_last_used_marker_path.clone(),
-            accepted_traffics: w.accepted_traffics.clone(),
-            app_filters: w.app_filters.clone(),
-            authgate_url: w.authgate_url.clone(),
+            spec: w.spec.clone(),
             available_slots: w.available_slots(),
             occupied_slots: occupied,
             nodes: w.nodes,
-            status: w.status.to_string(),
+            status: w.status,
             traefik_root_key: root_key,
             last_heartbeat: iso(w.last_heartbeat_ms),
             created_at: iso(w.created_at_ms),
@@ -89,35 +74,9 @@ impl WorkerResponse {
     }
 }
 
-/// Backend.AI's `RouteInfo`.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct RouteInfo {
-    pub route_id: Option<Uuid>,
-    pub session_id: Uuid,
-    pub session_name: Option<String>,
-    pub kernel_host: String,
-    pub kernel_port: u16,
-    pub protocol: Protocol,
-    pub traffic_ratio: f64,
-}
-
-impl From<&Route> for RouteInfo {
-    fn from(r: &Route) -> Self {
-        RouteInfo {
-            route_id: r.route_id,
-            session_id: r.session_id,
-            session_name: r.session_name.clone(),
-            kernel_host: r.kernel_host.clone(),
-            kernel_port: r.kernel_port,
-            protocol: r.protocol,
-            traffic_ratio: r.traffic_ratio,
-        }
-    }
-}
-
 /// Backend.AI's `SerializableCircuit`, plus `generation`, `idle_timeout` and `url`.
 #[derive(Debug, Serialize)]
-pub(crate) struct CircuitResponse {
+pub struct CircuitResponse {
     pub id: Uuid,
     pub app: String,
     pub protocol: Protocol,
@@ -133,7 +92,8 @@ pub(crate) struct CircuitResponse {
     pub user_id: Option<Uuid>,
     pub endpoint_id: Option<Uuid>,
     pub runtime_variant: Option<String>,
-    pub route_info: Vec<RouteInfo>,
+    /// Backend.AI's `RouteInfo` list (the domain `Route` serializes as it).
+    pub route_info: Vec<Route>,
     pub session_ids: Vec<Uuid>,
     pub generation: i64,
     pub idle_timeout: Option<u64>,
@@ -147,7 +107,7 @@ pub(crate) struct CircuitResponse {
 }
 
 impl CircuitResponse {
-    pub(crate) fn new(c: &Circuit, worker: Option<&Worker>) -> Self {
+    pub fn new(c: &Circuit, worker: Option<&Worker>) -> Self {
         let ips: Vec<String> = c.allowed_client_ips.iter().map(|n| n.to_string()).collect();
         CircuitResponse {
             id: c.id,
@@ -172,7 +132,7 @@ impl CircuitResponse {
             user_id: c.user_id,
             endpoint_id: c.endpoint_id,
             runtime_variant: c.runtime_variant.clone(),
-            route_info: c.routes.iter().map(RouteInfo::from).collect(),
+            route_info: c.routes.clone(),
             session_ids: c.session_ids(),
             generation: c.generation,
             idle_timeout: c.idle_timeout,
@@ -187,7 +147,7 @@ impl CircuitResponse {
 
 /// What authgate needs of a circuit (the field names of `CircuitResponse`, a fraction of its
 /// size).
-pub(crate) fn map_entry(c: &Circuit) -> CircuitMapEntry {
+pub fn map_entry(c: &Circuit) -> CircuitMapEntry {
     CircuitMapEntry {
         id: c.id,
         protocol: c.protocol,
@@ -201,7 +161,7 @@ pub(crate) fn map_entry(c: &Circuit) -> CircuitMapEntry {
 
 /// `allowed_client_ips` as a list or Backend.AI's comma-separated string.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct IpList(pub String);
+pub struct IpList(pub String);
 
 impl<'de> Deserialize<'de> for IpList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -220,7 +180,7 @@ impl<'de> Deserialize<'de> for IpList {
 
 /// A list of uuids as a JSON list or a comma-separated string.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct UuidList(pub Vec<Uuid>);
+pub struct UuidList(pub Vec<Uuid>);
 
 impl<'de> Deserialize<'de> for UuidList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -246,7 +206,7 @@ impl<'de> Deserialize<'de> for UuidList {
 /// One route of `POST /v2/circuits`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RouteRequest {
+pub struct RouteRequest {
     #[serde(default)]
     pub route_id: Option<Uuid>,
     pub session_id: Uuid,
@@ -267,7 +227,7 @@ fn one() -> f64 {
 /// `POST /v2/circuits`: an interactive circuit, created directly.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CreateCircuitRequest {
+pub struct CreateCircuitRequest {
     pub app: String,
     #[serde(default = "http")]
     pub protocol: Protocol,
@@ -305,19 +265,93 @@ pub(crate) struct CreateCircuitRequest {
     pub auth_plugin: Option<crate::domain::AuthPlugin>,
 }
 
+/// A `POST /v2/circuits` request that passed every check.
+pub struct ValidCreate {
+    pub routes: Vec<Route>,
+    pub allowed_client_ips: Vec<ipnet::IpNet>,
+    pub allowed_origins: Vec<String>,
+}
+
+impl CreateCircuitRequest {
+    /// Every check of the request, before anything is placed or written.
+    pub fn validate(&self, max_routes: usize) -> Result<ValidCreate, ApiError> {
+        let routes = self.routes(max_routes)?;
+        if let Some(p) = &self.auth_plugin {
+            p.validate().map_err(ApiError::InvalidParams)?;
+        }
+        let allowed_client_ips = match &self.allowed_client_ips {
+            Some(l) => parse_client_ips(&l.0).map_err(ApiError::InvalidParams)?,
+            None => Vec::new(),
+        };
+        let allowed_origins = crate::domain::normalize_origins(&self.allowed_origins)
+            .map_err(ApiError::InvalidParams)?;
+        Ok(ValidCreate {
+            routes,
+            allowed_client_ips,
+            allowed_origins,
+        })
+    }
+
+    /// Routes of the request, checked (app, sizes, hosts, ports, ratios, protocols).
+    fn routes(&self, max_routes: usize) -> Result<Vec<Route>, ApiError> {
+        let req = self;
+        let bad = |m: String| Err(ApiError::InvalidParams(m));
+        if req.app.is_empty() || req.app.len() > 255 || req.app.chars().any(char::is_control) {
+            return bad("app must be 1-255 printable characters".into());
+        }
+        if req.routes.is_empty() || req.routes.len() > max_routes {
+            return bad(format!("routes must hold 1-{max_routes} entries"));
+        }
+        if let Some(a) = &req.arguments
+            && a.len() > 1000
+        {
+            return bad("arguments must be at most 1000 characters".into());
+        }
+        if let Some(0) = req.port {
+            return bad("port must be 1-65535".into());
+        }
+        let mut routes = Vec::new();
+        for r in &req.routes {
+            validate_host(&r.kernel_host).map_err(ApiError::InvalidParams)?;
+            if r.kernel_port == 0 {
+                return bad("kernel_port must be 1-65535".into());
+            }
+            if !(r.traffic_ratio.is_finite() && r.traffic_ratio >= 0.0) {
+                return bad("traffic_ratio must be a finite number >= 0".into());
+            }
+            let protocol = r.protocol.unwrap_or(req.protocol);
+            if protocol.is_http() != req.protocol.is_http() {
+                return Err(ApiError::UnsupportedProtocol(
+                    "routes must match the circuit protocol".into(),
+                ));
+            }
+            routes.push(Route {
+                route_id: r.route_id,
+                session_id: r.session_id,
+                session_name: r.session_name.clone(),
+                kernel_host: r.kernel_host.clone(),
+                kernel_port: r.kernel_port,
+                protocol,
+                traffic_ratio: r.traffic_ratio,
+            });
+        }
+        Ok(routes)
+    }
+}
+
 fn http() -> Protocol {
     Protocol::Http
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct FrontendResponse {
+pub struct FrontendResponse {
     pub mode: FrontendMode,
     pub port: Option<u16>,
     pub subdomain: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct CreateCircuitResponse {
+pub struct CreateCircuitResponse {
     pub id: Uuid,
     pub url: String,
     /// Short-lived link that gives the owner's browser its cookie (HTTP circuits).
@@ -330,10 +364,28 @@ pub(crate) struct CreateCircuitResponse {
     pub circuit: CircuitResponse,
 }
 
+impl CreateCircuitResponse {
+    pub fn new(c: &Circuit, worker: &Worker, link: Option<SetupLinkResponse>) -> Self {
+        CreateCircuitResponse {
+            id: c.id,
+            url: c.url(worker),
+            setup_url_expires_at: link.as_ref().map(|l| l.expires_at),
+            setup_url: link.map(|l| l.setup_url),
+            frontend: FrontendResponse {
+                mode: worker.frontend_mode,
+                port: c.port(),
+                subdomain: c.subdomain().map(str::to_string),
+            },
+            worker: worker.authority.clone(),
+            circuit: CircuitResponse::new(c, Some(worker)),
+        }
+    }
+}
+
 /// `GET /v2/circuits` filters.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ListCircuitsQuery {
+pub struct ListCircuitsQuery {
     #[serde(default)]
     pub session_id: Option<Uuid>,
     #[serde(default)]
@@ -346,7 +398,7 @@ pub(crate) struct ListCircuitsQuery {
 /// `GET /api/slots`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SlotsQuery {
+pub struct SlotsQuery {
     pub wsproxy_host: String,
     #[serde(default)]
     pub in_use: Option<bool>,
@@ -355,14 +407,14 @@ pub(crate) struct SlotsQuery {
 /// `DELETE /api/circuit/_/bulk`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct BulkDeleteRequest {
+pub struct BulkDeleteRequest {
     pub circuit_ids: UuidList,
 }
 
 /// `POST /v2/circuits/{id}/setup-link`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SetupLinkRequest {
+pub struct SetupLinkRequest {
     /// Must be the circuit's owner when given.
     #[serde(default)]
     pub user_id: Option<Uuid>,
@@ -378,7 +430,7 @@ pub(crate) struct SetupLinkRequest {
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct SetupLinkResponse {
+pub struct SetupLinkResponse {
     pub setup_url: String,
     /// Epoch seconds.
     pub expires_at: i64,
@@ -387,9 +439,36 @@ pub(crate) struct SetupLinkResponse {
 /// `POST /v2/revocations`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RevocationRequest {
+pub struct RevocationRequest {
     #[serde(default)]
     pub user_id: Option<Uuid>,
     #[serde(default)]
     pub login_session_token: Option<String>,
+}
+
+impl RevocationRequest {
+    /// Who is revoked: the user, the login session (by its hash), or both; at least one.
+    pub fn subjects(&self) -> Result<Vec<crate::revoke::Subject>, ApiError> {
+        use crate::revoke::Subject;
+        let mut subjects = Vec::new();
+        if let Some(u) = self.user_id {
+            subjects.push(Subject::User(u.to_string()));
+        }
+        if let Some(t) = &self.login_session_token {
+            if t.is_empty() {
+                return Err(ApiError::InvalidParams(
+                    "login_session_token must not be empty".into(),
+                ));
+            }
+            subjects.push(Subject::LoginSession(
+                appproxy_common::auth::login_session_hash(t),
+            ));
+        }
+        if subjects.is_empty() {
+            return Err(ApiError::InvalidParams(
+                "give user_id and/or login_session_token".into(),
+            ));
+        }
+        Ok(subjects)
+    }
 }
