@@ -63,12 +63,56 @@ pub async fn run(
             let _ = tx.send(true);
         });
     }
+    let redis = redis::Client::open(config.redis.url.as_str())?;
+    let (gate, tasks) = start(config, redis, stop_all, &shutdown).await?;
+    let addr = listeners
+        .first()
+        .map(|l| l.local_addr())
+        .transpose()?
+        .ok_or_else(|| anyhow::anyhow!("no listener"))?;
+    tracing::info!(%addr, threads = listeners.len(), "authgate listening");
+    let ingest_task = ingest.map(|l| serve_ingest(l, gate.clone(), shutdown.clone()));
+    serve::serve(listeners, http::app(gate), shutdown.clone()).await?;
+    if let Some(t) = ingest_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    tasks.finish().await
+}
+
+/// What runs beside the HTTP surface, to be wound down in order at shutdown.
+struct Tasks {
+    sync: tokio::task::JoinHandle<()>,
+    flusher: tokio::task::JoinHandle<()>,
+    worker: tokio::task::JoinHandle<Result<(), worker::RegistrationRefused>>,
+}
+
+impl Tasks {
+    async fn finish(self) -> anyhow::Result<()> {
+        // The worker task deregisters on shutdown; give it a bounded moment.
+        let role = tokio::time::timeout(Duration::from_secs(5), self.worker).await;
+        // One last flush happens in the flusher's loop before it sees the shutdown.
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.flusher).await;
+        self.sync.abort();
+        match role {
+            Ok(Ok(Err(refused))) => Err(refused.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Load the keys, start the revocation sync and pruner, the activity flusher, the worker role
+/// and the plugin host: the shared [`http::Gate`] and the tasks to wind down.
+async fn start(
+    config: Config,
+    redis: redis::Client,
+    stop_all: Arc<watch::Sender<bool>>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<(Arc<http::Gate>, Tasks)> {
     let keys = token::Keys::load(
         &config.keys.provider_public_key_file,
         &config.keys.cookie_secret,
         config.session.leeway_seconds,
     )?;
-    let redis = redis::Client::open(config.redis.url.as_str())?;
     let metrics = metrics::Metrics::new();
     let revoked = revocation::Revocations::with_retention(Duration::from_secs(
         config.session.revocation_retention_seconds,
@@ -92,53 +136,21 @@ pub async fn run(
         config.worker.protocol == appproxy_common::wire::Protocol::Tcp,
         shutdown.clone(),
     ));
-    let worker = {
-        let role = worker::run(
-            config.clone(),
-            metrics.clone(),
-            activity.clone(),
-            shutdown.clone(),
-        );
-        let tx = stop_all.clone();
-        tokio::spawn(async move {
-            let r = role.await;
-            if let Err(e) = &r {
-                tracing::error!(error = %e, "Registration refused; stopping");
-                let _ = tx.send(true);
-            }
-            r
-        })
-    };
-    let plugins = match &config.plugins.dir {
-        Some(dir) => {
-            let limits = plugin::Limits {
-                timeout: Duration::from_millis(config.plugins.timeout_ms),
-                memory_bytes: config.plugins.memory_mib << 20,
-                max_failures: config.plugins.max_failures,
-                ..plugin::Limits::default()
-            };
-            let host = plugin::Host::new(Some(dir.into()), limits)?;
-            let watched = host.clone();
-            tokio::spawn(appproxy_common::shutdown::every(
-                Duration::from_secs(2),
-                appproxy_common::shutdown::First::AfterInterval,
-                shutdown.clone(),
-                move || {
-                    let h = watched.clone();
-                    async move {
-                        let _ = tokio::task::spawn_blocking(move || h.reload()).await;
-                    }
-                },
-            ));
-            Some(Arc::new(plugin::Runner::new(
-                host,
-                config.plugins.workers,
-                config.plugins.queue,
-                metrics.plugin_seconds.clone(),
-            )))
+    let role = worker::run(
+        config.clone(),
+        metrics.clone(),
+        activity.clone(),
+        shutdown.clone(),
+    );
+    let worker = tokio::spawn(async move {
+        let r = role.await;
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "Registration refused; stopping");
+            let _ = stop_all.send(true);
         }
-        None => None,
-    };
+        r
+    });
+    let plugins = plugin_runner(&config, &metrics, shutdown)?;
     let gate = http::Gate {
         plugins,
         activity,
@@ -149,36 +161,64 @@ pub async fn run(
         metrics,
         traefik,
     };
-    let addr = listeners
-        .first()
-        .map(|l| l.local_addr())
-        .transpose()?
-        .ok_or_else(|| anyhow::anyhow!("no listener"))?;
-    tracing::info!(%addr, threads = listeners.len(), "authgate listening");
-    let gate = Arc::new(gate);
-    let ingest_task = ingest.map(|l| {
-        let mut stop = shutdown.clone();
-        let app = http::ingest_app(gate.clone());
-        tracing::info!(addr = ?l.local_addr().ok(), "Access-log receiver listening");
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|v| *v).await;
-                })
-                .await;
-        })
-    });
-    serve::serve(listeners, http::app(gate), shutdown.clone()).await?;
-    if let Some(t) = ingest_task {
-        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-    }
-    // The worker task deregisters on shutdown; give it a bounded moment.
-    let role = tokio::time::timeout(Duration::from_secs(5), worker).await;
-    // One last flush happens in the flusher's loop before it sees the shutdown.
-    let _ = tokio::time::timeout(Duration::from_secs(3), flusher).await;
-    sync.abort();
-    match role {
-        Ok(Ok(Err(refused))) => Err(refused.into()),
-        _ => Ok(()),
-    }
+    Ok((
+        Arc::new(gate),
+        Tasks {
+            sync,
+            flusher,
+            worker,
+        },
+    ))
+}
+
+/// The plugin host and runner, with its directory rescanned every 2 s (none configured: none).
+fn plugin_runner(
+    config: &Config,
+    metrics: &metrics::Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Arc<plugin::Runner>>> {
+    let Some(dir) = &config.plugins.dir else {
+        return Ok(None);
+    };
+    let limits = plugin::Limits {
+        timeout: Duration::from_millis(config.plugins.timeout_ms),
+        memory_bytes: config.plugins.memory_mib << 20,
+        max_failures: config.plugins.max_failures,
+        ..plugin::Limits::default()
+    };
+    let host = plugin::Host::new(Some(dir.into()), limits)?;
+    let watched = host.clone();
+    tokio::spawn(appproxy_common::shutdown::every(
+        Duration::from_secs(2),
+        appproxy_common::shutdown::First::AfterInterval,
+        shutdown.clone(),
+        move || {
+            let h = watched.clone();
+            async move {
+                let _ = tokio::task::spawn_blocking(move || h.reload()).await;
+            }
+        },
+    ));
+    Ok(Some(Arc::new(plugin::Runner::new(
+        host,
+        config.plugins.workers,
+        config.plugins.queue,
+        metrics.plugin_seconds.clone(),
+    ))))
+}
+
+/// The access-log receiver on its own listener, until shutdown.
+fn serve_ingest(
+    listener: tokio::net::TcpListener,
+    gate: Arc<http::Gate>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "Access-log receiver listening");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, http::ingest_app(gate))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|v| *v).await;
+            })
+            .await;
+    })
 }

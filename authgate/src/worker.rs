@@ -243,117 +243,180 @@ pub async fn run(
     activity: Arc<Activity>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RegistrationRefused> {
-    let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("http client"),
-        base: cfg.provider.url.clone(),
-        token: cfg.provider.worker_token.clone(),
-    };
-    let body = registration(&cfg);
-    let beat = Duration::from_secs(cfg.provider.heartbeat_seconds);
-    let tick = Duration::from_secs(2).min(beat);
-    let mut id: Option<String> = None;
-    let mut backoff = Duration::from_millis(200);
-    let mut last_beat = tokio::time::Instant::now();
-    let mut last_health: Option<HashMap<Uuid, BTreeMap<String, String>>> = None;
-    // Version of the circuit map we hold; polls with it are answered 304 while unchanged.
-    let mut map_etag: Option<String> = None;
+    let mut role = Role::new(cfg, metrics, activity);
     loop {
-        let wait = match &id {
-            None => match client.register(&body).await {
-                Ok(new) => {
-                    tracing::info!(worker = %new, authority = %cfg.worker.authority, "Registered with the provider");
-                    metrics.registered.set(1);
-                    id = Some(new);
-                    backoff = Duration::from_millis(200);
-                    last_beat = tokio::time::Instant::now();
-                    last_health = None;
-                    map_etag = None;
-                    tick
-                }
-                Err(RegisterError::Refused(status, body)) => {
-                    return Err(RegistrationRefused {
-                        authority: cfg.worker.authority.clone(),
-                        status,
-                        body,
-                    });
-                }
-                Err(RegisterError::Transient(e)) => {
-                    tracing::warn!(error = %e, "Registration failed; retrying");
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    backoff
-                }
-            },
-            Some(w) => {
-                let due = last_beat.elapsed() >= beat;
-                if due {
-                    last_beat = tokio::time::Instant::now();
-                    match client
-                        .send(
-                            reqwest::Method::PATCH,
-                            &format!("/api/worker/{w}"),
-                            Some(&heartbeat(&activity)),
-                        )
-                        .await
-                    {
-                        Ok((200, _)) => {}
-                        Ok((404, _)) => {
-                            tracing::warn!("Provider forgot this worker; registering again");
-                            metrics.registered.set(0);
-                            id = None;
-                            continue;
-                        }
-                        Ok((s, v)) => tracing::warn!(status = s, body = %v, "Heartbeat refused"),
-                        Err(e) => tracing::warn!(error = %e, "Heartbeat failed"),
-                    }
-                }
-                match client.circuits(w, map_etag.as_deref()).await {
-                    Ok(Some((map, tag))) => {
-                        activity.set_map(map, now_ms());
-                        map_etag = tag;
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "Circuit list failed"),
-                }
-                // Replica health matters for inference circuits only; Traefik's service list
-                // grows with every circuit, so it is not polled without any.
-                if cfg.worker.protocol != Protocol::Tcp
-                    && (activity.has_inference()
-                        || last_health.as_ref().is_some_and(|h| !h.is_empty()))
-                    && let Some(h) = route_health(&client.http, &cfg.traefik.api_url).await
-                    && (due || last_health.as_ref() != Some(&h))
-                {
-                    let path = format!("/api/worker/{w}/route-health");
-                    let report = RouteHealthReport { circuits: h };
-                    match client
-                        .send(reqwest::Method::PUT, &path, Some(&report))
-                        .await
-                    {
-                        Ok((200, _)) => last_health = Some(report.circuits),
-                        Ok((s, v)) => tracing::warn!(status = s, body = %v, "Route health refused"),
-                        Err(e) => tracing::warn!(error = %e, "Route health report failed"),
-                    }
-                }
-                tick
-            }
+        let wait = match role.id.clone() {
+            None => role.register().await?,
+            Some(w) => role.serve(&w).await,
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|v| *v) => break,
         }
     }
-    if let Some(w) = id {
-        match client
-            .send::<()>(reqwest::Method::DELETE, &format!("/api/worker/{w}"), None)
+    role.deregister().await;
+    Ok(())
+}
+
+/// The worker role's state between steps.
+struct Role {
+    client: Client,
+    cfg: Config,
+    metrics: Metrics,
+    activity: Arc<Activity>,
+    spec: WorkerSpec,
+    beat: Duration,
+    tick: Duration,
+    /// The provider's id for this worker, once registered.
+    id: Option<String>,
+    backoff: Duration,
+    last_beat: tokio::time::Instant,
+    last_health: Option<HashMap<Uuid, BTreeMap<String, String>>>,
+    /// Version of the circuit map we hold; polls with it are answered 304 while unchanged.
+    map_etag: Option<String>,
+}
+
+impl Role {
+    fn new(cfg: Config, metrics: Metrics, activity: Arc<Activity>) -> Role {
+        let client = Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("http client"),
+            base: cfg.provider.url.clone(),
+            token: cfg.provider.worker_token.clone(),
+        };
+        let beat = Duration::from_secs(cfg.provider.heartbeat_seconds);
+        Role {
+            client,
+            spec: registration(&cfg),
+            tick: Duration::from_secs(2).min(beat),
+            beat,
+            cfg,
+            metrics,
+            activity,
+            id: None,
+            backoff: Duration::from_millis(200),
+            last_beat: tokio::time::Instant::now(),
+            last_health: None,
+            map_etag: None,
+        }
+    }
+
+    /// Register; the wait before the next step (backing off while the provider is away).
+    async fn register(&mut self) -> Result<Duration, RegistrationRefused> {
+        match self.client.register(&self.spec).await {
+            Ok(new) => {
+                tracing::info!(worker = %new, authority = %self.cfg.worker.authority, "Registered with the provider");
+                self.metrics.registered.set(1);
+                self.id = Some(new);
+                self.backoff = Duration::from_millis(200);
+                self.last_beat = tokio::time::Instant::now();
+                self.last_health = None;
+                self.map_etag = None;
+                Ok(self.tick)
+            }
+            Err(RegisterError::Refused(status, body)) => Err(RegistrationRefused {
+                authority: self.cfg.worker.authority.clone(),
+                status,
+                body,
+            }),
+            Err(RegisterError::Transient(e)) => {
+                tracing::warn!(error = %e, "Registration failed; retrying");
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+                Ok(self.backoff)
+            }
+        }
+    }
+
+    /// One tick of a registered worker: heartbeat when due, poll the circuit map, report
+    /// replica health.
+    async fn serve(&mut self, w: &str) -> Duration {
+        let due = self.last_beat.elapsed() >= self.beat;
+        if due && !self.heartbeat(w).await {
+            return Duration::ZERO;
+        }
+        self.poll_map(w).await;
+        self.report_health(w, due).await;
+        self.tick
+    }
+
+    /// Send a heartbeat (with ingest health); `false` when the provider forgot this worker
+    /// (it registers again at once).
+    async fn heartbeat(&mut self, w: &str) -> bool {
+        self.last_beat = tokio::time::Instant::now();
+        let body = heartbeat(&self.activity);
+        let path = format!("/api/worker/{w}");
+        match self
+            .client
+            .send(reqwest::Method::PATCH, &path, Some(&body))
+            .await
+        {
+            Ok((200, _)) => {}
+            Ok((404, _)) => {
+                tracing::warn!("Provider forgot this worker; registering again");
+                self.metrics.registered.set(0);
+                self.id = None;
+                return false;
+            }
+            Ok((s, v)) => tracing::warn!(status = s, body = %v, "Heartbeat refused"),
+            Err(e) => tracing::warn!(error = %e, "Heartbeat failed"),
+        }
+        true
+    }
+
+    /// Fetch the circuit map unless unchanged (`ETag`).
+    async fn poll_map(&mut self, w: &str) {
+        match self.client.circuits(w, self.map_etag.as_deref()).await {
+            Ok(Some((map, tag))) => {
+                self.activity.set_map(map, now_ms());
+                self.map_etag = tag;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "Circuit list failed"),
+        }
+    }
+
+    /// Report replica health when it changed or a heartbeat is due. It matters for inference
+    /// circuits only; Traefik's service list grows with every circuit, so it is not polled
+    /// without any.
+    async fn report_health(&mut self, w: &str, due: bool) {
+        let had = self.last_health.as_ref().is_some_and(|h| !h.is_empty());
+        if self.cfg.worker.protocol == Protocol::Tcp || !(self.activity.has_inference() || had) {
+            return;
+        }
+        let Some(h) = route_health(&self.client.http, &self.cfg.traefik.api_url).await else {
+            return;
+        };
+        if !due && self.last_health.as_ref() == Some(&h) {
+            return;
+        }
+        let path = format!("/api/worker/{w}/route-health");
+        let report = RouteHealthReport { circuits: h };
+        match self
+            .client
+            .send(reqwest::Method::PUT, &path, Some(&report))
+            .await
+        {
+            Ok((200, _)) => self.last_health = Some(report.circuits),
+            Ok((s, v)) => tracing::warn!(status = s, body = %v, "Route health refused"),
+            Err(e) => tracing::warn!(error = %e, "Route health report failed"),
+        }
+    }
+
+    /// Leave the provider (one node fewer), if registered.
+    async fn deregister(&mut self) {
+        let Some(w) = self.id.take() else { return };
+        let path = format!("/api/worker/{w}");
+        match self
+            .client
+            .send::<()>(reqwest::Method::DELETE, &path, None)
             .await
         {
             Ok((200, _)) => tracing::info!("Deregistered from the provider"),
             Ok((s, v)) => tracing::warn!(status = s, body = %v, "Deregistration refused"),
             Err(e) => tracing::warn!(error = %e, "Deregistration failed"),
         }
-        metrics.registered.set(0);
+        self.metrics.registered.set(0);
     }
-    Ok(())
 }

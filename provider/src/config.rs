@@ -3,10 +3,15 @@
 //!
 //! An override `APPPROXY_PROVIDER__ETCD__NAMESPACE=x` sets `[etcd] namespace = "x"`; values
 //! that parse as TOML (numbers, booleans, arrays) keep their type, everything else is a string.
+//!
+//! Each section declares its defaults once (its `impl Default`, used for missing fields and
+//! a missing section alike) and checks its own fields (`check`).
 
 use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use serde::Deserialize;
+
+pub use appproxy_common::config::ConfigError;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "APPPROXY_PROVIDER__";
@@ -14,7 +19,7 @@ pub const ENV_PREFIX: &str = "APPPROXY_PROVIDER__";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address the REST API binds.
+    /// Address the REST API binds (default `127.0.0.1:10200`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Browser-facing base URL of this provider (`/status` `advertise_address`).
@@ -39,126 +44,210 @@ pub struct Config {
     pub reaper: ReaperConfig,
 }
 
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 10200))
+}
+
 /// The idle reaper (needs `[redis] url`; without it nothing is reclaimed).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReaperConfig {
-    #[serde(default = "default_reaper_interval")]
     pub interval_seconds: u64,
     /// Idle timeout of circuits created without one.
-    #[serde(default = "default_idle_timeout")]
     pub default_idle_timeout_seconds: u64,
     /// A worker whose authgate has not flushed activity for this long is never reaped.
-    #[serde(default = "default_ingest_lag")]
     pub max_ingest_lag_seconds: u64,
 }
 
 impl Default for ReaperConfig {
     fn default() -> Self {
         Self {
-            interval_seconds: default_reaper_interval(),
-            default_idle_timeout_seconds: default_idle_timeout(),
-            max_ingest_lag_seconds: default_ingest_lag(),
+            interval_seconds: 10,
+            default_idle_timeout_seconds: 3600,
+            max_ingest_lag_seconds: 30,
         }
     }
 }
 
-fn default_reaper_interval() -> u64 {
-    10
-}
-fn default_idle_timeout() -> u64 {
-    3600
-}
-fn default_ingest_lag() -> u64 {
-    30
+impl ReaperConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        if !(1..=3600).contains(&self.interval_seconds) {
+            errs.push("reaper.interval_seconds must be 1-3600".into());
+        }
+        if self.default_idle_timeout_seconds == 0 {
+            errs.push("reaper.default_idle_timeout_seconds must be at least 1".into());
+        }
+        if !(3..=3600).contains(&self.max_ingest_lag_seconds) {
+            errs.push("reaper.max_ingest_lag_seconds must be 3-3600".into());
+        }
+    }
 }
 
 /// `POST /v2/conf` (the Manager's interactive-app grants).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConfConfig {
     /// Lifetime of a grant; expired grants are refused and garbage-collected.
-    #[serde(default = "default_conf_ttl")]
     pub token_ttl_seconds: u64,
     /// Backend.AI's Manager calls `/v2/conf` without a token; allow that only together with
     /// `allowed_kernel_networks`, so an open `/v2/conf` cannot proxy to arbitrary hosts.
-    #[serde(default)]
     pub allow_unauthorized_configure_request: bool,
     /// Networks kernel addresses must lie in (IP literals only when set).
-    #[serde(default)]
     pub allowed_kernel_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for ConfConfig {
     fn default() -> Self {
         Self {
-            token_ttl_seconds: default_conf_ttl(),
+            token_ttl_seconds: 600,
             allow_unauthorized_configure_request: false,
             allowed_kernel_networks: Vec::new(),
         }
     }
 }
 
-fn default_conf_ttl() -> u64 {
-    600
+impl ConfConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        if self.allow_unauthorized_configure_request && self.allowed_kernel_networks.is_empty() {
+            errs.push(
+                "conf.allow_unauthorized_configure_request needs conf.allowed_kernel_networks"
+                    .into(),
+            );
+        }
+        if !(10..=7 * 24 * 3600).contains(&self.token_ttl_seconds) {
+            errs.push("conf.token_ttl_seconds must be between 10 and 604800".into());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Lifetime of a setup link in seconds (short: it travels in a URL).
-    #[serde(default = "default_setup_ttl")]
     pub setup_token_ttl_seconds: u64,
     /// Revocations older than this are deleted from Redis: every cookie issued before them has
     /// expired (keep it ≥ authgate's `session.cookie_ttl_seconds`; inference tokens that live
     /// longer are no longer covered by an older user revocation — delete the endpoint's tokens).
-    #[serde(default = "default_revocation_retention")]
     pub revocation_retention_seconds: u64,
     /// How often expired revocations are pruned.
-    #[serde(default = "default_revocation_prune_interval")]
     pub revocation_prune_interval_seconds: u64,
 }
 
-fn default_revocation_retention() -> u64 {
-    30 * 24 * 3600
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            setup_token_ttl_seconds: 120,
+            revocation_retention_seconds: 30 * 24 * 3600,
+            revocation_prune_interval_seconds: 300,
+        }
+    }
 }
-fn default_revocation_prune_interval() -> u64 {
-    300
+
+impl AuthConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        if !(10..=600).contains(&self.setup_token_ttl_seconds) {
+            errs.push("auth.setup_token_ttl_seconds must be between 10 and 600".into());
+        }
+        if self.revocation_retention_seconds < 3600 {
+            errs.push("auth.revocation_retention_seconds must be at least 3600".into());
+        }
+        if !(1..=86_400).contains(&self.revocation_prune_interval_seconds) {
+            errs.push("auth.revocation_prune_interval_seconds must be 1-86400".into());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`; revocations (`POST /v2/revocations`) need it.
-    #[serde(default)]
     pub url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// `sqlite://path?mode=rwc` (default) or `postgres://…`.
-    #[serde(default = "default_db_url")]
-    pub url: String,
-    #[serde(default = "default_pool")]
-    pub max_connections: u32,
+impl RedisConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        if let Some(u) = &self.url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            errs.push(format!(
+                "redis.url {u:?} must start with redis:// or rediss://"
+            ));
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path?mode=rwc` (default) or `postgres://…`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://appproxy.db?mode=rwc".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        let url = &self.url;
+        let known = ["sqlite:", "postgres://", "postgresql://"];
+        if !known.iter().any(|k| url.starts_with(k)) {
+            errs.push(format!(
+                "database.url {url:?} must start with sqlite: or postgres://"
+            ));
+        }
+        if self.max_connections == 0 {
+            errs.push("database.max_connections must be at least 1".into());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EtcdConfig {
-    #[serde(default = "default_etcd_endpoints")]
     pub endpoints: Vec<String>,
     /// Namespace under which every worker's Traefik root key lives.
-    #[serde(default = "default_namespace")]
     pub namespace: String,
     /// Prefix for the provider's own keys (leader lease); must not overlap `namespace`.
-    #[serde(default = "default_control_prefix")]
     pub control_prefix: String,
-    #[serde(default)]
     pub user: Option<String>,
-    #[serde(default)]
     pub password: Option<String>,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            namespace: "traefik".into(),
+            control_prefix: "appproxy-control/".into(),
+            user: None,
+            password: None,
+        }
+    }
+}
+
+impl EtcdConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        let (ns, cp) = (&self.namespace, &self.control_prefix);
+        if ns.is_empty() || ns.contains(char::is_whitespace) {
+            errs.push("etcd.namespace must be a non-empty key without spaces".into());
+        }
+        if cp.is_empty() || cp.starts_with(ns.as_str()) || ns.starts_with(cp.as_str()) {
+            errs.push(format!(
+                "etcd.control_prefix {cp:?} must be non-empty and neither a prefix of nor \
+                 prefixed by etcd.namespace {ns:?} (Traefik watches its root key as a raw prefix)"
+            ));
+        }
+        if self.endpoints.is_empty() {
+            errs.push("etcd.endpoints must not be empty".into());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,116 +268,96 @@ pub struct Secrets {
     pub signing_key_file: String,
 }
 
+impl Secrets {
+    fn check(&self, errs: &mut Vec<String>) {
+        if self.manager_token.len() < 16 {
+            errs.push("secrets.manager_token must be at least 16 characters".into());
+        }
+        if self.worker_token.is_some() {
+            errs.push(
+                "secrets.worker_token was removed: enrol each worker (POST \
+                 /v2/workers/credentials, SECURITY.md) or, to keep one token for every worker, \
+                 set secrets.legacy_shared_worker_token"
+                    .into(),
+            );
+        }
+        if let Some(t) = &self.legacy_shared_worker_token {
+            if t.len() < 16 {
+                errs.push(
+                    "secrets.legacy_shared_worker_token must be at least 16 characters".into(),
+                );
+            }
+            if *t == self.manager_token {
+                errs.push(
+                    "secrets.manager_token and secrets.legacy_shared_worker_token must differ"
+                        .into(),
+                );
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest request body accepted, in bytes.
-    #[serde(default = "default_body_limit")]
     pub max_body_bytes: usize,
     /// Most routes one circuit may carry.
-    #[serde(default = "default_max_routes")]
     pub max_routes_per_circuit: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReconcileConfig {
-    /// Full resync period in seconds.
-    #[serde(default = "default_resync")]
-    pub resync_seconds: u64,
-    /// Most etcd operations per transaction (etcd's default `--max-txn-ops` is 128).
-    #[serde(default = "default_max_txn_ops")]
-    pub max_txn_ops: usize,
-    /// Least time between the starts of two passes: an idle reconciler applies a change at
-    /// once, a busy one gathers the changes of this window into one pass.
-    #[serde(default = "default_min_interval")]
-    pub min_interval_ms: u64,
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 10200))
-}
-fn default_db_url() -> String {
-    "sqlite://appproxy.db?mode=rwc".into()
-}
-fn default_pool() -> u32 {
-    8
-}
-fn default_etcd_endpoints() -> Vec<String> {
-    vec!["http://127.0.0.1:2379".into()]
-}
-fn default_namespace() -> String {
-    "traefik".into()
-}
-fn default_control_prefix() -> String {
-    "appproxy-control/".into()
-}
-fn default_body_limit() -> usize {
-    256 * 1024
-}
-fn default_max_routes() -> usize {
-    256
-}
-fn default_resync() -> u64 {
-    30
-}
-fn default_max_txn_ops() -> usize {
-    128
-}
-fn default_min_interval() -> u64 {
-    100
-}
-fn default_setup_ttl() -> u64 {
-    120
-}
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            setup_token_ttl_seconds: default_setup_ttl(),
-            revocation_retention_seconds: default_revocation_retention(),
-            revocation_prune_interval_seconds: default_revocation_prune_interval(),
-        }
-    }
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self {
-            url: default_db_url(),
-            max_connections: default_pool(),
-        }
-    }
-}
-impl Default for EtcdConfig {
-    fn default() -> Self {
-        Self {
-            endpoints: default_etcd_endpoints(),
-            namespace: default_namespace(),
-            control_prefix: default_control_prefix(),
-            user: None,
-            password: None,
-        }
-    }
-}
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_body_bytes: default_body_limit(),
-            max_routes_per_circuit: default_max_routes(),
-        }
-    }
-}
-impl Default for ReconcileConfig {
-    fn default() -> Self {
-        Self {
-            resync_seconds: default_resync(),
-            max_txn_ops: default_max_txn_ops(),
-            min_interval_ms: default_min_interval(),
+            max_body_bytes: 256 * 1024,
+            max_routes_per_circuit: 256,
         }
     }
 }
 
-pub use appproxy_common::config::ConfigError;
+impl Limits {
+    fn check(&self, errs: &mut Vec<String>) {
+        if self.max_body_bytes < 1024 {
+            errs.push("limits.max_body_bytes must be at least 1024".into());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Full resync period in seconds.
+    pub resync_seconds: u64,
+    /// Most etcd operations per transaction (etcd's default `--max-txn-ops` is 128).
+    pub max_txn_ops: usize,
+    /// Least time between the starts of two passes: an idle reconciler applies a change at
+    /// once, a busy one gathers the changes of this window into one pass.
+    pub min_interval_ms: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            resync_seconds: 30,
+            max_txn_ops: 128,
+            min_interval_ms: 100,
+        }
+    }
+}
+
+impl ReconcileConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        if !(2..=128 * 1024).contains(&self.max_txn_ops) {
+            errs.push("reconcile.max_txn_ops must be between 2 and 131072".into());
+        }
+        if self.min_interval_ms > 10_000 {
+            errs.push("reconcile.min_interval_ms must be at most 10000".into());
+        }
+        if self.resync_seconds == 0 {
+            errs.push("reconcile.resync_seconds must be at least 1".into());
+        }
+    }
+}
 
 impl Config {
     /// Load from an optional file plus the given environment (name → value).
@@ -301,108 +370,18 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Check cross-field rules; collect every violation.
+    /// Check every section; collect every violation.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
-        let s = &self.secrets;
-        if s.manager_token.len() < 16 {
-            errs.push("secrets.manager_token must be at least 16 characters".into());
-        }
-        if s.worker_token.is_some() {
-            errs.push(
-                "secrets.worker_token was removed: enrol each worker (POST \
-                 /v2/workers/credentials, SECURITY.md) or, to keep one token for every worker, \
-                 set secrets.legacy_shared_worker_token"
-                    .into(),
-            );
-        }
-        if let Some(t) = &s.legacy_shared_worker_token {
-            if t.len() < 16 {
-                errs.push(
-                    "secrets.legacy_shared_worker_token must be at least 16 characters".into(),
-                );
-            }
-            if *t == s.manager_token {
-                errs.push(
-                    "secrets.manager_token and secrets.legacy_shared_worker_token must differ"
-                        .into(),
-                );
-            }
-        }
-        let ns = &self.etcd.namespace;
-        let cp = &self.etcd.control_prefix;
-        if ns.is_empty() || ns.contains(char::is_whitespace) {
-            errs.push("etcd.namespace must be a non-empty key without spaces".into());
-        }
-        if cp.is_empty() || cp.starts_with(ns.as_str()) || ns.starts_with(cp.as_str()) {
-            errs.push(format!(
-                "etcd.control_prefix {cp:?} must be non-empty and neither a prefix of nor \
-                 prefixed by etcd.namespace {ns:?} (Traefik watches its root key as a raw prefix)"
-            ));
-        }
-        if self.etcd.endpoints.is_empty() {
-            errs.push("etcd.endpoints must not be empty".into());
-        }
-        let url = &self.database.url;
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            errs.push(format!(
-                "database.url {url:?} must start with sqlite: or postgres://"
-            ));
-        }
-        if self.database.max_connections == 0 {
-            errs.push("database.max_connections must be at least 1".into());
-        }
-        if !(2..=128 * 1024).contains(&self.reconcile.max_txn_ops) {
-            errs.push("reconcile.max_txn_ops must be between 2 and 131072".into());
-        }
-        if self.reconcile.min_interval_ms > 10_000 {
-            errs.push("reconcile.min_interval_ms must be at most 10000".into());
-        }
-        if self.reconcile.resync_seconds == 0 {
-            errs.push("reconcile.resync_seconds must be at least 1".into());
-        }
-        if self.conf.allow_unauthorized_configure_request
-            && self.conf.allowed_kernel_networks.is_empty()
-        {
-            errs.push(
-                "conf.allow_unauthorized_configure_request needs conf.allowed_kernel_networks"
-                    .into(),
-            );
-        }
-        if !(1..=3600).contains(&self.reaper.interval_seconds) {
-            errs.push("reaper.interval_seconds must be 1-3600".into());
-        }
-        if self.reaper.default_idle_timeout_seconds == 0 {
-            errs.push("reaper.default_idle_timeout_seconds must be at least 1".into());
-        }
-        if !(3..=3600).contains(&self.reaper.max_ingest_lag_seconds) {
-            errs.push("reaper.max_ingest_lag_seconds must be 3-3600".into());
-        }
-        if !(10..=7 * 24 * 3600).contains(&self.conf.token_ttl_seconds) {
-            errs.push("conf.token_ttl_seconds must be between 10 and 604800".into());
-        }
-        if !(10..=600).contains(&self.auth.setup_token_ttl_seconds) {
-            errs.push("auth.setup_token_ttl_seconds must be between 10 and 600".into());
-        }
-        if self.auth.revocation_retention_seconds < 3600 {
-            errs.push("auth.revocation_retention_seconds must be at least 3600".into());
-        }
-        if !(1..=86_400).contains(&self.auth.revocation_prune_interval_seconds) {
-            errs.push("auth.revocation_prune_interval_seconds must be 1-86400".into());
-        }
-        if let Some(u) = &self.redis.url
-            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
-        {
-            errs.push(format!(
-                "redis.url {u:?} must start with redis:// or rediss://"
-            ));
-        }
-        if self.limits.max_body_bytes < 1024 {
-            errs.push("limits.max_body_bytes must be at least 1024".into());
-        }
+        self.secrets.check(&mut errs);
+        self.etcd.check(&mut errs);
+        self.database.check(&mut errs);
+        self.reconcile.check(&mut errs);
+        self.conf.check(&mut errs);
+        self.reaper.check(&mut errs);
+        self.auth.check(&mut errs);
+        self.redis.check(&mut errs);
+        self.limits.check(&mut errs);
         ConfigError::check(errs)
     }
 
@@ -440,6 +419,10 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.listen.port(), 1234);
         assert_eq!(cfg.reconcile.max_txn_ops, 64);
+        // A partly given section keeps its other defaults (declared once, in its Default).
+        assert_eq!(cfg.reconcile.resync_seconds, 30);
+        assert_eq!(cfg.reconcile.min_interval_ms, 100);
+        assert_eq!(cfg.limits.max_body_bytes, 256 * 1024);
         assert_eq!(cfg.etcd.namespace, "traefik");
         assert_eq!(
             cfg.secrets.legacy_shared_worker_token, None,

@@ -101,6 +101,20 @@ impl Deny {
         }
     }
 
+    /// What the client is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            Deny::NoCookie | Deny::BadCookie(_) => "This browser has no valid access to this app.",
+            Deny::Revoked => "Access to this app was revoked (logged out).",
+            Deny::NoToken => "Authorization header required.",
+            Deny::BadScheme => "Use Authorization: Bearer <token>.",
+            Deny::BadToken(_) => "Invalid API token.",
+            Deny::NotReady => "Auth service is starting; retry shortly.",
+            Deny::BadForwarded | Deny::BadCookieHeader => "Malformed request.",
+            Deny::CrossOrigin => "This request came from another site's page and was refused.",
+        }
+    }
+
     /// Metric label.
     pub fn reason(self) -> &'static str {
         match self {
@@ -303,4 +317,4 @@ pub fn decide(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -20,13 +20,13 @@ const PROVIDER_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
 MC4CAQAwBQYDK2VwBCIEIMA8pPHmQ0ZLTLehI3SKiyo1xt8fHEKkIgHYm3F7G9MW
 -----END PRIVATE KEY-----
 ";
-const PROVIDER_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+pub(crate) const PROVIDER_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
 MCowBQYDK2VwAyEAwv4NvpdVm2hfnQPOS24NSaIw16e3tCnOWPkbJ3HIMGo=
 -----END PUBLIC KEY-----
 ";
-const COOKIE_SECRET: &[u8] = b"test-cookie-secret-of-at-least-32-bytes!";
+pub(crate) const COOKIE_SECRET: &[u8] = b"test-cookie-secret-of-at-least-32-bytes!";
 
-fn keys() -> Keys {
+pub(crate) fn keys() -> Keys {
     Keys::new(PROVIDER_PUBLIC.as_bytes(), COOKIE_SECRET, 30).unwrap()
 }
 
@@ -37,17 +37,17 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn synced() -> std::sync::Arc<Revocations> {
+pub(crate) fn synced() -> std::sync::Arc<Revocations> {
     let r = Revocations::new();
     r.replace(HashMap::new());
     r
 }
 
-fn b64(v: &[u8]) -> String {
+pub(crate) fn b64(v: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
 }
 
-fn hs256(claims: &Value, secret: &[u8]) -> String {
+pub(crate) fn hs256(claims: &Value, secret: &[u8]) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -56,7 +56,7 @@ fn hs256(claims: &Value, secret: &[u8]) -> String {
     .unwrap()
 }
 
-fn eddsa(claims: &Value) -> String {
+pub(crate) fn eddsa(claims: &Value) -> String {
     let key = EncodingKey::from_ed_pem(PROVIDER_PRIVATE.as_bytes()).unwrap();
     jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &key).unwrap()
 }
@@ -67,7 +67,7 @@ fn session_claims(c: Uuid, generation: i64) -> Value {
            "ls": "", "iat": t, "nbf": t, "exp": t + 600})
 }
 
-fn setup_claims(c: Uuid, generation: i64) -> Value {
+pub(crate) fn setup_claims(c: Uuid, generation: i64) -> Value {
     let t = now();
     json!({"typ": TYP_SETUP, "iss": PROVIDER_ISSUER, "sub": "alice", "aud": audience(c, generation),
            "cid": c, "generation": generation, "origin": "http://127.0.0.1:1", "redirect": "/",

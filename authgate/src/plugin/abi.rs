@@ -50,7 +50,51 @@ pub struct Request<'a> {
     pub config: &'a serde_json::Value,
 }
 
-impl Request<'_> {
+impl<'a> Request<'a> {
+    /// The plugin's input for a request Traefik forwarded: method, host, path and client from
+    /// `X-Forwarded-*`, every other header except `Cookie` and `Host` (authgate's cookies never
+    /// reach a plugin), the circuit the address names, the admitted user and the config.
+    pub fn from_forwarded(
+        headers: &'a axum::http::HeaderMap,
+        t: crate::decision::Target,
+        user: &'a str,
+        now: i64,
+        config: &'a serde_json::Value,
+    ) -> Request<'a> {
+        let first = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let headers_in = headers
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.as_str();
+                k != "cookie" && !k.starts_with("x-forwarded-") && k != "host"
+            })
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        Request {
+            abi: ABI_VERSION,
+            method: first("x-forwarded-method"),
+            host: first("x-forwarded-host"),
+            path: first("x-forwarded-uri"),
+            client_ip: first("x-forwarded-for")
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .trim(),
+            headers: headers_in,
+            circuit: CircuitFacts {
+                id: t.circuit.to_string(),
+                generation: t.generation,
+                mode: match t.mode {
+                    crate::decision::Mode::Interactive => "interactive",
+                    crate::decision::Mode::Inference => "inference",
+                },
+            },
+            user,
+            now,
+            config,
+        }
+    }
+
     /// The ABI v1 input text.
     pub fn to_lines(&self) -> String {
         fn clean(v: &str) -> Option<&str> {

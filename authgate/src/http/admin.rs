@@ -1,0 +1,61 @@
+//! `/health`, `/plugins`, `/metrics`: on the API port only (through Traefik they are 404).
+
+use axum::{
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use super::Gate;
+
+/// Ready when the revocation set is loaded and (HTTP workers) the local Traefik serves the
+/// shared setup router — before that, setup links of this worker would get Traefik's 404.
+pub(super) async fn health(State(g): State<Arc<Gate>>) -> Response {
+    let synced = g.revoked.synced();
+    let setup_router = if g.cfg.worker.protocol == appproxy_common::wire::Protocol::Tcp {
+        true
+    } else {
+        crate::setup::setup_router_loaded(&g.traefik, &g.cfg.traefik.api_url).await
+    };
+    let ready = synced && setup_router;
+    let body = json!({
+        "status": if ready { "ok" } else { "starting" },
+        "revocations_synced": synced,
+        "redis_connected": g.revoked.connected(),
+        "revocations": g.revoked.len(),
+        "traefik_setup_router": setup_router,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Loaded plugins (and whether each is disabled) and refused files with reasons.
+pub(super) async fn plugins(State(g): State<Arc<Gate>>) -> Response {
+    let Some(r) = &g.plugins else {
+        return axum::Json(json!({ "enabled": false })).into_response();
+    };
+    let (loaded, rejected) = r.host.status();
+    let loaded: Vec<Value> = loaded
+        .into_iter()
+        .map(|(name, disabled)| json!({ "name": name, "disabled": disabled }))
+        .collect();
+    axum::Json(json!({ "enabled": true, "loaded": loaded, "rejected": rejected })).into_response()
+}
+
+pub(super) async fn metrics(State(g): State<Arc<Gate>>) -> Response {
+    g.metrics.revocations.set(g.revoked.len() as i64);
+    g.metrics
+        .revocations_connected
+        .set(i64::from(g.revoked.connected()));
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        g.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,166 @@
+//! `GET /auth/{circuit}?g=&m=[&o=1&p=<plugin>]`: Traefik's ForwardAuth. Only Traefik reaches
+//! it (the port is loopback and Traefik's setup router forwards nothing but `/_appproxy/*`).
+//! The decision is `decision::decide` (pure); this shell reads the request, runs the plugin
+//! stage after an allow, records an authorized WebSocket and writes the answer.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use uuid::Uuid;
+
+use super::Gate;
+use crate::{
+    decision::{self, Allow, Forwarded, Mode, Target},
+    error::GateError,
+};
+
+/// Every value of a header, as UTF-8 or `Err(())`.
+fn all<'a>(h: &'a HeaderMap, name: &str) -> Vec<Result<&'a str, ()>> {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().map_err(|_| ()))
+        .collect()
+}
+
+/// What Traefik forwarded, as the decision reads it.
+fn forwarded(headers: &HeaderMap) -> Forwarded<'_> {
+    Forwarded {
+        method: all(headers, "x-forwarded-method"),
+        host: all(headers, "x-forwarded-host"),
+        uri: all(headers, "x-forwarded-uri"),
+        cookies: all(headers, "cookie"),
+        authorization: all(headers, "authorization"),
+        referer: all(headers, "referer"),
+        proto: all(headers, "x-forwarded-proto"),
+        origin: all(headers, "origin"),
+        fetch_site: all(headers, "sec-fetch-site"),
+        preflight_method: all(headers, "access-control-request-method"),
+        websocket_key: all(headers, "sec-websocket-key"),
+        content_length: all(headers, "content-length"),
+        transfer_encoding: all(headers, "transfer-encoding"),
+    }
+}
+
+fn target(circuit: &str, q: &HashMap<String, String>) -> Option<Target> {
+    let circuit = Uuid::parse_str(circuit).ok()?;
+    let generation = q.get("g")?.parse().ok()?;
+    let mode = match q.get("m").map(String::as_str) {
+        Some("interactive") => Mode::Interactive,
+        Some("inference") => Mode::Inference,
+        _ => return None,
+    };
+    Some(Target {
+        circuit,
+        generation,
+        mode,
+        public: q.get("o").map(String::as_str) == Some("1") && q.contains_key("p"),
+    })
+}
+
+pub(super) async fn auth(
+    State(g): State<Arc<Gate>>,
+    Path(circuit): Path<String>,
+    RawQuery(raw): RawQuery,
+    // The request itself, not the `HeaderMap` extractor: that one clones every header.
+    request: axum::extract::Request,
+) -> Response {
+    let headers = request.headers();
+    let mut q = super::query(raw.as_deref());
+    let Some(t) = q.as_ref().and_then(|q| target(&circuit, q)) else {
+        tracing::error!(
+            circuit,
+            "ForwardAuth address is malformed; check the provider"
+        );
+        return denied(
+            &g,
+            headers,
+            400,
+            "E20001",
+            "Malformed auth address.",
+            "bad_address",
+        );
+    };
+    // Extra allowed origins come from the circuit map; looked up only when a page of some
+    // origin asks (a lock on the shared map otherwise saved).
+    let extra_origins = match headers.contains_key(header::ORIGIN) {
+        true => g.activity.origins_of(t.circuit),
+        false => Vec::new(),
+    };
+    let settings = decision::Settings {
+        forward_inference_authorization: g.cfg.session.forward_inference_authorization,
+        extra_origins: &extra_origins,
+    };
+    let plugin = q.as_mut().and_then(|q| q.remove("p"));
+    match decision::decide(&forwarded(headers), t, &g.keys, &g.revoked, &settings) {
+        Ok(a) => allowed(&g, t, headers, a, plugin.as_deref()).await,
+        Err(d) => denied(&g, headers, d.status(), d.code(), d.message(), d.reason()),
+    }
+}
+
+/// After an allow: the plugin stage (unless a preflight), the WebSocket's activity, then
+/// exactly the headers the app may see.
+async fn allowed(
+    g: &Gate,
+    t: Target,
+    headers: &HeaderMap,
+    a: Allow,
+    plugin: Option<&str>,
+) -> Response {
+    let mut extra = Vec::new();
+    if let Some(name) = plugin.filter(|_| !a.preflight) {
+        match super::plugin::run(g, name, t, headers, &a.user).await {
+            Ok(h) => extra = h,
+            Err(e) => return e.into_response(),
+        }
+    }
+    // An authorized WebSocket is activity until its request's access-log record.
+    if let Some(key) = &a.websocket {
+        g.activity
+            .websocket_opened(t.circuit, key, crate::activity::now_ms());
+    }
+    let how = if a.user.is_empty() {
+        "preflight"
+    } else {
+        "credential"
+    };
+    g.metrics.decisions.with_label_values(&["allow", how]).inc();
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (header::COOKIE, a.cookie),
+        (header::REFERER, a.referer),
+        (header::AUTHORIZATION, a.authorization),
+    ] {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            h.insert(name, v);
+        }
+    }
+    for (k, v) in extra {
+        let name = axum::http::HeaderName::try_from(k.as_str());
+        if let (Ok(k), Ok(v)) = (name, HeaderValue::from_str(&v)) {
+            h.insert(k, v);
+        }
+    }
+    resp
+}
+
+fn denied(
+    g: &Gate,
+    headers: &HeaderMap,
+    status: u16,
+    code: &'static str,
+    msg: &str,
+    reason: &str,
+) -> Response {
+    g.metrics
+        .decisions
+        .with_label_values(&["deny", reason])
+        .inc();
+    GateError::new(status, code, msg)
+        .for_client(headers)
+        .into_response()
+}

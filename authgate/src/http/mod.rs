@@ -1,0 +1,112 @@
+//! authgate's HTTP surface, one file per route family:
+//! - [`forward_auth`]: `GET /auth/{circuit}?g=&m=` — ForwardAuth, and [`plugin`], its plugin
+//!   stage;
+//! - [`setup`]: `GET /_appproxy/setup?token=` on every app origin (through the setup router) and
+//!   Backend.AI's `GET /setup?token=` on the API port;
+//! - [`login`]: `GET /_appproxy/login?circuit=&next=` — a launch bound to this browser;
+//! - [`admin`]: `/health`, `/plugins`, `/metrics` — on the API port only;
+//! - [`ingest`]: `POST /v1/logs` — Traefik's access-log export, on the ingest listener only.
+//!
+//! Every refusal is a `GateError` (one status mapping, HTML for browsers, JSON for clients).
+
+mod admin;
+mod forward_auth;
+mod ingest;
+mod login;
+mod plugin;
+mod setup;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Router,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::{
+    config::Config, error::GateError, metrics::Metrics, revocation::Revocations, setup::UseCounter,
+    token::Keys,
+};
+
+/// Everything the handlers share; handed to axum as `Arc<Gate>`, so a request costs one
+/// reference count, not a clone of the keys.
+pub struct Gate {
+    pub activity: Arc<crate::activity::Activity>,
+    pub plugins: Option<Arc<crate::plugin::Runner>>,
+    pub cfg: Arc<Config>,
+    pub keys: Keys,
+    pub revoked: Arc<Revocations>,
+    pub uses: Arc<UseCounter>,
+    pub metrics: Metrics,
+    pub traefik: reqwest::Client,
+}
+
+/// The ForwardAuth/setup API (Traefik and, through `/_appproxy/`, browsers reach it).
+pub fn app(gate: Arc<Gate>) -> Router {
+    Router::new()
+        .route("/auth/{circuit}", get(forward_auth::auth))
+        .route("/_appproxy/setup", get(setup::on_origin))
+        .route("/_appproxy/login", get(login::login))
+        .route("/setup", get(setup::on_api_port))
+        .route("/health", get(admin::health))
+        .route("/plugins", get(admin::plugins))
+        .route("/metrics", get(admin::metrics))
+        .fallback(|| async { GateError::new(404, "E00002", "Not found.") })
+        .method_not_allowed_fallback(|| async {
+            GateError::new(405, "E00003", "Method not allowed.")
+        })
+        .with_state(gate)
+}
+
+/// The access-log receiver, on its own loopback listener: `POST /v1/logs` with the secret.
+pub fn ingest_app(gate: Arc<Gate>) -> Router {
+    Router::new()
+        .route(
+            "/v1/logs",
+            axum::routing::post(ingest::ingest_logs).layer(axum::extract::DefaultBodyLimit::max(
+                crate::ingest::MAX_EXPORT_BYTES,
+            )),
+        )
+        .fallback(|| async { GateError::new(404, "E00002", "Not found.") })
+        .with_state(gate)
+}
+
+/// Epoch seconds (authgate's one clock is `activity::now_ms`).
+fn now() -> i64 {
+    crate::activity::now_ms() / 1000
+}
+
+/// The first value of a header as UTF-8, or `""`.
+fn first<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Query parameters, refusing repeated names (a second `token=` must not pick the winner).
+fn query(raw: Option<&str>) -> Option<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for (k, v) in serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or("")).ok()? {
+        if out.insert(k, v).is_some() {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// A `302` that is never cached and never leaks the current URL as `Referer`.
+fn redirect(location: &str) -> Result<Response, GateError> {
+    let v = HeaderValue::from_str(location)
+        .map_err(|_| GateError::new(400, "E20001", "Bad redirect target."))?;
+    let mut resp = StatusCode::FOUND.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, v);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,166 @@
+//! `GET /_appproxy/setup?token=` on every app origin (sets the circuit's cookie) and
+//! Backend.AI's `GET /setup?token=` on the API port (forwards to the origin; TCP: the desktop
+//! hand-off). Refusals are `SetupRefusal`s, counted by label.
+
+use appproxy_common::auth::{SETUP_PATH, SetupClaims, safe_redirect};
+use axum::{
+    extract::{RawQuery, State},
+    http::{HeaderMap, HeaderValue, Method, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+use std::sync::Arc;
+
+use super::{Gate, first, now, query, redirect};
+use crate::{
+    cookie::{Jar, set_cookie},
+    setup::{SetupRefusal, check_origin, state_cookie, wait_loaded},
+};
+
+/// Backend.AI desktop app's local TCP forwarder.
+const TCP_FORWARDER: &str = "http://localhost:45678/start";
+
+fn refuse(g: &Gate, headers: &HeaderMap, r: SetupRefusal) -> Response {
+    g.metrics.setups.with_label_values(&[r.label()]).inc();
+    r.error().for_client(headers).into_response()
+}
+
+/// A setup request's token, verified: GET only, one `token` parameter, a valid link, and
+/// not of a revoked user or login session.
+fn setup_claims(
+    g: &Gate,
+    method: &Method,
+    raw: Option<&str>,
+) -> Result<(String, SetupClaims), SetupRefusal> {
+    if *method != Method::GET {
+        return Err(SetupRefusal::BadMethod);
+    }
+    let token = query(raw)
+        .and_then(|mut q| q.remove("token"))
+        .ok_or(SetupRefusal::MissingToken)?;
+    let claims = g.keys.verify_setup(&token).map_err(|e| {
+        tracing::info!(reason = e.as_str(), "Setup token refused");
+        SetupRefusal::InvalidLink
+    })?;
+    // A link minted before its user or login session was revoked must not mint a fresh
+    // cookie; before the set is loaded nothing is known, so nothing is set (fail closed).
+    if !g.revoked.synced() {
+        return Err(SetupRefusal::NotReady);
+    }
+    if g.revoked.is_revoked(&claims.sub, &claims.ls, claims.iat) {
+        tracing::info!(circuit = %claims.cid, "Setup link of a revoked user or login session refused");
+        return Err(SetupRefusal::Revoked);
+    }
+    Ok((token, claims))
+}
+
+pub(super) async fn on_origin(
+    State(g): State<Arc<Gate>>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    match set_up(&g, &method, raw.as_deref(), &headers).await {
+        Ok(resp) => resp,
+        Err(r) => refuse(&g, &headers, r),
+    }
+}
+
+/// Every check, then the cookie and the redirect into the app.
+async fn set_up(
+    g: &Gate,
+    method: &Method,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, SetupRefusal> {
+    let (_, c) = setup_claims(g, method, raw)?;
+    let lines: Vec<&str> = (headers.get_all(header::COOKIE).iter())
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let jar = Jar::parse(&lines).unwrap_or_default();
+    let (host, proto) = (first(headers, "host"), first(headers, "x-forwarded-proto"));
+    check_origin(&c.origin, c.state.as_deref(), host, proto, &jar)?;
+    let (traefik, api) = (&g.traefik, &g.cfg.traefik.api_url);
+    if let Err(e) = wait_loaded(traefik, api, c.cid, c.generation, g.cfg.router_wait()).await {
+        tracing::warn!(circuit = %c.cid, error = %e, "Setup before the router was served");
+        return Err(SetupRefusal::NotLoaded);
+    }
+    count_use(g, &c).await?;
+    Ok(session_cookie(g, &c))
+}
+
+/// One more use of the link, within `setup_max_uses`.
+async fn count_use(g: &Gate, c: &SetupClaims) -> Result<(), SetupRefusal> {
+    let ttl = c.exp - now() + g.cfg.session.leeway_seconds as i64;
+    match g.uses.count(&c.jti, ttl).await {
+        Ok(n) if n <= i64::from(g.cfg.session.setup_max_uses) => Ok(()),
+        Ok(_) => Err(SetupRefusal::UsedUp),
+        Err(e) => {
+            tracing::warn!(error = %e, "Setup refused: cannot count token uses");
+            Err(SetupRefusal::RedisDown)
+        }
+    }
+}
+
+/// The redirect into the app with the circuit's session cookie (and the state nonce cleared).
+fn session_cookie(g: &Gate, c: &SetupClaims) -> Response {
+    let https = c.origin.starts_with("https://");
+    let max_age = (g.cfg.session.cookie_ttl_seconds as i64).max(1);
+    let value = g.keys.mint_session(c, now(), max_age);
+    g.metrics.setups.with_label_values(&["ok"]).inc();
+    tracing::info!(circuit = %c.cid, generation = c.generation, "Session cookie set");
+    let mut resp = match redirect(&safe_redirect(&c.redirect)) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let mut cookies = vec![set_cookie(c.cid, &value, max_age, https)];
+    if c.state.is_some() {
+        cookies.push(state_cookie(https, "", 0));
+    }
+    for v in cookies.iter().filter_map(|c| HeaderValue::from_str(c).ok()) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// Backend.AI's worker `/setup` on the API port: verify, then send the browser to the same
+/// link on the app's own origin (where the cookie must be set). Uses are counted there.
+pub(super) async fn on_api_port(
+    State(g): State<Arc<Gate>>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (token, c) = match setup_claims(&g, &method, raw.as_deref()) {
+        Ok(v) => v,
+        Err(r) => return refuse(&g, &headers, r),
+    };
+    if c.origin.starts_with("tcp://") {
+        return tcp_handoff(&g, &token, &c);
+    }
+    let location = format!("{}{SETUP_PATH}?token={token}", c.origin);
+    redirect(&location).unwrap_or_else(|_| refuse(&g, &headers, SetupRefusal::BadRedirect))
+}
+
+/// Backend.AI's TCP hand-off: the desktop app's local forwarder gets the gateway address
+/// (no cookie: TCP has no ForwardAuth). A redirect when the launch asked for one, else JSON.
+fn tcp_handoff(g: &Gate, token: &str, c: &SetupClaims) -> Response {
+    let url = format!(
+        "{TCP_FORWARDER}?{}",
+        serde_urlencoded::to_string([
+            ("directTCP", "true"),
+            ("auth", token),
+            ("proto", "tcp"),
+            ("gateway", c.origin.as_str()),
+        ])
+        .unwrap_or_default()
+    );
+    g.metrics.setups.with_label_values(&["tcp_handoff"]).inc();
+    if !c.redirect.is_empty() {
+        return redirect(&url).unwrap_or_else(IntoResponse::into_response);
+    }
+    let mut resp = axum::Json(json!({ "redirect": url, "redirectURI": url })).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
