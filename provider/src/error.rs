@@ -66,106 +66,35 @@ struct Body {
 }
 
 impl ApiError {
+    /// Status, problem type, title and Backend.AI error code: the one table.
     fn body(&self) -> Body {
         use ApiError::*;
-        let (status, kind, title, code): (StatusCode, &str, String, &str) = match self {
-            InvalidParams(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid-api-params",
-                "Missing or invalid API parameters.".into(),
-                "api_parsing_invalid-parameters",
-            ),
-            Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "auth-failed",
-                "Credential/signature mismatch.".into(),
-                "api_access_unauthorized",
-            ),
-            InvalidCredentials(m) => (
-                StatusCode::UNAUTHORIZED,
-                "invalid-credentials",
-                m.clone(),
-                "api_access_unauthorized",
-            ),
-            Forbidden(_) => (
-                StatusCode::FORBIDDEN,
-                "generic-forbidden",
-                "Forbidden operation.".into(),
-                "api_access_forbidden",
-            ),
-            NotFound(object) => (
-                StatusCode::NOT_FOUND,
-                "object-not-found",
-                format!("E00002: No such {object}."),
-                "api_access_not-found",
-            ),
-            UrlNotFound => (
-                StatusCode::NOT_FOUND,
-                "url-not-found",
-                "Unknown URL path.".into(),
-                "api_access_not-found",
-            ),
-            MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "HTTP Method Not Allowed.".into(),
-                "api_access_not-found",
-            ),
-            PortNotAvailable(_) => (
-                StatusCode::CONFLICT,
-                "appproxy/port-not-available",
-                "Designated port already occupied.".into(),
-                "agent_setup_already-exists",
-            ),
-            Conflict(_) => (
-                StatusCode::CONFLICT,
-                "generic-conflict",
-                "Conflicting request.".into(),
-                "api_setup_already-exists",
-            ),
-            PayloadTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request-too-large",
-                "Request body too large.".into(),
-                "api_parsing_invalid-parameters",
-            ),
-            WorkerNotAvailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "appproxy/worker-not-available",
-                "Worker not available.".into(),
-                "agent_access_not-found",
-            ),
-            UnsupportedProtocol(_) => (
-                StatusCode::BAD_REQUEST,
-                "appproxy/unsupported-protocol",
-                "Unsupported protocol.".into(),
-                "agent_request_invalid-parameters",
-            ),
-            Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service-unavailable",
-                "Serivce unavailable.".into(),
-                "database_generic_unreachable",
-            ),
-            DependencyUnavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service-unavailable",
-                "Serivce unavailable.".into(),
-                "api_generic_unreachable",
-            ),
-            Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal-server-error",
-                "Internal server error.".into(),
-                "api_generic_internal-error",
-            ),
-        };
-        Body {
-            status,
+        let fixed = |status: u16, kind, title: &str, code| Body {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             kind,
-            title,
+            title: title.to_string(),
             code,
-        }
+        };
+        #[rustfmt::skip]
+        let body = match self {
+            InvalidParams(_) => fixed(400, "invalid-api-params", "Missing or invalid API parameters.", "api_parsing_invalid-parameters"),
+            Unauthorized => fixed(401, "auth-failed", "Credential/signature mismatch.", "api_access_unauthorized"),
+            InvalidCredentials(m) => fixed(401, "invalid-credentials", m, "api_access_unauthorized"),
+            Forbidden(_) => fixed(403, "generic-forbidden", "Forbidden operation.", "api_access_forbidden"),
+            NotFound(object) => fixed(404, "object-not-found", &format!("E00002: No such {object}."), "api_access_not-found"),
+            UrlNotFound => fixed(404, "url-not-found", "Unknown URL path.", "api_access_not-found"),
+            MethodNotAllowed => fixed(405, "method-not-allowed", "HTTP Method Not Allowed.", "api_access_not-found"),
+            PortNotAvailable(_) => fixed(409, "appproxy/port-not-available", "Designated port already occupied.", "agent_setup_already-exists"),
+            Conflict(_) => fixed(409, "generic-conflict", "Conflicting request.", "api_setup_already-exists"),
+            PayloadTooLarge => fixed(413, "request-too-large", "Request body too large.", "api_parsing_invalid-parameters"),
+            WorkerNotAvailable(_) => fixed(503, "appproxy/worker-not-available", "Worker not available.", "agent_access_not-found"),
+            UnsupportedProtocol(_) => fixed(400, "appproxy/unsupported-protocol", "Unsupported protocol.", "agent_request_invalid-parameters"),
+            // "Serivce" is Backend.AI's spelling; clients may match the title.
+            Unavailable(_) => fixed(503, "service-unavailable", "Serivce unavailable.", "database_generic_unreachable"),
+            DependencyUnavailable(_) => fixed(503, "service-unavailable", "Serivce unavailable.", "api_generic_unreachable"),
+            Internal(_) => fixed(500, "internal-server-error", "Internal server error.", "api_generic_internal-error"),
+        };
+        body
     }
 
     /// The client-visible detail, if any (never internals).

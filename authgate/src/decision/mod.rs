@@ -231,10 +231,6 @@ pub fn decide(
         .map(|l| l.map_err(|_| Deny::BadCookieHeader))
         .collect::<Result<_, _>>()?;
     let jar = Jar::parse(&lines).map_err(|_: CookieError| Deny::BadCookieHeader)?;
-    let cookie = jar.without_ours();
-    let referer = single(&f.referer)
-        .filter(|r| !r.contains(appproxy_common::names::SETUP_PATH_PREFIX))
-        .map(str::to_string);
     // Counted only for a `GET` upgrade with one key: an `OPTIONS` or `POST` carrying the
     // header is not a WebSocket, and its access-log record would never release the count.
     let websocket = match (method, single(&f.websocket_key)) {
@@ -242,78 +238,85 @@ pub fn decide(
         _ => None,
     };
     let preflight = is_preflight(f, method);
+    let allow = Allow {
+        cookie: jar.without_ours(),
+        referer: single(&f.referer)
+            .filter(|r| !r.contains(appproxy_common::names::SETUP_PATH_PREFIX))
+            .map(str::to_string),
+        authorization: None,
+        user: String::new(),
+        websocket,
+        preflight,
+    };
     if t.public || preflight {
-        return Ok(Allow {
-            cookie,
-            referer,
-            authorization: None,
-            user: String::new(),
-            websocket,
-            preflight,
-        });
+        return Ok(allow);
     }
     if !revoked.synced() {
         return Err(Deny::NotReady);
     }
     match t.mode {
         Mode::Interactive => {
-            let candidates = jar
-                .candidates(t.circuit)
-                .map_err(|_| Deny::BadCookieHeader)?;
-            let mut last = Deny::NoCookie;
-            for value in candidates {
-                match keys.verify_session(value, t.circuit, t.generation) {
-                    Ok(c) if revoked.is_revoked(&c.sub, &c.ls, c.iat) => last = Deny::Revoked,
-                    Ok(_) if !same_origin_or_allowed(f, method, host, s) => {
-                        return Err(Deny::CrossOrigin);
-                    }
-                    Ok(c) => {
-                        return Ok(Allow {
-                            cookie,
-                            referer,
-                            authorization: None,
-                            user: c.sub,
-                            websocket,
-                            preflight: false,
-                        });
-                    }
-                    Err(e) => {
-                        if last == Deny::NoCookie {
-                            last = Deny::BadCookie(e);
-                        }
-                    }
-                }
+            let user = by_cookie(&jar, t, keys, revoked)?;
+            if !same_origin_or_allowed(f, method, host, s) {
+                return Err(Deny::CrossOrigin);
             }
-            Err(last)
+            Ok(Allow { user, ..allow })
         }
         Mode::Inference => {
-            let raw = match f.authorization.as_slice() {
-                [] => return Err(Deny::NoToken),
-                [Ok(v)] => v.trim(),
-                _ => return Err(Deny::BadToken(TokenError::Malformed)),
-            };
-            let (scheme, token) = raw.split_once(' ').ok_or(Deny::BadScheme)?;
-            if !(scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("backendai"))
-            {
-                return Err(Deny::BadScheme);
-            }
-            let c = keys
-                .verify_inference(token.trim(), t.circuit)
-                .map_err(Deny::BadToken)?;
-            let user = c.user.clone().unwrap_or_else(|| c.sub.clone());
-            if revoked.is_revoked(&user, "", c.iat) {
-                return Err(Deny::Revoked);
-            }
+            let (user, raw) = by_token(f, t, keys, revoked)?;
+            let authorization = s.forward_inference_authorization.then(|| raw.to_string());
             Ok(Allow {
-                cookie,
-                referer,
-                authorization: s.forward_inference_authorization.then(|| raw.to_string()),
                 user,
-                websocket,
-                preflight: false,
+                authorization,
+                ..allow
             })
         }
     }
+}
+
+/// The user of the first of the circuit's cookies that verifies and is not revoked; else why
+/// none did (a revoked or bad cookie says more than none at all).
+fn by_cookie(jar: &Jar, t: Target, keys: &Keys, revoked: &Revocations) -> Result<String, Deny> {
+    let candidates = jar
+        .candidates(t.circuit)
+        .map_err(|_| Deny::BadCookieHeader)?;
+    let mut last = Deny::NoCookie;
+    for value in candidates {
+        match keys.verify_session(value, t.circuit, t.generation) {
+            Ok(c) if revoked.is_revoked(&c.sub, &c.ls, c.iat) => last = Deny::Revoked,
+            Ok(c) => return Ok(c.sub),
+            Err(e) if last == Deny::NoCookie => last = Deny::BadCookie(e),
+            Err(_) => {}
+        }
+    }
+    Err(last)
+}
+
+/// The user of the request's inference token (`Authorization: Bearer|BackendAI <token>`) and
+/// the header as sent.
+fn by_token<'a>(
+    f: &Forwarded<'a>,
+    t: Target,
+    keys: &Keys,
+    revoked: &Revocations,
+) -> Result<(String, &'a str), Deny> {
+    let raw = match f.authorization.as_slice() {
+        [] => return Err(Deny::NoToken),
+        [Ok(v)] => v.trim(),
+        _ => return Err(Deny::BadToken(TokenError::Malformed)),
+    };
+    let (scheme, token) = raw.split_once(' ').ok_or(Deny::BadScheme)?;
+    if !(scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("backendai")) {
+        return Err(Deny::BadScheme);
+    }
+    let c = keys
+        .verify_inference(token.trim(), t.circuit)
+        .map_err(Deny::BadToken)?;
+    let user = c.user.clone().unwrap_or_else(|| c.sub.clone());
+    if revoked.is_revoked(&user, "", c.iat) {
+        return Err(Deny::Revoked);
+    }
+    Ok((user, raw))
 }
 
 #[cfg(test)]

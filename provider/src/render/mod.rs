@@ -162,44 +162,7 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         mws.push(m);
     }
     if !c.open_to_public || c.auth_plugin.is_some() {
-        let m = names::auth_middleware(c.id);
-        let fa = format!("http/middlewares/{m}/forwardAuth");
-        // `p=<plugin>`: authgate runs that plugin (its config comes over the worker API, never
-        // through etcd); `o=1`: a public circuit, the plugin replaces the built-in checks.
-        let mut address = format!(
-            "{}/auth/{}?g={}&m={}",
-            worker.authgate_base(),
-            c.id.as_hyphenated(),
-            c.generation,
-            c.app_mode.as_str()
-        );
-        if let Some(p) = &c.auth_plugin {
-            address.push_str(&format!("&p={}", p.name));
-            if c.open_to_public {
-                address.push_str("&o=1");
-            }
-            // Every spelling a WSGI/CGI server would merge with the plugin's headers
-            // (`X_Plugin_Tenant`, `x-plugin_tenant`, …): Traefik deletes the client's headers
-            // that match, then copies authgate's.
-            kv.insert(
-                format!("{fa}/authResponseHeadersRegex"),
-                PLUGIN_HEADERS_REGEX.into(),
-            );
-        }
-        kv.insert(format!("{fa}/address"), address);
-        kv.insert(format!("{fa}/trustForwardHeader"), "false".into());
-        // Traefik replaces these request headers with authgate's answer (or deletes them when
-        // authgate omits them): our cookie never reaches the app, nor a Referer that carries a
-        // setup link, nor a bearer token for inference.
-        let mut headers = vec!["Cookie", "Referer"];
-        if c.app_mode == AppMode::Inference {
-            headers.push("Authorization");
-        }
-        for (i, h) in headers.iter().enumerate() {
-            kv.insert(format!("{fa}/authResponseHeaders/{i}"), (*h).into());
-        }
-        kv.insert(format!("{fa}/maxResponseBodySize"), "65536".into());
-        mws.push(m);
+        mws.push(render_forward_auth(&mut kv, worker, c));
     }
     let inference = c.app_mode == AppMode::Inference;
     if inference && worker.accepted_traffics.contains(&AppMode::Inference) {
@@ -211,11 +174,62 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
     if worker.tls_listen {
         kv.insert(format!("{r}/tls/options"), "default".into());
     }
+    let s = format!("http/services/{name}/loadBalancer");
+    render_servers(&mut kv, &s, c);
+    if inference {
+        render_balancing(&mut kv, &s, c, worker);
+    }
+    kv
+}
+
+/// The circuit's ForwardAuth middleware to authgate; returns its name.
+fn render_forward_auth(kv: &mut Kv, worker: &Worker, c: &Circuit) -> String {
+    let m = names::auth_middleware(c.id);
+    let fa = format!("http/middlewares/{m}/forwardAuth");
+    // `p=<plugin>`: authgate runs that plugin (its config comes over the worker API, never
+    // through etcd); `o=1`: a public circuit, the plugin replaces the built-in checks.
+    let mut address = format!(
+        "{}/auth/{}?g={}&m={}",
+        worker.authgate_base(),
+        c.id.as_hyphenated(),
+        c.generation,
+        c.app_mode.as_str()
+    );
+    if let Some(p) = &c.auth_plugin {
+        address.push_str(&format!("&p={}", p.name));
+        if c.open_to_public {
+            address.push_str("&o=1");
+        }
+        // Every spelling a WSGI/CGI server would merge with the plugin's headers
+        // (`X_Plugin_Tenant`, `x-plugin_tenant`, …): Traefik deletes the client's headers
+        // that match, then copies authgate's.
+        kv.insert(
+            format!("{fa}/authResponseHeadersRegex"),
+            PLUGIN_HEADERS_REGEX.into(),
+        );
+    }
+    kv.insert(format!("{fa}/address"), address);
+    kv.insert(format!("{fa}/trustForwardHeader"), "false".into());
+    // Traefik replaces these request headers with authgate's answer (or deletes them when
+    // authgate omits them): our cookie never reaches the app, nor a Referer that carries a
+    // setup link, nor a bearer token for inference.
+    let mut headers = vec!["Cookie", "Referer"];
+    if c.app_mode == AppMode::Inference {
+        headers.push("Authorization");
+    }
+    for (i, h) in headers.iter().enumerate() {
+        kv.insert(format!("{fa}/authResponseHeaders/{i}"), (*h).into());
+    }
+    kv.insert(format!("{fa}/maxResponseBodySize"), "65536".into());
+    m
+}
+
+/// The load balancer's servers (`h2c` for gRPC and HTTP/2), weighted by traffic ratio.
+fn render_servers(kv: &mut Kv, s: &str, c: &Circuit) {
     let scheme = match c.protocol {
         Protocol::Grpc | Protocol::H2 => "h2c",
         _ => "http",
     };
-    let s = format!("http/services/{name}/loadBalancer");
     let weights = weights(c);
     for (i, route) in c.routes.iter().enumerate() {
         kv.insert(
@@ -229,10 +243,6 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
             kv.insert(format!("{s}/servers/{i}/weight"), w.to_string());
         }
     }
-    if inference {
-        render_balancing(&mut kv, &s, c, worker);
-    }
-    kv
 }
 
 /// Inference load balancing: passive health (a replica that fails 3 times in 10 s is taken
