@@ -56,53 +56,47 @@ pub const INGEST_SECRET_HEADER: &str = "x-appproxy-ingest-secret";
 
 /// WebAssembly auth plugins (see PLUGINS.md).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Directory of `<name>.wasm` / `<name>.wat` modules, watched for changes. None: no plugins
     /// (circuits that name one are denied with 503).
-    #[serde(default)]
     pub dir: Option<String>,
     /// Wall-clock bound of one call.
-    #[serde(default = "default_plugin_timeout")]
     pub timeout_ms: u64,
     /// Linear-memory bound of one call.
-    #[serde(default = "default_plugin_memory")]
     pub memory_mib: usize,
     /// Calls running at once, and calls allowed to wait (beyond: 503 at once).
-    #[serde(default = "default_plugin_workers")]
     pub workers: usize,
-    #[serde(default = "default_plugin_queue")]
     pub queue: usize,
     /// Consecutive failures after which a plugin is disabled until its file changes.
-    #[serde(default = "default_plugin_failures")]
     pub max_failures: u32,
-}
-
-fn default_plugin_timeout() -> u64 {
-    20
-}
-fn default_plugin_memory() -> usize {
-    16
-}
-fn default_plugin_workers() -> usize {
-    2
-}
-fn default_plugin_queue() -> usize {
-    256
-}
-fn default_plugin_failures() -> u32 {
-    20
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
         Self {
             dir: None,
-            timeout_ms: default_plugin_timeout(),
-            memory_mib: default_plugin_memory(),
-            workers: default_plugin_workers(),
-            queue: default_plugin_queue(),
-            max_failures: default_plugin_failures(),
+            timeout_ms: 20,
+            memory_mib: 16,
+            workers: 2,
+            queue: 256,
+            max_failures: 20,
+        }
+    }
+}
+
+impl PluginsConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        if !(1..=10_000).contains(&self.timeout_ms) {
+            errs.push("plugins.timeout_ms must be 1-10000".into());
+        }
+        if !(1..=64).contains(&self.memory_mib) {
+            errs.push("plugins.memory_mib must be 1-64".into());
+        }
+        if !(1..=64).contains(&self.workers) || self.queue > 100_000 || self.max_failures == 0 {
+            errs.push(
+                "plugins.workers must be 1-64, queue at most 100000, max_failures ≥ 1".into(),
+            );
         }
     }
 }
@@ -144,9 +138,29 @@ pub struct WorkerConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     pub url: String,
+    /// This worker's credential (`apw1.…`, from `POST /v2/workers/credentials`) or the
+    /// provider's legacy shared token.
     pub worker_token: String,
     #[serde(default = "default_heartbeat")]
     pub heartbeat_seconds: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    10
+}
+
+impl ProviderConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        if self.worker_token.len() < 16 {
+            errs.push("provider.worker_token must be at least 16 characters".into());
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            errs.push("provider.url must be an http(s) URL".into());
+        }
+        if !(1..=300).contains(&self.heartbeat_seconds) {
+            errs.push("provider.heartbeat_seconds must be 1-300".into());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,65 +173,92 @@ pub struct KeysConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Revocations and setup-token use counts. While it is down `/setup` fails closed.
-    #[serde(default = "default_redis")]
     pub url: String,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
-            url: default_redis(),
+            url: "redis://127.0.0.1:6379".into(),
         }
     }
 }
 
-fn default_redis() -> String {
-    "redis://127.0.0.1:6379".into()
-}
-
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TraefikConfig {
     /// The co-located Traefik's API (loopback), polled by `/setup` until the router is loaded.
-    #[serde(default = "default_traefik_api")]
     pub api_url: String,
     /// How long `/setup` waits for the router before answering 503 (the WebUI retries).
-    #[serde(default = "default_router_wait")]
     pub router_wait_ms: u64,
 }
 
+impl Default for TraefikConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "http://127.0.0.1:10202".into(),
+            router_wait_ms: 10_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
     /// Lifetime of a session cookie.
-    #[serde(default = "default_cookie_ttl")]
     pub cookie_ttl_seconds: u64,
     /// How often one setup link may be used (the WebUI opens it twice).
-    #[serde(default = "default_max_uses")]
     pub setup_max_uses: u32,
     /// Clock skew accepted on `exp`/`nbf`.
-    #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
     /// Pass a valid inference `Authorization` header on to the model server (default: removed).
-    #[serde(default)]
     pub forward_inference_authorization: bool,
     /// Revocations older than this are forgotten (in memory; the provider prunes Redis with
     /// its own `auth.revocation_retention_seconds`): every cookie issued before them has
     /// expired by then. At least `cookie_ttl_seconds + leeway_seconds`.
-    #[serde(default = "default_revocation_retention")]
     pub revocation_retention_seconds: u64,
     /// Platform page that starts a launch with a state nonce (`/_appproxy/login` sends the
     /// browser there with `state` and `circuit`); none → the 401 page only explains.
-    #[serde(default)]
     pub login_url: Option<String>,
 }
 
-fn default_revocation_retention() -> u64 {
-    30 * 24 * 3600
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            cookie_ttl_seconds: 12 * 3600,
+            setup_max_uses: 3,
+            leeway_seconds: 30,
+            forward_inference_authorization: false,
+            revocation_retention_seconds: 30 * 24 * 3600,
+            login_url: None,
+        }
+    }
 }
+
+impl SessionConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        if !(60..=7 * 24 * 3600).contains(&self.cookie_ttl_seconds) {
+            errs.push("session.cookie_ttl_seconds must be between 60 and 604800".into());
+        }
+        if !(1..=100).contains(&self.setup_max_uses) {
+            errs.push("session.setup_max_uses must be 1-100".into());
+        }
+        if self.leeway_seconds > 60 {
+            errs.push("session.leeway_seconds must be at most 60".into());
+        }
+        if self.revocation_retention_seconds < self.cookie_ttl_seconds + self.leeway_seconds {
+            errs.push(
+                "session.revocation_retention_seconds must be at least cookie_ttl_seconds + \
+                 leeway_seconds"
+                    .into(),
+            );
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 10201))
 }
@@ -229,45 +270,6 @@ fn default_protocol() -> Protocol {
 }
 fn default_traffics() -> Vec<AppMode> {
     vec![AppMode::Interactive, AppMode::Inference]
-}
-fn default_heartbeat() -> u64 {
-    10
-}
-fn default_traefik_api() -> String {
-    "http://127.0.0.1:10202".into()
-}
-fn default_router_wait() -> u64 {
-    10_000
-}
-fn default_cookie_ttl() -> u64 {
-    12 * 3600
-}
-fn default_max_uses() -> u32 {
-    3
-}
-fn default_leeway() -> u64 {
-    30
-}
-
-impl Default for TraefikConfig {
-    fn default() -> Self {
-        Self {
-            api_url: default_traefik_api(),
-            router_wait_ms: default_router_wait(),
-        }
-    }
-}
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            cookie_ttl_seconds: default_cookie_ttl(),
-            setup_max_uses: default_max_uses(),
-            leeway_seconds: default_leeway(),
-            forward_inference_authorization: false,
-            login_url: None,
-            revocation_retention_seconds: default_revocation_retention(),
-        }
-    }
 }
 
 pub use appproxy_common::config::ConfigError;
@@ -292,45 +294,18 @@ impl Config {
         if self.keys.cookie_secret.len() < 32 {
             errs.push("keys.cookie_secret must be at least 32 bytes".into());
         }
-        if self.provider.worker_token.len() < 16 {
-            errs.push("provider.worker_token must be at least 16 characters".into());
+        self.provider.check(&mut errs);
+        self.session.check(&mut errs);
+        self.plugins.check(&mut errs);
+        self.check_ingest(&mut errs);
+        let u = &self.redis.url;
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            errs.push("redis.url must start with redis:// or rediss://".into());
         }
-        if !(self.provider.url.starts_with("http://") || self.provider.url.starts_with("https://"))
-        {
-            errs.push("provider.url must be an http(s) URL".into());
-        }
-        if !(1..=300).contains(&self.provider.heartbeat_seconds) {
-            errs.push("provider.heartbeat_seconds must be 1-300".into());
-        }
-        let s = &self.session;
-        if !(60..=7 * 24 * 3600).contains(&s.cookie_ttl_seconds) {
-            errs.push("session.cookie_ttl_seconds must be between 60 and 604800".into());
-        }
-        if !(1..=100).contains(&s.setup_max_uses) {
-            errs.push("session.setup_max_uses must be 1-100".into());
-        }
-        if s.leeway_seconds > 60 {
-            errs.push("session.leeway_seconds must be at most 60".into());
-        }
-        let pl = &self.plugins;
-        if !(1..=10_000).contains(&pl.timeout_ms) {
-            errs.push("plugins.timeout_ms must be 1-10000".into());
-        }
-        if !(1..=64).contains(&pl.memory_mib) {
-            errs.push("plugins.memory_mib must be 1-64".into());
-        }
-        if !(1..=64).contains(&pl.workers) || pl.queue > 100_000 || pl.max_failures == 0 {
-            errs.push(
-                "plugins.workers must be 1-64, queue at most 100000, max_failures ≥ 1".into(),
-            );
-        }
-        if s.revocation_retention_seconds < s.cookie_ttl_seconds + s.leeway_seconds {
-            errs.push(
-                "session.revocation_retention_seconds must be at least cookie_ttl_seconds + \
-                 leeway_seconds"
-                    .into(),
-            );
-        }
+        ConfigError::check(errs)
+    }
+
+    fn check_ingest(&self, errs: &mut Vec<String>) {
         let i = &self.ingest;
         if let Some(addr) = i.listen {
             if !addr.ip().is_loopback() {
@@ -349,11 +324,6 @@ impl Config {
                 );
             }
         }
-        let u = &self.redis.url;
-        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-            errs.push("redis.url must start with redis:// or rediss://".into());
-        }
-        ConfigError::check(errs)
     }
 
     pub fn authgate_url(&self) -> String {

@@ -1,8 +1,7 @@
 //! Prometheus metrics of authgate (prefix `appproxy_authgate_`).
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use appproxy_common::metrics::{register as reg, registry, render};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -27,16 +26,9 @@ pub struct Metrics {
     pub plugin_seconds: Histogram,
 }
 
-/// Register `c` with `r` and hand it back.
-fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
-}
-
 impl Metrics {
     pub fn new() -> Metrics {
-        let r =
-            Registry::new_custom(Some("appproxy_authgate".into()), None).expect("metric registry");
+        let r = registry("appproxy_authgate");
         let counters = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &r,
@@ -88,11 +80,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("encode metrics");
-        String::from_utf8(buf).unwrap_or_default()
+        render(&self.registry)
     }
 }
 

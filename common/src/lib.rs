@@ -4,13 +4,16 @@
 //! - `auth`: token claims, cookie names and the Redis keys of revocations and setup-token uses;
 //! - `config`: how both binaries read TOML plus environment overrides;
 //! - `alloc`: the allocator settings both binaries start with;
-//! - `shutdown`: the signal-driven shutdown channel both binaries run under.
+//! - `shutdown`: the signal-driven shutdown channel and periodic work both binaries run;
+//! - `startup`: the start-up path both mains share; `metrics`: registry and exposition;
+//! - `wire`: the typed worker API.
 //!
 //! Both sides use these functions, so a change here changes both at once.
 
 pub mod alloc;
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod names;
 pub mod shutdown;
 pub mod startup;
