@@ -8,7 +8,7 @@ use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
 pub use appproxy_common::wire::{
-    AppFilter, AppMode, AuthPlugin, FrontendMode, Protocol, WorkerSpec, WorkerStatus,
+    AppFilter, AppMode, AuthPlugin, FrontendMode, Protocol, Route, WorkerSpec, WorkerStatus,
     normalize_origin, validate_authority, validate_host,
 };
 
@@ -81,18 +81,6 @@ pub struct ConfToken {
     pub domain_name: String,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
-}
-
-/// One backend replica of a circuit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Route {
-    pub route_id: Option<Uuid>,
-    pub session_id: Uuid,
-    pub session_name: Option<String>,
-    pub kernel_host: String,
-    pub kernel_port: u16,
-    pub protocol: Protocol,
-    pub traffic_ratio: f64,
 }
 
 /// Where a circuit is reachable on its worker.

@@ -411,7 +411,24 @@ impl Stack {
             .manager(Method::POST, "/v2/circuits", Some(&body))
             .await;
         assert_eq!(s, 201, "create circuit: {v}");
+        // The answer must decode as the typed contract (a renamed field fails here).
+        serde_json::from_value::<appproxy_common::wire::CreateCircuitResponse>(v.clone())
+            .unwrap_or_else(|e| panic!("the create answer breaks the wire contract: {e}: {v}"));
         v
+    }
+
+    /// `POST /v2/circuits` with a typed request; asserts `201`, returns the typed answer.
+    pub async fn create(
+        &self,
+        req: &appproxy_common::wire::CreateCircuitRequest,
+    ) -> appproxy_common::wire::CreateCircuitResponse {
+        let body = serde_json::to_value(req).expect("a request serializes");
+        let (s, v) = self
+            .manager(Method::POST, "/v2/circuits", Some(&body))
+            .await;
+        assert_eq!(s, 201, "create circuit: {v}");
+        serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("the create answer breaks the wire contract: {e}: {v}"))
     }
 
     /// Enrol a credential for `authority` (`POST /v2/workers/credentials`): (id, credential).

@@ -11,7 +11,8 @@ use crate::{
     error::ApiError,
     models::{
         BulkDeleteRequest, CircuitList, CircuitResponse, CreateCircuitRequest,
-        CreateCircuitResponse, ListCircuitsQuery,
+        CreateCircuitResponse, ListCircuitsQuery, circuit_response, create_response,
+        validate_create,
     },
     service::{NewInteractive, circuits::Listing, links},
     tokens::SetupRequest,
@@ -27,7 +28,7 @@ pub(super) async fn get_one(
     IdPath(id): IdPath,
 ) -> Result<Json<CircuitResponse>, ApiError> {
     let c = state.circuits().visible_to(caller.authority(), id).await?;
-    Ok(Json(CircuitResponse::new(&c, None)))
+    Ok(Json(circuit_response(&c, None)))
 }
 
 /// Backend.AI's `GET /api/circuit/{id}/statistics`: the circuit plus `requests`,
@@ -43,7 +44,7 @@ pub(super) async fn statistics(
         .circuits()
         .statistics(caller.authority(), id, &state.activity, idle)
         .await?;
-    let mut v = serde_json::to_value(CircuitResponse::new(&s.circuit, s.worker.as_ref()))
+    let mut v = serde_json::to_value(circuit_response(&s.circuit, s.worker.as_ref()))
         .map_err(|e| ApiError::InvalidParams(e.to_string()))?;
     v["requests"] = json!(s.requests);
     v["last_access"] = json!(s.last_access_ms);
@@ -76,7 +77,7 @@ pub(super) async fn get_v2(
     IdPath(id): IdPath,
 ) -> Result<Json<CircuitResponse>, ApiError> {
     let (c, w) = state.circuits().get_with_worker(id).await?;
-    Ok(Json(CircuitResponse::new(&c, w.as_ref())))
+    Ok(Json(circuit_response(&c, w.as_ref())))
 }
 
 pub(super) async fn delete_v2(
@@ -113,7 +114,7 @@ pub(super) async fn list(
     let found = state.circuits().list(&listing).await?;
     let circuits = found
         .iter()
-        .map(|(c, w)| CircuitResponse::new(c, w.as_ref()))
+        .map(|(c, w)| circuit_response(c, w.as_ref()))
         .collect();
     Ok(Json(CircuitList { circuits }))
 }
@@ -123,7 +124,7 @@ pub(super) async fn create(
     _: ManagerAuth,
     JsonBody(req): JsonBody<CreateCircuitRequest>,
 ) -> Result<(StatusCode, Json<CreateCircuitResponse>), ApiError> {
-    let valid = req.validate(state.config.limits.max_routes_per_circuit)?;
+    let valid = validate_create(&req, state.config.limits.max_routes_per_circuit)?;
     let (token, redirect) = (req.login_session_token.clone(), req.redirect.clone());
     let (c, worker) = state
         .circuits()
@@ -136,6 +137,6 @@ pub(super) async fn create(
         state: None,
     };
     let link = links::setup_link(&state.signer, &c, &worker, &ask)?;
-    let resp = CreateCircuitResponse::new(&c, &worker, link);
+    let resp = create_response(&c, &worker, link);
     Ok((StatusCode::CREATED, Json(resp)))
 }

@@ -15,7 +15,7 @@ fn body<T: DeserializeOwned>(data: &[u8]) -> Option<T> {
 /// exercises all of them.
 pub fn json_bodies(data: &[u8]) {
     if let Some(r) = body::<models::CreateCircuitRequest>(data) {
-        let _ = r.validate(256);
+        let _ = models::validate_create(&r, 256);
     }
     if let Some(r) = body::<models::WorkerSpec>(data) {
         let _ = r.validate();

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     error::ApiError,
-    models::{CircuitList, CircuitResponse, SlotsQuery, WorkerResponse, WorkerSpec, map_entry},
+    models::{CircuitList, SlotsQuery, WorkerResponse, WorkerSpec, circuit_response, map_entry},
 };
 use appproxy_common::wire::{Heartbeat, RouteHealthReport};
 
@@ -101,7 +101,7 @@ pub(super) async fn circuits(
         (etag, Json(CircuitList { circuits })).into_response()
     } else {
         let circuits = (circuits.iter())
-            .map(|c| CircuitResponse::new(c, Some(&w)))
+            .map(|c| circuit_response(c, Some(&w)))
             .collect();
         (etag, Json(CircuitList { circuits })).into_response()
     })

@@ -11,13 +11,16 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        AppMode, Circuit, Frontend, FrontendMode, Protocol, Route, Worker, WorkerStatus,
-        parse_client_ips, validate_host,
+        Circuit, Frontend, FrontendMode, Route, Worker, WorkerStatus, parse_client_ips,
+        validate_host,
     },
     error::ApiError,
 };
 
-pub use appproxy_common::wire::{CircuitList, CircuitMapEntry, WorkerSpec};
+pub use appproxy_common::wire::{
+    CircuitList, CircuitMapEntry, CircuitResponse, CreateCircuitRequest, CreateCircuitResponse,
+    FrontendResponse, IpList, RouteRequest, WorkerSpec,
+};
 
 #[derive(Debug, Serialize)]
 pub struct SlotResponse {
@@ -74,74 +77,41 @@ impl WorkerResponse {
     }
 }
 
-/// Backend.AI's `SerializableCircuit`, plus `generation`, `idle_timeout` and `url`.
-#[derive(Debug, Serialize)]
-pub struct CircuitResponse {
-    pub id: Uuid,
-    pub app: String,
-    pub protocol: Protocol,
-    pub worker: Uuid,
-    pub app_mode: AppMode,
-    pub frontend_mode: FrontendMode,
-    pub envs: serde_json::Value,
-    pub arguments: Option<String>,
-    pub open_to_public: bool,
-    pub allowed_client_ips: Option<String>,
-    pub port: Option<u16>,
-    pub subdomain: Option<String>,
-    pub user_id: Option<Uuid>,
-    pub endpoint_id: Option<Uuid>,
-    pub runtime_variant: Option<String>,
-    /// Backend.AI's `RouteInfo` list (the domain `Route` serializes as it).
-    pub route_info: Vec<Route>,
-    pub session_ids: Vec<Uuid>,
-    pub generation: i64,
-    pub idle_timeout: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    pub auth_plugin: Option<crate::domain::AuthPlugin>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub allowed_origins: Vec<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl CircuitResponse {
-    pub fn new(c: &Circuit, worker: Option<&Worker>) -> Self {
-        let ips: Vec<String> = c.allowed_client_ips.iter().map(|n| n.to_string()).collect();
-        CircuitResponse {
-            id: c.id,
-            app: c.app.clone(),
-            protocol: c.protocol,
-            worker: c.worker_id,
-            app_mode: c.app_mode,
-            frontend_mode: match c.frontend {
-                Frontend::Port(_) => FrontendMode::Port,
-                Frontend::Subdomain(_) => FrontendMode::Wildcard,
-            },
-            envs: c.envs.clone(),
-            arguments: c.arguments.clone(),
-            open_to_public: c.open_to_public,
-            allowed_client_ips: if ips.is_empty() {
-                None
-            } else {
-                Some(ips.join(","))
-            },
-            port: c.port(),
-            subdomain: c.subdomain().map(str::to_string),
-            user_id: c.user_id,
-            endpoint_id: c.endpoint_id,
-            runtime_variant: c.runtime_variant.clone(),
-            route_info: c.routes.clone(),
-            session_ids: c.session_ids(),
-            generation: c.generation,
-            idle_timeout: c.idle_timeout,
-            url: worker.map(|w| c.url(w)),
-            auth_plugin: c.auth_plugin.clone(),
-            allowed_origins: c.allowed_origins.clone(),
-            created_at: iso(c.created_at_ms),
-            updated_at: iso(c.updated_at_ms),
-        }
+/// The API's view of a circuit (with its URL when the worker is known).
+pub fn circuit_response(c: &Circuit, worker: Option<&Worker>) -> CircuitResponse {
+    let ips: Vec<String> = c.allowed_client_ips.iter().map(|n| n.to_string()).collect();
+    CircuitResponse {
+        id: c.id,
+        app: c.app.clone(),
+        protocol: c.protocol,
+        worker: c.worker_id,
+        app_mode: c.app_mode,
+        frontend_mode: match c.frontend {
+            Frontend::Port(_) => FrontendMode::Port,
+            Frontend::Subdomain(_) => FrontendMode::Wildcard,
+        },
+        envs: c.envs.clone(),
+        arguments: c.arguments.clone(),
+        open_to_public: c.open_to_public,
+        allowed_client_ips: if ips.is_empty() {
+            None
+        } else {
+            Some(ips.join(","))
+        },
+        port: c.port(),
+        subdomain: c.subdomain().map(str::to_string),
+        user_id: c.user_id,
+        endpoint_id: c.endpoint_id,
+        runtime_variant: c.runtime_variant.clone(),
+        route_info: c.routes.clone(),
+        session_ids: c.session_ids(),
+        generation: c.generation,
+        idle_timeout: c.idle_timeout,
+        url: worker.map(|w| c.url(w)),
+        auth_plugin: c.auth_plugin.clone(),
+        allowed_origins: c.allowed_origins.clone(),
+        created_at: iso(c.created_at_ms),
+        updated_at: iso(c.updated_at_ms),
     }
 }
 
@@ -156,25 +126,6 @@ pub fn map_entry(c: &Circuit) -> CircuitMapEntry {
         session_ids: c.session_ids(),
         auth_plugin: c.auth_plugin.clone(),
         allowed_origins: c.allowed_origins.clone(),
-    }
-}
-
-/// `allowed_client_ips` as a list or Backend.AI's comma-separated string.
-#[derive(Debug, Clone, Default)]
-pub struct IpList(pub String);
-
-impl<'de> Deserialize<'de> for IpList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            One(String),
-            Many(Vec<String>),
-        }
-        Ok(match Form::deserialize(d)? {
-            Form::One(s) => IpList(s),
-            Form::Many(v) => IpList(v.join(",")),
-        })
     }
 }
 
@@ -203,68 +154,6 @@ impl<'de> Deserialize<'de> for UuidList {
     }
 }
 
-/// One route of `POST /v2/circuits`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteRequest {
-    #[serde(default)]
-    pub route_id: Option<Uuid>,
-    pub session_id: Uuid,
-    #[serde(default)]
-    pub session_name: Option<String>,
-    pub kernel_host: String,
-    pub kernel_port: u16,
-    #[serde(default)]
-    pub protocol: Option<Protocol>,
-    #[serde(default = "one")]
-    pub traffic_ratio: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-/// `POST /v2/circuits`: an interactive circuit, created directly.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateCircuitRequest {
-    pub app: String,
-    #[serde(default = "http")]
-    pub protocol: Protocol,
-    /// Authority of the worker to place it on; chosen automatically when absent.
-    #[serde(default)]
-    pub worker: Option<String>,
-    pub user_id: Uuid,
-    #[serde(default)]
-    pub open_to_public: bool,
-    #[serde(default)]
-    pub allowed_client_ips: Option<IpList>,
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub subdomain: Option<String>,
-    #[serde(default)]
-    pub envs: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    pub arguments: Option<String>,
-    #[serde(default)]
-    pub idle_timeout: Option<u64>,
-    pub routes: Vec<RouteRequest>,
-    /// Binds the returned setup link (and the cookie) to this WebUI login session.
-    #[serde(default)]
-    pub login_session_token: Option<String>,
-    /// Relative path the setup link lands on.
-    #[serde(default)]
-    pub redirect: Option<String>,
-    /// Origins besides the app's own whose pages may make unsafe requests and WebSocket
-    /// upgrades with the circuit's cookie (`https://host[:port]`).
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
-    /// WebAssembly auth plugin (after the built-in checks; instead of them when public).
-    #[serde(default)]
-    pub auth_plugin: Option<crate::domain::AuthPlugin>,
-}
-
 /// A `POST /v2/circuits` request that passed every check.
 pub struct ValidCreate {
     pub routes: Vec<Route>,
@@ -272,113 +161,91 @@ pub struct ValidCreate {
     pub allowed_origins: Vec<String>,
 }
 
-impl CreateCircuitRequest {
-    /// Every check of the request, before anything is placed or written.
-    pub fn validate(&self, max_routes: usize) -> Result<ValidCreate, ApiError> {
-        let routes = self.routes(max_routes)?;
-        if let Some(p) = &self.auth_plugin {
-            p.validate().map_err(ApiError::InvalidParams)?;
-        }
-        let allowed_client_ips = match &self.allowed_client_ips {
-            Some(l) => parse_client_ips(&l.0).map_err(ApiError::InvalidParams)?,
-            None => Vec::new(),
-        };
-        let allowed_origins = crate::domain::normalize_origins(&self.allowed_origins)
-            .map_err(ApiError::InvalidParams)?;
-        Ok(ValidCreate {
-            routes,
-            allowed_client_ips,
-            allowed_origins,
-        })
+/// Every check of a `POST /v2/circuits` request, before anything is placed or written.
+pub fn validate_create(
+    req: &CreateCircuitRequest,
+    max_routes: usize,
+) -> Result<ValidCreate, ApiError> {
+    let routes = create_routes(req, max_routes)?;
+    if let Some(p) = &req.auth_plugin {
+        p.validate().map_err(ApiError::InvalidParams)?;
     }
+    let allowed_client_ips = match &req.allowed_client_ips {
+        Some(l) => parse_client_ips(&l.0).map_err(ApiError::InvalidParams)?,
+        None => Vec::new(),
+    };
+    let allowed_origins =
+        crate::domain::normalize_origins(&req.allowed_origins).map_err(ApiError::InvalidParams)?;
+    Ok(ValidCreate {
+        routes,
+        allowed_client_ips,
+        allowed_origins,
+    })
+}
 
-    /// Routes of the request, checked (app, sizes, hosts, ports, ratios, protocols).
-    fn routes(&self, max_routes: usize) -> Result<Vec<Route>, ApiError> {
-        let req = self;
-        let bad = |m: String| Err(ApiError::InvalidParams(m));
-        if req.app.is_empty() || req.app.len() > 255 || req.app.chars().any(char::is_control) {
-            return bad("app must be 1-255 printable characters".into());
-        }
-        if req.routes.is_empty() || req.routes.len() > max_routes {
-            return bad(format!("routes must hold 1-{max_routes} entries"));
-        }
-        if let Some(a) = &req.arguments
-            && a.len() > 1000
-        {
-            return bad("arguments must be at most 1000 characters".into());
-        }
-        if let Some(0) = req.port {
-            return bad("port must be 1-65535".into());
-        }
-        let mut routes = Vec::new();
-        for r in &req.routes {
-            validate_host(&r.kernel_host).map_err(ApiError::InvalidParams)?;
-            if r.kernel_port == 0 {
-                return bad("kernel_port must be 1-65535".into());
-            }
-            if !(r.traffic_ratio.is_finite() && r.traffic_ratio >= 0.0) {
-                return bad("traffic_ratio must be a finite number >= 0".into());
-            }
-            let protocol = r.protocol.unwrap_or(req.protocol);
-            if protocol.is_http() != req.protocol.is_http() {
-                return Err(ApiError::UnsupportedProtocol(
-                    "routes must match the circuit protocol".into(),
-                ));
-            }
-            routes.push(Route {
-                route_id: r.route_id,
-                session_id: r.session_id,
-                session_name: r.session_name.clone(),
-                kernel_host: r.kernel_host.clone(),
-                kernel_port: r.kernel_port,
-                protocol,
-                traffic_ratio: r.traffic_ratio,
-            });
-        }
-        Ok(routes)
+/// Routes of the request, checked (app, sizes, hosts, ports, ratios, protocols).
+fn create_routes(req: &CreateCircuitRequest, max_routes: usize) -> Result<Vec<Route>, ApiError> {
+    let bad = |m: String| Err(ApiError::InvalidParams(m));
+    if req.app.is_empty() || req.app.len() > 255 || req.app.chars().any(char::is_control) {
+        return bad("app must be 1-255 printable characters".into());
     }
-}
-
-fn http() -> Protocol {
-    Protocol::Http
-}
-
-#[derive(Debug, Serialize)]
-pub struct FrontendResponse {
-    pub mode: FrontendMode,
-    pub port: Option<u16>,
-    pub subdomain: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CreateCircuitResponse {
-    pub id: Uuid,
-    pub url: String,
-    /// Short-lived link that gives the owner's browser its cookie (HTTP circuits).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub setup_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub setup_url_expires_at: Option<i64>,
-    pub frontend: FrontendResponse,
-    pub worker: String,
-    pub circuit: CircuitResponse,
-}
-
-impl CreateCircuitResponse {
-    pub fn new(c: &Circuit, worker: &Worker, link: Option<SetupLinkResponse>) -> Self {
-        CreateCircuitResponse {
-            id: c.id,
-            url: c.url(worker),
-            setup_url_expires_at: link.as_ref().map(|l| l.expires_at),
-            setup_url: link.map(|l| l.setup_url),
-            frontend: FrontendResponse {
-                mode: worker.frontend_mode,
-                port: c.port(),
-                subdomain: c.subdomain().map(str::to_string),
-            },
-            worker: worker.authority.clone(),
-            circuit: CircuitResponse::new(c, Some(worker)),
+    if req.routes.is_empty() || req.routes.len() > max_routes {
+        return bad(format!("routes must hold 1-{max_routes} entries"));
+    }
+    if let Some(a) = &req.arguments
+        && a.len() > 1000
+    {
+        return bad("arguments must be at most 1000 characters".into());
+    }
+    if let Some(0) = req.port {
+        return bad("port must be 1-65535".into());
+    }
+    let mut routes = Vec::new();
+    for r in &req.routes {
+        validate_host(&r.kernel_host).map_err(ApiError::InvalidParams)?;
+        if r.kernel_port == 0 {
+            return bad("kernel_port must be 1-65535".into());
         }
+        if !(r.traffic_ratio.is_finite() && r.traffic_ratio >= 0.0) {
+            return bad("traffic_ratio must be a finite number >= 0".into());
+        }
+        let protocol = r.protocol.unwrap_or(req.protocol);
+        if protocol.is_http() != req.protocol.is_http() {
+            return Err(ApiError::UnsupportedProtocol(
+                "routes must match the circuit protocol".into(),
+            ));
+        }
+        routes.push(Route {
+            route_id: r.route_id,
+            session_id: r.session_id,
+            session_name: r.session_name.clone(),
+            kernel_host: r.kernel_host.clone(),
+            kernel_port: r.kernel_port,
+            protocol,
+            traffic_ratio: r.traffic_ratio,
+        });
+    }
+    Ok(routes)
+}
+
+/// The answer to `POST /v2/circuits`.
+pub fn create_response(
+    c: &Circuit,
+    worker: &Worker,
+    link: Option<SetupLinkResponse>,
+) -> CreateCircuitResponse {
+    CreateCircuitResponse {
+        id: c.id,
+        url: c.url(worker),
+        setup_url_expires_at: link.as_ref().map(|l| l.expires_at),
+        setup_url: link.map(|l| l.setup_url),
+        frontend: FrontendResponse {
+            mode: worker.frontend_mode,
+            port: c.port(),
+            subdomain: c.subdomain().map(str::to_string),
+        },
+        worker: worker.authority.clone(),
+        circuit: circuit_response(c, Some(worker)),
     }
 }
 

@@ -1,7 +1,15 @@
-//! The typed wire contract of the worker API, shared by the provider (server), authgate
-//! (client), the e2e harness and the bench: the protocol enums, the worker spec a worker
-//! registers with and its one validation, the heartbeat, the circuit map authgate polls, the
-//! route-health report. A field renamed on one side is a compile error, not a quiet gap.
+//! The typed wire contract, shared by the provider (server), authgate (client), the e2e
+//! harness and the bench: the protocol enums, the worker spec a worker registers with and its
+//! one validation, the heartbeat, the circuit map authgate polls, the route-health report, and
+//! the manager's circuit create request and responses ([`circuit`]). A field renamed on one
+//! side is a compile error or a decode error, not a quiet gap.
+
+pub mod circuit;
+
+pub use circuit::{
+    CircuitResponse, CreateCircuitRequest, CreateCircuitResponse, FrontendResponse, IpList, Route,
+    RouteRequest,
+};
 
 use std::{
     collections::{BTreeMap, HashMap},
