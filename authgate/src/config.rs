@@ -3,8 +3,8 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use appproxy_common::wire::{AppFilter, AppMode, FrontendMode, Protocol};
-use serde::{Deserialize, Serialize};
+use appproxy_common::wire::WorkerSpec;
+use serde::Deserialize;
 
 pub const ENV_PREFIX: &str = "APPPROXY_AUTHGATE__";
 
@@ -17,7 +17,10 @@ pub struct Config {
     /// Same as the provider's `etcd.namespace`; names the Redis keys both sides share.
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    pub worker: WorkerConfig,
+    /// What this worker registers with the provider (`PUT /api/worker`): the wire
+    /// contract's `WorkerSpec` itself, so the field list is written once. `api_port` comes
+    /// from `listen` and `authgate_url` defaults to `http://<listen>`.
+    pub worker: WorkerSpec,
     pub provider: ProviderConfig,
     pub keys: KeysConfig,
     #[serde(default)]
@@ -99,39 +102,6 @@ impl PluginsConfig {
             );
         }
     }
-}
-
-/// What this worker registers with the provider (`PUT /api/worker`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerConfig {
-    pub authority: String,
-    pub frontend_mode: FrontendMode,
-    #[serde(default = "default_protocol")]
-    pub protocol: Protocol,
-    /// Host browsers use to reach this worker's Traefik.
-    pub hostname: String,
-    #[serde(default)]
-    pub tls_listen: bool,
-    #[serde(default)]
-    pub tls_advertised: bool,
-    #[serde(default)]
-    pub port_range: Option<(u16, u16)>,
-    #[serde(default)]
-    pub wildcard_domain: Option<String>,
-    #[serde(default)]
-    pub wildcard_traffic_port: Option<u16>,
-    #[serde(default = "default_traffics")]
-    pub accepted_traffics: Vec<AppMode>,
-    /// How Traefik reaches this authgate; default `http://<listen>`.
-    #[serde(default)]
-    pub authgate_url: Option<String>,
-    /// Take only requests matching `app_filters` (Backend.AI's dedicated workers).
-    #[serde(default)]
-    pub filtered_apps_only: bool,
-    /// `[{key = "session.user_uuid", value = "…"}]`: requests this worker is meant for.
-    #[serde(default)]
-    pub app_filters: Vec<AppFilter>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,12 +235,6 @@ fn default_listen() -> SocketAddr {
 fn default_namespace() -> String {
     "traefik".into()
 }
-fn default_protocol() -> Protocol {
-    Protocol::Http
-}
-fn default_traffics() -> Vec<AppMode> {
-    vec![AppMode::Interactive, AppMode::Inference]
-}
 
 pub use appproxy_common::config::ConfigError;
 
@@ -290,6 +254,9 @@ impl Config {
         // one it accepts.
         if let Err(e) = crate::worker::registration(self).validate() {
             errs.push(format!("worker: {e}"));
+        }
+        if ![0, self.listen.port()].contains(&self.worker.api_port) {
+            errs.push("worker.api_port is the port of `listen`: leave it out".into());
         }
         if self.keys.cookie_secret.len() < 32 {
             errs.push("keys.cookie_secret must be at least 32 bytes".into());
@@ -355,6 +322,11 @@ mod tests {
         assert_eq!(cfg.session.setup_max_uses, 1);
         assert_eq!(cfg.worker.port_range, Some((10205, 10214)));
         assert_eq!(cfg.authgate_url(), "http://127.0.0.1:10201");
+        // The registration is the `[worker]` spec with the API port of `listen`.
+        let spec = crate::worker::registration(&cfg);
+        assert_eq!(spec.api_port, 10201);
+        assert_eq!(spec.protocol, appproxy_common::wire::Protocol::Http, "default");
+        assert_eq!(spec.validate(), Ok(()));
     }
 
     #[test]
@@ -370,12 +342,14 @@ mod tests {
             ("SESSION__SETUP_MAX_USES", "0"),
             ("INGEST__LISTEN", "0.0.0.0:10203"),
             ("INGEST__SECRET", "short"),
+            ("WORKER__API_PORT", "1"),
         ]
         .into_iter()
         .map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v.to_string()))
         .collect();
         let text = Config::load(None, &env).unwrap_err().to_string();
         for want in [
+            "worker.api_port is the port of `listen`",
             "port_range",
             "cookie_secret",
             "worker_token",

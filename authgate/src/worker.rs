@@ -22,25 +22,13 @@ use crate::{
     metrics::Metrics,
 };
 
-/// `PUT /api/worker` body for this worker.
+/// `PUT /api/worker` body for this worker: its `[worker]` spec with the API port of `listen`
+/// and the address its Traefik reaches it at.
 pub fn registration(cfg: &Config) -> WorkerSpec {
-    let w = &cfg.worker;
     WorkerSpec {
-        authority: w.authority.clone(),
-        frontend_mode: w.frontend_mode,
-        protocol: w.protocol,
-        hostname: w.hostname.clone(),
-        tls_listen: w.tls_listen,
-        tls_advertised: w.tls_advertised,
         api_port: cfg.listen.port(),
-        port_range: w.port_range,
-        wildcard_domain: w.wildcard_domain.clone(),
-        wildcard_traffic_port: w.wildcard_traffic_port,
-        filtered_apps_only: w.filtered_apps_only,
-        traefik_last_used_marker_path: None,
-        accepted_traffics: w.accepted_traffics.clone(),
-        app_filters: w.app_filters.clone(),
         authgate_url: Some(cfg.authgate_url()),
+        ..cfg.worker.clone()
     }
 }
 

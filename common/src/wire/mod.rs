@@ -141,12 +141,17 @@ pub struct AppFilter {
 pub struct WorkerSpec {
     pub authority: String,
     pub frontend_mode: FrontendMode,
+    /// `http` when absent.
+    #[serde(default = "http_protocol")]
     pub protocol: Protocol,
+    /// Host browsers use to reach this worker's Traefik.
     pub hostname: String,
     #[serde(default)]
     pub tls_listen: bool,
     #[serde(default)]
     pub tls_advertised: bool,
+    /// The worker API's port (`/setup`); required (authgate sets it from `listen`).
+    #[serde(default)]
     pub api_port: u16,
     #[serde(default)]
     pub port_range: Option<(u16, u16)>,
@@ -154,17 +159,24 @@ pub struct WorkerSpec {
     pub wildcard_domain: Option<String>,
     #[serde(default)]
     pub wildcard_traffic_port: Option<u16>,
+    /// Take only requests matching `app_filters` (Backend.AI's dedicated workers).
     #[serde(default)]
     pub filtered_apps_only: bool,
     #[serde(default)]
     pub traefik_last_used_marker_path: Option<String>,
     #[serde(default = "both_traffics")]
     pub accepted_traffics: Vec<AppMode>,
+    /// `[{key = "session.user_uuid", value = "…"}]`: requests this worker is meant for.
     #[serde(default)]
     pub app_filters: Vec<AppFilter>,
-    /// Extension: where this worker's Traefik reaches authgate.
+    /// Extension: where this worker's Traefik reaches authgate (authgate's default:
+    /// `http://<listen>`).
     #[serde(default)]
     pub authgate_url: Option<String>,
+}
+
+fn http_protocol() -> Protocol {
+    Protocol::Http
 }
 
 fn both_traffics() -> Vec<AppMode> {
