@@ -325,7 +325,11 @@ mod tests {
         // The registration is the `[worker]` spec with the API port of `listen`.
         let spec = crate::worker::registration(&cfg);
         assert_eq!(spec.api_port, 10201);
-        assert_eq!(spec.protocol, appproxy_common::wire::Protocol::Http, "default");
+        assert_eq!(
+            spec.protocol,
+            appproxy_common::wire::Protocol::Http,
+            "default"
+        );
         assert_eq!(spec.validate(), Ok(()));
     }
 

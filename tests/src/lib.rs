@@ -36,6 +36,30 @@ where
     }
 }
 
+/// Read `read` every `gap` until two reads in a row agree (the work before has settled: a
+/// counter stopped moving, a keyspace stopped changing), or fail after `limit`. Use it where
+/// a test needs a quiet baseline, instead of a fixed sleep that is too short on a slow machine.
+pub async fn until_stable<T, F, Fut>(what: &str, gap: Duration, limit: Duration, mut read: F) -> T
+where
+    T: PartialEq,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let start = Instant::now();
+    let mut last = read().await;
+    loop {
+        tokio::time::sleep(gap).await;
+        let now = read().await;
+        if now == last {
+            return now;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what} to settle");
+        }
+        last = now;
+    }
+}
+
 /// How long propagation may take before a test fails (override: `APPPROXY_E2E_PATIENCE_SECS`).
 pub fn patience() -> Duration {
     let secs = std::env::var("APPPROXY_E2E_PATIENCE_SECS")

@@ -355,8 +355,9 @@ async fn etcd_txns(stack: &Stack) -> u64 {
 async fn burst_of_creates_coalesces_into_few_transactions(db: Db) {
     let (stack, _traefik, lo, hi) = port_stack(db, "w1", 40, "http").await;
     let backend = HttpEcho::start("b").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = etcd_txns(&stack).await;
+    let quiet = Duration::from_millis(300);
+    let before =
+        e2e::until_stable("etcd transactions", quiet, patience(), || etcd_txns(&stack)).await;
     let body = circuit_body("w1", Uuid::new_v4(), backend.port, "http");
     let results = futures_join(&stack, &body, 40).await;
     assert!(results.iter().all(|(s, _)| *s == 201), "{results:?}");
@@ -647,8 +648,8 @@ async fn bad_input_is_rejected_and_changes_nothing(db: Db) {
         .await;
     let good = circuit_body("w1", Uuid::new_v4(), 8080, "http");
     // Let the reconciler settle, then snapshot the keyspace.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = stack.etcd_dump().await;
+    let quiet = Duration::from_millis(300);
+    let before = e2e::until_stable("the keyspace", quiet, patience(), || stack.etcd_dump()).await;
 
     let mut cases: Vec<(&str, Method, String, Option<Value>, u16)> = Vec::new();
     let with = |f: &dyn Fn(&mut Value)| {
