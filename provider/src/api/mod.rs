@@ -249,15 +249,13 @@ async fn common_headers(
         .with_label_values(&[class])
         .inc();
     let h = resp.headers_mut();
-    h.insert(header::SERVER, HeaderValue::from_static("BackendAI"));
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("*"),
-    );
+    for (name, value) in [
+        (header::SERVER, "BackendAI"),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        (header::ACCESS_CONTROL_EXPOSE_HEADERS, "*"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert(X_REQUEST_ID, v);
     }
