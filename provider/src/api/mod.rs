@@ -237,12 +237,7 @@ async fn common_headers(
         .to_string();
     let span = tracing::info_span!("request", id = %id, method = %req.method(), route = %route);
     let mut resp = tracing::Instrument::instrument(next.run(req), span).await;
-    let class = match resp.status().as_u16() {
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
+    let class = status_class(resp.status().as_u16());
     state
         .metrics
         .http_requests
@@ -260,6 +255,16 @@ async fn common_headers(
         h.insert(X_REQUEST_ID, v);
     }
     resp
+}
+
+/// The `http_requests_total{class}` label.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");

@@ -86,6 +86,16 @@ pub(super) fn opt_u16(row: &AnyRow, col: &str) -> Result<Option<u16>, StoreError
         .transpose()
 }
 
+/// A worker's app filters. Rows written before the typed contract may hold other shapes: they
+/// match nothing (a `filtered_apps_only` worker then takes nothing: fails closed) and are
+/// replaced at the worker's next registration.
+fn app_filters(text: &str) -> Vec<crate::domain::AppFilter> {
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "Stored app filters do not decode; the worker matches none");
+        Vec::new()
+    })
+}
+
 pub(super) fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
     let lo = opt_u16(row, "port_range_lo")?;
     let hi = opt_u16(row, "port_range_hi")?;
@@ -109,7 +119,7 @@ pub(super) fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
             .filter(|s| !s.is_empty())
             .map(|s| s.parse().map_err(|e| corrupt("accepted_traffics", e)))
             .collect::<Result<_, _>>()?,
-        app_filters: serde_json::from_str(&filters).map_err(|e| corrupt("app_filters", e))?,
+        app_filters: app_filters(&filters),
         authgate_url: get(row, "authgate_url")?,
     };
     Ok(Worker {

@@ -265,3 +265,25 @@ async fn endpoint_listing_joins_each_endpoint_with_its_circuit() {
         .with_label_values(&["list_endpoints"]);
     assert_eq!(timed.get_sample_count(), 1, "every store call is timed");
 }
+
+/// App filters stored in another shape (before the typed contract) match nothing instead of
+/// making the worker unreadable.
+#[tokio::test]
+async fn a_worker_with_old_shaped_app_filters_still_loads() {
+    let db = temp_db().await;
+    let store = &db.store;
+    let mut spec = registration("w", FrontendMode::Port);
+    spec.filtered_apps_only = true;
+    let w = store.upsert_worker(&spec).await.unwrap();
+    sqlx::query("UPDATE workers SET app_filters = '{\"session.user_uuid\": \"u\"}'")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let loaded = store.get_worker(w.id).await.unwrap().unwrap();
+    assert!(loaded.app_filters.is_empty());
+    assert!(
+        loaded.filtered_apps_only,
+        "an exclusive worker stays exclusive"
+    );
+    assert_eq!(store.list_workers().await.unwrap().len(), 1);
+}
