@@ -42,10 +42,42 @@ pub struct Config {
     pub conf: ConfConfig,
     #[serde(default)]
     pub reaper: ReaperConfig,
+    #[serde(default)]
+    pub worker: WorkerLiveness,
 }
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 10200))
+}
+
+/// Worker liveness: a worker without a heartbeat for `heartbeat_timeout_seconds` becomes
+/// `LOST` (no new circuits, no reuse; its inference circuits move to a worker that can keep
+/// their URL); a heartbeat or a registration makes it `ALIVE` again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerLiveness {
+    pub heartbeat_timeout_seconds: u64,
+}
+
+impl Default for WorkerLiveness {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout_seconds: 30,
+        }
+    }
+}
+
+impl WorkerLiveness {
+    fn check(&self, errs: &mut Vec<String>) {
+        if !(3..=3600).contains(&self.heartbeat_timeout_seconds) {
+            errs.push("worker.heartbeat_timeout_seconds must be 3-3600".into());
+        }
+    }
+
+    /// How often liveness is checked: a third of the timeout, at most every 5 s.
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs((self.heartbeat_timeout_seconds / 3).clamp(1, 5))
+    }
 }
 
 /// The idle reaper (needs `[redis] url`; without it nothing is reclaimed).
@@ -382,6 +414,7 @@ impl Config {
         self.auth.check(&mut errs);
         self.redis.check(&mut errs);
         self.limits.check(&mut errs);
+        self.worker.check(&mut errs);
         ConfigError::check(errs)
     }
 

@@ -75,6 +75,14 @@ pub async fn run(
     );
     let rec_task = tokio::spawn(reconciler.clone().run(shutdown.clone()));
     let gc_task = tokio::spawn(gc_tokens(store.clone(), shutdown.clone()));
+    let liveness_task = tokio::spawn(liveness(
+        store.clone(),
+        reconciler.clone(),
+        metrics.clone(),
+        std::time::Duration::from_secs(config.worker.heartbeat_timeout_seconds),
+        config.worker.sweep_interval(),
+        shutdown.clone(),
+    ));
     let activity = activity::ActivityStore::new(config.redis.url.as_deref())?;
     let ingest = activity::IngestHealth::default();
     let reaper_task = activity.configured().then(|| {
@@ -112,10 +120,42 @@ pub async fn run(
         .await?;
     rec_task.abort();
     gc_task.abort();
+    liveness_task.abort();
     for t in [reaper_task, prune_task].into_iter().flatten() {
         t.abort();
     }
     Ok(())
+}
+
+/// Mark silent workers `LOST` every `interval` (see `service::liveness`). Not before this
+/// process has run for `timeout`: after a provider restart, workers' last heartbeats are as
+/// old as the outage, and they must get one `timeout` to reach this process again.
+async fn liveness(
+    store: store::Store,
+    reconciler: Arc<reconcile::Reconciler>,
+    metrics: metrics::Metrics,
+    timeout: std::time::Duration,
+    interval: std::time::Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    use appproxy_common::shutdown::{First, every};
+    let started = std::time::Instant::now();
+    every(interval, First::AfterInterval, shutdown, || {
+        let sweep = service::liveness::Liveness {
+            store: &store,
+            reconciler: &reconciler,
+            metrics: &metrics,
+        };
+        async move {
+            if started.elapsed() < timeout {
+                return;
+            }
+            if let Err(e) = sweep.sweep(timeout).await {
+                tracing::warn!(error = %e, "Liveness sweep failed");
+            }
+        }
+    })
+    .await;
 }
 
 /// Delete expired `/v2/conf` grants every minute.

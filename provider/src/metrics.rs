@@ -20,6 +20,8 @@ pub struct Metrics {
     pub revocations: IntCounter,
     pub circuits_reclaimed: IntCounter,
     pub workers: IntGauge,
+    pub workers_lost: IntCounter,
+    pub circuits_moved: IntCounter,
 }
 
 impl Metrics {
@@ -80,6 +82,14 @@ impl Metrics {
                 "Interactive circuits removed by the idle reaper.",
             ),
             workers: gauge("workers", "Registered workers."),
+            workers_lost: counter(
+                "workers_lost_total",
+                "Workers marked LOST after their heartbeat stopped.",
+            ),
+            circuits_moved: counter(
+                "circuits_moved_total",
+                "Inference circuits moved off a lost worker to one that keeps their URL.",
+            ),
             registry: r.clone(),
         }
     }

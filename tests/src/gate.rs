@@ -249,6 +249,11 @@ impl GatedWorker {
             .unwrap_or_default()
     }
 
+    /// authgate's pid (to freeze it with SIGSTOP, as a hung worker).
+    pub fn authgate_pid(&self) -> u32 {
+        self.authgate.as_ref().expect("authgate running").pid()
+    }
+
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

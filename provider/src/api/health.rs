@@ -10,7 +10,7 @@ use super::{
     AppState,
     extract::{IdPath, ManagerAuth},
 };
-use crate::{domain::Circuit, error::ApiError};
+use crate::{domain::Circuit, error::ApiError, service::liveness::stranded_reason};
 
 pub(super) async fn status(State(state): State<AppState>) -> Json<Value> {
     let advertise = state
@@ -111,12 +111,16 @@ pub(super) async fn endpoints(
     State(state): State<AppState>,
     _: ManagerAuth,
 ) -> Result<Json<Value>, ApiError> {
+    let workers = state.store.list_workers().await?;
     let mut out = Vec::new();
     for (e, c) in state.store.list_endpoints().await? {
+        let worker = |c: &Circuit| workers.iter().find(|w| w.id == c.worker_id);
         out.push(json!({
             "endpoint_id": e.id,
             "health_check_enabled": e.health_check_enabled(),
             "circuit_id": c.as_ref().map(|c| c.id),
+            "worker": c.as_ref().and_then(worker).map(|w| &w.authority),
+            "problem": c.as_ref().and_then(|c| stranded_reason(c, worker(c))),
             "routes": c.as_ref().map(|c| routes_health(&state, c)).unwrap_or_default(),
         }));
     }

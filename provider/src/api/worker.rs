@@ -57,8 +57,8 @@ pub(super) async fn heartbeat(
     body: axum::body::Bytes,
 ) -> Result<Json<WorkerResponse>, ApiError> {
     let workers = state.workers();
-    workers.owned(caller.authority(), id).await?;
-    let w = workers.heartbeat(id).await?;
+    let before = workers.owned(caller.authority(), id).await?;
+    let w = workers.heartbeat(&before).await?;
     if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&body) {
         state.ingest.report(w.id, &hb);
     }

@@ -9,12 +9,14 @@
 //! - [`launch`]: Backend.AI's launch flow (`/v2/conf` grants, reuse or create, setup links).
 //! - [`endpoints`]: inference endpoints (sync, routes, health checks, tokens).
 //! - [`links`]: setup links for a circuit.
+//! - [`liveness`]: workers that stopped heartbeating become `LOST`; their endpoints move.
 //! - [`workers`]: registration, heartbeats, descriptions and slots.
 
 pub mod circuits;
 pub mod endpoints;
 pub mod launch;
 pub mod links;
+pub mod liveness;
 pub mod workers;
 
 pub use circuits::{Circuits, NewInteractive};

@@ -5,7 +5,7 @@
 use uuid::Uuid;
 
 use crate::{
-    domain::{Circuit, FrontendMode, Worker, WorkerSpec},
+    domain::{Circuit, FrontendMode, Worker, WorkerSpec, WorkerStatus},
     error::ApiError,
     metrics::Metrics,
     models::{SlotResponse, WorkerResponse},
@@ -52,12 +52,20 @@ impl Workers<'_> {
         }
     }
 
-    /// A heartbeat of worker `id` (revives it).
-    pub async fn heartbeat(&self, id: Uuid) -> Result<Worker, ApiError> {
-        self.store
-            .heartbeat_worker(id)
+    /// A heartbeat of worker `before` (as it was): a `LOST` worker is `ALIVE` again and its
+    /// circuits are projected afresh (a full pass: nothing was deleted, but its prefix may have
+    /// been touched while it was away).
+    pub async fn heartbeat(&self, before: &Worker) -> Result<Worker, ApiError> {
+        let w = self
+            .store
+            .heartbeat_worker(before.id)
             .await?
-            .ok_or(ApiError::NotFound("worker"))
+            .ok_or(ApiError::NotFound("worker"))?;
+        if before.status != WorkerStatus::Alive {
+            tracing::info!(authority = %w.authority, was = %before.status, "Worker is back");
+            self.reconciler.nudge(w.id);
+        }
+        Ok(w)
     }
 
     /// One node of worker `id` leaves; the worker is LOST when none remain.

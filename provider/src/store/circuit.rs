@@ -325,6 +325,35 @@ impl Store {
         Ok(circuits)
     }
 
+    /// Move a circuit to another worker at the same slot, as a new generation (used for
+    /// inference circuits, whose tokens are bound to the circuit, not its generation).
+    /// `SlotTaken` when the slot is held there; `None` when the circuit is gone.
+    pub async fn move_circuit(&self, id: Uuid, to: &Worker) -> Result<Option<Circuit>, StoreError> {
+        self.measured("move_circuit", async move {
+            let done = sqlx::query(
+                "UPDATE circuits SET worker_id=$1, frontend_mode=$2, generation=generation+1, \
+                 updated_at=$3 WHERE id=$4",
+            )
+            .bind(to.id.to_string())
+            .bind(to.frontend_mode.as_str())
+            .bind(now_ms())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await;
+            match done {
+                Ok(_) => self.get_circuit(id).await,
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    Err(StoreError::SlotTaken(format!(
+                        "the slot is taken on worker {:?}",
+                        to.authority
+                    )))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
     /// Delete circuits by id; returns those that existed.
     pub async fn delete_circuits(&self, ids: &[Uuid]) -> Result<Vec<Circuit>, StoreError> {
         self.measured("delete_circuits", async move {

@@ -287,3 +287,44 @@ async fn a_worker_with_old_shaped_app_filters_still_loads() {
     );
     assert_eq!(store.list_workers().await.unwrap().len(), 1);
 }
+
+/// A silent worker becomes LOST with no nodes (a crashed process never deregisters); a
+/// heartbeat that lands first keeps it ALIVE; a heartbeat revives it with one node.
+#[tokio::test]
+async fn silent_workers_are_marked_lost_and_heartbeats_revive_them() {
+    let db = temp_db().await;
+    let store = &db.store;
+    let quiet = store
+        .upsert_worker(&registration("quiet", FrontendMode::Port))
+        .await
+        .unwrap();
+    store
+        .upsert_worker(&registration("quiet", FrontendMode::Port))
+        .await
+        .unwrap();
+    let beating = store
+        .upsert_worker(&registration("beating", FrontendMode::Wildcard))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cutoff = now_ms();
+    store.heartbeat_worker(beating.id).await.unwrap();
+    let lost = store.mark_lost(cutoff).await.unwrap();
+    assert_eq!(
+        lost.iter()
+            .map(|w| w.authority.as_str())
+            .collect::<Vec<_>>(),
+        ["quiet"]
+    );
+    let q = store.get_worker(quiet.id).await.unwrap().unwrap();
+    assert_eq!((q.status, q.nodes), (crate::domain::WorkerStatus::Lost, 0));
+    assert!(
+        store.mark_lost(cutoff).await.unwrap().is_empty(),
+        "marked once"
+    );
+    let back = store.heartbeat_worker(quiet.id).await.unwrap().unwrap();
+    assert_eq!(
+        (back.status, back.nodes),
+        (crate::domain::WorkerStatus::Alive, 1)
+    );
+}

@@ -113,7 +113,8 @@ impl Store {
         self.measured("heartbeat_worker", async move {
             self.update_worker(
                 id,
-                "UPDATE workers SET last_heartbeat=$2, updated_at=$2, status='ALIVE' WHERE id=$1",
+                "UPDATE workers SET last_heartbeat=$2, updated_at=$2, status='ALIVE', \
+                 nodes = CASE WHEN nodes < 1 THEN 1 ELSE nodes END WHERE id=$1",
             )
             .await
         })
@@ -129,6 +130,38 @@ impl Store {
                  status = CASE WHEN nodes <= 1 THEN 'LOST' ELSE status END, updated_at=$2 WHERE id=$1",
             )
             .await
+        })
+        .await
+    }
+
+    /// Mark `LOST` every `ALIVE` worker whose last heartbeat is older than `cutoff_ms`; its
+    /// node count drops to 0 (a crashed process never deregisters). Returns those marked. A
+    /// heartbeat that lands between the read and the update wins (the update re-checks).
+    pub async fn mark_lost(&self, cutoff_ms: i64) -> Result<Vec<Worker>, StoreError> {
+        self.measured("mark_lost", async move {
+            let stale = sqlx::query(q(format!(
+                "SELECT {WORKER_COLS} FROM workers WHERE status='ALIVE' AND last_heartbeat < $1"
+            )))
+            .bind(cutoff_ms)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut lost = Vec::new();
+            for row in &stale {
+                let w = worker_from_row(row)?;
+                let done = sqlx::query(
+                    "UPDATE workers SET status='LOST', nodes=0, updated_at=$2 \
+                     WHERE id=$1 AND status='ALIVE' AND last_heartbeat < $3",
+                )
+                .bind(w.id.to_string())
+                .bind(now_ms())
+                .bind(cutoff_ms)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() > 0 {
+                    lost.push(w);
+                }
+            }
+            Ok(lost)
         })
         .await
     }

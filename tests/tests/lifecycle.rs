@@ -1,0 +1,205 @@
+//! Lifecycles that end: workers that stop heartbeating become LOST and come back; inference
+//! endpoints of a lost worker move to a worker that keeps their URL.
+
+use std::{process::Command, time::Duration};
+
+use e2e::{Db, GatedWorker, Stack, TraefikFrontend, WorkerSpec, backends::HttpEcho, eventually};
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A short heartbeat timeout (authgate beats every 2 s in the harness).
+fn liveness_env() -> Vec<(String, String)> {
+    vec![(
+        "APPPROXY_PROVIDER__WORKER__HEARTBEAT_TIMEOUT_SECONDS".into(),
+        "4".into(),
+    )]
+}
+
+/// Well past timeout + sweep interval + the start-up grace.
+fn liveness_patience() -> Duration {
+    Duration::from_secs(20)
+}
+
+fn signal(w: &GatedWorker, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &w.authgate_pid().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+async fn status_of(stack: &Stack, authority: &str) -> String {
+    let (s, v) = stack.manager(Method::GET, "/api/worker", None).await;
+    assert_eq!(s, 200, "{v}");
+    v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["authority"] == authority)
+        .map(|w| w["status"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+async fn wait_status(stack: &Stack, authority: &str, want: &str) {
+    eventually(
+        &format!("{authority} {want}"),
+        liveness_patience(),
+        || async { (status_of(stack, authority).await == want).then_some(()) },
+    )
+    .await;
+}
+
+fn endpoint(id: Uuid, name: &str) -> Value {
+    json!({
+        "deployment_id": id, "service_name": name, "open_to_public": true,
+        "tags": {"session": {"user_uuid": Uuid::new_v4()}, "endpoint": {"id": id}},
+    })
+}
+
+async fn create_endpoint(stack: &Stack, id: Uuid, name: &str, backend: u16) -> String {
+    let (s, v) = stack
+        .manager(
+            Method::POST,
+            &format!("/v2/endpoints/{id}"),
+            Some(&endpoint(id, name)),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let routes = json!({"endpoints": [{"deployment_id": id, "routes": [
+        {"session_id": Uuid::new_v4(), "route_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
+         "kernel_port": backend}]}]});
+    let (s, r) = stack
+        .manager(Method::POST, "/v2/endpoints/bulk/routes", Some(&routes))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    v["endpoint"].as_str().unwrap().to_string()
+}
+
+/// GET through a Traefik port with a Host header until `backend=<name>` answers.
+async fn wait_served(http: &reqwest::Client, port: u16, host: &str, name: &str) {
+    let url = format!("http://127.0.0.1:{port}/");
+    eventually(
+        &format!("{host} served on {port}"),
+        liveness_patience(),
+        || async {
+            let (s, _, body) = e2e::http_get(http, &url, &[("host", host)]).await;
+            (s == 200 && body.contains(&format!("backend={name}"))).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn endpoints_health(stack: &Stack, id: Uuid) -> Value {
+    let (s, v) = stack.manager(Method::GET, "/health/endpoints", None).await;
+    assert_eq!(s, 200, "{v}");
+    v["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["endpoint_id"] == json!(id))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_is_lost_gets_nothing_new_and_comes_back() {
+    let stack = Stack::start_with(Db::Sqlite, liveness_env()).await;
+    let w = stack
+        .start_gated_worker(WorkerSpec::ports("frozen", 4))
+        .await;
+    let echo = HttpEcho::start("app").await;
+    let http = e2e::no_redirect_client();
+    let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+    let extra = json!({"open_to_public": true});
+    let c = stack
+        .create_circuit("frozen", user, session, echo.port, &extra)
+        .await;
+    let url = c["url"].as_str().unwrap().to_string();
+    e2e::wait_status(&http, &url, &[], 200).await;
+    // An inference endpoint on the same (port) worker: no other worker can keep its URL.
+    let ep = Uuid::new_v4();
+    create_endpoint(&stack, ep, "stuck", echo.port).await;
+
+    signal(&w, "-STOP");
+    wait_status(&stack, "frozen", "LOST").await;
+    let body = json!({"app": "x", "worker": "frozen", "user_id": user,
+                      "routes": [{"session_id": session, "kernel_host": "127.0.0.1", "kernel_port": echo.port}]});
+    let (s, v) = stack
+        .manager(Method::POST, "/v2/circuits", Some(&body))
+        .await;
+    assert_eq!(s, 503, "a LOST worker takes no new circuit: {v}");
+    let mut auto = body.clone();
+    auto.as_object_mut().unwrap().remove("worker");
+    let (s, _) = stack
+        .manager(Method::POST, "/v2/circuits", Some(&auto))
+        .await;
+    assert_eq!(s, 503, "placement skips LOST workers");
+    // Nothing was deleted: the public circuit is still served by the worker's Traefik.
+    e2e::wait_status(&http, &url, &[], 200).await;
+    let health = endpoints_health(&stack, ep).await;
+    let problem = health["problem"].as_str().unwrap_or("");
+    assert!(
+        problem.contains("LOST") && problem.contains("no ALIVE worker"),
+        "{health}"
+    );
+
+    signal(&w, "-CONT");
+    wait_status(&stack, "frozen", "ALIVE").await;
+    let c2 = stack
+        .create_circuit("frozen", user, session, echo.port, &extra)
+        .await;
+    e2e::wait_status(&http, c2["url"].as_str().unwrap(), &[], 200).await;
+    e2e::wait_status(&http, &url, &[], 200).await;
+    assert!(endpoints_health(&stack, ep).await["problem"].is_null());
+    let metrics = e2e::metrics_text(&http, &stack.provider_url()).await;
+    assert!(
+        metrics.contains("appproxy_provider_workers_lost_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_of_a_lost_worker_moves_to_a_worker_of_the_same_domain() {
+    let stack = Stack::start_with(Db::Sqlite, liveness_env()).await;
+    let wildcard = |name: &str, port: u16| {
+        let mut spec = WorkerSpec::ports(name, 1);
+        spec.frontend = TraefikFrontend::Wildcard { port };
+        spec.wildcard_domain = Some(".models.test".into());
+        spec
+    };
+    let (port_a, port_b) = (e2e::free_port(), e2e::free_port());
+    let a = stack.start_gated_worker(wildcard("wild-a", port_a)).await;
+    let echo = HttpEcho::start("m").await;
+    let http = e2e::no_redirect_client();
+    // Placed on A (the only worker yet).
+    let ep = Uuid::new_v4();
+    let url = create_endpoint(&stack, ep, "llm", echo.port).await;
+    assert_eq!(url, format!("http://llm.models.test:{port_a}"));
+    wait_served(&http, port_a, "llm.models.test", "m").await;
+    assert_eq!(endpoints_health(&stack, ep).await["worker"], "wild-a");
+    let _b = stack.start_gated_worker(wildcard("wild-b", port_b)).await;
+
+    signal(&a, "-STOP");
+    wait_status(&stack, "wild-a", "LOST").await;
+    // B serves the same host name now, as a new generation.
+    wait_served(&http, port_b, "llm.models.test", "m").await;
+    let health = endpoints_health(&stack, ep).await;
+    assert_eq!(health["worker"], "wild-b", "{health}");
+    assert!(health["problem"].is_null(), "{health}");
+    let (_, v) = stack
+        .manager(
+            Method::GET,
+            &format!("/v2/circuits/{}", health["circuit_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(v["generation"], 2, "{v}");
+    let metrics = e2e::metrics_text(&http, &stack.provider_url()).await;
+    assert!(
+        metrics.contains("appproxy_provider_circuits_moved_total 1"),
+        "{metrics}"
+    );
+    signal(&a, "-CONT");
+}
