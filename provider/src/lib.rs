@@ -141,7 +141,7 @@ async fn liveness(
     use appproxy_common::shutdown::{First, every};
     let started = std::time::Instant::now();
     every(interval, First::AfterInterval, shutdown, || {
-        let sweep = service::liveness::Liveness {
+        let sweep = service::Workers {
             store: &store,
             reconciler: &reconciler,
             metrics: &metrics,

@@ -6,23 +6,15 @@
 
 use std::time::Duration;
 
+use super::Workers;
 use crate::{
     domain::{AppMode, Circuit, Protocol, Worker, WorkerStatus},
-    metrics::Metrics,
     placement::{match_existing, serves},
-    reconcile::Reconciler,
-    store::{Store, StoreError, now_ms},
+    store::{StoreError, now_ms},
 };
 
-/// The liveness sweep's handles.
-#[derive(Clone, Copy)]
-pub struct Liveness<'a> {
-    pub store: &'a Store,
-    pub reconciler: &'a Reconciler,
-    pub metrics: &'a Metrics,
-}
-
-impl Liveness<'_> {
+/// The sweep is the workers service's background work.
+impl Workers<'_> {
     /// Mark `LOST` the workers silent for longer than `timeout`, then move their inference
     /// circuits where their URLs can live on.
     pub async fn sweep(&self, timeout: Duration) -> Result<(), StoreError> {
