@@ -123,26 +123,16 @@ pub async fn sync(
     client: redis::Client,
     namespace: String,
     set: Arc<Revocations>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let run = sync_once(&client, &namespace, &set);
-        tokio::select! {
-            r = run => {
-                set.connected.store(false, Ordering::Release);
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "Revocation sync lost Redis; reconnecting");
-                }
-            }
-            _ = shutdown.wait_for(|v| *v) => return,
+    appproxy_common::shutdown::reconnecting(Duration::from_secs(2), shutdown, || async {
+        let r = sync_once(&client, &namespace, &set).await;
+        set.connected.store(false, Ordering::Release);
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "Revocation sync lost Redis; reconnecting");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|v| *v) => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
+    })
+    .await;
 }
 
 async fn sync_once(

@@ -52,6 +52,30 @@ pub async fn every<F, Fut>(
 }
 
 /// Sleep `d`; `false` when shutdown came first.
+/// Keep a connection-bound task running until `shutdown`: `attempt` runs until its connection
+/// ends (it logs why), then again after a backoff that doubles from 100 ms up to `max`. The
+/// one way both binaries follow a Redis subscription (revocations; Backend.AI's events).
+pub async fn reconnecting<F, Fut>(
+    max: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut attempt: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            _ = attempt() => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        if !pause(backoff, &mut shutdown).await {
+            return;
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
 async fn pause(d: std::time::Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => true,

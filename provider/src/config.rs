@@ -44,6 +44,28 @@ pub struct Config {
     pub reaper: ReaperConfig,
     #[serde(default)]
     pub worker: WorkerLiveness,
+    #[serde(default)]
+    pub backendai: BackendAiConfig,
+}
+
+/// Backend.AI integration: the Manager's event bus (its stream-role Redis, DB 4 in a default
+/// install), from which ended sessions remove their circuits. Off when unset.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendAiConfig {
+    pub events_redis_url: Option<String>,
+}
+
+impl BackendAiConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        if let Some(u) = &self.events_redis_url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            errs.push(format!(
+                "backendai.events_redis_url {u:?} must start with redis:// or rediss://"
+            ));
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -415,6 +437,7 @@ impl Config {
         self.redis.check(&mut errs);
         self.limits.check(&mut errs);
         self.worker.check(&mut errs);
+        self.backendai.check(&mut errs);
         ConfigError::check(errs)
     }
 

@@ -13,6 +13,7 @@
 //! - [`tokens`]: Ed25519-signed setup links and inference tokens; [`revoke`]: revocations in
 //!   Redis (unified logout).
 //! - [`activity`]: activity keys in Redis, workers' ingest health, the idle reaper.
+//! - [`events`]: ended Backend.AI sessions (from the Manager's event bus) remove their circuits.
 //! - [`route_health`]: replica health as each worker's Traefik reports it (in memory).
 //! - [`metrics`]: Prometheus metrics.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod etcd;
+pub mod events;
 pub mod metrics;
 pub mod models;
 pub mod placement;
@@ -100,6 +102,19 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    let events_task = match &config.backendai.events_redis_url {
+        Some(url) => {
+            let listener = events::Listener {
+                store: store.clone(),
+                reconciler: reconciler.clone(),
+                metrics: metrics.clone(),
+                activity: activity.clone(),
+            };
+            let client = redis::Client::open(url.as_str())?;
+            Some(tokio::spawn(listener.run(client, shutdown.clone())))
+        }
+        None => None,
+    };
     let state = api::AppState::new(api::Shared {
         store,
         reconciler,
@@ -121,7 +136,7 @@ pub async fn run(
     rec_task.abort();
     gc_task.abort();
     liveness_task.abort();
-    for t in [reaper_task, prune_task].into_iter().flatten() {
+    for t in [reaper_task, prune_task, events_task].into_iter().flatten() {
         t.abort();
     }
     Ok(())

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub workers: IntGauge,
     pub workers_lost: IntCounter,
     pub circuits_moved: IntCounter,
+    pub bai_events: IntCounterVec,
+    pub bai_events_connected: IntGauge,
 }
 
 impl Metrics {
@@ -85,6 +87,15 @@ impl Metrics {
             workers_lost: counter(
                 "workers_lost_total",
                 "Workers marked LOST after their heartbeat stopped.",
+            ),
+            bai_events: counters(
+                "bai_events_total",
+                "Backend.AI session events by result (applied, ended_none, ignored, junk, failed).",
+                &["result"],
+            ),
+            bai_events_connected: gauge(
+                "bai_events_connected",
+                "1 while subscribed to Backend.AI's event bus.",
             ),
             circuits_moved: counter(
                 "circuits_moved_total",

@@ -203,3 +203,136 @@ async fn an_endpoint_of_a_lost_worker_moves_to_a_worker_of_the_same_domain() {
     );
     signal(&a, "-CONT");
 }
+
+/// A `scheduling` envelope byte for byte as Backend.AI 26.9.6's EventProducer publishes it
+/// (reference: backendai-events.md, "On the wire"), for `session` and `status`.
+fn scheduling(session: Uuid, status: &str) -> String {
+    format!(
+        r#"{{"name":"scheduling","source":"manager","payload":"{{\"session_id\":\"{session}\",\"creation_id\":\"c7Hq2b9V\",\"status_transition\":\"{status}\",\"reason\":\"triggered-by-scheduler\"}}","metadata":"{{\"request_id\":null,\"user\":null,\"triggered_user\":null,\"traceparent\":null}}"}}"#
+    )
+}
+
+fn kernel_terminated(session: Uuid) -> String {
+    format!(
+        r#"{{"name":"kernel_terminated","source":"i-agent-01","payload":"{{\"kernel_id\":\"{}\",\"session_id\":\"{session}\",\"reason\":\"user-requested\",\"exit_code\":-1}}","metadata":"{{\"request_id\":null,\"user\":null,\"triggered_user\":null,\"traceparent\":null}}"}}"#,
+        Uuid::new_v4()
+    )
+}
+
+async fn circuits_of(stack: &Stack, session: Uuid) -> usize {
+    let (s, v) = stack
+        .manager(
+            Method::GET,
+            &format!("/v2/circuits?session_id={session}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["circuits"].as_array().unwrap().len()
+}
+
+async fn gone_within(stack: &Stack, session: Uuid, limit: Duration) {
+    eventually(&format!("circuits of {session} removed"), limit, || async {
+        (circuits_of(stack, session).await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_backendai_sessions_remove_their_circuits() {
+    let mut stack = Stack::start(Db::Sqlite).await;
+    // The Manager's stream-role Redis, DB 4 (here: the stack's Redis).
+    let bus = format!("redis://127.0.0.1:{}/4", stack.redis_port);
+    stack.provider_extra_env.push((
+        "APPPROXY_PROVIDER__BACKENDAI__EVENTS_REDIS_URL".into(),
+        bus.clone(),
+    ));
+    stack.kill_provider();
+    stack.start_provider();
+    stack
+        .register_worker(json!({
+            "authority": "bai", "frontend_mode": "wildcard", "protocol": "http",
+            "hostname": "127.0.0.1", "api_port": 1, "wildcard_domain": ".bai.test",
+        }))
+        .await;
+    let user = Uuid::new_v4();
+    let (s1, s2, s3, s4) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    for s in [s1, s1, s2, s3, s4] {
+        stack.create_circuit("bai", user, s, 9, &json!({})).await;
+    }
+    let redis = redis::Client::open(bus.as_str()).unwrap();
+    let con = redis.get_multiplexed_async_connection().await.unwrap();
+    let publish = |msg: String| {
+        let mut con = con.clone();
+        async move {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg("events_all")
+                .arg(msg)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
+    };
+    // The subscription is up once the provider reports it.
+    let http = e2e::no_redirect_client();
+    eventually("subscribed to events_all", liveness_patience(), || async {
+        let m = e2e::metrics_text(&http, &stack.provider_url()).await;
+        m.contains("appproxy_provider_bai_events_connected 1")
+            .then_some(())
+    })
+    .await;
+
+    publish(scheduling(s1, "TERMINATED")).await;
+    gone_within(&stack, s1, Duration::from_secs(2)).await;
+    publish(kernel_terminated(s3)).await;
+    gone_within(&stack, s3, Duration::from_secs(2)).await;
+    // RUNNING, junk and unknown events change nothing.
+    publish(scheduling(s2, "RUNNING")).await;
+    for junk in [
+        "not json",
+        r#"{"name":"scheduling","payload":"{}"}"#,
+        "[1,2]",
+    ] {
+        publish(junk.into()).await;
+    }
+    publish(r#"{"name":"kernel_started","source":"a","payload":"{}","metadata":"{}"}"#.into())
+        .await;
+    eventually("junk counted", liveness_patience(), || async {
+        let m = e2e::metrics_text(&http, &stack.provider_url()).await;
+        m.contains(r#"appproxy_provider_bai_events_total{result="junk"} 3"#)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        circuits_of(&stack, s2).await,
+        1,
+        "RUNNING leaves the session's circuits"
+    );
+    assert_eq!(circuits_of(&stack, s4).await, 1);
+
+    // Sent while the provider was away: caught up from session_scheduler.<id> on reconnect.
+    stack.kill_provider();
+    let envelope = scheduling(s2, "CANCELLED");
+    let _: () = redis::cmd("SET")
+        .arg(format!("session_scheduler.{s2}"))
+        .arg(&envelope)
+        .arg("EX")
+        .arg(300)
+        .query_async(&mut con.clone())
+        .await
+        .unwrap();
+    publish(envelope).await;
+    stack.start_provider();
+    gone_within(&stack, s2, liveness_patience()).await;
+    assert_eq!(circuits_of(&stack, s4).await, 1, "other sessions untouched");
+    let m = e2e::metrics_text(&http, &stack.provider_url()).await;
+    assert!(
+        m.contains(r#"appproxy_provider_bai_events_total{result="applied"} 1"#),
+        "the catch-up applied it: {m}"
+    );
+}

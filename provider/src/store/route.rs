@@ -110,6 +110,27 @@ impl Store {
         .await
     }
 
+    /// Every session an interactive circuit routes to.
+    pub async fn interactive_session_ids(&self) -> Result<Vec<Uuid>, StoreError> {
+        self.measured("interactive_session_ids", async move {
+            let rows = sqlx::query(
+                "SELECT DISTINCT r.session_id FROM routes r JOIN circuits c ON c.id = r.circuit_id \
+                 WHERE c.app_mode = 'interactive'",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let s: String = r
+                        .try_get(0)
+                        .map_err(|e| super::row::corrupt("session_id", e))?;
+                    Uuid::parse_str(&s).map_err(|e| super::row::corrupt("session_id", e))
+                })
+                .collect()
+        })
+        .await
+    }
+
     /// Point a session's routes of a circuit at a (possibly new) kernel address.
     pub async fn refresh_session_route(
         &self,
