@@ -66,6 +66,10 @@ pub struct CircuitMap {
     pub has_inference: bool,
     /// Extra origins (normalized) allowed to use each circuit's cookie cross-origin.
     pub origins: HashMap<Uuid, Vec<String>>,
+    /// Where each circuit's connections go (to cut them when it ends).
+    pub ends: HashMap<Uuid, crate::cut::Ends>,
+    /// The owner of each interactive circuit.
+    pub users: HashMap<Uuid, Uuid>,
 }
 
 #[derive(Default)]
@@ -178,8 +182,14 @@ impl Activity {
     /// WebSockets no longer count (a socket Traefik still holds must not keep anything
     /// alive), and their state goes once it has nothing left to flush. A circuit never seen in
     /// a map may be newer than the map and keeps its sockets for [`UNMAPPED_GRACE_MS`].
-    pub fn set_map(&self, map: CircuitMap, now_ms: i64) {
+    /// Install a new circuit map; returns the circuits it no longer lists, with where their
+    /// connections went (to be cut).
+    pub fn set_map(&self, map: CircuitMap, now_ms: i64) -> Vec<(Uuid, crate::cut::Ends)> {
         let mut s = self.lock();
+        let ended: Vec<(Uuid, crate::cut::Ends)> = (s.map.ends.iter())
+            .filter(|(id, _)| !map.sessions.contains_key(id))
+            .map(|(id, e)| (*id, e.clone()))
+            .collect();
         let live: HashSet<Uuid> = map.sessions.keys().copied().collect();
         for (id, c) in s.circuits.iter_mut() {
             if live.contains(id) {
@@ -191,6 +201,16 @@ impl Activity {
         s.circuits
             .retain(|id, c| live.contains(id) || c.dirty || !c.websockets.is_empty());
         s.map = map;
+        ended
+    }
+
+    /// The circuits `user` owns, with where their connections go.
+    pub fn ends_of_user(&self, user: Uuid) -> Vec<(Uuid, crate::cut::Ends)> {
+        let s = self.lock();
+        (s.map.users.iter())
+            .filter(|(_, u)| **u == user)
+            .filter_map(|(id, _)| Some((*id, s.map.ends.get(id)?.clone())))
+            .collect()
     }
 
     /// Open TCP connections per port (from Traefik's metrics): active circuits at `now_ms`.

@@ -14,6 +14,7 @@
 pub mod activity;
 pub mod config;
 pub mod cookie;
+pub mod cut;
 pub mod decision;
 pub mod error;
 #[doc(hidden)]
@@ -117,14 +118,16 @@ async fn start(
     let revoked = revocation::Revocations::with_retention(Duration::from_secs(
         config.session.revocation_retention_seconds,
     ));
+    let activity = activity::Activity::new();
+    let cutter = cut::Cutter::new(metrics.clone());
     let sync = tokio::spawn(revocation::sync(
         redis.clone(),
         config.namespace.clone(),
         revoked.clone(),
+        cut_on_revocation(activity.clone(), cutter.clone()),
         shutdown.clone(),
     ));
     tokio::spawn(revocation::pruner(revoked.clone(), shutdown.clone()));
-    let activity = activity::Activity::new();
     let traefik = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
@@ -140,6 +143,7 @@ async fn start(
         config.clone(),
         metrics.clone(),
         activity.clone(),
+        cutter,
         shutdown.clone(),
     );
     let worker = tokio::spawn(async move {
@@ -169,6 +173,28 @@ async fn start(
             worker,
         },
     ))
+}
+
+/// A revoked user's circuits lose their live connections (new requests are refused by the
+/// decision already). A revoked login session cannot be mapped to circuits here: its
+/// cookies are refused, its open connections end with their circuit or backend.
+fn cut_on_revocation(
+    activity: Arc<activity::Activity>,
+    cutter: cut::Cutter,
+) -> revocation::OnRevoked {
+    Arc::new(move |event: &str| {
+        let Some(user) = event
+            .split_once('=')
+            .and_then(|(field, _)| field.strip_prefix("u:"))
+            .and_then(|u| uuid::Uuid::parse_str(u).ok())
+        else {
+            return;
+        };
+        for (id, ends) in activity.ends_of_user(user) {
+            let cutter = cutter.clone();
+            tokio::spawn(async move { cutter.cut(id, "owner revoked", &ends).await });
+        }
+    })
 }
 
 /// The plugin host and runner, with its directory rescanned every 2 s (none configured: none).

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub plugin_calls: IntCounterVec,
     /// Time spent inside plugins (instantiate + call).
     pub plugin_seconds: Histogram,
+    /// Sockets of ended circuits destroyed (`ok`), or cuts that failed or were impossible.
+    pub connections_cut: IntCounterVec,
 }
 
 impl Metrics {
@@ -69,6 +71,11 @@ impl Metrics {
                     .buckets(vec![1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1]),
                 )
                 .expect("metric"),
+            ),
+            connections_cut: counters(
+                "connections_cut_total",
+                "Sockets of ended circuits destroyed (ok), or cuts failed / unsupported.",
+                &["result"],
             ),
             ingest_exports: counters(
                 "ingest_exports_total",

@@ -123,10 +123,11 @@ pub async fn sync(
     client: redis::Client,
     namespace: String,
     set: Arc<Revocations>,
+    on_event: OnRevoked,
     shutdown: watch::Receiver<bool>,
 ) {
     appproxy_common::shutdown::reconnecting(Duration::from_secs(2), shutdown, || async {
-        let r = sync_once(&client, &namespace, &set).await;
+        let r = sync_once(&client, &namespace, &set, &on_event).await;
         set.connected.store(false, Ordering::Release);
         if let Err(e) = r {
             tracing::warn!(error = %e, "Revocation sync lost Redis; reconnecting");
@@ -135,10 +136,14 @@ pub async fn sync(
     .await;
 }
 
+/// Called with each revocation event applied (`<field>=<epoch seconds>`, e.g. `u:<user>=…`).
+pub type OnRevoked = Arc<dyn Fn(&str) + Send + Sync>;
+
 async fn sync_once(
     client: &redis::Client,
     namespace: &str,
     set: &Revocations,
+    on_event: &OnRevoked,
 ) -> redis::RedisResult<()> {
     use futures_util::StreamExt;
     let mut pubsub = client.get_async_pubsub().await?;
@@ -157,7 +162,9 @@ async fn sync_once(
     let mut stream = pubsub.on_message();
     while let Some(msg) = stream.next().await {
         let payload: String = msg.get_payload().unwrap_or_default();
-        if !set.apply_event(&payload) {
+        if set.apply_event(&payload) {
+            on_event(&payload);
+        } else {
             tracing::warn!(payload, "Ignoring a malformed revocation event");
         }
     }

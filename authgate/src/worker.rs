@@ -9,7 +9,7 @@ use std::{
 };
 
 use appproxy_common::wire::{
-    AppMode, CircuitList, CircuitMapEntry, Heartbeat, IngestHealth, Protocol, RouteHealthReport,
+    AppMode, CircuitMapEntry, Heartbeat, IngestHealth, Protocol, RouteHealthReport, WorkerMap,
     WorkerSpec,
 };
 use serde_json::Value;
@@ -67,7 +67,7 @@ impl Client {
         &self,
         worker: &str,
         etag: Option<&str>,
-    ) -> Result<Option<(CircuitMap, Option<String>)>, String> {
+    ) -> Result<Option<(WorkerMap, Option<String>)>, String> {
         let path = format!("/api/worker/{worker}/circuits?view=map");
         let mut req = self.request(reqwest::Method::GET, &path);
         if let Some(e) = etag {
@@ -82,11 +82,11 @@ impl Client {
                     .get(reqwest::header::ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let list = resp
-                    .json::<CircuitList<CircuitMapEntry>>()
+                let map = resp
+                    .json::<WorkerMap>()
                     .await
                     .map_err(|e| format!("undecodable circuit map: {e}"))?;
-                Ok(Some((circuit_map(list), tag)))
+                Ok(Some((map, tag)))
             }
             s => Err(format!(
                 "provider answered {s}: {}",
@@ -155,9 +155,9 @@ fn heartbeat(a: &Activity) -> Heartbeat {
 
 /// Sessions, TCP ports, plugins and extra origins of this worker's circuits, from
 /// `GET /api/worker/{id}/circuits?view=map`.
-fn circuit_map(list: CircuitList<CircuitMapEntry>) -> CircuitMap {
+fn circuit_map(circuits: Vec<CircuitMapEntry>) -> CircuitMap {
     let mut map = CircuitMap::default();
-    for c in list.circuits {
+    for c in circuits {
         map.has_inference |= c.app_mode == AppMode::Inference;
         if let Some(p) = c.auth_plugin {
             map.plugins.insert(c.id, (p.name, p.config));
@@ -171,6 +171,15 @@ fn circuit_map(list: CircuitList<CircuitMapEntry>) -> CircuitMap {
             && let Some(p) = c.port
         {
             map.tcp_ports.insert(p, c.id);
+        }
+        let tcp_port = c.port.filter(|_| c.protocol == Protocol::Tcp);
+        let ends = crate::cut::Ends {
+            backends: c.backends,
+            tcp_port,
+        };
+        map.ends.insert(c.id, ends);
+        if let Some(u) = c.user_id {
+            map.users.insert(c.id, u);
         }
         map.sessions.insert(c.id, c.session_ids);
     }
@@ -229,9 +238,10 @@ pub async fn run(
     cfg: Config,
     metrics: Metrics,
     activity: Arc<Activity>,
+    cutter: crate::cut::Cutter,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RegistrationRefused> {
-    let mut role = Role::new(cfg, metrics, activity);
+    let mut role = Role::new(cfg, metrics, activity, cutter);
     loop {
         let wait = match role.id.clone() {
             None => role.register().await?,
@@ -262,10 +272,18 @@ struct Role {
     last_health: Option<HashMap<Uuid, BTreeMap<String, String>>>,
     /// Version of the circuit map we hold; polls with it are answered 304 while unchanged.
     map_etag: Option<String>,
+    cutter: crate::cut::Cutter,
+    /// Circuits whose connections were cut lately (each ended circuit is cut once).
+    cut: HashMap<Uuid, tokio::time::Instant>,
 }
 
 impl Role {
-    fn new(cfg: Config, metrics: Metrics, activity: Arc<Activity>) -> Role {
+    fn new(
+        cfg: Config,
+        metrics: Metrics,
+        activity: Arc<Activity>,
+        cutter: crate::cut::Cutter,
+    ) -> Role {
         let client = Client {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -278,7 +296,9 @@ impl Role {
         Role {
             client,
             spec: registration(&cfg),
-            tick: Duration::from_secs(2).min(beat),
+            // The map poll (a 304 while unchanged) is how ended circuits are noticed: their
+            // connections are cut within about a second of the change.
+            tick: Duration::from_secs(1),
             beat,
             cfg,
             metrics,
@@ -288,6 +308,8 @@ impl Role {
             last_beat: tokio::time::Instant::now(),
             last_health: None,
             map_etag: None,
+            cutter,
+            cut: HashMap::new(),
         }
     }
 
@@ -357,11 +379,36 @@ impl Role {
     async fn poll_map(&mut self, w: &str) {
         match self.client.circuits(w, self.map_etag.as_deref()).await {
             Ok(Some((map, tag))) => {
-                self.activity.set_map(map, now_ms());
+                let mut ended = self.activity.set_map(circuit_map(map.circuits), now_ms());
                 self.map_etag = tag;
+                // The provider also lists circuits that ended recently: one that came and
+                // went between two polls still had connections.
+                ended.extend(map.ended.into_iter().map(|e| {
+                    let ends = crate::cut::Ends {
+                        backends: e.backends,
+                        tcp_port: e.tcp_port,
+                    };
+                    (e.id, ends)
+                }));
+                self.cut_ended(ended);
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "Circuit list failed"),
+        }
+    }
+
+    /// Cut the live connections of circuits that left the map (deleted, reclaimed, session
+    /// ended, moved away), each once.
+    fn cut_ended(&mut self, ended: Vec<(Uuid, crate::cut::Ends)>) {
+        let now = tokio::time::Instant::now();
+        self.cut
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(120));
+        for (id, ends) in ended {
+            if self.cut.insert(id, now).is_some() {
+                continue;
+            }
+            let cutter = self.cutter.clone();
+            tokio::spawn(async move { cutter.cut(id, "circuit ended", &ends).await });
         }
     }
 

@@ -210,7 +210,7 @@ pub async fn reaper(
             Ok(gone) => {
                 for c in &gone {
                     tracing::info!(circuit = %c.id, app = %c.app, "Idle circuit reclaimed");
-                    reconciler.nudge_circuit(c.worker_id, c.id);
+                    reconciler.circuit_gone(c.worker_id, c);
                 }
                 metrics.circuits_reclaimed.inc_by(gone.len() as u64);
                 metrics.circuits_deleted.inc_by(gone.len() as u64);

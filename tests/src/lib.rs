@@ -140,3 +140,68 @@ pub async fn setup_cookie(http: &reqwest::Client, setup_url: &str) -> String {
     })
     .await
 }
+
+/// Open a WebSocket to `127.0.0.1:<port>/ws` (raw handshake, optional cookie) and keep it;
+/// panics unless the answer is `101`.
+pub async fn ws_open(port: u16, cookie: Option<&str>) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut req = format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    if let Some(c) = cookie {
+        req.push_str(&format!("Cookie: {c}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("handshake");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("handshake answer")
+            .expect("read");
+        assert!(n > 0, "closed during the handshake");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// Send one masked text frame and read its echo: whether the WebSocket still works.
+pub async fn ws_echo(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let payload = b"ping";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    if s.write_all(&frame).await.is_err() {
+        return false;
+    }
+    let mut got = [0u8; 2 + 4];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await,
+        Ok(Ok(_)) if &got[2..] == payload
+    )
+}
+
+/// Whether the peer closes (or resets) the connection within `limit`.
+pub async fn ws_closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // A close frame or leftover data: keep reading until the socket ends.
+            Ok(Ok(_)) => {}
+        }
+    }
+}

@@ -336,3 +336,80 @@ async fn ended_backendai_sessions_remove_their_circuits() {
         "the catch-up applied it: {m}"
     );
 }
+
+/// An ended circuit's open WebSocket is cut within 2 s (deleted; its owner revoked); another
+/// circuit's stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_circuits_lose_their_open_websockets() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let _w = stack.start_gated_worker(WorkerSpec::ports("ws", 4)).await;
+    let http = e2e::no_redirect_client();
+    let (a_app, b_app, c_app) = (
+        HttpEcho::start("a").await,
+        HttpEcho::start("b").await,
+        HttpEcho::start("c").await,
+    );
+    let public = json!({"open_to_public": true});
+    let a = stack
+        .create_circuit("ws", Uuid::new_v4(), Uuid::new_v4(), a_app.port, &public)
+        .await;
+    let b = stack
+        .create_circuit("ws", Uuid::new_v4(), Uuid::new_v4(), b_app.port, &public)
+        .await;
+    let owner = Uuid::new_v4();
+    let c = stack
+        .create_circuit("ws", owner, Uuid::new_v4(), c_app.port, &json!({}))
+        .await;
+    let cookie = e2e::setup_cookie(&http, c["setup_url"].as_str().unwrap()).await;
+    for v in [&a, &b] {
+        e2e::wait_status(&http, v["url"].as_str().unwrap(), &[], 200).await;
+    }
+    e2e::wait_status(
+        &http,
+        c["url"].as_str().unwrap(),
+        &[("cookie", &cookie)],
+        200,
+    )
+    .await;
+    let port = |v: &Value| v["circuit"]["port"].as_u64().unwrap() as u16;
+    let mut ws_a = e2e::ws_open(port(&a), None).await;
+    let mut ws_b = e2e::ws_open(port(&b), None).await;
+    let mut ws_c = e2e::ws_open(port(&c), Some(&cookie)).await;
+    for ws in [&mut ws_a, &mut ws_b, &mut ws_c] {
+        assert!(e2e::ws_echo(ws).await);
+    }
+
+    let (s, _) = stack
+        .manager(
+            Method::DELETE,
+            &format!("/v2/circuits/{}", a["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        e2e::ws_closed_within(&mut ws_a, Duration::from_secs(2)).await,
+        "the deleted circuit's WebSocket is still open"
+    );
+    let (s, v) = stack
+        .manager(
+            Method::POST,
+            "/v2/revocations",
+            Some(&json!({"user_id": owner})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        e2e::ws_closed_within(&mut ws_c, Duration::from_secs(2)).await,
+        "the revoked owner's WebSocket is still open"
+    );
+    assert!(
+        e2e::ws_echo(&mut ws_b).await,
+        "another circuit's WebSocket was cut"
+    );
+    let metrics = e2e::metrics_text(&http, &_w.base()).await;
+    assert!(
+        !metrics.contains(r#"connections_cut_total{result="failed"}"#),
+        "{metrics}"
+    );
+}

@@ -312,6 +312,33 @@ pub struct CircuitMapEntry {
     pub auth_plugin: Option<AuthPlugin>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
+    /// `host:port` of each route (`[v6]:port`): where Traefik's connections for this circuit
+    /// go, so authgate can cut them when the circuit ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
+    /// The owner of an interactive circuit (its connections end with the user's revocation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
+}
+
+/// A circuit that recently left a worker (deleted, reclaimed, its session ended, moved away):
+/// where its connections went, so authgate cuts them even if it never saw the circuit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedCircuit {
+    pub id: Uuid,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
+}
+
+/// `GET /api/worker/{id}/circuits?view=map`: the worker's circuits and the ones that
+/// recently ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerMap {
+    pub circuits: Vec<CircuitMapEntry>,
+    #[serde(default)]
+    pub ended: Vec<EndedCircuit>,
 }
 
 /// `{"circuits": [...]}`.

@@ -17,7 +17,7 @@ use crate::{
     error::ApiError,
     models::{CircuitList, SlotsQuery, WorkerResponse, WorkerSpec, circuit_response, map_entry},
 };
-use appproxy_common::wire::{Heartbeat, RouteHealthReport};
+use appproxy_common::wire::{Heartbeat, RouteHealthReport, WorkerMap};
 
 pub(super) async fn register(
     State(state): State<AppState>,
@@ -98,7 +98,8 @@ pub(super) async fn circuits(
     let circuits = state.store.circuits_of_worker(w.id).await?;
     Ok(if slim {
         let circuits = circuits.iter().map(map_entry).collect();
-        (etag, Json(CircuitList { circuits })).into_response()
+        let ended = state.reconciler.recently_ended(w.id);
+        (etag, Json(WorkerMap { circuits, ended })).into_response()
     } else {
         let circuits = (circuits.iter())
             .map(|c| circuit_response(c, Some(&w)))

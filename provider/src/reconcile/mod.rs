@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use appproxy_common::names;
+use appproxy_common::{names, wire::EndedCircuit};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -184,7 +184,12 @@ pub struct Reconciler {
     /// Boot id and per-worker change counters: the circuit map's version (`ETag`).
     boot: Uuid,
     changes: Mutex<HashMap<Uuid, u64>>,
+    /// Worker → circuits that recently left it (kept `ENDED_TTL`), for its circuit map.
+    ended: Mutex<HashMap<Uuid, Vec<(std::time::Instant, EndedCircuit)>>>,
 }
+
+/// How long an ended circuit stays in its worker's map (many of authgate's polls).
+const ENDED_TTL: Duration = Duration::from_secs(60);
 
 impl Reconciler {
     pub fn new(
@@ -214,6 +219,7 @@ impl Reconciler {
             images: Mutex::new(HashMap::new()),
             boot: Uuid::new_v4(),
             changes: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
         })
     }
 
@@ -239,6 +245,37 @@ impl Reconciler {
             .or_default()
             .insert(circuit);
         self.notify.notify_one();
+    }
+
+    /// A circuit left `worker` (its rows are gone or moved): reconcile it, and list it as
+    /// ended in the worker's circuit map for a while, so that authgate cuts its connections.
+    pub fn circuit_gone(&self, worker: Uuid, c: &crate::domain::Circuit) {
+        let ended = EndedCircuit {
+            id: c.id,
+            backends: (c.routes.iter())
+                .map(|r| render::host_port(&r.kernel_host, r.kernel_port))
+                .collect(),
+            tcp_port: c.port().filter(|_| !c.protocol.is_http()),
+        };
+        let now = std::time::Instant::now();
+        {
+            let mut all = self.ended.lock().expect("ended lock");
+            let list = all.entry(worker).or_default();
+            list.retain(|(at, e)| now.duration_since(*at) < ENDED_TTL && e.id != c.id);
+            list.push((now, ended));
+        }
+        self.nudge_circuit(worker, c.id);
+    }
+
+    /// The circuits that recently left `worker`.
+    pub fn recently_ended(&self, worker: Uuid) -> Vec<EndedCircuit> {
+        let now = std::time::Instant::now();
+        let mut all = self.ended.lock().expect("ended lock");
+        let Some(list) = all.get_mut(&worker) else {
+            return Vec::new();
+        };
+        list.retain(|(at, _)| now.duration_since(*at) < ENDED_TTL);
+        list.iter().map(|(_, e)| e.clone()).collect()
     }
 
     /// Ask for every worker to be reconciled soon (no SQL change implied).

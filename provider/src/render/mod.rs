@@ -323,7 +323,8 @@ fn render_tcp(c: &Circuit) -> Kv {
     kv
 }
 
-fn host_port(host: &str, port: u16) -> String {
+/// `host:port`, bracketing IPv6 literals.
+pub fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {

@@ -254,7 +254,7 @@ impl<'a> Circuits<'a> {
     /// After circuits left SQL: nudge the reconciler for every worker they lived on.
     pub fn settle(&self, gone: &[Circuit]) {
         for c in gone {
-            self.reconciler.nudge_circuit(c.worker_id, c.id);
+            self.reconciler.circuit_gone(c.worker_id, c);
         }
         self.metrics.circuits_deleted.inc_by(gone.len() as u64);
     }
