@@ -22,6 +22,8 @@ pub struct WorkerSpec {
     pub login_url: Option<String>,
     /// Extra `APPPROXY_AUTHGATE__*` settings.
     pub env: Vec<(String, String)>,
+    /// Start authgate without `CAP_NET_ADMIN` (`setpriv --bounding-set=-net_admin`).
+    pub without_net_admin: bool,
 }
 
 impl WorkerSpec {
@@ -34,6 +36,7 @@ impl WorkerSpec {
             setup_max_uses: 3,
             login_url: None,
             env: Vec::new(),
+            without_net_admin: false,
         }
     }
 }
@@ -194,7 +197,14 @@ impl GatedWorker {
 
     /// Start authgate without waiting for anything (it may exit at once).
     fn spawn_authgate(&mut self) {
-        let mut cmd = Command::new(workspace_bin("appproxy-authgate"));
+        let bin = workspace_bin("appproxy-authgate");
+        let mut cmd = if self.spec.without_net_admin {
+            let mut c = Command::new("setpriv");
+            c.arg("--bounding-set=-net_admin").arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
         cmd.arg("serve")
             .envs(self.env.iter().cloned())
             .env("RUST_LOG", "info");

@@ -1151,6 +1151,7 @@ async fn subdomain_mode_setup_runs_on_the_apps_own_host() {
         setup_max_uses: 3,
         login_url: None,
         env: Vec::new(),
+        without_net_admin: false,
     };
     let e = env_with(spec).await;
     let a = e

@@ -204,6 +204,17 @@ async fn an_endpoint_of_a_lost_worker_moves_to_a_worker_of_the_same_domain() {
     signal(&a, "-CONT");
 }
 
+/// The port of a port-mode circuit (from `POST /v2/circuits`'s answer).
+fn circuit_port(v: &Value) -> u16 {
+    v["circuit"]["port"].as_u64().expect("a port circuit") as u16
+}
+
+async fn delete_circuit(stack: &Stack, v: &Value) {
+    let path = format!("/v2/circuits/{}", v["id"].as_str().unwrap());
+    let (s, body) = stack.manager(Method::DELETE, &path, None).await;
+    assert_eq!(s, 200, "{body}");
+}
+
 /// A `scheduling` envelope byte for byte as Backend.AI 26.9.6's EventProducer publishes it
 /// (reference: backendai-events.md, "On the wire"), for `session` and `status`.
 fn scheduling(session: Uuid, status: &str) -> String {
@@ -371,22 +382,14 @@ async fn ended_circuits_lose_their_open_websockets() {
         200,
     )
     .await;
-    let port = |v: &Value| v["circuit"]["port"].as_u64().unwrap() as u16;
-    let mut ws_a = e2e::ws_open(port(&a), None).await;
-    let mut ws_b = e2e::ws_open(port(&b), None).await;
-    let mut ws_c = e2e::ws_open(port(&c), Some(&cookie)).await;
+    let mut ws_a = e2e::ws_open(circuit_port(&a), None).await;
+    let mut ws_b = e2e::ws_open(circuit_port(&b), None).await;
+    let mut ws_c = e2e::ws_open(circuit_port(&c), Some(&cookie)).await;
     for ws in [&mut ws_a, &mut ws_b, &mut ws_c] {
         assert!(e2e::ws_echo(ws).await);
     }
 
-    let (s, _) = stack
-        .manager(
-            Method::DELETE,
-            &format!("/v2/circuits/{}", a["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200);
+    delete_circuit(&stack, &a).await;
     assert!(
         e2e::ws_closed_within(&mut ws_a, Duration::from_secs(2)).await,
         "the deleted circuit's WebSocket is still open"
@@ -412,4 +415,145 @@ async fn ended_circuits_lose_their_open_websockets() {
         !metrics.contains(r#"connections_cut_total{result="failed"}"#),
         "{metrics}"
     );
+}
+
+/// Read the greeting of a TCP echo backend through Traefik (retrying until the route is up)
+/// and keep the connection.
+async fn tcp_open(port: u16) -> tokio::net::TcpStream {
+    use tokio::io::AsyncReadExt;
+    eventually(
+        &format!("tcp through {port}"),
+        liveness_patience(),
+        || async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            (n > 0).then_some(s)
+        },
+    )
+    .await
+}
+
+async fn tcp_echoes(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if s.write_all(b"ping\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 5];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if &buf == b"ping\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tcp_circuit_loses_its_open_connections() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let mut spec = WorkerSpec::ports("tcpw", 2);
+    spec.env
+        .push(("APPPROXY_AUTHGATE__WORKER__PROTOCOL".into(), "tcp".into()));
+    let _w = stack.start_gated_worker(spec).await;
+    let (e1, e2) = (
+        e2e::backends::TcpEcho::start("one").await,
+        e2e::backends::TcpEcho::start("two").await,
+    );
+    let tcp = json!({"protocol": "tcp"});
+    let c1 = stack
+        .create_circuit("tcpw", Uuid::new_v4(), Uuid::new_v4(), e1.port, &tcp)
+        .await;
+    let c2 = stack
+        .create_circuit("tcpw", Uuid::new_v4(), Uuid::new_v4(), e2.port, &tcp)
+        .await;
+    let mut s1 = tcp_open(circuit_port(&c1)).await;
+    let mut s2 = tcp_open(circuit_port(&c2)).await;
+    assert!(tcp_echoes(&mut s1).await && tcp_echoes(&mut s2).await);
+    delete_circuit(&stack, &c1).await;
+    assert!(
+        e2e::ws_closed_within(&mut s1, Duration::from_secs(2)).await,
+        "the deleted TCP circuit's connection is still open"
+    );
+    assert!(
+        tcp_echoes(&mut s2).await,
+        "another TCP circuit's connection was cut"
+    );
+}
+
+/// Without CAP_NET_ADMIN nothing is cut, nothing breaks: the cut is counted as unsupported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_capability_ending_a_circuit_still_works_and_is_counted() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let mut spec = WorkerSpec::ports("nocap", 2);
+    spec.without_net_admin = true;
+    let w = stack.start_gated_worker(spec).await;
+    let http = e2e::no_redirect_client();
+    let echo = HttpEcho::start("a").await;
+    let public = json!({"open_to_public": true});
+    let a = stack
+        .create_circuit("nocap", Uuid::new_v4(), Uuid::new_v4(), echo.port, &public)
+        .await;
+    let url = a["url"].as_str().unwrap().to_string();
+    e2e::wait_status(&http, &url, &[], 200).await;
+    let mut ws = e2e::ws_open(circuit_port(&a), None).await;
+    assert!(e2e::ws_echo(&mut ws).await);
+    delete_circuit(&stack, &a).await;
+    eventually(
+        "the impossible cut counted",
+        liveness_patience(),
+        || async {
+            let m = e2e::metrics_text(&http, &w.base()).await;
+            m.contains(r#"appproxy_authgate_connections_cut_total{result="unsupported"} 1"#)
+                .then_some(())
+        },
+    )
+    .await;
+    // New requests are refused as for any deleted circuit; authgate keeps serving.
+    eventually(
+        "the deleted circuit is not served",
+        liveness_patience(),
+        || async {
+            let (s, _, _) = e2e::http_get(&http, &url, &[]).await;
+            (s != 200).then_some(())
+        },
+    )
+    .await;
+    w.wait_ready(&http).await;
+}
+
+/// The idle reaper ends a public circuit whose only traffic is an open WebSocket (public
+/// circuits have no ForwardAuth, so their WebSockets are not counted as activity): the
+/// reclaimed circuit's socket is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaimed_circuit_loses_its_open_websocket() {
+    let env = vec![(
+        "APPPROXY_PROVIDER__REAPER__INTERVAL_SECONDS".into(),
+        "1".into(),
+    )];
+    let stack = Stack::start_with(Db::Sqlite, env).await;
+    let _w = stack.start_gated_worker(WorkerSpec::ports("idle", 2)).await;
+    let http = e2e::no_redirect_client();
+    let echo = HttpEcho::start("a").await;
+    let extra = json!({"open_to_public": true, "idle_timeout": 3});
+    let a = stack
+        .create_circuit("idle", Uuid::new_v4(), Uuid::new_v4(), echo.port, &extra)
+        .await;
+    e2e::wait_status(&http, a["url"].as_str().unwrap(), &[], 200).await;
+    let mut ws = e2e::ws_open(circuit_port(&a), None).await;
+    assert!(e2e::ws_echo(&mut ws).await);
+    assert!(
+        e2e::ws_closed_within(&mut ws, liveness_patience()).await,
+        "the reclaimed circuit's WebSocket is still open"
+    );
+    let (s, _) = stack
+        .manager(
+            Method::GET,
+            &format!("/v2/circuits/{}", a["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "reclaimed by the reaper");
 }

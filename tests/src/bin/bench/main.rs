@@ -144,6 +144,7 @@ impl Bench {
                 "APPPROXY_AUTHGATE__PLUGINS__DIR".into(),
                 concat!(env!("CARGO_MANIFEST_DIR"), "/../authgate/plugins").into(),
             )],
+            without_net_admin: false,
         };
         let w = stack.start_gated_worker(spec).await;
         // Idle: a registered worker, no circuits yet.
