@@ -16,6 +16,8 @@ pub struct GateError {
     pub msg: String,
     /// Answer as JSON (API client) rather than HTML (browser).
     pub json: bool,
+    /// Where to go next (the platform's login page), shown as a link / `"login_url"`.
+    pub link: Option<String>,
 }
 
 impl GateError {
@@ -25,7 +27,16 @@ impl GateError {
             code,
             msg: msg.into(),
             json: false,
+            link: None,
         }
+    }
+
+    /// Offer `url` as the way back (only an `http(s)` URL is shown).
+    pub fn with_link(mut self, url: Option<&str>) -> GateError {
+        self.link = url
+            .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+            .map(str::to_string);
+        self
     }
 
     /// Choose HTML or JSON from the client's `Accept`.
@@ -55,26 +66,34 @@ fn html_escape(s: &str) -> String {
 impl IntoResponse for GateError {
     fn into_response(self) -> Response {
         let (ctype, body) = if self.json {
-            (
-                "application/problem+json",
-                json!({
-                    "type": "https://api.backend.ai/probs/appproxy/auth-failed",
-                    "title": self.msg,
-                    "error_code": self.code,
-                    "msg": format!("{}: {}", self.code, self.msg),
-                })
-                .to_string(),
-            )
+            let mut body = json!({
+                "type": "https://api.backend.ai/probs/appproxy/auth-failed",
+                "title": self.msg,
+                "error_code": self.code,
+                "msg": format!("{}: {}", self.code, self.msg),
+            });
+            if let Some(l) = &self.link {
+                body["login_url"] = l.as_str().into();
+            }
+            ("application/problem+json", body.to_string())
         } else {
             (
                 "text/html; charset=utf-8",
                 format!(
                     "<!doctype html><html><head><meta charset=\"utf-8\"><title>App access \
-                     denied</title></head><body><h1>{} {}</h1><p>{}</p><p>Go back to the \
-                     platform and open the app again to get a fresh link.</p></body></html>\n",
+                     denied</title></head><body><h1>{} {}</h1><p>{}</p><p>{}</p></body></html>\n",
                     self.status.as_u16(),
                     html_escape(self.status.canonical_reason().unwrap_or("")),
                     html_escape(&self.msg),
+                    match &self.link {
+                        Some(l) => format!(
+                            "<a href=\"{}\">Sign in to the platform</a> and open the app again.",
+                            html_escape(l)
+                        ),
+                        None => "Go back to the platform and open the app again to get a fresh \
+                                 link."
+                            .to_string(),
+                    },
                 ),
             )
         };

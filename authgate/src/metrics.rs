@@ -26,6 +26,8 @@ pub struct Metrics {
     pub plugin_seconds: Histogram,
     /// Sockets of ended circuits destroyed (`ok`), or cuts that failed or were impossible.
     pub connections_cut: IntCounterVec,
+    /// "This app was closed" pages served.
+    pub closed_pages: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -69,6 +71,14 @@ impl Metrics {
                         "Time inside WebAssembly plugins (fresh instance + call).",
                     )
                     .buckets(vec![1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1]),
+                )
+                .expect("metric"),
+            ),
+            closed_pages: reg(
+                &r,
+                prometheus::IntCounter::new(
+                    "closed_pages_total",
+                    "Requests to addresses no circuit serves (the closed-app page).",
                 )
                 .expect("metric"),
             ),

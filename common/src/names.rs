@@ -14,6 +14,11 @@ pub const SENTINEL: &str = "ap-sentinel";
 pub const SETUP: &str = "ap-setup";
 /// Shared per-worker middleware: retry a request whose replica could not be reached.
 pub const RETRY: &str = "ap-retry";
+/// The lowest-priority router (and its path middleware) of a worker: whatever no circuit
+/// serves goes to authgate's "this app was closed" page.
+pub const CLOSED: &str = "ap-closed";
+/// authgate's page for addresses no circuit serves (any more).
+pub const CLOSED_PATH: &str = "/_appproxy/closed";
 /// Path prefix served by authgate on every app origin.
 pub const SETUP_PATH_PREFIX: &str = "/_appproxy/";
 /// Entrypoint that carries every subdomain-mode app of a worker.

@@ -121,6 +121,7 @@ impl Listener {
             store: &self.store,
             reconciler: &self.reconciler,
             metrics: &self.metrics,
+            activity: &self.activity,
         }
     }
 
@@ -134,11 +135,7 @@ impl Listener {
                 return "junk";
             }
         };
-        match self
-            .circuits()
-            .end_session(session_id, &self.activity)
-            .await
-        {
+        match self.circuits().end_session(session_id).await {
             Ok(ids) if ids.is_empty() => "ended_none",
             Ok(ids) => {
                 tracing::info!(session = %session_id, circuits = ids.len(), why, "Session ended: its circuits removed");

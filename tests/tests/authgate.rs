@@ -1202,11 +1202,12 @@ async fn subdomain_mode_setup_runs_on_the_apps_own_host() {
             .0,
         401
     );
+    // A host no circuit serves gets authgate's closed-app page.
     assert_eq!(
         get(root, format!("gamma.apps.test:{apps_port}"), Some(cookie))
             .await
             .0,
-        404
+        410
     );
     let _ = b;
 }

@@ -352,13 +352,13 @@ async fn weighted_replicas_health_ejection_and_tokens() {
         .await;
     assert_eq!(s, 400);
 
-    // Delete: the URL stops serving.
+    // Delete: the URL stops serving (authgate's closed-app page, 410).
     let (s, _) = e
         .stack
         .manager(Method::DELETE, &format!("/v2/endpoints/{id}"), None)
         .await;
     assert_eq!(s, 200);
-    e.wait_status("deleted endpoint 404", &url, Some(&bearer), 404)
+    e.wait_status("deleted endpoint 410", &url, Some(&bearer), 410)
         .await;
     let (s, _) = e
         .stack

@@ -204,6 +204,26 @@ async fn an_endpoint_of_a_lost_worker_moves_to_a_worker_of_the_same_domain() {
     signal(&a, "-CONT");
 }
 
+/// A public circuit of `authority` to `backend`, once Traefik serves it: (answer, URL).
+async fn served_public(stack: &Stack, authority: &str, backend: u16) -> (Value, String) {
+    let public = json!({"open_to_public": true});
+    let a = stack
+        .create_circuit(authority, Uuid::new_v4(), Uuid::new_v4(), backend, &public)
+        .await;
+    let url = a["url"].as_str().unwrap().to_string();
+    e2e::wait_status(&e2e::no_redirect_client(), &url, &[], 200).await;
+    (a, url)
+}
+
+/// `POST /v2/revocations` for `user`.
+async fn revoke_user(stack: &Stack, user: Uuid) {
+    let body = json!({"user_id": user});
+    let (s, v) = stack
+        .manager(Method::POST, "/v2/revocations", Some(&body))
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// The port of a port-mode circuit (from `POST /v2/circuits`'s answer).
 fn circuit_port(v: &Value) -> u16 {
     v["circuit"]["port"].as_u64().expect("a port circuit") as u16
@@ -394,14 +414,7 @@ async fn ended_circuits_lose_their_open_websockets() {
         e2e::ws_closed_within(&mut ws_a, Duration::from_secs(2)).await,
         "the deleted circuit's WebSocket is still open"
     );
-    let (s, v) = stack
-        .manager(
-            Method::POST,
-            "/v2/revocations",
-            Some(&json!({"user_id": owner})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    revoke_user(&stack, owner).await;
     assert!(
         e2e::ws_closed_within(&mut ws_c, Duration::from_secs(2)).await,
         "the revoked owner's WebSocket is still open"
@@ -492,12 +505,7 @@ async fn without_the_capability_ending_a_circuit_still_works_and_is_counted() {
     let w = stack.start_gated_worker(spec).await;
     let http = e2e::no_redirect_client();
     let echo = HttpEcho::start("a").await;
-    let public = json!({"open_to_public": true});
-    let a = stack
-        .create_circuit("nocap", Uuid::new_v4(), Uuid::new_v4(), echo.port, &public)
-        .await;
-    let url = a["url"].as_str().unwrap().to_string();
-    e2e::wait_status(&http, &url, &[], 200).await;
+    let (a, url) = served_public(&stack, "nocap", echo.port).await;
     let mut ws = e2e::ws_open(circuit_port(&a), None).await;
     assert!(e2e::ws_echo(&mut ws).await);
     delete_circuit(&stack, &a).await;
@@ -556,4 +564,88 @@ async fn a_reclaimed_circuit_loses_its_open_websocket() {
         )
         .await;
     assert_eq!(s, 404, "reclaimed by the reaper");
+}
+
+/// A deleted app's address answers authgate's "closed" page (410, never cached, no
+/// Retry-After, the way back), its activity keys are gone; a revoked user is told they were
+/// logged out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_app_and_a_logged_out_user_are_told_so() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let login = "https://platform.test/login";
+    let mut spec = WorkerSpec::ports("pages", 2);
+    spec.login_url = Some(login.into());
+    let _w = stack.start_gated_worker(spec).await;
+    let http = e2e::no_redirect_client();
+    let echo = HttpEcho::start("a").await;
+    let (a, url) = served_public(&stack, "pages", echo.port).await;
+    let id = a["id"].as_str().unwrap();
+    let mut redis = stack.redis().await;
+    let key = format!("circuit.{id}.requests");
+    eventually("activity flushed", liveness_patience(), || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        async move {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .ok()?;
+            v.map(|_| ())
+        }
+    })
+    .await;
+
+    delete_circuit(&stack, &a).await;
+    let html = [("accept", "text/html")];
+    let (s, h, body) = eventually("the closed page", liveness_patience(), || async {
+        let r = e2e::http_get(&http, &url, &html).await;
+        (r.0 == 410).then_some(r)
+    })
+    .await;
+    assert_eq!(s, 410);
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(
+        h.get("retry-after").is_none(),
+        "an open tab must not be told to retry"
+    );
+    assert!(body.contains("This app was closed"), "{body}");
+    assert!(body.contains(&format!("href=\"{login}\"")), "{body}");
+    let (s, _, body) = e2e::http_get(
+        &http,
+        &format!("{url}/api/kernels"),
+        &[("accept", "application/json")],
+    )
+    .await;
+    assert_eq!(s, 410);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error_code"], "E20013", "{v}");
+    assert_eq!(v["login_url"], login);
+    let gone: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        gone, None,
+        "the deleted circuit's activity keys are removed"
+    );
+
+    // A revoked owner's cookie: the logged-out page.
+    let owner = Uuid::new_v4();
+    let c = stack
+        .create_circuit("pages", owner, Uuid::new_v4(), echo.port, &json!({}))
+        .await;
+    let cookie = e2e::setup_cookie(&http, c["setup_url"].as_str().unwrap()).await;
+    let curl = c["url"].as_str().unwrap();
+    e2e::wait_status(&http, curl, &[("cookie", &cookie)], 200).await;
+    revoke_user(&stack, owner).await;
+    let (s, _, body) = eventually("the logged-out page", liveness_patience(), || async {
+        let r = e2e::http_get(&http, curl, &[("cookie", &cookie), ("accept", "text/html")]).await;
+        (r.0 == 401).then_some(r)
+    })
+    .await;
+    assert_eq!(s, 401);
+    assert!(body.contains("You were logged out"), "{body}");
+    assert!(body.contains(&format!("href=\"{login}\"")), "{body}");
 }

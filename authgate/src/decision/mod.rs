@@ -105,7 +105,7 @@ impl Deny {
     pub fn message(self) -> &'static str {
         match self {
             Deny::NoCookie | Deny::BadCookie(_) => "This browser has no valid access to this app.",
-            Deny::Revoked => "Access to this app was revoked (logged out).",
+            Deny::Revoked => "You were logged out: access to this app was revoked.",
             Deny::NoToken => "Authorization header required.",
             Deny::BadScheme => "Use Authorization: Bearer <token>.",
             Deny::BadToken(_) => "Invalid API token.",

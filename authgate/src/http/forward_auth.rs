@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::Gate;
 use crate::{
-    decision::{self, Allow, Forwarded, Mode, Target},
+    decision::{self, Allow, Deny, Forwarded, Mode, Target},
     error::GateError,
 };
 
@@ -75,14 +75,8 @@ pub(super) async fn auth(
             circuit,
             "ForwardAuth address is malformed; check the provider"
         );
-        return denied(
-            &g,
-            headers,
-            400,
-            "E20001",
-            "Malformed auth address.",
-            "bad_address",
-        );
+        let e = GateError::new(400, "E20001", "Malformed auth address.");
+        return refuse(&g, headers, e, "bad_address");
     };
     // Extra allowed origins come from the circuit map; looked up only when a page of some
     // origin asks (a lock on the shared map otherwise saved).
@@ -97,7 +91,13 @@ pub(super) async fn auth(
     let plugin = q.as_mut().and_then(|q| q.remove("p"));
     match decision::decide(&forwarded(headers), t, &g.keys, &g.revoked, &settings) {
         Ok(a) => allowed(&g, t, headers, a, plugin.as_deref()).await,
-        Err(d) => denied(&g, headers, d.status(), d.code(), d.message(), d.reason()),
+        Err(d) => {
+            let e = GateError::new(d.status(), d.code(), d.message());
+            // A browser that lost its access (revoked, no or a bad cookie) gets the way back.
+            let lost = matches!(d, Deny::Revoked | Deny::NoCookie | Deny::BadCookie(_));
+            let e = e.with_link(g.cfg.session.login_url.as_deref().filter(|_| lost));
+            refuse(&g, headers, e, d.reason())
+        }
     }
 }
 
@@ -148,19 +148,10 @@ async fn allowed(
     resp
 }
 
-fn denied(
-    g: &Gate,
-    headers: &HeaderMap,
-    status: u16,
-    code: &'static str,
-    msg: &str,
-    reason: &str,
-) -> Response {
+fn refuse(g: &Gate, headers: &HeaderMap, e: GateError, reason: &str) -> Response {
     g.metrics
         .decisions
         .with_label_values(&["deny", reason])
         .inc();
-    GateError::new(status, code, msg)
-        .for_client(headers)
-        .into_response()
+    e.for_client(headers).into_response()
 }

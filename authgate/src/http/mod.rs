@@ -4,12 +4,14 @@
 //! - [`setup`]: `GET /_appproxy/setup?token=` on every app origin (through the setup router) and
 //!   Backend.AI's `GET /setup?token=` on the API port;
 //! - [`login`]: `GET /_appproxy/login?circuit=&next=` — a launch bound to this browser;
+//! - [`closed`]: `/_appproxy/closed` — the page for addresses no circuit serves (any more);
 //! - [`admin`]: `/health`, `/plugins`, `/metrics` — on the API port only;
 //! - [`ingest`]: `POST /v1/logs` — Traefik's access-log export, on the ingest listener only.
 //!
 //! Every refusal is a `GateError` (one status mapping, HTML for browsers, JSON for clients).
 
 mod admin;
+mod closed;
 mod forward_auth;
 mod ingest;
 mod login;
@@ -51,6 +53,10 @@ pub fn app(gate: Arc<Gate>) -> Router {
         .route("/auth/{circuit}", get(forward_auth::auth))
         .route("/_appproxy/setup", get(setup::on_origin))
         .route("/_appproxy/login", get(login::login))
+        .route(
+            appproxy_common::names::CLOSED_PATH,
+            axum::routing::any(closed::closed),
+        )
         .route("/setup", get(setup::on_api_port))
         .route("/health", get(admin::health))
         .route("/plugins", get(admin::plugins))

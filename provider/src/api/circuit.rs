@@ -42,7 +42,7 @@ pub(super) async fn statistics(
     let idle = state.config.reaper.default_idle_timeout_seconds;
     let s = state
         .circuits()
-        .statistics(caller.authority(), id, &state.activity, idle)
+        .statistics(caller.authority(), id, idle)
         .await?;
     let mut v = serde_json::to_value(circuit_response(&s.circuit, s.worker.as_ref()))
         .map_err(|e| ApiError::InvalidParams(e.to_string()))?;
@@ -94,10 +94,7 @@ pub(super) async fn delete_session(
     _: ManagerAuth,
     IdPath(session_id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
-    let ids = state
-        .circuits()
-        .end_session(session_id, &state.activity)
-        .await?;
+    let ids = state.circuits().end_session(session_id).await?;
     Ok(Json(json!({ "success": true, "deleted_circuit_ids": ids })))
 }
 

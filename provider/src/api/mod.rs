@@ -79,6 +79,7 @@ impl Shared {
             store: &self.store,
             reconciler: &self.reconciler,
             metrics: &self.metrics,
+            activity: &self.activity,
         }
     }
 

@@ -90,6 +90,11 @@ pub fn render_shared(worker: &Worker) -> Kv {
                 format!("http/services/{}/loadBalancer/servers/0/url", names::SETUP),
                 worker.authgate_base(),
             );
+            // A worker whose authgate registered it (it names itself) answers addresses no
+            // circuit serves with authgate's "closed" page instead of Traefik's bare 404.
+            if worker.authgate_url.is_some() {
+                render_closed(&mut kv, worker, &eps);
+            }
             // Inference routers retry (up to two more times, on whatever replica the balancer
             // picks next) when a replica cannot be reached; Traefik retries on transport
             // errors only, never after a response.
@@ -102,6 +107,25 @@ pub fn render_shared(worker: &Worker) -> Kv {
         }
     }
     kv
+}
+
+/// The catch-all router (priority 1: every circuit's router wins) to authgate's closed page.
+fn render_closed(kv: &mut Kv, worker: &Worker, eps: &[String]) {
+    let r = format!("http/routers/{}", names::CLOSED);
+    kv.insert(format!("{r}/rule"), "PathPrefix(`/`)".into());
+    kv.insert(format!("{r}/priority"), "1".into());
+    kv.insert(format!("{r}/service"), names::SETUP.into());
+    kv.insert(format!("{r}/middlewares/0"), names::CLOSED.into());
+    for (i, ep) in eps.iter().enumerate() {
+        kv.insert(format!("{r}/entryPoints/{i}"), ep.clone());
+    }
+    if worker.tls_listen {
+        kv.insert(format!("{r}/tls/options"), "default".into());
+    }
+    kv.insert(
+        format!("http/middlewares/{}/replacePath/path", names::CLOSED),
+        names::CLOSED_PATH.into(),
+    );
 }
 
 /// All keys of one circuit. A circuit without routes (an inference endpoint before its

@@ -314,3 +314,25 @@ fn plugins_are_named_in_the_address_and_their_headers_listed() {
     c.auth_plugin = None;
     assert!(!render_circuit(&w, &c).contains_key(&format!("{fa}/address")));
 }
+
+#[test]
+fn a_worker_with_authgate_answers_unserved_addresses_with_the_closed_page() {
+    let mut w = worker(FrontendMode::Port, Protocol::Http);
+    w.spec.authgate_url = Some("http://127.0.0.1:10201/".into());
+    let kv = render_shared(&w);
+    let get = |k: &str| kv.get(k).map(String::as_str);
+    assert_eq!(get("http/routers/ap-closed/rule"), Some("PathPrefix(`/`)"));
+    assert_eq!(get("http/routers/ap-closed/priority"), Some("1"));
+    assert_eq!(get("http/routers/ap-closed/service"), Some("ap-setup"));
+    assert_eq!(
+        get("http/routers/ap-closed/entryPoints/1"),
+        Some("port_10206")
+    );
+    assert_eq!(
+        get("http/middlewares/ap-closed/replacePath/path"),
+        Some("/_appproxy/closed")
+    );
+    // Without a named authgate (a worker not registered by one), Traefik's own 404 stays.
+    let bare = render_shared(&worker(FrontendMode::Port, Protocol::Http));
+    assert!(!bare.keys().any(|k| k.contains("ap-closed")));
+}

@@ -23,6 +23,8 @@ pub struct Circuits<'a> {
     pub store: &'a Store,
     pub reconciler: &'a Reconciler,
     pub metrics: &'a Metrics,
+    /// Activity keys in Redis (cleared with their circuits).
+    pub activity: &'a ActivityStore,
 }
 
 /// An interactive circuit to create (from `POST /v2/circuits` or `/v2/proxy/auth`).
@@ -239,7 +241,20 @@ impl<'a> Circuits<'a> {
         }
         let gone = self.store.delete_circuits(ids).await?;
         self.settle(&gone);
+        let ids: Vec<Uuid> = gone.iter().map(|c| c.id).collect();
+        self.forget_activity(&ids).await;
         Ok(gone)
+    }
+
+    /// Remove the activity keys of circuits that are gone (best effort: they expire on their
+    /// own after 2 days).
+    async fn forget_activity(&self, ids: &[Uuid]) {
+        if ids.is_empty() || !self.activity.configured() {
+            return;
+        }
+        if let Err(e) = self.activity.clear_circuits(ids).await {
+            tracing::warn!(error = %e, "Could not clear activity keys");
+        }
     }
 
     /// Delete one circuit, or 404.
@@ -260,23 +275,16 @@ impl<'a> Circuits<'a> {
     }
 
     /// Delete every circuit that routes to a session and its activity keys; returns the ids.
-    pub async fn end_session(
-        &self,
-        session_id: Uuid,
-        activity: &ActivityStore,
-    ) -> Result<Vec<Uuid>, ApiError> {
+    pub async fn end_session(&self, session_id: Uuid) -> Result<Vec<Uuid>, ApiError> {
         let gone = self.store.delete_session(session_id).await?;
         self.settle(&gone);
         let ids: Vec<Uuid> = gone.iter().map(|c| c.id).collect();
-        if activity.configured() {
-            let cleared = async {
-                activity.clear_session(session_id).await?;
-                activity.clear_circuits(&ids).await
-            };
-            if let Err(e) = cleared.await {
-                // The keys expire on their own (2 days); the session is gone either way.
-                tracing::warn!(error = %e, session = %session_id, "Could not clear activity keys");
-            }
+        self.forget_activity(&ids).await;
+        if self.activity.configured()
+            && let Err(e) = self.activity.clear_session(session_id).await
+        {
+            // The keys expire on their own (2 days); the session is gone either way.
+            tracing::warn!(error = %e, session = %session_id, "Could not clear activity keys");
         }
         Ok(ids)
     }
@@ -287,12 +295,11 @@ impl<'a> Circuits<'a> {
         &self,
         caller: Option<&str>,
         id: Uuid,
-        activity: &ActivityStore,
         default_idle_timeout: u64,
     ) -> Result<Statistics, ApiError> {
         let circuit = self.visible_to(caller, id).await?;
         let worker = self.store.get_worker(circuit.worker_id).await?;
-        let stats = activity
+        let stats = (self.activity)
             .stats(&[circuit.id])
             .await
             .map_err(|e| ApiError::DependencyUnavailable(format!("activity store: {e}")))?
