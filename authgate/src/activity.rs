@@ -204,6 +204,15 @@ impl Activity {
         ended
     }
 
+    /// Backends used by the mapped circuits other than `except` (not to be cut by address).
+    pub fn backends_except(&self, except: &[Uuid]) -> HashSet<String> {
+        let s = self.lock();
+        (s.map.ends.iter())
+            .filter(|(id, _)| !except.contains(id))
+            .flat_map(|(_, e)| e.backends.iter().cloned())
+            .collect()
+    }
+
     /// The circuits `user` owns, with where their connections go.
     pub fn ends_of_user(&self, user: Uuid) -> Vec<(Uuid, crate::cut::Ends)> {
         let s = self.lock();

@@ -2,15 +2,17 @@
 //! router is removed and has no API to close them (traefik#9077). authgate runs on the worker
 //! host, so when a circuit ends (deleted, reclaimed, its session ended, moved away, its owner
 //! revoked) it destroys the sockets itself with the kernel's sock_diag `SOCK_DESTROY`, through
-//! `ss -K` (iproute2): Traefik's connections to the circuit's backends, and for a TCP circuit
-//! the client connections on its entrypoint port. Both ends see a reset; Traefik then closes
-//! the other half.
+//! `ss -K` (iproute2). A port-mode circuit (HTTP or TCP) owns its entrypoint port: the client
+//! connections on that port are destroyed, and Traefik closes their upstream halves. A
+//! subdomain circuit shares its entrypoint: Traefik's connections to its backends are
+//! destroyed instead — except a backend another live circuit also uses (those are left, with a
+//! warning, rather than cut someone else's connections).
 //!
 //! It needs `CAP_NET_ADMIN` (root has it). Without it authgate warns once at start and counts
 //! every cut it could not make (`connections_cut_total{result="unsupported"}`): connections
 //! then end when their backend does.
 
-use std::{net::IpAddr, time::Duration};
+use std::{collections::HashSet, net::IpAddr, time::Duration};
 
 use uuid::Uuid;
 
@@ -21,8 +23,8 @@ use crate::metrics::Metrics;
 pub struct Ends {
     /// `host:port` of each backend.
     pub backends: Vec<String>,
-    /// The entrypoint port of a TCP circuit.
-    pub tcp_port: Option<u16>,
+    /// The entrypoint port of a port-mode circuit.
+    pub port: Option<u16>,
 }
 
 /// Whether `/proc/self/status` grants `CAP_NET_ADMIN` (bit 12 of `CapEff`).
@@ -34,8 +36,12 @@ pub fn has_net_admin(status: &str) -> bool {
         .is_some_and(|caps| caps & (1 << 12) != 0)
 }
 
-/// `ss` filters for the sockets of `ends` whose backends resolved to `resolved` (ip, port).
+/// `ss` filters for the sockets of `ends`: its entrypoint port when it owns one, else its
+/// backends as resolved (ip, port).
 pub fn filters(ends: &Ends, resolved: &[(IpAddr, u16)]) -> Vec<String> {
+    if let Some(p) = ends.port {
+        return vec![format!("sport = :{p}")];
+    }
     let mut out: Vec<String> = resolved
         .iter()
         .map(|(ip, port)| match ip {
@@ -43,9 +49,6 @@ pub fn filters(ends: &Ends, resolved: &[(IpAddr, u16)]) -> Vec<String> {
             IpAddr::V6(v6) => format!("dst [{v6}]:{port}"),
         })
         .collect();
-    if let Some(p) = ends.tcp_port {
-        out.push(format!("sport = :{p}"));
-    }
     out.sort();
     out.dedup();
     out
@@ -79,9 +82,19 @@ impl Cutter {
         }
     }
 
-    /// Destroy the connections of `circuit` (ended because of `why`).
-    pub async fn cut(&self, circuit: Uuid, why: &str, ends: &Ends) {
-        if ends.backends.is_empty() && ends.tcp_port.is_none() {
+    /// Destroy the connections of `circuit` (ended because of `why`); `shared` are backends
+    /// live circuits still use (never cut by address).
+    pub async fn cut(&self, circuit: Uuid, why: &str, ends: &Ends, shared: &HashSet<String>) {
+        let mut ends = ends.clone();
+        if ends.port.is_none() {
+            let (keep, cut): (Vec<String>, Vec<String>) =
+                ends.backends.into_iter().partition(|b| shared.contains(b));
+            if !keep.is_empty() {
+                tracing::warn!(%circuit, backends = ?keep, "Connections not cut: another live circuit uses the same backend");
+            }
+            ends.backends = cut;
+        }
+        if ends.backends.is_empty() && ends.port.is_none() {
             return;
         }
         if !self.able {
@@ -98,7 +111,7 @@ impl Cutter {
                 }
             }
         }
-        for f in filters(ends, &resolved) {
+        for f in filters(&ends, &resolved) {
             match destroy(&f).await {
                 Ok(n) => {
                     self.count("ok", n);
@@ -150,19 +163,24 @@ mod tests {
     }
 
     #[test]
-    fn filters_name_backends_and_the_tcp_entrypoint() {
-        let ends = Ends {
-            backends: vec!["10.0.0.5:8888".into()],
-            tcp_port: Some(30001),
-        };
+    fn a_port_circuit_is_cut_by_its_port_a_subdomain_circuit_by_its_backends() {
         let resolved = [
             ("10.0.0.5".parse().unwrap(), 8888),
             ("10.0.0.5".parse().unwrap(), 8888),
             ("::1".parse().unwrap(), 9000),
         ];
+        let port = Ends {
+            backends: vec!["10.0.0.5:8888".into()],
+            port: Some(30001),
+        };
+        assert_eq!(filters(&port, &resolved), ["sport = :30001"]);
+        let sub = Ends {
+            backends: vec!["10.0.0.5:8888".into()],
+            port: None,
+        };
         assert_eq!(
-            filters(&ends, &resolved),
-            ["dst 10.0.0.5:8888", "dst [::1]:9000", "sport = :30001"]
+            filters(&sub, &resolved),
+            ["dst 10.0.0.5:8888", "dst [::1]:9000"]
         );
     }
 }

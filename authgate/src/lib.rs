@@ -190,9 +190,12 @@ fn cut_on_revocation(
         else {
             return;
         };
-        for (id, ends) in activity.ends_of_user(user) {
-            let cutter = cutter.clone();
-            tokio::spawn(async move { cutter.cut(id, "owner revoked", &ends).await });
+        let owned = activity.ends_of_user(user);
+        let ids: Vec<uuid::Uuid> = owned.iter().map(|(id, _)| *id).collect();
+        let shared = activity.backends_except(&ids);
+        for (id, ends) in owned {
+            let (cutter, shared) = (cutter.clone(), shared.clone());
+            tokio::spawn(async move { cutter.cut(id, "owner revoked", &ends, &shared).await });
         }
     })
 }

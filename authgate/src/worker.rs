@@ -172,10 +172,9 @@ fn circuit_map(circuits: Vec<CircuitMapEntry>) -> CircuitMap {
         {
             map.tcp_ports.insert(p, c.id);
         }
-        let tcp_port = c.port.filter(|_| c.protocol == Protocol::Tcp);
         let ends = crate::cut::Ends {
             backends: c.backends,
-            tcp_port,
+            port: c.port,
         };
         map.ends.insert(c.id, ends);
         if let Some(u) = c.user_id {
@@ -386,7 +385,7 @@ impl Role {
                 ended.extend(map.ended.into_iter().map(|e| {
                     let ends = crate::cut::Ends {
                         backends: e.backends,
-                        tcp_port: e.tcp_port,
+                        port: e.port,
                     };
                     (e.id, ends)
                 }));
@@ -403,12 +402,13 @@ impl Role {
         let now = tokio::time::Instant::now();
         self.cut
             .retain(|_, at| now.duration_since(*at) < Duration::from_secs(120));
+        let shared = self.activity.backends_except(&[]);
         for (id, ends) in ended {
             if self.cut.insert(id, now).is_some() {
                 continue;
             }
-            let cutter = self.cutter.clone();
-            tokio::spawn(async move { cutter.cut(id, "circuit ended", &ends).await });
+            let (cutter, shared) = (self.cutter.clone(), shared.clone());
+            tokio::spawn(async move { cutter.cut(id, "circuit ended", &ends, &shared).await });
         }
     }
 

@@ -144,12 +144,17 @@ pub async fn setup_cookie(http: &reqwest::Client, setup_url: &str) -> String {
 /// Open a WebSocket to `127.0.0.1:<port>/ws` (raw handshake, optional cookie) and keep it;
 /// panics unless the answer is `101`.
 pub async fn ws_open(port: u16, cookie: Option<&str>) -> tokio::net::TcpStream {
+    ws_open_host(port, &format!("127.0.0.1:{port}"), cookie).await
+}
+
+/// [`ws_open`] with a `Host` header (subdomain circuits).
+pub async fn ws_open_host(port: u16, host: &str, cookie: Option<&str>) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
     let mut req = format!(
-        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
     );
     if let Some(c) = cookie {

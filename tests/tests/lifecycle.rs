@@ -649,3 +649,77 @@ async fn a_closed_app_and_a_logged_out_user_are_told_so() {
     assert!(body.contains("You were logged out"), "{body}");
     assert!(body.contains(&format!("href=\"{login}\"")), "{body}");
 }
+
+/// Subdomain circuits share their entrypoint: an ended one is cut by its backend's address,
+/// and a backend another live circuit still uses is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_subdomain_circuit_is_cut_by_its_backend_and_a_shared_backend_is_spared() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let apps = e2e::free_port();
+    let mut spec = WorkerSpec::ports("wild-ws", 1);
+    spec.frontend = TraefikFrontend::Wildcard { port: apps };
+    spec.wildcard_domain = Some(".ws.test".into());
+    let _w = stack.start_gated_worker(spec).await;
+    let http = e2e::no_redirect_client();
+    let (one, two) = (HttpEcho::start("one").await, HttpEcho::start("two").await);
+    let make = |sub: &str| json!({"open_to_public": true, "subdomain": sub});
+    let a = stack
+        .create_circuit(
+            "wild-ws",
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            one.port,
+            &make("a"),
+        )
+        .await;
+    let b = stack
+        .create_circuit(
+            "wild-ws",
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            two.port,
+            &make("b"),
+        )
+        .await;
+    // c shares a's backend.
+    let c = stack
+        .create_circuit(
+            "wild-ws",
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            one.port,
+            &make("c"),
+        )
+        .await;
+    let host = |sub: &str| format!("{sub}.ws.test:{apps}");
+    for sub in ["a", "b", "c"] {
+        wait_served(
+            &http,
+            apps,
+            &host(sub),
+            if sub == "b" { "two" } else { "one" },
+        )
+        .await;
+    }
+    let mut ws_a = e2e::ws_open_host(apps, &host("a"), None).await;
+    let mut ws_b = e2e::ws_open_host(apps, &host("b"), None).await;
+    for ws in [&mut ws_a, &mut ws_b] {
+        assert!(e2e::ws_echo(ws).await);
+    }
+    // a's backend is still used by c: deleting a leaves its connection (and c's) alone.
+    delete_circuit(&stack, &a).await;
+    assert!(
+        !e2e::ws_closed_within(&mut ws_a, Duration::from_secs(2)).await,
+        "a shared backend was cut"
+    );
+    let mut ws_c = e2e::ws_open_host(apps, &host("c"), None).await;
+    assert!(e2e::ws_echo(&mut ws_c).await);
+    // b's backend is b's alone: cut within 2 s.
+    delete_circuit(&stack, &b).await;
+    assert!(
+        e2e::ws_closed_within(&mut ws_b, Duration::from_secs(2)).await,
+        "the deleted subdomain circuit's WebSocket is still open"
+    );
+    assert!(e2e::ws_echo(&mut ws_c).await, "c's WebSocket was cut");
+    assert!(c["id"].is_string());
+}

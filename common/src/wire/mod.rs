@@ -328,8 +328,9 @@ pub struct EndedCircuit {
     pub id: Uuid,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<String>,
+    /// The entrypoint port of a port-mode circuit (its client connections are its alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_port: Option<u16>,
+    pub port: Option<u16>,
 }
 
 /// `GET /api/worker/{id}/circuits?view=map`: the worker's circuits and the ones that

@@ -255,7 +255,7 @@ impl Reconciler {
             backends: (c.routes.iter())
                 .map(|r| render::host_port(&r.kernel_host, r.kernel_port))
                 .collect(),
-            tcp_port: c.port().filter(|_| !c.protocol.is_http()),
+            port: c.port(),
         };
         let now = std::time::Instant::now();
         {
