@@ -41,7 +41,7 @@ pub fn group_of(rel_key: &str) -> Option<Group> {
     let (_proto, _kind, name) = (parts.next()?, parts.next()?, parts.next()?);
     match names::circuit_of_object(name) {
         Some(id) => Some(Group::Circuit(id)),
-        None if name == names::SENTINEL || name == names::SETUP || name == names::RETRY => {
+        None if [names::SENTINEL, names::SETUP, names::RETRY, names::CLOSED].contains(&name) => {
             Some(Group::Shared)
         }
         None => None,

@@ -332,6 +332,11 @@ fn a_worker_with_authgate_answers_unserved_addresses_with_the_closed_page() {
         get("http/middlewares/ap-closed/replacePath/path"),
         Some("/_appproxy/closed")
     );
+    // Its keys belong to the shared group (keys of no group are deleted as foreign).
+    assert!(
+        kv.keys().all(|k| group_of(k) == Some(Group::Shared)),
+        "{kv:?}"
+    );
     // Without a named authgate (a worker not registered by one), Traefik's own 404 stays.
     let bare = render_shared(&worker(FrontendMode::Port, Protocol::Http));
     assert!(!bare.keys().any(|k| k.contains("ap-closed")));
