@@ -69,10 +69,14 @@ pub fn patience() -> Duration {
     Duration::from_secs(secs)
 }
 
-/// A client that never follows redirects (tests look at every hop).
+/// A client that never follows redirects (tests look at every hop). Every request goes on a
+/// fresh connection: authgate cuts the connections of ended or revoked circuits, and a pooled
+/// one would be reset under the next request (a browser retries such a request on a new
+/// connection; reqwest does not).
 pub fn no_redirect_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client")

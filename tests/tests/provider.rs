@@ -894,7 +894,23 @@ async fn worker_api_health_and_bulk_delete(db: Db) {
         }
     };
     let (s, tag, body) = map(None).await;
-    assert_eq!((s, body.as_str()), (200, r#"{"circuits":[]}"#));
+    assert_eq!(s, 200, "{body}");
+    // No circuits; the three deleted ones are listed as ended (authgate cuts their
+    // connections), each with where its connections went.
+    let slim: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(slim["circuits"], json!([]), "{body}");
+    let mut ended: Vec<&str> = (slim["ended"].as_array().unwrap().iter())
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    ended.sort();
+    let mut deleted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    deleted.sort();
+    assert_eq!(ended, deleted, "{body}");
+    assert!(
+        (slim["ended"].as_array().unwrap().iter())
+            .all(|e| e["backends"] == json!(["127.0.0.1:9"]) && e["port"].is_u64()),
+        "{body}"
+    );
     assert!(
         tag.len() > 2 && tag.starts_with('"') && tag.ends_with('"'),
         "{tag}"
