@@ -494,6 +494,23 @@ async fn a_deleted_tcp_circuit_loses_its_open_connections() {
         tcp_echoes(&mut s2).await,
         "another TCP circuit's connection was cut"
     );
+    // Revoking a TCP circuit's owner cuts its connection too.
+    let owner = Uuid::new_v4();
+    let e3 = e2e::backends::TcpEcho::start("three").await;
+    let c3 = stack
+        .create_circuit("tcpw", owner, Uuid::new_v4(), e3.port, &tcp)
+        .await;
+    let mut s3 = tcp_open(circuit_port(&c3)).await;
+    assert!(tcp_echoes(&mut s3).await);
+    revoke_user(&stack, owner).await;
+    assert!(
+        e2e::ws_closed_within(&mut s3, Duration::from_secs(2)).await,
+        "the revoked owner's TCP connection is still open"
+    );
+    assert!(
+        tcp_echoes(&mut s2).await,
+        "another owner's TCP connection was cut"
+    );
 }
 
 /// Without CAP_NET_ADMIN nothing is cut, nothing breaks: the cut is counted as unsupported.
@@ -648,6 +665,15 @@ async fn a_closed_app_and_a_logged_out_user_are_told_so() {
     assert_eq!(s, 401);
     assert!(body.contains("You were logged out"), "{body}");
     assert!(body.contains(&format!("href=\"{login}\"")), "{body}");
+    let json_client = [("cookie", cookie.as_str()), ("accept", "application/json")];
+    let (s, _, body) = e2e::http_get(&http, curl, &json_client).await;
+    assert_eq!(s, 401);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["error_code"].as_str(), v["login_url"].as_str()),
+        (Some("E20005"), Some(login)),
+        "{v}"
+    );
 }
 
 /// Subdomain circuits share their entrypoint: an ended one is cut by its backend's address,
