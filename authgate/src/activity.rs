@@ -39,6 +39,9 @@ struct CircuitState {
     mapped: bool,
     /// When the state was created (epoch ms).
     since_ms: i64,
+    /// Login sessions (hashes) whose cookies opened WebSockets here (bounded): a revoked
+    /// login session's live connections are cut with their circuit's.
+    login_sessions: HashSet<String>,
 }
 
 /// A circuit that was never in a map (created after the last poll) keeps its WebSockets this
@@ -144,9 +147,12 @@ impl Activity {
     }
 
     /// An authorized WebSocket upgrade for `circuit` with `Sec-WebSocket-Key: key` at `now_ms`.
-    pub fn websocket_opened(&self, circuit: Uuid, key: &str, now_ms: i64) {
+    pub fn websocket_opened(&self, circuit: Uuid, key: &str, login_session: &str, now_ms: i64) {
         let mut s = self.lock();
         let c = s.entry(circuit, now_ms);
+        if !login_session.is_empty() && c.login_sessions.len() < MAX_WEBSOCKETS_PER_CIRCUIT {
+            c.login_sessions.insert(login_session.to_string());
+        }
         if c.websockets.len() < MAX_WEBSOCKETS_PER_CIRCUIT || c.websockets.contains_key(key) {
             *c.websockets.entry(key.to_string()).or_default() += 1;
         }
@@ -210,6 +216,16 @@ impl Activity {
         (s.map.ends.iter())
             .filter(|(id, _)| !except.contains(id))
             .flat_map(|(_, e)| e.backends.iter().cloned())
+            .collect()
+    }
+
+    /// The circuits where WebSockets of `login_session` were opened, with where their
+    /// connections go.
+    pub fn ends_of_login_session(&self, login_session: &str) -> Vec<(Uuid, crate::cut::Ends)> {
+        let s = self.lock();
+        (s.circuits.iter())
+            .filter(|(_, c)| c.login_sessions.contains(login_session))
+            .filter_map(|(id, _)| Some((*id, s.map.ends.get(id)?.clone())))
             .collect()
     }
 
@@ -471,9 +487,9 @@ mod tests {
         let a = Activity::new();
         let c = Uuid::new_v4();
         a.set_map(map_of(&[c]), 0);
-        a.websocket_opened(c, "k1", 1_000);
-        a.websocket_opened(c, "k2", 1_000);
-        a.websocket_opened(c, "k2", 1_000);
+        a.websocket_opened(c, "k1", "", 1_000);
+        a.websocket_opened(c, "k2", "", 1_000);
+        a.websocket_opened(c, "k2", "", 1_000);
         assert_eq!(a.take(10_000).circuits, vec![(c, 10_000, 0)]);
         a.apply(&ev(c, 11_000, true));
         a.websocket_ended(c, "k2");
@@ -500,10 +516,10 @@ mod tests {
         let a = Activity::new();
         let (gone, fresh, kept) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         a.set_map(map_of(&[gone, kept]), 0);
-        a.websocket_opened(gone, "k", 1_000);
-        a.websocket_opened(kept, "k", 1_000);
+        a.websocket_opened(gone, "k", "", 1_000);
+        a.websocket_opened(kept, "k", "", 1_000);
         // Opened before any map listed it: kept through a map that does not know it yet.
-        a.websocket_opened(fresh, "k", 1_000);
+        a.websocket_opened(fresh, "k", "", 1_000);
         a.take(1_500);
         a.set_map(map_of(&[kept]), 2_000);
         assert_eq!(a.open_websockets(gone), 0, "deleted circuit");

@@ -175,29 +175,60 @@ async fn start(
     ))
 }
 
-/// A revoked user's circuits lose their live connections (new requests are refused by the
-/// decision already). A revoked login session cannot be mapped to circuits here: its
-/// cookies are refused, its open connections end with their circuit or backend.
+/// A revoked user's circuits, and the circuits where a revoked login session opened
+/// WebSockets, lose their live connections (new requests are refused by the decision
+/// already). Looked up now and once more after the next map poll: a circuit created a moment
+/// ago may not be in this authgate's map yet.
 fn cut_on_revocation(
     activity: Arc<activity::Activity>,
     cutter: cut::Cutter,
 ) -> revocation::OnRevoked {
     Arc::new(move |event: &str| {
-        let Some(user) = event
-            .split_once('=')
-            .and_then(|(field, _)| field.strip_prefix("u:"))
-            .and_then(|u| uuid::Uuid::parse_str(u).ok())
-        else {
+        let Some((field, _)) = event.split_once('=') else {
             return;
         };
-        let owned = activity.ends_of_user(user);
-        let ids: Vec<uuid::Uuid> = owned.iter().map(|(id, _)| *id).collect();
-        let shared = activity.backends_except(&ids);
-        for (id, ends) in owned {
-            let (cutter, shared) = (cutter.clone(), shared.clone());
-            tokio::spawn(async move { cutter.cut(id, "owner revoked", &ends, &shared).await });
-        }
+        let field = field.to_string();
+        let (activity, cutter) = (activity.clone(), cutter.clone());
+        tokio::spawn(async move {
+            let mut done = std::collections::HashSet::new();
+            for round in 0..2 {
+                if round > 0 {
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                }
+                for (id, ends, shared) in revoked_ends(&activity, &field) {
+                    if done.insert(id) {
+                        let cutter = cutter.clone();
+                        tokio::spawn(async move {
+                            cutter.cut(id, "access revoked", &ends, &shared).await
+                        });
+                    }
+                }
+            }
+        });
     })
+}
+
+/// The circuits a revocation field (`u:<user>` or `l:<login session hash>`) ends, with their
+/// ends and the backends other circuits still use.
+fn revoked_ends(
+    activity: &activity::Activity,
+    field: &str,
+) -> Vec<(uuid::Uuid, cut::Ends, std::collections::HashSet<String>)> {
+    let ended = if let Some(user) = field.strip_prefix("u:") {
+        match uuid::Uuid::parse_str(user) {
+            Ok(u) => activity.ends_of_user(u),
+            Err(_) => return Vec::new(),
+        }
+    } else if let Some(ls) = field.strip_prefix("l:") {
+        activity.ends_of_login_session(ls)
+    } else {
+        return Vec::new();
+    };
+    let ids: Vec<uuid::Uuid> = ended.iter().map(|(id, _)| *id).collect();
+    let shared = activity.backends_except(&ids);
+    (ended.into_iter())
+        .map(|(id, ends)| (id, ends, shared.clone()))
+        .collect()
 }
 
 /// The plugin host and runner, with its directory rescanned every 2 s (none configured: none).

@@ -419,6 +419,26 @@ async fn ended_circuits_lose_their_open_websockets() {
         e2e::ws_closed_within(&mut ws_c, Duration::from_secs(2)).await,
         "the revoked owner's WebSocket is still open"
     );
+    // A revoked login session: the circuit where it opened a WebSocket loses its connections.
+    let d_app = HttpEcho::start("d").await;
+    let with_ls = json!({"login_session_token": "webui-ls-7"});
+    let d = stack
+        .create_circuit("ws", Uuid::new_v4(), Uuid::new_v4(), d_app.port, &with_ls)
+        .await;
+    let d_cookie = e2e::setup_cookie(&http, d["setup_url"].as_str().unwrap()).await;
+    let d_url = d["url"].as_str().unwrap();
+    e2e::wait_status(&http, d_url, &[("cookie", &d_cookie)], 200).await;
+    let mut ws_d = e2e::ws_open(circuit_port(&d), Some(&d_cookie)).await;
+    assert!(e2e::ws_echo(&mut ws_d).await);
+    let body = json!({"login_session_token": "webui-ls-7"});
+    let (s, v) = stack
+        .manager(Method::POST, "/v2/revocations", Some(&body))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        e2e::ws_closed_within(&mut ws_d, Duration::from_secs(2)).await,
+        "the revoked login session's WebSocket is still open"
+    );
     assert!(
         e2e::ws_echo(&mut ws_b).await,
         "another circuit's WebSocket was cut"

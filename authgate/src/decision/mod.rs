@@ -142,6 +142,8 @@ pub struct Allow {
     pub authorization: Option<String>,
     /// Who was let in (empty for preflight).
     pub user: String,
+    /// The login session (hash) of the cookie that let it in (empty when none).
+    pub login_session: String,
     /// An authorized WebSocket upgrade (`GET` with `Sec-WebSocket-Key`), by that key: it is
     /// activity until the access-log record of the same request arrives.
     pub websocket: Option<String>,
@@ -245,6 +247,7 @@ pub fn decide(
             .map(str::to_string),
         authorization: None,
         user: String::new(),
+        login_session: String::new(),
         websocket,
         preflight,
     };
@@ -256,11 +259,15 @@ pub fn decide(
     }
     match t.mode {
         Mode::Interactive => {
-            let user = by_cookie(&jar, t, keys, revoked)?;
+            let (user, login_session) = by_cookie(&jar, t, keys, revoked)?;
             if !same_origin_or_allowed(f, method, host, s) {
                 return Err(Deny::CrossOrigin);
             }
-            Ok(Allow { user, ..allow })
+            Ok(Allow {
+                user,
+                login_session,
+                ..allow
+            })
         }
         Mode::Inference => {
             let (user, raw) = by_token(f, t, keys, revoked)?;
@@ -274,9 +281,14 @@ pub fn decide(
     }
 }
 
-/// The user of the first of the circuit's cookies that verifies and is not revoked; else why
-/// none did (a revoked or bad cookie says more than none at all).
-fn by_cookie(jar: &Jar, t: Target, keys: &Keys, revoked: &Revocations) -> Result<String, Deny> {
+/// The user and login session of the first of the circuit's cookies that verifies and is not
+/// revoked; else why none did (a revoked or bad cookie says more than none at all).
+fn by_cookie(
+    jar: &Jar,
+    t: Target,
+    keys: &Keys,
+    revoked: &Revocations,
+) -> Result<(String, String), Deny> {
     let candidates = jar
         .candidates(t.circuit)
         .map_err(|_| Deny::BadCookieHeader)?;
@@ -284,7 +296,7 @@ fn by_cookie(jar: &Jar, t: Target, keys: &Keys, revoked: &Revocations) -> Result
     for value in candidates {
         match keys.verify_session(value, t.circuit, t.generation) {
             Ok(c) if revoked.is_revoked(&c.sub, &c.ls, c.iat) => last = Deny::Revoked,
-            Ok(c) => return Ok(c.sub),
+            Ok(c) => return Ok((c.sub, c.ls)),
             Err(e) if last == Deny::NoCookie => last = Deny::BadCookie(e),
             Err(_) => {}
         }

@@ -119,8 +119,9 @@ async fn allowed(
     }
     // An authorized WebSocket is activity until its request's access-log record.
     if let Some(key) = &a.websocket {
+        let now = crate::activity::now_ms();
         g.activity
-            .websocket_opened(t.circuit, key, crate::activity::now_ms());
+            .websocket_opened(t.circuit, key, &a.login_session, now);
     }
     let how = if a.user.is_empty() {
         "preflight"
