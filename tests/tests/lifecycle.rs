@@ -136,6 +136,14 @@ async fn a_frozen_worker_is_lost_gets_nothing_new_and_comes_back() {
         .manager(Method::POST, "/v2/circuits", Some(&auto))
         .await;
     assert_eq!(s, 503, "placement skips LOST workers");
+    // Interactive circuits on a lost worker are reported, not moved.
+    let path = format!("/health/circuits/{}", c["id"].as_str().unwrap());
+    let (s, v) = stack.manager(Method::GET, &path, None).await;
+    assert_eq!((s, v["worker_status"].as_str()), (200, Some("LOST")), "{v}");
+    assert!(
+        v["problem"].as_str().is_some_and(|p| p.contains("LOST")),
+        "{v}"
+    );
     // Nothing was deleted: the public circuit is still served by the worker's Traefik.
     e2e::wait_status(&http, &url, &[], 200).await;
     let health = endpoints_health(&stack, ep).await;

@@ -132,15 +132,14 @@ pub(super) async fn circuit(
     _: ManagerAuth,
     IdPath(id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
-    let c = state
-        .store
-        .get_circuit(id)
-        .await?
-        .ok_or(ApiError::NotFound("circuit"))?;
+    let (c, w) = state.circuits().get_with_worker(id).await?;
     Ok(Json(json!({
         "circuit_id": c.id,
         "endpoint_id": c.endpoint_id,
         "app_mode": c.app_mode.as_str(),
+        "worker": w.as_ref().map(|w| &w.authority),
+        "worker_status": w.as_ref().map(|w| w.status.as_str()),
+        "problem": stranded_reason(&c, w.as_ref()),
         "routes": routes_health(&state, &c),
     })))
 }
