@@ -18,6 +18,7 @@ install_deps() {
     command -v protoc >/dev/null || pkgs+=(protobuf-compiler)
     command -v openssl >/dev/null || pkgs+=(openssl)
     command -v setpriv >/dev/null || pkgs+=(util-linux)
+    command -v ss >/dev/null || pkgs+=(iproute2) # authgate cuts ended circuits' sockets with ss -K
     command -v curl >/dev/null || pkgs+=(curl)
     have_pg || pkgs+=(postgresql)
     # Browser tests (tests/tests/browser.rs) drive a real headless Chromium over WebDriver.
