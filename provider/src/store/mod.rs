@@ -30,6 +30,41 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct Store {
     pub(super) pool: AnyPool,
     db: DbMetrics,
+    /// For SQLite: an exclusive lock on `<file>.provider.lock`, held while this store lives.
+    _single_node: Option<std::sync::Arc<std::fs::File>>,
+}
+
+/// The file of a `sqlite:` URL (`None` for in-memory databases and other schemes).
+pub fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory"))
+        .then(|| path.to_string())
+}
+
+/// SQLite is single-node: take an exclusive lock next to the file, or refuse to start.
+fn lock_single_node(url: &str) -> Result<Option<std::sync::Arc<std::fs::File>>, StoreError> {
+    let Some(path) = sqlite_path(url) else {
+        return Ok(None);
+    };
+    let lock_path = format!("{path}.provider.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::InUse(format!("cannot open {lock_path}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(std::sync::Arc::new(file))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(format!(
+            "another provider already uses the SQLite database {path} (SQLite is single-node; \
+             run several providers on PostgreSQL)"
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::InUse(format!("cannot lock {lock_path}: {e}")))
+        }
+    }
 }
 
 /// Query timing for the provider's `/metrics`: `db_seconds{op}` and `db_errors_total{op,kind}`,
@@ -75,6 +110,7 @@ impl Store {
     /// Connect, tune SQLite, and apply the embedded migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
+        let single_node = lock_single_node(url)?;
         let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
@@ -102,6 +138,7 @@ impl Store {
         Ok(Store {
             pool,
             db: DbMetrics::new(),
+            _single_node: single_node,
         })
     }
 
@@ -156,6 +193,9 @@ pub enum StoreError {
     /// The endpoint already has its circuit (a concurrent first sync won): its id.
     #[error("endpoint already has circuit {0}")]
     EndpointTaken(uuid::Uuid),
+    /// Another provider process holds this SQLite database (SQLite is single-node).
+    #[error("{0}")]
+    InUse(String),
     /// A route id appears twice in one circuit.
     #[error("duplicate route id {0}")]
     DuplicateRoute(uuid::Uuid),
@@ -171,6 +211,7 @@ impl StoreError {
             StoreError::NoFreeSlot => "no_free_slot",
             StoreError::SlotTaken(_) => "slot_taken",
             StoreError::EndpointTaken(_) => "endpoint_taken",
+            StoreError::InUse(_) => "in_use",
             StoreError::DuplicateRoute(_) => "duplicate_route",
         }
     }

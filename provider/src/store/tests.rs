@@ -17,7 +17,7 @@ struct TempDb {
 
 impl Drop for TempDb {
     fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in ["", "-wal", "-shm", ".provider.lock"] {
             let mut p = self.path.clone().into_os_string();
             p.push(suffix);
             let _ = std::fs::remove_file(p);
@@ -327,4 +327,38 @@ async fn silent_workers_are_marked_lost_and_heartbeats_revive_them() {
         (back.status, back.nodes),
         (crate::domain::WorkerStatus::Alive, 1)
     );
+}
+
+/// SQLite is single-node: a second provider on the same database file is refused at start
+/// with a clear error (two reconcilers would fight over etcd); the file is free again once the
+/// first is gone.
+#[tokio::test]
+async fn a_second_provider_on_one_sqlite_file_is_refused() {
+    let path = std::env::temp_dir().join(format!("appproxy-lock-{}.db", Uuid::new_v4()));
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let first = Store::connect(&url, 2).await.expect("the first provider");
+    match Store::connect(&url, 2).await {
+        Err(StoreError::InUse(m)) => assert!(m.contains("another provider"), "{m}"),
+        Err(e) => panic!("unexpected: {e}"),
+        Ok(_) => panic!("a second store opened the same SQLite file"),
+    }
+    let _cleanup = TempDb {
+        store: first,
+        path: path.clone(),
+    };
+    drop(_cleanup);
+    let again = Store::connect(&url, 2)
+        .await
+        .expect("free once the first is gone");
+    let _cleanup = TempDb { store: again, path };
+    assert_eq!(sqlite_path("sqlite::memory:"), None);
+    assert_eq!(
+        sqlite_path("sqlite://a/b.db?mode=rwc").as_deref(),
+        Some("a/b.db")
+    );
+    assert_eq!(
+        sqlite_path("sqlite:///abs/c.db").as_deref(),
+        Some("/abs/c.db")
+    );
+    assert_eq!(sqlite_path("postgres://x/y"), None);
 }
