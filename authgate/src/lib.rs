@@ -2,13 +2,15 @@
 //!
 //! - [`decision`] (pure): the ForwardAuth decision from the forwarded request, the target in
 //!   the forwardAuth address, [`token`] keys, [`cookie`] parsing and the [`revocation`] set.
-//! - [`http`]: the thin axum shell (`/auth`, `/_appproxy/setup`, `/setup`, `/health`,
-//!   `/metrics`); [`setup`]: its I/O (Redis use counts, waiting for Traefik); [`error`]: the
-//!   only status mapping.
+//! - [`http`]: the thin axum shell, one file per route family (`/auth`, `/_appproxy/setup`,
+//!   `/_appproxy/login`, `/_appproxy/closed`, `/setup`, `/health`, `/metrics`, `/v1/logs`);
+//!   [`setup`]: refusals and I/O (Redis use counts, waiting for Traefik); [`error`]: the only
+//!   status mapping.
 //! - [`ingest`] (pure): Traefik's OTLP access-log export → per-circuit events;
 //!   [`activity`]: in-memory activity (requests, WebSocket refcounts, TCP connections) flushed
 //!   to Redis every second.
 //! - [`worker`]: registration, heartbeats (with ingest health), circuit map and route health.
+//! - [`cut`]: ending the live connections of ended circuits (`SOCK_DESTROY` via `ss -K`).
 //! - [`traefik_config`] (pure): the co-located Traefik's static configuration.
 
 pub mod activity;
