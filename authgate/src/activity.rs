@@ -187,9 +187,8 @@ impl Activity {
     /// A new circuit map, fetched at `now_ms`. Circuits that left it are deleted: their
     /// WebSockets no longer count (a socket Traefik still holds must not keep anything
     /// alive), and their state goes once it has nothing left to flush. A circuit never seen in
-    /// a map may be newer than the map and keeps its sockets for [`UNMAPPED_GRACE_MS`].
-    /// Install a new circuit map; returns the circuits it no longer lists, with where their
-    /// connections went (to be cut).
+    /// a map may be newer than the map and keeps its sockets for `UNMAPPED_GRACE_MS`. Returns
+    /// the circuits the new map no longer lists, with where their connections went (to be cut).
     pub fn set_map(&self, map: CircuitMap, now_ms: i64) -> Vec<(Uuid, crate::cut::Ends)> {
         let mut s = self.lock();
         let ended: Vec<(Uuid, crate::cut::Ends)> = (s.map.ends.iter())

@@ -1,12 +1,12 @@
 //! authgate's HTTP surface, one file per route family:
-//! - [`forward_auth`]: `GET /auth/{circuit}?g=&m=` — ForwardAuth, and [`plugin`], its plugin
+//! - `forward_auth`: `GET /auth/{circuit}?g=&m=` — ForwardAuth, and `plugin`, its plugin
 //!   stage;
-//! - [`setup`]: `GET /_appproxy/setup?token=` on every app origin (through the setup router) and
+//! - `setup`: `GET /_appproxy/setup?token=` on every app origin (through the setup router) and
 //!   Backend.AI's `GET /setup?token=` on the API port;
-//! - [`login`]: `GET /_appproxy/login?circuit=&next=` — a launch bound to this browser;
-//! - [`closed`]: `/_appproxy/closed` — the page for addresses no circuit serves (any more);
-//! - [`admin`]: `/health`, `/plugins`, `/metrics` — on the API port only;
-//! - [`ingest`]: `POST /v1/logs` — Traefik's access-log export, on the ingest listener only.
+//! - `login`: `GET /_appproxy/login?circuit=&next=` — a launch bound to this browser;
+//! - `closed`: `/_appproxy/closed` — the page for addresses no circuit serves (any more);
+//! - `admin`: `/health`, `/plugins`, `/metrics` — on the API port only;
+//! - `ingest`: `POST /v1/logs` — Traefik's access-log export, on the ingest listener only.
 //!
 //! Every refusal is a `GateError` (one status mapping, HTML for browsers, JSON for clients).
 
