@@ -1,8 +1,10 @@
 //! Session lifecycle from Backend.AI's own event bus: an unchanged Manager (26.9.6) never tells
 //! the coordinator that a session ended, but it announces every status change on its Redis
 //! (`../shared/reference/backendai-events.md`). The provider listens as a third party — a plain
-//! `SUBSCRIBE events_all`, nothing the Manager owns changes — and removes the circuits of a
-//! session that ended, with their activity keys.
+//! `SUBSCRIBE events_all`, nothing the Manager owns changes — and removes the interactive
+//! circuits of a session that ended, with their activity keys. Inference circuits stay: the
+//! Manager manages an endpoint's replicas over HTTP, and a replica's session ending must not
+//! take the endpoint down.
 //!
 //! Signals: `scheduling` with `status_transition` TERMINATED, CANCELLED or ERROR (the Manager),
 //! and `kernel_terminated` (the Agent; circuits route to a session's main kernel, so its end
@@ -135,7 +137,7 @@ impl Listener {
                 return "junk";
             }
         };
-        match self.circuits().end_session(session_id).await {
+        match self.circuits().end_interactive_session(session_id).await {
             Ok(ids) if ids.is_empty() => "ended_none",
             Ok(ids) => {
                 tracing::info!(session = %session_id, circuits = ids.len(), why, "Session ended: its circuits removed");

@@ -326,8 +326,40 @@ async fn ended_backendai_sessions_remove_their_circuits() {
     })
     .await;
 
+    // An inference endpoint with a replica in s1: a replica's session ending must not take
+    // the endpoint down (the Manager manages replicas over HTTP).
+    let ep = Uuid::new_v4();
+    let (s, v) = stack
+        .manager(
+            Method::POST,
+            &format!("/v2/endpoints/{ep}"),
+            Some(&endpoint(ep, "llm")),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let routes = json!({"endpoints": [{"deployment_id": ep, "routes": [
+        {"session_id": s1, "route_id": Uuid::new_v4(), "kernel_host": "127.0.0.1", "kernel_port": 9}]}]});
+    let (s, _) = stack
+        .manager(Method::POST, "/v2/endpoints/bulk/routes", Some(&routes))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(circuits_of(&stack, s1).await, 3);
+
     publish(scheduling(s1, "TERMINATED")).await;
-    gone_within(&stack, s1, Duration::from_secs(2)).await;
+    eventually(
+        "s1's interactive circuits removed",
+        Duration::from_secs(2),
+        || async { (circuits_of(&stack, s1).await == 1).then_some(()) },
+    )
+    .await;
+    let (s, v) = stack
+        .manager(Method::GET, &format!("/v2/circuits?session_id={s1}"), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["circuits"][0]["app_mode"], "inference",
+        "the endpoint stays: {v}"
+    );
     publish(kernel_terminated(s3)).await;
     gone_within(&stack, s3, Duration::from_secs(2)).await;
     // RUNNING, junk and unknown events change nothing.

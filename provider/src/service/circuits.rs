@@ -289,6 +289,27 @@ impl<'a> Circuits<'a> {
         Ok(ids)
     }
 
+    /// A Backend.AI session ended (its event): remove the *interactive* circuits that route to
+    /// it, with their activity keys. Inference circuits stay: the Manager changes an endpoint's
+    /// replicas over HTTP, and one replica's session ending must not take the endpoint down.
+    pub async fn end_interactive_session(&self, session_id: Uuid) -> Result<Vec<Uuid>, ApiError> {
+        let filter = CircuitFilter {
+            session_id: Some(session_id),
+            ..Default::default()
+        };
+        let ids: Vec<Uuid> = (self.store.list_circuits(&filter).await?.into_iter())
+            .filter(|c| c.app_mode == AppMode::Interactive)
+            .map(|c| c.id)
+            .collect();
+        let gone = self.remove(None, &ids).await?;
+        if self.activity.configured()
+            && let Err(e) = self.activity.clear_session(session_id).await
+        {
+            tracing::warn!(error = %e, session = %session_id, "Could not clear activity keys");
+        }
+        Ok(gone.iter().map(|c| c.id).collect())
+    }
+
     /// Backend.AI's circuit statistics: requests, last access (epoch ms) and the seconds until
     /// the idle reaper may take it (`None` for inference circuits).
     pub async fn statistics(
