@@ -402,6 +402,9 @@ impl Role {
         let now = tokio::time::Instant::now();
         self.cut
             .retain(|_, at| now.duration_since(*at) < Duration::from_secs(120));
+        if ended.is_empty() {
+            return;
+        }
         let shared = self.activity.backends_except(&[]);
         for (id, ends) in ended {
             if self.cut.insert(id, now).is_some() {

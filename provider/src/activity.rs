@@ -1,6 +1,7 @@
 //! Activity as authgates record it in Redis (`circuit.<id>.last_access`, `.requests`,
 //! `session.<id>.last_access`), each worker's ingest health from its heartbeats, and the idle
-//! reaper that removes interactive circuits (HTTP and TCP) idle beyond their timeout.
+//! reaper's pass (`reap_once`, run by `background`) that finds interactive circuits (HTTP and
+//! TCP) idle beyond their timeout.
 //!
 //! The reaper fails safe: no pass while Redis is unreachable, and no circuit of a worker whose
 //! ingest is stale (no heartbeat with a recent successful flush) is ever touched, since "no
@@ -13,13 +14,10 @@ use std::{
 };
 
 use redis::AsyncCommands;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
     domain::{AppMode, Circuit, WorkerStatus},
-    metrics::Metrics,
-    reconcile::Reconciler,
     store::{Store, now_ms},
 };
 
@@ -189,40 +187,6 @@ pub fn remaining_secs(c: &Circuit, s: &Stats, default_timeout: u64, now: i64) ->
     let timeout = c.idle_timeout.unwrap_or(default_timeout) as i64;
     let last = s.last_access_ms.unwrap_or(0).max(c.created_at_ms);
     Some(timeout - (now - last) / 1000)
-}
-
-/// Remove idle interactive circuits until `shutdown`.
-#[allow(clippy::too_many_arguments)]
-pub async fn reaper(
-    store: Store,
-    activity: ActivityStore,
-    ingest: IngestHealth,
-    reconciler: Arc<Reconciler>,
-    metrics: Metrics,
-    settings: ReaperSettings,
-    shutdown: watch::Receiver<bool>,
-) {
-    use appproxy_common::shutdown::{First, every};
-    let interval = settings.interval;
-    every(interval, First::AfterInterval, shutdown, || async {
-        match reap_once(&store, &activity, &ingest, &settings).await {
-            Ok(gone) if gone.is_empty() => {}
-            Ok(gone) => {
-                for c in &gone {
-                    tracing::info!(circuit = %c.id, app = %c.app, "Idle circuit reclaimed");
-                    reconciler.circuit_gone(c.worker_id, c);
-                }
-                metrics.circuits_reclaimed.inc_by(gone.len() as u64);
-                metrics.circuits_deleted.inc_by(gone.len() as u64);
-                let ids: Vec<Uuid> = gone.iter().map(|c| c.id).collect();
-                if let Err(e) = activity.clear_circuits(&ids).await {
-                    tracing::warn!(error = %e, "Could not clear reclaimed circuits' activity");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "Idle reaper skipped a pass"),
-        }
-    })
-    .await;
 }
 
 /// One pass; returns the circuits removed. Any Redis error aborts the pass before deleting.

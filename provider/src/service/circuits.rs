@@ -246,9 +246,19 @@ impl<'a> Circuits<'a> {
         Ok(gone)
     }
 
+    /// Remove an ended session's activity key (best effort: it expires on its own after 2
+    /// days; the session is gone either way).
+    async fn forget_session(&self, session_id: Uuid) {
+        if self.activity.configured()
+            && let Err(e) = self.activity.clear_session(session_id).await
+        {
+            tracing::warn!(error = %e, session = %session_id, "Could not clear activity keys");
+        }
+    }
+
     /// Remove the activity keys of circuits that are gone (best effort: they expire on their
     /// own after 2 days).
-    async fn forget_activity(&self, ids: &[Uuid]) {
+    pub async fn forget_activity(&self, ids: &[Uuid]) {
         if ids.is_empty() || !self.activity.configured() {
             return;
         }
@@ -280,12 +290,7 @@ impl<'a> Circuits<'a> {
         self.settle(&gone);
         let ids: Vec<Uuid> = gone.iter().map(|c| c.id).collect();
         self.forget_activity(&ids).await;
-        if self.activity.configured()
-            && let Err(e) = self.activity.clear_session(session_id).await
-        {
-            // The keys expire on their own (2 days); the session is gone either way.
-            tracing::warn!(error = %e, session = %session_id, "Could not clear activity keys");
-        }
+        self.forget_session(session_id).await;
         Ok(ids)
     }
 
@@ -302,11 +307,7 @@ impl<'a> Circuits<'a> {
             .map(|c| c.id)
             .collect();
         let gone = self.remove(None, &ids).await?;
-        if self.activity.configured()
-            && let Err(e) = self.activity.clear_session(session_id).await
-        {
-            tracing::warn!(error = %e, session = %session_id, "Could not clear activity keys");
-        }
+        self.forget_session(session_id).await;
         Ok(gone.iter().map(|c| c.id).collect())
     }
 
