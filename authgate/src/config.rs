@@ -107,6 +107,8 @@ impl PluginsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
+    /// The provider's base URL, or several replicas' separated by commas (requests go to
+    /// the one that answered last; a replica that does not answer is skipped).
     pub url: String,
     /// This worker's credential (`apw1.…`, from `POST /v2/workers/credentials`) or the
     /// provider's legacy shared token.
@@ -124,8 +126,11 @@ impl ProviderConfig {
         if self.worker_token.len() < 16 {
             errs.push("provider.worker_token must be at least 16 characters".into());
         }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            errs.push("provider.url must be an http(s) URL".into());
+        let urls = crate::worker::provider_urls(&self.url);
+        if urls.is_empty()
+            || !(urls.iter()).all(|u| u.starts_with("http://") || u.starts_with("https://"))
+        {
+            errs.push("provider.url must be an http(s) URL (or several, comma-separated)".into());
         }
         if !(1..=300).contains(&self.heartbeat_seconds) {
             errs.push("provider.heartbeat_seconds must be 1-300".into());

@@ -32,18 +32,49 @@ pub fn registration(cfg: &Config) -> WorkerSpec {
     }
 }
 
+/// The provider's API, at one of several replicas: requests go to the one that answered
+/// last; a transport failure moves on to the next (each replica serves the whole API).
 struct Client {
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     token: String,
 }
 
 impl Client {
-    /// A request to the provider's `path`, with the worker token.
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base.trim_end_matches('/')))
-            .header("X-BackendAI-Token", &self.token)
+    fn new(http: reqwest::Client, urls: &str, token: String) -> Client {
+        Client {
+            http,
+            bases: provider_urls(urls),
+            current: std::sync::atomic::AtomicUsize::new(0),
+            token,
+        }
+    }
+
+    /// Send the request `build` makes for a base URL, trying each replica once from the
+    /// current one until one answers.
+    async fn execute(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, String> {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = String::new();
+        for k in 0..self.bases.len() {
+            let i = (start + k) % self.bases.len();
+            let base = self.bases[i].trim_end_matches('/');
+            match build(base)
+                .header("X-BackendAI-Token", &self.token)
+                .send()
+                .await
+            {
+                Ok(resp) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(e) => last = format!("{base}: {e}"),
+            }
+        }
+        Err(last)
     }
 
     async fn send<B: serde::Serialize>(
@@ -52,11 +83,15 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<(u16, Value), String> {
-        let mut req = self.request(method, path);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .execute(|base| {
+                let req = self.http.request(method.clone(), format!("{base}{path}"));
+                match body {
+                    Some(b) => req.json(b),
+                    None => req,
+                }
+            })
+            .await?;
         let status = resp.status().as_u16();
         let v = resp.json::<Value>().await.unwrap_or(Value::Null);
         Ok((status, v))
@@ -69,11 +104,15 @@ impl Client {
         etag: Option<&str>,
     ) -> Result<Option<(WorkerMap, Option<String>)>, String> {
         let path = format!("/api/worker/{worker}/circuits?view=map");
-        let mut req = self.request(reqwest::Method::GET, &path);
-        if let Some(e) = etag {
-            req = req.header(reqwest::header::IF_NONE_MATCH, e);
-        }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .execute(|base| {
+                let req = self.http.get(format!("{base}{path}"));
+                match etag {
+                    Some(e) => req.header(reqwest::header::IF_NONE_MATCH, e),
+                    None => req,
+                }
+            })
+            .await?;
         match resp.status().as_u16() {
             304 => Ok(None),
             200 => {
@@ -112,6 +151,14 @@ impl Client {
             ))),
         }
     }
+}
+
+/// The replicas of `provider.url`: one URL, or several separated by commas.
+pub fn provider_urls(url: &str) -> Vec<String> {
+    (url.split(','))
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// Why registration failed.
@@ -283,14 +330,11 @@ impl Role {
         activity: Arc<Activity>,
         cutter: crate::cut::Cutter,
     ) -> Role {
-        let client = Client {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("http client"),
-            base: cfg.provider.url.clone(),
-            token: cfg.provider.worker_token.clone(),
-        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
+        let client = Client::new(http, &cfg.provider.url, cfg.provider.worker_token.clone());
         let beat = Duration::from_secs(cfg.provider.heartbeat_seconds);
         Role {
             client,

@@ -1,5 +1,5 @@
 //! Activity as authgates record it in Redis (`circuit.<id>.last_access`, `.requests`,
-//! `session.<id>.last_access`), each worker's ingest health from its heartbeats, and the idle
+//! `session.<id>.last_access`), whether a worker's ingest is fresh enough to trust, and the idle
 //! reaper's pass (`reap_once`, run by `background`) that finds interactive circuits (HTTP and
 //! TCP) idle beyond their timeout.
 //!
@@ -7,65 +7,23 @@
 //! ingest is stale (no heartbeat with a recent successful flush) is ever touched, since "no
 //! activity recorded" then means "unknown", not "idle".
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use uuid::Uuid;
 
 use crate::{
     domain::{AppMode, Circuit, WorkerStatus},
-    store::{Store, now_ms},
+    store::{IngestReport, Store, now_ms},
 };
 
-/// A worker's ingest health as its authgate last reported it.
-#[derive(Debug, Clone, Copy)]
-pub struct Ingest {
-    pub reported_ms: i64,
-    pub redis_ok: bool,
-    /// When authgate last flushed activity to Redis successfully (epoch ms, 0 = never).
-    pub last_flush_ms: i64,
-}
-
-/// Worker → latest ingest report (in memory: re-sent with every heartbeat).
-#[derive(Clone, Default)]
-pub struct IngestHealth {
-    inner: Arc<RwLock<HashMap<Uuid, Ingest>>>,
-}
-
-impl IngestHealth {
-    /// Record the `ingest` object of a heartbeat body, if present.
-    pub fn report(&self, worker: Uuid, body: &appproxy_common::wire::Heartbeat) {
-        let Some(i) = body.ingest else {
-            return;
-        };
-        let report = Ingest {
-            reported_ms: now_ms(),
-            redis_ok: i.redis_ok,
-            last_flush_ms: i.last_flush_ms,
-        };
-        self.inner
-            .write()
-            .expect("ingest lock")
-            .insert(worker, report);
-    }
-
-    /// Whether the worker's activity data can be trusted at `now`: a report within
-    /// `max_lag_ms`, Redis reachable from authgate, and a flush within `max_lag_ms`.
-    pub fn fresh(&self, worker: Uuid, now: i64, max_lag_ms: i64) -> bool {
-        self.inner
-            .read()
-            .expect("ingest lock")
-            .get(&worker)
-            .is_some_and(|i| {
-                i.redis_ok
-                    && now - i.reported_ms <= max_lag_ms
-                    && now - i.last_flush_ms <= max_lag_ms
-            })
-    }
+/// Whether a worker's activity data can be trusted at `now`, from its last ingest report
+/// (kept in SQL: heartbeats reach any provider, the leader reaps): a report within
+/// `max_lag_ms`, Redis reachable from authgate, and a flush within `max_lag_ms`.
+pub fn ingest_fresh(report: Option<&IngestReport>, now: i64, max_lag_ms: i64) -> bool {
+    report.is_some_and(|i| {
+        i.redis_ok && now - i.reported_ms <= max_lag_ms && now - i.last_flush_ms <= max_lag_ms
+    })
 }
 
 /// Reads and clears activity keys.
@@ -193,13 +151,14 @@ pub fn remaining_secs(c: &Circuit, s: &Stats, default_timeout: u64, now: i64) ->
 pub async fn reap_once(
     store: &Store,
     activity: &ActivityStore,
-    ingest: &IngestHealth,
     s: &ReaperSettings,
 ) -> anyhow::Result<Vec<Circuit>> {
     let mut idle = Vec::new();
+    let ingest = store.ingest_reports().await?;
     for w in store.list_workers().await? {
         let now = now_ms();
-        if w.status != WorkerStatus::Alive || !ingest.fresh(w.id, now, s.max_ingest_lag_ms) {
+        let fresh = ingest_fresh(ingest.get(&w.id), now, s.max_ingest_lag_ms);
+        if w.status != WorkerStatus::Alive || !fresh {
             continue;
         }
         let circuits: Vec<Circuit> = store
@@ -271,27 +230,26 @@ mod tests {
 
     #[test]
     fn ingest_is_fresh_only_with_recent_successful_flushes() {
-        use appproxy_common::wire::{Heartbeat, IngestHealth as IngestReport};
-        let h = IngestHealth::default();
-        let w = Uuid::new_v4();
-        assert!(!h.fresh(w, now_ms(), 30_000), "never reported");
-        let hb = |redis_ok: bool, last_flush_ms: i64| Heartbeat {
-            ingest: Some(IngestReport {
-                redis_ok,
-                last_flush_ms,
-                lag_seconds: None,
-            }),
+        let now = now_ms();
+        let report = |redis_ok: bool, last_flush_ms: i64| IngestReport {
+            reported_ms: now,
+            redis_ok,
+            last_flush_ms,
         };
-        h.report(w, &hb(true, now_ms()));
-        assert!(h.fresh(w, now_ms(), 30_000));
-        h.report(w, &hb(false, now_ms()));
-        assert!(!h.fresh(w, now_ms(), 30_000), "Redis down at the worker");
-        h.report(w, &hb(true, 1));
-        assert!(!h.fresh(w, now_ms(), 30_000), "flushes stalled");
-        h.report(w, &Heartbeat::default());
+        assert!(!ingest_fresh(None, now, 30_000), "never reported");
+        assert!(ingest_fresh(Some(&report(true, now)), now, 30_000));
         assert!(
-            !h.fresh(w, now_ms(), 30_000),
-            "a body without ingest changes nothing"
+            !ingest_fresh(Some(&report(false, now)), now, 30_000),
+            "Redis down at the worker"
         );
+        assert!(
+            !ingest_fresh(Some(&report(true, 1)), now, 30_000),
+            "flushes stalled"
+        );
+        let old = IngestReport {
+            reported_ms: now - 31_000,
+            ..report(true, now)
+        };
+        assert!(!ingest_fresh(Some(&old), now, 30_000), "no recent report");
     }
 }

@@ -1,7 +1,11 @@
-//! The provider's background work, started in one place and stopped together: the
-//! reconciler, grant GC, worker liveness and, when configured, the revocation pruner, the idle
-//! reaper and Backend.AI's event listener. Periodic jobs run through
-//! `appproxy_common::shutdown::every` and act through the same services as the handlers.
+//! The provider's background work, started in one place and stopped together.
+//!
+//! Every replica runs the leader election, the etcd quorum probe and (on PostgreSQL) the
+//! nudge exchange with the other replicas. The leader's duties — the reconciler, grant GC,
+//! worker liveness and, when configured, the revocation pruner, the idle reaper and
+//! Backend.AI's event listener — start when this replica wins a term and stop when it ends
+//! (`lead`). Periodic jobs run through `appproxy_common::shutdown::every` and act through the
+//! same services as the handlers.
 
 use std::time::{Duration, Instant};
 
@@ -9,46 +13,151 @@ use appproxy_common::shutdown::{First, every};
 use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
 
-use crate::{activity, api::AppState, events, revoke};
+use crate::{
+    activity,
+    api::AppState,
+    etcd::Fence,
+    events,
+    leader::{Election, Role},
+    nudges, revoke,
+};
 
-/// Start every background task over `state`'s handles; abort them when serving ends.
+/// Start the election and every task of this replica over `state`'s handles (`role` is the
+/// election's side of `state.leadership`); abort them when serving ends.
 pub fn spawn(
     state: &AppState,
+    role: watch::Sender<Role>,
     shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+) -> Vec<JoinHandle<()>> {
+    let cfg = &state.config;
+    let election = Election {
+        kv: state.etcd.clone(),
+        key: format!("{}leader", cfg.etcd.control_prefix),
+        node: state.leadership.node().to_string(),
+        ttl: Duration::from_secs(cfg.ha.lease_ttl_seconds),
+    };
+    let mut tasks = vec![
+        tokio::spawn(election.run(role, shutdown.clone())),
+        tokio::spawn(quorum(state.clone(), shutdown.clone())),
+        tokio::spawn(lead(state.clone(), shutdown.clone())),
+    ];
+    let (store, reconciler, metrics) = (&state.store, &state.reconciler, &state.metrics);
+    if let Some(t) = nudges::start(&cfg.database.url, store, reconciler, metrics) {
+        tasks.extend(t);
+    }
+    tasks
+}
+
+/// One term of leadership: its duties and how to stop them.
+struct Term {
+    fence: Fence,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Term {
+    fn start(state: &AppState, fence: Fence) -> Term {
+        state.reconciler.begin_term(fence.clone());
+        state.metrics.leader.set(1);
+        state.metrics.leader_terms.inc();
+        let (stop, rx) = watch::channel(false);
+        Term {
+            fence,
+            stop,
+            tasks: duties(state, &rx),
+        }
+    }
+
+    fn end(self, state: &AppState) {
+        state.reconciler.end_term();
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.abort();
+        }
+        state.metrics.leader.set(0);
+    }
+}
+
+/// Run the leader's duties exactly while this replica leads.
+async fn lead(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut role = state.leadership.subscribe();
+    let mut term: Option<Term> = None;
+    loop {
+        let now = role.borrow_and_update().clone();
+        if let Some(t) = term.take() {
+            match &now {
+                Role::Leader(f) if *f == t.fence => term = Some(t),
+                _ => t.end(&state),
+            }
+        }
+        if let (Role::Leader(fence), None) = (&now, &term) {
+            term = Some(Term::start(&state, fence.clone()));
+        }
+        tokio::select! {
+            changed = role.changed() => if changed.is_err() { break },
+            _ = shutdown.wait_for(|v| *v) => break,
+        }
+    }
+    if let Some(t) = term {
+        t.end(&state);
+    }
+}
+
+/// The leader's duties, stopped by `stop`.
+fn duties(state: &AppState, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let cfg = &state.config;
     let mut tasks = vec![
-        tokio::spawn(state.reconciler.clone().run(shutdown.clone())),
-        tokio::spawn(gc_tokens(state.clone(), shutdown.clone())),
-        tokio::spawn(liveness(state.clone(), shutdown.clone())),
+        tokio::spawn(state.reconciler.clone().run(stop.clone())),
+        tokio::spawn(gc(state.clone(), stop.clone())),
+        tokio::spawn(liveness(state.clone(), stop.clone())),
     ];
     if state.revoker.configured() {
         tasks.push(tokio::spawn(revoke::pruner(
             state.revoker.clone(),
             Duration::from_secs(cfg.auth.revocation_retention_seconds),
             Duration::from_secs(cfg.auth.revocation_prune_interval_seconds),
-            shutdown.clone(),
+            stop.clone(),
         )));
     }
     if state.activity.configured() {
-        tasks.push(tokio::spawn(reaper(state.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(reaper(state.clone(), stop.clone())));
     }
     if let Some(url) = &cfg.backendai.events_redis_url {
-        let listener = events::Listener {
-            store: state.store.clone(),
-            reconciler: state.reconciler.clone(),
-            metrics: state.metrics.clone(),
-            activity: state.activity.clone(),
-        };
-        let client = redis::Client::open(url.as_str())?;
-        tasks.push(tokio::spawn(listener.run(client, shutdown.clone())));
+        match redis::Client::open(url.as_str()) {
+            Ok(client) => {
+                let listener = events::Listener {
+                    state: state.clone(),
+                };
+                tasks.push(tokio::spawn(listener.run(client, stop.clone())));
+            }
+            Err(e) => tracing::error!(error = %e, "Cannot follow Backend.AI's event bus"),
+        }
     }
-    Ok(tasks)
+    tasks
 }
 
-/// Mark silent workers `LOST` (see `service::liveness`). Not before this process has run for
-/// the timeout: after a provider restart, workers' last heartbeats are as old as the outage,
-/// and they must get one timeout to reach this process again.
+/// Probe etcd every second with a read that needs a quorum; while it fails, creates are
+/// refused with a 503.
+async fn quorum(state: AppState, shutdown: watch::Receiver<bool>) {
+    let key = format!("{}leader", state.config.etcd.control_prefix);
+    every(Duration::from_secs(1), First::Now, shutdown, || async {
+        let probe = state.etcd.quorum(&key, Duration::from_secs(2)).await;
+        let ok = probe.is_ok();
+        state.metrics.etcd_quorum.set(i64::from(ok));
+        if state.quorum.set(ok) {
+            match probe {
+                Ok(()) => tracing::info!("etcd has a quorum again"),
+                Err(e) => tracing::warn!(error = %e, "etcd has no quorum; creates are refused"),
+            }
+        }
+    })
+    .await;
+}
+
+/// Mark silent workers `LOST` (see `service::liveness`). Not before this term has lasted the
+/// timeout: after an outage of the control plane (or a failover that made the workers'
+/// provider unreachable), workers' last heartbeats are as old as the outage, and they must
+/// get one timeout to reach a provider again.
 async fn liveness(state: AppState, shutdown: watch::Receiver<bool>) {
     let timeout = Duration::from_secs(state.config.worker.heartbeat_timeout_seconds);
     let started = Instant::now();
@@ -81,8 +190,7 @@ async fn reaper(state: AppState, shutdown: watch::Receiver<bool>) {
         First::AfterInterval,
         shutdown,
         || async {
-            let (store, ingest) = (&state.store, &state.ingest);
-            match activity::reap_once(store, &state.activity, ingest, &settings).await {
+            match activity::reap_once(&state.store, &state.activity, &settings).await {
                 Ok(gone) if gone.is_empty() => {}
                 Ok(gone) => {
                     for c in &gone {
@@ -101,13 +209,18 @@ async fn reaper(state: AppState, shutdown: watch::Receiver<bool>) {
     .await;
 }
 
-/// Delete expired `/v2/conf` grants every minute.
-async fn gc_tokens(state: AppState, shutdown: watch::Receiver<bool>) {
+/// Every minute: delete expired `/v2/conf` grants and forget circuits that ended long enough
+/// ago to have left every worker's map.
+async fn gc(state: AppState, shutdown: watch::Receiver<bool>) {
     every(Duration::from_secs(60), First::Now, shutdown, || async {
         match state.store.gc_tokens().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "Expired conf tokens removed"),
             Err(e) => tracing::warn!(error = %e, "Token GC failed"),
+        }
+        let before = crate::store::now_ms() - 2 * crate::store::ENDED_LISTED_MS;
+        if let Err(e) = state.store.gc_ended(before).await {
+            tracing::warn!(error = %e, "Ended-circuit GC failed");
         }
     })
     .await;

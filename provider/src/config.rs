@@ -46,6 +46,59 @@ pub struct Config {
     pub worker: WorkerLiveness,
     #[serde(default)]
     pub backendai: BackendAiConfig,
+    #[serde(default)]
+    pub ha: HaConfig,
+}
+
+/// Several providers on one PostgreSQL: every replica serves the API; one, elected with an
+/// etcd lease on `<control_prefix>leader`, writes Traefik's config and runs the background
+/// duties. A single provider elects itself the same way.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaConfig {
+    /// This replica's name in the election (and in `/status`); default `<hostname>:<port>`.
+    /// Must differ between replicas: a replica that finds its own name on the leader key at
+    /// start takes the key over at once (it is its own previous process).
+    pub node_id: Option<String>,
+    /// The leader's lease: a leader that cannot renew it for this long stops writing, and a
+    /// follower takes over at most this long after the leader died.
+    pub lease_ttl_seconds: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            lease_ttl_seconds: 5,
+        }
+    }
+}
+
+impl HaConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        if !(2..=60).contains(&self.lease_ttl_seconds) {
+            errs.push("ha.lease_ttl_seconds must be 2-60".into());
+        }
+        if let Some(n) = &self.node_id
+            && (n.is_empty() || n.len() > 128 || n.chars().any(|c| c.is_control()))
+        {
+            errs.push("ha.node_id must be 1-128 printable characters".into());
+        }
+    }
+}
+
+impl Config {
+    /// This replica's election name: `ha.node_id`, or `<hostname>:<listen port>`.
+    pub fn node_id(&self) -> String {
+        self.ha.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "provider".into());
+            format!("{host}:{}", self.listen.port())
+        })
+    }
 }
 
 /// Backend.AI integration: the Manager's event bus (its stream-role Redis, DB 4 in a default
@@ -438,6 +491,7 @@ impl Config {
         self.limits.check(&mut errs);
         self.worker.check(&mut errs);
         self.backendai.check(&mut errs);
+        self.ha.check(&mut errs);
         ConfigError::check(errs)
     }
 

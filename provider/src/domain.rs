@@ -226,6 +226,15 @@ impl Endpoint {
     }
 }
 
+/// `host:port`, with an IPv6 host in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 impl Circuit {
     /// Distinct session ids of the routes, in route order.
     pub fn session_ids(&self) -> Vec<Uuid> {
@@ -241,6 +250,22 @@ impl Circuit {
         match self.frontend {
             Frontend::Port(p) => Some(p),
             Frontend::Subdomain(_) => None,
+        }
+    }
+
+    /// Where its routes lead (`host:port`, IPv6 hosts bracketed), in route order.
+    pub fn backends(&self) -> Vec<String> {
+        (self.routes.iter())
+            .map(|r| host_port(&r.kernel_host, r.kernel_port))
+            .collect()
+    }
+
+    /// What a worker's map says of it once it left the worker: where its connections went.
+    pub fn ended(&self) -> appproxy_common::wire::EndedCircuit {
+        appproxy_common::wire::EndedCircuit {
+            id: self.id,
+            backends: self.backends(),
+            port: self.port(),
         }
     }
 

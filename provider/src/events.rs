@@ -23,10 +23,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{
-    activity::ActivityStore, metrics::Metrics, reconcile::Reconciler, service::Circuits,
-    store::Store,
-};
+use crate::service::Circuits;
 
 /// The pub/sub channel of Backend.AI's broadcast events.
 pub const CHANNEL: &str = "events_all";
@@ -109,22 +106,14 @@ pub fn decode(raw: &[u8]) -> Result<Signal, Junk> {
     }
 }
 
-/// The handles the listener acts with.
+/// The listener acts through the circuits service of the provider's state.
 pub struct Listener {
-    pub store: Store,
-    pub reconciler: std::sync::Arc<Reconciler>,
-    pub metrics: Metrics,
-    pub activity: ActivityStore,
+    pub state: crate::api::AppState,
 }
 
 impl Listener {
     fn circuits(&self) -> Circuits<'_> {
-        Circuits {
-            store: &self.store,
-            reconciler: &self.reconciler,
-            metrics: &self.metrics,
-            activity: &self.activity,
-        }
+        self.state.circuits()
     }
 
     /// Apply one raw envelope; the metric label of what happened.
@@ -151,7 +140,11 @@ impl Listener {
     }
 
     fn count(&self, result: &str) {
-        self.metrics.bai_events.with_label_values(&[result]).inc();
+        self.state
+            .metrics
+            .bai_events
+            .with_label_values(&[result])
+            .inc();
     }
 
     /// Read back the last `scheduling` envelope of every session we hold circuits for and
@@ -160,7 +153,7 @@ impl Listener {
         &self,
         con: &mut redis::aio::MultiplexedConnection,
     ) -> redis::RedisResult<()> {
-        let sessions = match self.store.interactive_session_ids().await {
+        let sessions = match self.state.store.interactive_session_ids().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "Event catch-up skipped: database unavailable");
@@ -189,7 +182,7 @@ impl Listener {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(CHANNEL).await?;
         let mut con = client.get_multiplexed_async_connection().await?;
-        self.metrics.bai_events_connected.set(1);
+        self.state.metrics.bai_events_connected.set(1);
         tracing::info!("Following Backend.AI's session events");
         self.catch_up(&mut con).await?;
         let mut stream = pubsub.on_message();
@@ -215,7 +208,7 @@ impl Listener {
         let every = Duration::from_secs(60);
         appproxy_common::shutdown::reconnecting(Duration::from_secs(5), shutdown, || async {
             let r = self.follow(&client, every).await;
-            self.metrics.bai_events_connected.set(0);
+            self.state.metrics.bai_events_connected.set(0);
             if let Err(e) = r {
                 tracing::warn!(error = %e, "Lost Backend.AI's event bus; reconnecting");
             }

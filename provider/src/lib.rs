@@ -5,17 +5,20 @@
 //! - [`domain`]: validated types and pure allocation rules.
 //! - [`store`]: SQL state (the source of truth), SQLite or PostgreSQL.
 //! - [`render`]: pure circuit → Traefik KV rendering.
-//! - [`etcd`]: thin etcd shell.
-//! - [`reconcile`]: SQL → etcd projection, coalesced, idempotent, self-repairing.
+//! - [`etcd`]: thin etcd shell (fenced transactions, the leader key).
+//! - [`leader`]: leader election over an etcd lease; the leader's writes are fenced.
+//! - [`reconcile`]: SQL → etcd projection, coalesced, idempotent, self-repairing (leader only).
+//! - [`nudges`]: reconcile requests between providers (PostgreSQL `LISTEN`/`NOTIFY`).
 //! - [`api`]: HTTP handlers (Backend.AI wire + extensions) that parse, call a [`service`] and
 //!   answer in [`models`]; [`error`]: the only status mapping.
 //! - [`placement`]: the pure worker ranking.
 //! - [`tokens`]: Ed25519-signed setup links and inference tokens; [`revoke`]: revocations in
 //!   Redis (unified logout).
 //! - [`activity`]: activity keys in Redis, workers' ingest health, the idle reaper's pass.
-//! - [`background`]: every background task, started and stopped in one place.
+//! - [`background`]: every background task, started and stopped in one place: the election,
+//!   and the leader's duties for as long as a term lasts.
 //! - [`events`]: ended Backend.AI sessions (from the Manager's event bus) remove their circuits.
-//! - [`route_health`]: replica health as each worker's Traefik reports it (in memory).
+//! - [`route_health`]: replica health as each worker's Traefik reports it (kept in SQL).
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod activity;
@@ -26,8 +29,10 @@ pub mod domain;
 pub mod error;
 pub mod etcd;
 pub mod events;
+pub mod leader;
 pub mod metrics;
 pub mod models;
+pub mod nudges;
 pub mod placement;
 pub mod reconcile;
 pub mod render;
@@ -70,6 +75,7 @@ pub async fn run(
         metrics.clone(),
     );
     let activity = activity::ActivityStore::new(config.redis.url.as_deref())?;
+    let (role, leadership) = leader::Leadership::new(config.node_id());
     let state = api::AppState::new(api::Shared {
         store,
         reconciler,
@@ -78,11 +84,11 @@ pub async fn run(
         etcd: kv,
         signer,
         revoker,
-        route_health: route_health::RouteHealth::default(),
         activity,
-        ingest: activity::IngestHealth::default(),
+        leadership,
+        quorum: etcd::Quorum::default(),
     });
-    let tasks = background::spawn(&state, &shutdown)?;
+    let tasks = background::spawn(&state, role, &shutdown);
     tracing::info!(addr = %listener.local_addr()?, "Provider listening");
     axum::serve(listener, api::app(state))
         .with_graceful_shutdown(async move {

@@ -24,6 +24,12 @@ pub struct Metrics {
     pub circuits_moved: IntCounter,
     pub bai_events: IntCounterVec,
     pub bai_events_connected: IntGauge,
+    pub etcd_fenced: IntCounter,
+    pub leader: IntGauge,
+    pub leader_terms: IntCounter,
+    pub etcd_quorum: IntGauge,
+    pub nudges_sent: IntCounter,
+    pub nudges_received: IntCounter,
 }
 
 impl Metrics {
@@ -100,6 +106,24 @@ impl Metrics {
             circuits_moved: counter(
                 "circuits_moved_total",
                 "Inference circuits moved off a lost worker to one that keeps their URL.",
+            ),
+            etcd_fenced: counter(
+                "etcd_fenced_total",
+                "etcd transactions refused because this process no longer held the leader key.",
+            ),
+            leader: gauge("leader", "1 while this provider is the leader."),
+            leader_terms: counter("leader_terms_total", "Terms this provider has led."),
+            etcd_quorum: gauge(
+                "etcd_quorum",
+                "1 while etcd answers reads that need a quorum (creates are refused otherwise).",
+            ),
+            nudges_sent: counter(
+                "nudges_sent_total",
+                "Reconcile requests sent to the other providers (PostgreSQL NOTIFY).",
+            ),
+            nudges_received: counter(
+                "nudges_received_total",
+                "Reconcile requests received from the other providers.",
             ),
             registry: r.clone(),
         }

@@ -1,64 +1,48 @@
 //! Route health as each worker's Traefik sees it, reported by its authgate
-//! (`PUT /api/worker/{id}/route-health`) and kept in memory: it is re-reported every few
-//! seconds, so nothing here needs to survive a restart.
+//! (`PUT /api/worker/{id}/route-health`, stored in SQL by whichever provider receives it) and
+//! read back as a [`RouteHealth`] snapshot when a health endpoint answers. Reports are
+//! re-sent every few seconds; older ones say nothing.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, RwLock},
-};
+use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
-use crate::{domain::Route, store::now_ms};
+use crate::{
+    domain::Route,
+    store::{Store, StoreError, now_ms},
+};
 
 /// Reports older than this say nothing (the worker or its authgate went away).
 const STALE_MS: i64 = 30_000;
 
-#[derive(Debug, Clone)]
-struct Report {
-    worker: Uuid,
-    /// Server URL (`http://host:port`) → Traefik's status (`UP` / `DOWN`).
-    servers: BTreeMap<String, String>,
-    at_ms: i64,
-}
-
-/// Circuit → latest report.
+/// Circuit → server URL (`http://host:port`) → Traefik's status (`UP` / `DOWN`).
 #[derive(Clone, Default)]
 pub struct RouteHealth {
-    inner: Arc<RwLock<HashMap<Uuid, Report>>>,
+    circuits: HashMap<Uuid, BTreeMap<String, String>>,
 }
 
 impl RouteHealth {
-    /// Replace everything `worker` reported before with `circuits`.
-    pub fn report(&self, worker: Uuid, circuits: HashMap<Uuid, BTreeMap<String, String>>) {
-        let now = now_ms();
-        let mut map = self.inner.write().expect("route health lock");
-        map.retain(|_, r| r.worker != worker);
-        for (c, servers) in circuits {
-            map.insert(
-                c,
-                Report {
-                    worker,
-                    servers,
-                    at_ms: now,
-                },
-            );
-        }
+    /// The workers' recent reports.
+    pub async fn load(store: &Store) -> Result<RouteHealth, StoreError> {
+        let reports = store.route_health_since(now_ms() - STALE_MS).await?;
+        Ok(RouteHealth::from_reports(reports))
+    }
+
+    /// A snapshot of the reports of several workers.
+    pub fn from_reports(
+        reports: impl IntoIterator<Item = (Uuid, HashMap<Uuid, BTreeMap<String, String>>)>,
+    ) -> RouteHealth {
+        let circuits = reports.into_iter().flat_map(|(_, c)| c).collect();
+        RouteHealth { circuits }
     }
 
     /// `healthy`, `unhealthy` or `unknown` for one route of a circuit.
     pub fn status(&self, circuit: Uuid, route: &Route) -> &'static str {
-        let map = self.inner.read().expect("route health lock");
-        let Some(r) = map.get(&circuit).filter(|r| now_ms() - r.at_ms < STALE_MS) else {
+        let Some(servers) = self.circuits.get(&circuit) else {
             return "unknown";
         };
-        let hostport = if route.kernel_host.contains(':') {
-            format!("[{}]:{}", route.kernel_host, route.kernel_port)
-        } else {
-            format!("{}:{}", route.kernel_host, route.kernel_port)
-        };
-        let found = r
-            .servers
+        let hostport = crate::domain::host_port(&route.kernel_host, route.kernel_port);
+        let found = servers
             .iter()
             .find(|(url, _)| url.split_once("://").map(|(_, a)| a) == Some(hostport.as_str()));
         match found.map(|(_, s)| s.as_str()) {
@@ -87,11 +71,10 @@ mod tests {
     }
 
     #[test]
-    fn reports_map_to_route_status_and_replace_per_worker() {
-        let h = RouteHealth::default();
+    fn reports_map_to_route_status() {
         let (w, c) = (Uuid::new_v4(), Uuid::new_v4());
-        assert_eq!(h.status(c, &route(1)), "unknown");
-        h.report(
+        assert_eq!(RouteHealth::default().status(c, &route(1)), "unknown");
+        let h = RouteHealth::from_reports([(
             w,
             HashMap::from([(
                 c,
@@ -100,11 +83,9 @@ mod tests {
                     ("http://10.0.0.1:2".to_string(), "DOWN".to_string()),
                 ]),
             )]),
-        );
+        )]);
         assert_eq!(h.status(c, &route(1)), "healthy");
         assert_eq!(h.status(c, &route(2)), "unhealthy");
         assert_eq!(h.status(c, &route(3)), "unknown");
-        h.report(w, HashMap::new());
-        assert_eq!(h.status(c, &route(1)), "unknown");
     }
 }

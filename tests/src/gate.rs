@@ -99,7 +99,7 @@ impl Stack {
             (format!("{p}NAMESPACE"), self.namespace.clone()),
             (format!("{p}WORKER__AUTHORITY"), spec.authority.clone()),
             (format!("{p}WORKER__HOSTNAME"), "127.0.0.1".into()),
-            (format!("{p}PROVIDER__URL"), self.provider_url()),
+            (format!("{p}PROVIDER__URL"), self.provider_urls()),
             (format!("{p}PROVIDER__WORKER_TOKEN"), credential),
             (format!("{p}PROVIDER__HEARTBEAT_SECONDS"), "2".into()),
             (

@@ -8,13 +8,14 @@
 
 pub mod backends;
 pub mod browser;
+pub mod etcd;
 mod gate;
 mod procs;
 mod stack;
 
 pub use gate::{GatedWorker, WorkerSpec};
 pub use procs::{Proc, TempDir, free_port, free_port_range, wait_listening};
-pub use stack::{Db, Stack, Traefik, TraefikFrontend, bin_dir, ed25519_pair, workspace_bin};
+pub use stack::{Db, Opts, Stack, Traefik, TraefikFrontend, bin_dir, ed25519_pair, workspace_bin};
 
 use std::time::{Duration, Instant};
 

@@ -125,7 +125,10 @@ const PORT_HI: u32 = 32_000;
 
 static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// Reserve `n` consecutive candidate ports; the first one.
+/// Reserve `n` consecutive candidate ports; the first one. A reservation never straddles
+/// the end of the range: it starts over at the bottom, and the counter moves past it (a
+/// reservation is only bound later, when its Traefik starts, so `bindable` cannot tell two
+/// overlapping reservations apart — the cause of rare "address already in use").
 fn take_ports(n: u32) -> u16 {
     use std::sync::atomic::Ordering;
     let span = PORT_HI - PORT_LO;
@@ -135,11 +138,21 @@ fn take_ports(n: u32) -> u16 {
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
-    let mut off = NEXT_PORT.fetch_add(n, Ordering::SeqCst) % span;
-    if off + n > span {
-        off = 0;
+    loop {
+        let cur = NEXT_PORT.load(Ordering::SeqCst);
+        let off = cur % span;
+        let (start, next) = if off + n > span {
+            (0, cur + (span - off) + n)
+        } else {
+            (off, cur + n)
+        };
+        if NEXT_PORT
+            .compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return (PORT_LO + start) as u16;
+        }
     }
-    (PORT_LO + off) as u16
 }
 
 fn bindable(p: u16) -> bool {

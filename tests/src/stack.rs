@@ -11,7 +11,10 @@ use std::{
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::procs::{Proc, TempDir, free_port, free_port_range, wait_listening};
+use crate::{
+    etcd::EtcdCluster,
+    procs::{Proc, TempDir, free_port, free_port_range, wait_listening},
+};
 
 /// Which SQL database the provider uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,24 +35,60 @@ pub struct Traefik {
     pub proc: Proc,
     pub api_port: u16,
     pub frontend: TraefikFrontend,
+    /// Its static config's directory and where its log goes (for `restart`).
+    config_dir: PathBuf,
+    log_dir: PathBuf,
 }
 
 impl Traefik {
+    fn spawn(config_dir: &Path, log_dir: &Path, name: &str, api_port: u16) -> Proc {
+        let mut cmd = Command::new(traefik_bin());
+        cmd.arg(format!(
+            "--configFile={}",
+            config_dir.join("traefik.yml").display()
+        ))
+        .current_dir(config_dir);
+        let mut p = Proc::spawn(name, cmd, log_dir);
+        wait_listening(api_port, Duration::from_secs(30), &mut p);
+        p
+    }
+
+    /// SIGKILL this Traefik and start it again with the same static config.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let name = self.proc.name.clone();
+        self.proc = Traefik::spawn(&self.config_dir, &self.log_dir, &name, self.api_port);
+    }
+
     /// Names of routers Traefik has loaded from etcd and enabled (HTTP and TCP).
     pub async fn enabled_routers(&self, http: &reqwest::Client) -> Vec<String> {
         let mut names = Vec::new();
         for kind in ["http", "tcp"] {
-            let url = format!("http://127.0.0.1:{}/api/{kind}/routers", self.api_port);
-            let Ok(resp) = http.get(url).send().await else {
-                continue;
-            };
-            let Ok(v) = resp.json::<Value>().await else {
-                continue;
-            };
-            for r in v.as_array().into_iter().flatten() {
-                let name = r["name"].as_str().unwrap_or("");
-                if r["status"] == "enabled" && name.ends_with("@etcd") {
-                    names.push(name.trim_end_matches("@etcd").to_string());
+            // The API pages its lists (100 by default): follow `X-Next-Page`, bounded.
+            let mut page = 1;
+            for _ in 0..100 {
+                let url = format!(
+                    "http://127.0.0.1:{}/api/{kind}/routers?per_page=1000&page={page}",
+                    self.api_port
+                );
+                let Ok(resp) = http.get(url).send().await else {
+                    break;
+                };
+                let next = (resp.headers().get("x-next-page"))
+                    .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+                    .filter(|n| *n > page);
+                let Ok(v) = resp.json::<Value>().await else {
+                    break;
+                };
+                for r in v.as_array().into_iter().flatten() {
+                    let name = r["name"].as_str().unwrap_or("");
+                    if r["status"] == "enabled" && name.ends_with("@etcd") {
+                        names.push(name.trim_end_matches("@etcd").to_string());
+                    }
+                }
+                match next {
+                    Some(n) => page = n,
+                    None => break,
                 }
             }
         }
@@ -58,19 +97,57 @@ impl Traefik {
     }
 }
 
-/// etcd + SQL + provider for one test. Field order matters: processes stop before the
+/// One provider replica of a stack.
+struct ProviderSlot {
+    port: u16,
+    proc: Option<Proc>,
+}
+
+/// A PostgreSQL of a stack (kept so that a test can stop and restart it).
+struct Postgres {
+    proc: Option<Proc>,
+    data: PathBuf,
+    port: u16,
+}
+
+/// What a stack runs.
+pub struct Opts {
+    pub db: Db,
+    pub provider_extra_env: Vec<(String, String)>,
+    pub legacy_worker_token: bool,
+    pub etcd_members: usize,
+    pub providers: usize,
+}
+
+impl Opts {
+    pub fn new(db: Db) -> Opts {
+        Opts {
+            db,
+            provider_extra_env: Vec::new(),
+            legacy_worker_token: true,
+            etcd_members: 1,
+            providers: 1,
+        }
+    }
+}
+
+/// etcd + SQL + provider(s) for one test. Field order matters: processes stop before the
 /// directory goes away.
 pub struct Stack {
-    provider: Option<Proc>,
-    _postgres: Option<Proc>,
+    providers: Vec<ProviderSlot>,
+    /// The provider `call` uses.
+    primary: usize,
+    postgres: Option<Postgres>,
     redis: Option<Proc>,
-    _etcd: Proc,
+    pub etcd: EtcdCluster,
     pub redis_port: u16,
     /// Ed25519 key pair of the provider (private, public PEM files).
     pub signing_key: (PathBuf, PathBuf),
     pub db: Db,
     pub db_url: String,
+    /// The first etcd member's client port.
     pub etcd_port: u16,
+    /// The first provider's port.
     pub provider_port: u16,
     pub namespace: String,
     pub control_prefix: String,
@@ -160,47 +237,31 @@ fn short_id() -> String {
 
 impl Stack {
     pub async fn start(db: Db) -> Stack {
-        Stack::start_with(db, Vec::new()).await
+        Stack::start_opts(Opts::new(db)).await
     }
 
     /// A stack whose provider gets extra `APPPROXY_PROVIDER__*` settings.
     pub async fn start_with(db: Db, provider_extra_env: Vec<(String, String)>) -> Stack {
-        Stack::start_opts(db, provider_extra_env, true).await
+        Stack::start_opts(Opts {
+            provider_extra_env,
+            ..Opts::new(db)
+        })
+        .await
     }
 
     /// A stack whose provider has no legacy shared worker token (only enrolled credentials).
     pub async fn start_strict(db: Db) -> Stack {
-        Stack::start_opts(db, Vec::new(), false).await
+        Stack::start_opts(Opts {
+            legacy_worker_token: false,
+            ..Opts::new(db)
+        })
+        .await
     }
 
-    async fn start_opts(
-        db: Db,
-        provider_extra_env: Vec<(String, String)>,
-        legacy_worker_token: bool,
-    ) -> Stack {
+    pub async fn start_opts(opts: Opts) -> Stack {
         let dir = TempDir::new("stack");
-        let etcd_port = free_port();
-        let peer_port = free_port();
-        let mut cmd = Command::new("etcd");
-        cmd.arg("--name=e2e")
-            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-            .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
-            ))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
-            ))
-            .arg(format!(
-                "--initial-cluster=e2e=http://127.0.0.1:{peer_port}"
-            ))
-            .arg("--log-level=warn")
-            .arg("--unsafe-no-fsync");
-        let mut etcd = Proc::spawn("etcd", cmd, dir.path());
-        wait_listening(etcd_port, Duration::from_secs(20), &mut etcd);
-
-        let (postgres, db_url) = match db {
+        let etcd = EtcdCluster::start(dir.path(), opts.etcd_members.max(1));
+        let (postgres, db_url) = match opts.db {
             Db::Sqlite => (
                 None,
                 format!(
@@ -209,8 +270,8 @@ impl Stack {
                 ),
             ),
             Db::Postgres => {
-                let (p, url) = start_postgres(dir.path());
-                (Some(p), url)
+                let (pg, url) = start_postgres(dir.path());
+                (Some(pg), url)
             }
         };
         let key = dir.path().join("default.key");
@@ -237,50 +298,90 @@ impl Stack {
         let signing_key = ed25519_pair(dir.path());
         let (redis, redis_port) = start_redis_in(dir.path());
         let id = short_id();
+        let providers: Vec<ProviderSlot> = (0..opts.providers.max(1))
+            .map(|_| ProviderSlot {
+                port: free_port(),
+                proc: None,
+            })
+            .collect();
         let mut s = Stack {
-            provider: None,
-            _postgres: postgres,
+            provider_port: providers[0].port,
+            providers,
+            primary: 0,
+            postgres,
             redis: Some(redis),
-            _etcd: etcd,
+            etcd_port: etcd.members[0].client_port,
+            etcd,
             redis_port,
             signing_key,
-            db,
+            db: opts.db,
             db_url,
-            etcd_port,
-            provider_port: free_port(),
             namespace: format!("ns-{id}"),
             control_prefix: format!("cp-{id}/"),
             manager_token: format!("manager-{}", uuid::Uuid::new_v4().simple()),
-            worker_token: legacy_worker_token
+            worker_token: opts
+                .legacy_worker_token
                 .then(|| format!("worker-{}", uuid::Uuid::new_v4().simple())),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client"),
-            provider_extra_env,
+            provider_extra_env: opts.provider_extra_env,
             cert: (crt, key),
             dir,
         };
-        s.start_provider();
+        for i in 0..s.providers.len() {
+            s.start_provider_at(i);
+        }
         s
     }
 
+    /// The URL of the provider that `call` and its helpers use (the first, unless
+    /// `use_provider` chose another).
     pub fn provider_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.provider_port)
+        self.provider_url_at(self.primary)
     }
 
-    /// Environment that configures the provider binary for this stack.
+    /// Every provider's URL, comma-separated (authgate's `provider.url` for several replicas).
+    pub fn provider_urls(&self) -> String {
+        (0..self.providers.len())
+            .map(|i| self.provider_url_at(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Send `call` and its helpers to provider `i` from now on.
+    pub fn use_provider(&mut self, i: usize) {
+        self.primary = i;
+    }
+
+    /// The URL of provider `i`.
+    pub fn provider_url_at(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.providers[i].port)
+    }
+
+    /// How many provider replicas this stack runs.
+    pub fn provider_count(&self) -> usize {
+        self.providers.len()
+    }
+
+    /// Environment that configures the (first) provider binary for this stack.
     pub fn provider_env(&self) -> Vec<(String, String)> {
+        self.provider_env_for(self.provider_port)
+    }
+
+    /// Environment for a provider listening on `port`.
+    pub fn provider_env_for(&self, port: u16) -> Vec<(String, String)> {
         let p = "APPPROXY_PROVIDER__";
+        let endpoints: Vec<String> = (self.etcd.endpoints().iter())
+            .map(|e| format!("\"{e}\""))
+            .collect();
         let mut env = vec![
-            (
-                format!("{p}LISTEN"),
-                format!("127.0.0.1:{}", self.provider_port),
-            ),
+            (format!("{p}LISTEN"), format!("127.0.0.1:{port}")),
             (format!("{p}DATABASE__URL"), self.db_url.clone()),
             (
                 format!("{p}ETCD__ENDPOINTS"),
-                format!("[\"http://127.0.0.1:{}\"]", self.etcd_port),
+                format!("[{}]", endpoints.join(",")),
             ),
             (format!("{p}ETCD__NAMESPACE"), self.namespace.clone()),
             (
@@ -330,27 +431,71 @@ impl Stack {
 
     /// Start (or restart) the provider and wait until it answers.
     pub fn start_provider(&mut self) {
+        self.start_provider_at(0);
+    }
+
+    /// Start (or restart) provider `i` and wait until it answers.
+    pub fn start_provider_at(&mut self, i: usize) {
+        let port = self.providers[i].port;
         let mut cmd = Command::new(workspace_bin("appproxy-provider"));
-        cmd.envs(self.provider_env())
+        cmd.envs(self.provider_env_for(port))
             .envs(self.provider_extra_env.iter().cloned())
             .env("RUST_LOG", "info,sqlx=warn");
-        let mut p = Proc::spawn("provider", cmd, self.dir.path());
-        wait_listening(self.provider_port, Duration::from_secs(30), &mut p);
-        self.provider = Some(p);
+        let name = if i == 0 {
+            "provider".to_string()
+        } else {
+            format!("provider-{i}")
+        };
+        let mut p = Proc::spawn(&name, cmd, self.dir.path());
+        wait_listening(port, Duration::from_secs(30), &mut p);
+        self.providers[i].proc = Some(p);
     }
 
     /// SIGKILL the provider (no graceful shutdown).
     pub fn kill_provider(&mut self) {
-        if let Some(mut p) = self.provider.take() {
+        self.kill_provider_at(0);
+    }
+
+    /// SIGKILL provider `i`.
+    pub fn kill_provider_at(&mut self, i: usize) {
+        if let Some(mut p) = self.providers[i].proc.take() {
             p.kill();
         }
     }
 
+    /// The PID of provider `i` (0 when not running).
+    pub fn provider_pid(&self, i: usize) -> u32 {
+        self.providers[i].proc.as_ref().map_or(0, |p| p.pid())
+    }
+
     pub fn provider_log(&self) -> String {
-        self.provider
+        self.provider_log_at(0)
+    }
+
+    pub fn provider_log_at(&self, i: usize) -> String {
+        self.providers[i]
+            .proc
             .as_ref()
             .map(|p| p.log_tail(8000))
             .unwrap_or_default()
+    }
+
+    /// Stop PostgreSQL (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop_postgres(&mut self) {
+        if let Some(pg) = self.postgres.as_mut()
+            && let Some(mut p) = pg.proc.take()
+        {
+            p.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Start PostgreSQL again on its data and port (after `stop_postgres`).
+    pub fn restart_postgres(&mut self) {
+        if let Some(pg) = self.postgres.as_mut() {
+            let mut p = postgres_on(&pg.data, pg.port, self.dir.path());
+            wait_listening(pg.port, Duration::from_secs(30), &mut p);
+            pg.proc = Some(p);
+        }
     }
 
     /// A request with a token; returns status and JSON body (`Null` when not JSON).
@@ -448,9 +593,7 @@ impl Stack {
     }
 
     pub async fn etcd_client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([format!("http://127.0.0.1:{}", self.etcd_port)], None)
-            .await
-            .expect("etcd connect")
+        self.etcd.client().await
     }
 
     /// Every key and value under this test's namespace (and control prefix).
@@ -474,6 +617,65 @@ impl Stack {
 
     pub fn root_key(&self, authority: &str) -> String {
         appproxy_common::names::worker_root_key(&self.namespace, authority)
+    }
+
+    /// The ids of `authority`'s circuits (`GET /v2/circuits?worker=`), as SQL holds them.
+    pub async fn circuit_ids(&self, authority: &str) -> std::collections::BTreeSet<String> {
+        let path = format!("/v2/circuits?worker={authority}");
+        let (s, v) = self.manager(Method::GET, &path, None).await;
+        assert_eq!(s, 200, "list circuits: {v}");
+        (v["circuits"].as_array().into_iter().flatten())
+            .map(|c| c["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Wait until SQL (the provider's list), etcd and `traefik` agree on `authority`'s HTTP
+    /// routers: one per circuit, plus `ap-setup`.
+    pub async fn assert_agree(&self, traefik: &Traefik, authority: &str) {
+        let mut want: Vec<String> = (self.circuit_ids(authority).await.iter())
+            .map(|id| format!("ap-{id}"))
+            .collect();
+        want.push("ap-setup".into());
+        want.sort();
+        let prefix = format!("{}/http/routers/", self.root_key(authority));
+        let deadline = std::time::Instant::now() + crate::patience();
+        loop {
+            let dump = self.etcd_dump().await;
+            let in_etcd: std::collections::BTreeSet<String> = (dump.keys())
+                .filter_map(|k| k.strip_prefix(&prefix))
+                .map(|rest| rest.split('/').next().unwrap_or_default().to_string())
+                .collect();
+            let served = traefik.enabled_routers(&self.http).await;
+            let in_etcd: Vec<String> = in_etcd.into_iter().collect();
+            if in_etcd == want && served == want {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let missing = |have: &[String]| -> Vec<String> {
+                    (want.iter())
+                        .filter(|w| !have.contains(w))
+                        .cloned()
+                        .collect()
+                };
+                let extra = |have: &[String]| -> Vec<String> {
+                    (have.iter())
+                        .filter(|h| !want.contains(h))
+                        .cloned()
+                        .collect()
+                };
+                panic!(
+                    "SQL, etcd and Traefik disagree on {authority} after {:?}: SQL has {}; \
+                     etcd lacks {:?} and has extra {:?}; Traefik lacks {:?} and has extra {:?}",
+                    crate::patience(),
+                    want.len(),
+                    missing(&in_etcd),
+                    extra(&in_etcd),
+                    missing(&served),
+                    extra(&served),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Register a worker through the API and wait until its sentinel is in etcd.
@@ -511,10 +713,11 @@ impl Stack {
             .arg("--authority")
             .arg(authority)
             .arg("--namespace")
-            .arg(&self.namespace)
-            .arg("--etcd-endpoint")
-            .arg(format!("http://127.0.0.1:{}", self.etcd_port))
-            .arg("--api-port")
+            .arg(&self.namespace);
+        for e in self.etcd.endpoints() {
+            cmd.arg("--etcd-endpoint").arg(e);
+        }
+        cmd.arg("--api-port")
             .arg(api_port.to_string())
             .arg("--cert-file")
             .arg(&self.cert.0)
@@ -537,18 +740,13 @@ impl Stack {
             "traefik-config failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut tcmd = Command::new(traefik_bin());
-        tcmd.arg(format!(
-            "--configFile={}",
-            dir.join("traefik.yml").display()
-        ))
-        .current_dir(&dir);
-        let mut proc_ = Proc::spawn(&format!("traefik-{authority}"), tcmd, self.dir.path());
-        wait_listening(api_port, Duration::from_secs(30), &mut proc_);
+        let name = format!("traefik-{authority}");
         Traefik {
-            proc: proc_,
+            proc: Traefik::spawn(&dir, self.dir.path(), &name, api_port),
             api_port,
             frontend,
+            config_dir: dir,
+            log_dir: self.dir.path().to_path_buf(),
         }
     }
 
@@ -610,7 +808,7 @@ pub fn ed25519_pair(dir: &Path) -> (PathBuf, PathBuf) {
     (private, public)
 }
 
-fn start_postgres(dir: &Path) -> (Proc, String) {
+fn start_postgres(dir: &Path) -> (Postgres, String) {
     let data = dir.join("pg");
     std::fs::create_dir_all(&data).expect("pg dir");
     if is_root() {
@@ -633,13 +831,25 @@ fn start_postgres(dir: &Path) -> (Proc, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     let port = free_port();
+    let mut p = postgres_on(&data, port, dir);
+    wait_listening(port, Duration::from_secs(30), &mut p);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let pg = Postgres {
+        proc: Some(p),
+        data,
+        port,
+    };
+    (pg, url)
+}
+
+fn postgres_on(data: &Path, port: u16, log_dir: &Path) -> Proc {
     let mut cmd = as_postgres(pg_bin("postgres"));
     cmd.arg("-D")
-        .arg(&data)
+        .arg(data)
         .arg("-p")
         .arg(port.to_string())
         .arg("-k")
-        .arg(&data)
+        .arg(data)
         .args([
             "-c",
             "listen_addresses=127.0.0.1",
@@ -648,7 +858,5 @@ fn start_postgres(dir: &Path) -> (Proc, String) {
             "-c",
             "full_page_writes=off",
         ]);
-    let mut p = Proc::spawn("postgres", cmd, dir);
-    wait_listening(port, Duration::from_secs(30), &mut p);
-    (p, format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+    Proc::spawn("postgres", cmd, log_dir)
 }

@@ -514,37 +514,7 @@ async fn futures_join(stack: &Stack, body: &Value, n: usize) -> Vec<(u16, Value)
 
 /// Routers we expect Traefik to serve for a worker: one per circuit in SQL.
 async fn assert_agree(stack: &Stack, traefik: &e2e::Traefik, authority: &str) {
-    let (_, v) = stack
-        .manager(
-            Method::GET,
-            &format!("/v2/circuits?worker={authority}"),
-            None,
-        )
-        .await;
-    let want: Vec<String> = {
-        let mut w: Vec<String> = v["circuits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| format!("ap-{}", c["id"].as_str().unwrap()))
-            .collect();
-        w.push("ap-setup".into());
-        w.sort();
-        w
-    };
-    let root = stack.root_key(authority);
-    eventually("SQL, etcd and Traefik agree", patience(), || async {
-        let dump = stack.etcd_dump().await;
-        let etcd_routers: BTreeSet<String> = dump
-            .keys()
-            .filter_map(|k| k.strip_prefix(&format!("{root}/http/routers/")))
-            .map(|rest| rest.split('/').next().unwrap().to_string())
-            .collect();
-        let served = traefik.enabled_routers(&stack.http).await;
-        let etcd_vec: Vec<String> = etcd_routers.into_iter().collect();
-        (etcd_vec == want && served == want).then_some(())
-    })
-    .await;
+    stack.assert_agree(traefik, authority).await;
 }
 
 async fn provider_kill_mid_burst_and_prefix_wipe_are_repaired(db: Db) {

@@ -10,7 +10,9 @@ use super::{
     AppState,
     extract::{IdPath, ManagerAuth},
 };
-use crate::{domain::Circuit, error::ApiError, service::liveness::stranded_reason};
+use crate::{
+    domain::Circuit, error::ApiError, route_health::RouteHealth, service::liveness::stranded_reason,
+};
 
 pub(super) async fn status(State(state): State<AppState>) -> Json<Value> {
     let advertise = state
@@ -18,7 +20,14 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Value> {
         .advertise_base_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", state.config.listen));
-    Json(json!({ "api_version": "v2", "advertise_address": advertise }))
+    let l = &state.leadership;
+    Json(json!({
+        "api_version": "v2",
+        "advertise_address": advertise,
+        "node_id": l.node(),
+        "leader": l.is_leader(),
+        "leader_id": l.leader(),
+    }))
 }
 
 async fn connectivity(state: &AppState) -> (bool, bool) {
@@ -91,7 +100,7 @@ pub(super) async fn worker_status(
 }
 
 /// Routes of a circuit with their health.
-fn routes_health(state: &AppState, c: &Circuit) -> Vec<Value> {
+fn routes_health(health: &RouteHealth, c: &Circuit) -> Vec<Value> {
     c.routes
         .iter()
         .map(|r| {
@@ -101,7 +110,7 @@ fn routes_health(state: &AppState, c: &Circuit) -> Vec<Value> {
                 "kernel_host": r.kernel_host,
                 "kernel_port": r.kernel_port,
                 "traffic_ratio": r.traffic_ratio,
-                "health_status": state.route_health.status(c.id, r),
+                "health_status": health.status(c.id, r),
             })
         })
         .collect()
@@ -112,6 +121,7 @@ pub(super) async fn endpoints(
     _: ManagerAuth,
 ) -> Result<Json<Value>, ApiError> {
     let workers = state.store.list_workers().await?;
+    let health = RouteHealth::load(&state.store).await?;
     let mut out = Vec::new();
     for (e, c) in state.store.list_endpoints().await? {
         let worker = |c: &Circuit| workers.iter().find(|w| w.id == c.worker_id);
@@ -121,7 +131,7 @@ pub(super) async fn endpoints(
             "circuit_id": c.as_ref().map(|c| c.id),
             "worker": c.as_ref().and_then(worker).map(|w| &w.authority),
             "problem": c.as_ref().and_then(|c| stranded_reason(c, worker(c))),
-            "routes": c.as_ref().map(|c| routes_health(&state, c)).unwrap_or_default(),
+            "routes": c.as_ref().map(|c| routes_health(&health, c)).unwrap_or_default(),
         }));
     }
     Ok(Json(json!({ "endpoints": out })))
@@ -133,6 +143,7 @@ pub(super) async fn circuit(
     IdPath(id): IdPath,
 ) -> Result<Json<Value>, ApiError> {
     let (c, w) = state.circuits().get_with_worker(id).await?;
+    let health = RouteHealth::load(&state.store).await?;
     Ok(Json(json!({
         "circuit_id": c.id,
         "endpoint_id": c.endpoint_id,
@@ -140,7 +151,7 @@ pub(super) async fn circuit(
         "worker": w.as_ref().map(|w| &w.authority),
         "worker_status": w.as_ref().map(|w| w.status.as_str()),
         "problem": stranded_reason(&c, w.as_ref()),
-        "routes": routes_health(&state, &c),
+        "routes": routes_health(&health, &c),
     })))
 }
 
@@ -148,9 +159,10 @@ pub(super) async fn summary(
     State(state): State<AppState>,
     _: ManagerAuth,
 ) -> Result<Json<Value>, ApiError> {
+    let health = RouteHealth::load(&state.store).await?;
     let (mut healthy, mut unhealthy, mut unknown) = (0, 0, 0);
     for (_, c) in state.store.list_endpoints().await? {
-        for r in c.iter().flat_map(|c| routes_health(&state, c)) {
+        for r in c.iter().flat_map(|c| routes_health(&health, c)) {
             match r["health_status"].as_str() {
                 Some("healthy") => healthy += 1,
                 Some("unhealthy") => unhealthy += 1,

@@ -67,9 +67,11 @@ pub struct Shared {
     pub etcd: crate::etcd::Kv,
     pub signer: crate::tokens::Signer,
     pub revoker: crate::revoke::Revoker,
-    pub route_health: crate::route_health::RouteHealth,
     pub activity: crate::activity::ActivityStore,
-    pub ingest: crate::activity::IngestHealth,
+    /// This replica's view of the leader election.
+    pub leadership: crate::leader::Leadership,
+    /// Whether etcd can take writes now.
+    pub quorum: crate::etcd::Quorum,
 }
 
 impl Shared {
@@ -80,6 +82,7 @@ impl Shared {
             reconciler: &self.reconciler,
             metrics: &self.metrics,
             activity: &self.activity,
+            quorum: &self.quorum,
         }
     }
 

@@ -16,13 +16,13 @@ use uuid::Uuid;
 
 use super::{AppState, Shared, app};
 use crate::{
-    activity::{ActivityStore, IngestHealth},
+    activity::ActivityStore,
     config::Config,
-    etcd::Kv,
+    etcd::{Kv, Quorum},
+    leader::Leadership,
     metrics::Metrics,
     reconcile::Reconciler,
     revoke::Revoker,
-    route_health::RouteHealth,
     store::Store,
     tokens::Signer,
 };
@@ -79,8 +79,8 @@ async fn api() -> Api {
         metrics,
         config: Arc::new(config),
         etcd: kv,
-        route_health: RouteHealth::default(),
-        ingest: IngestHealth::default(),
+        leadership: Leadership::new("test".into()).1,
+        quorum: Quorum::default(),
     });
     Api {
         router: app(state.clone()),

@@ -59,8 +59,13 @@ pub(super) async fn heartbeat(
     let workers = state.workers();
     let before = workers.owned(caller.authority(), id).await?;
     let w = workers.heartbeat(&before).await?;
-    if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&body) {
-        state.ingest.report(w.id, &hb);
+    if let Ok(Heartbeat {
+        ingest: Some(i), ..
+    }) = serde_json::from_slice::<Heartbeat>(&body)
+    {
+        (state.store)
+            .record_ingest(w.id, i.redis_ok, i.last_flush_ms)
+            .await?;
     }
     Ok(Json(workers.describe(&w, false).await?))
 }
@@ -76,10 +81,12 @@ pub(super) async fn deregister(
     Ok(Json(json!({ "success": true })))
 }
 
-/// A worker's circuits (`?view=map`: only what authgate needs). authgate polls this every
-/// few seconds: the answer carries an `ETag` (the reconciler's change counter for the worker,
-/// read before loading, so a change that races with the load bumps it after; the view is part
-/// of the tag), and `If-None-Match` with the current one gets `304` without loading.
+/// A worker's circuits (`?view=map`: only what authgate needs, with the circuits that left
+/// it in the last minute). authgate polls this every second: the answer carries an `ETag`
+/// (the worker's map version from SQL, bumped by every change to its circuits whichever
+/// provider made it, read before loading, so a change that races with the load yields a new
+/// tag after; the view is part of the tag), and `If-None-Match` with the current one gets
+/// `304` without loading.
 pub(super) async fn circuits(
     State(state): State<AppState>,
     caller: WorkerAuth,
@@ -88,9 +95,9 @@ pub(super) async fn circuits(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let slim = query.as_deref() == Some("view=map");
-    let view = if slim { "-m" } else { "" };
-    let version = format!("\"{}{view}\"", state.reconciler.map_version(id));
     let w = state.workers().owned(caller.authority(), id).await?;
+    let version = state.store.map_version(w.id).await?.unwrap_or(0);
+    let version = format!("\"v{version}{}\"", if slim { "-m" } else { "" });
     let etag = [(header::ETAG, version.clone())];
     if headers.get(header::IF_NONE_MATCH).map(|v| v.as_bytes()) == Some(version.as_bytes()) {
         return Ok((StatusCode::NOT_MODIFIED, etag).into_response());
@@ -98,7 +105,8 @@ pub(super) async fn circuits(
     let circuits = state.store.circuits_of_worker(w.id).await?;
     Ok(if slim {
         let circuits = circuits.iter().map(map_entry).collect();
-        let ended = state.reconciler.recently_ended(w.id);
+        let since = crate::store::now_ms() - crate::store::ENDED_LISTED_MS;
+        let ended = state.store.ended_since(w.id, since).await?;
         (etag, Json(WorkerMap { circuits, ended })).into_response()
     } else {
         let circuits = (circuits.iter())
@@ -127,6 +135,6 @@ pub(super) async fn route_health(
     JsonBody(req): JsonBody<RouteHealthReport>,
 ) -> Result<Json<Value>, ApiError> {
     state.workers().owned(caller.authority(), id).await?;
-    state.route_health.report(id, req.circuits);
+    state.store.record_route_health(id, &req.circuits).await?;
     Ok(Json(json!({ "success": true })))
 }

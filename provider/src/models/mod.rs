@@ -126,9 +126,7 @@ pub fn map_entry(c: &Circuit) -> CircuitMapEntry {
         session_ids: c.session_ids(),
         auth_plugin: c.auth_plugin.clone(),
         allowed_origins: c.allowed_origins.clone(),
-        backends: (c.routes.iter())
-            .map(|r| crate::render::host_port(&r.kernel_host, r.kernel_port))
-            .collect(),
+        backends: c.backends(),
         user_id: c.user_id,
     }
 }

@@ -12,6 +12,12 @@
 //!   writes are caught by the watch and answered with a full pass, and a failed transaction
 //!   drops the image.
 //!
+//! Only the leader reconciles (`begin_term` … `end_term`), and each of its transactions is
+//! fenced (`etcd::Fence`): it applies only while this process still holds the leader key.
+//! A term starts with a full pass of every worker and no image (another leader wrote in
+//! between). Nudges are local marks; with several providers (PostgreSQL) they are also
+//! broadcast (`nudges`), so a write on a follower reaches the leader's reconciler at once.
+//!
 //! Whole circuits go into transactions of at most `max_txn_ops` operations. Passes start at
 //! once when idle, at most one per `min_interval`; nudges that arrive during a pass are served
 //! by the next one, so a burst of creates costs Traefik a few reloads instead of one per
@@ -23,8 +29,8 @@ use std::{
     time::Duration,
 };
 
-use appproxy_common::{names, wire::EndedCircuit};
-use tokio::sync::{Notify, watch};
+use appproxy_common::names;
+use tokio::sync::{Notify, mpsc, watch};
 use uuid::Uuid;
 
 mod plan;
@@ -32,7 +38,7 @@ mod plan;
 pub use plan::plan;
 
 use crate::{
-    etcd::{Kv, KvError, Op},
+    etcd::{Fence, Kv, KvError, Op},
     metrics::Metrics,
     render::{self, Group},
     store::{Store, StoreError},
@@ -181,15 +187,19 @@ pub struct Reconciler {
     roots: Mutex<HashMap<String, Uuid>>,
     /// Worker → image of its etcd prefix. Only the pass loop touches it.
     images: Mutex<HashMap<Uuid, Image>>,
-    /// Boot id and per-worker change counters: the circuit map's version (`ETag`).
-    boot: Uuid,
-    changes: Mutex<HashMap<Uuid, u64>>,
-    /// Worker → circuits that recently left it (kept `ENDED_TTL`), for its circuit map.
-    ended: Mutex<HashMap<Uuid, Vec<(std::time::Instant, EndedCircuit)>>>,
+    /// This term's fence; `None` while not leading (then nothing is written).
+    fence: Mutex<Option<Fence>>,
+    /// Where nudges go to the other providers (set by `nudges` on PostgreSQL).
+    peers: std::sync::OnceLock<mpsc::UnboundedSender<Nudge>>,
 }
 
-/// How long an ended circuit stays in its worker's map (many of authgate's polls).
-const ENDED_TTL: Duration = Duration::from_secs(60);
+/// A request to reconcile, as marked locally and as broadcast between providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nudge {
+    All,
+    Worker(Uuid),
+    Circuit { worker: Uuid, circuit: Uuid },
+}
 
 impl Reconciler {
     pub fn new(
@@ -217,94 +227,72 @@ impl Reconciler {
             own_revisions: Mutex::new(VecDeque::new()),
             roots: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
-            boot: Uuid::new_v4(),
-            changes: Mutex::new(HashMap::new()),
-            ended: Mutex::new(HashMap::new()),
+            fence: Mutex::new(None),
+            peers: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Send every nudge to the other providers too (once; later calls are ignored).
+    pub fn broadcast_to(&self, peers: mpsc::UnboundedSender<Nudge>) {
+        let _ = self.peers.set(peers);
+    }
+
+    /// This process now leads: write under `fence`, starting with a full pass of everything
+    /// (no image survives a term: another leader may have written meanwhile).
+    pub fn begin_term(&self, fence: Fence) {
+        *self.fence.lock().expect("fence lock") = Some(fence);
+        self.images.lock().expect("images lock").clear();
+        self.own_revisions.lock().expect("own lock").clear();
+        *self.dirty.lock().expect("dirty lock") = Dirty {
+            all: true,
+            ..Dirty::default()
+        };
+        self.notify.notify_one();
+    }
+
+    /// This process no longer leads: write nothing more.
+    pub fn end_term(&self) {
+        *self.fence.lock().expect("fence lock") = None;
+    }
+
+    /// Mark `n` locally (a nudge from another provider, or our own).
+    pub fn mark(&self, n: Nudge) {
+        {
+            let mut dirty = self.dirty.lock().expect("dirty lock");
+            match n {
+                Nudge::All => dirty.all = true,
+                Nudge::Worker(w) => {
+                    dirty.workers.insert(w);
+                }
+                Nudge::Circuit { worker, circuit } => {
+                    dirty.circuits.entry(worker).or_default().insert(circuit);
+                }
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    fn nudged(&self, n: Nudge) {
+        self.mark(n);
+        if let Some(peers) = self.peers.get() {
+            let _ = peers.send(n);
+        }
     }
 
     /// The worker itself changed: reconcile all of it soon.
     pub fn nudge(&self, worker: Uuid) {
-        self.changed(worker);
-        self.dirty
-            .lock()
-            .expect("dirty lock")
-            .workers
-            .insert(worker);
-        self.notify.notify_one();
+        self.nudged(Nudge::Worker(worker));
     }
 
-    /// A circuit's rows changed (created, updated or deleted): reconcile it soon.
+    /// A circuit's rows changed (created, updated, deleted or moved away from `worker`):
+    /// reconcile it soon.
     pub fn nudge_circuit(&self, worker: Uuid, circuit: Uuid) {
-        self.changed(worker);
-        self.dirty
-            .lock()
-            .expect("dirty lock")
-            .circuits
-            .entry(worker)
-            .or_default()
-            .insert(circuit);
-        self.notify.notify_one();
-    }
-
-    /// A circuit left `worker` (its rows are gone or moved): reconcile it, and list it as
-    /// ended in the worker's circuit map for a while, so that authgate cuts its connections.
-    pub fn circuit_gone(&self, worker: Uuid, c: &crate::domain::Circuit) {
-        let ended = EndedCircuit {
-            id: c.id,
-            backends: (c.routes.iter())
-                .map(|r| render::host_port(&r.kernel_host, r.kernel_port))
-                .collect(),
-            port: c.port(),
-        };
-        let now = std::time::Instant::now();
-        {
-            let mut all = self.ended.lock().expect("ended lock");
-            let list = all.entry(worker).or_default();
-            list.retain(|(at, e)| now.duration_since(*at) < ENDED_TTL && e.id != c.id);
-            list.push((now, ended));
-        }
-        self.nudge_circuit(worker, c.id);
-    }
-
-    /// The circuits that recently left `worker`.
-    pub fn recently_ended(&self, worker: Uuid) -> Vec<EndedCircuit> {
-        let now = std::time::Instant::now();
-        let mut all = self.ended.lock().expect("ended lock");
-        let Some(list) = all.get_mut(&worker) else {
-            return Vec::new();
-        };
-        list.retain(|(at, _)| now.duration_since(*at) < ENDED_TTL);
-        list.iter().map(|(_, e)| e.clone()).collect()
+        self.nudged(Nudge::Circuit { worker, circuit });
     }
 
     /// Ask for every worker to be reconciled soon (no SQL change implied).
     pub fn nudge_all(&self) {
-        self.dirty.lock().expect("dirty lock").all = true;
-        self.notify.notify_one();
-    }
-
-    fn changed(&self, worker: Uuid) {
-        *self
-            .changes
-            .lock()
-            .expect("changes lock")
-            .entry(worker)
-            .or_default() += 1;
-    }
-
-    /// Version of a worker's circuit map: changes whenever a handler nudged for the worker
-    /// (every SQL change to its circuits does), and across provider restarts. Read it
-    /// *before* loading the map, so a change racing with the load yields a new version later.
-    pub fn map_version(&self, worker: Uuid) -> String {
-        let n = self
-            .changes
-            .lock()
-            .expect("changes lock")
-            .get(&worker)
-            .copied()
-            .unwrap_or(0);
-        format!("{}-{n}", self.boot.simple())
+        self.mark(Nudge::All);
     }
 
     pub fn root_key(&self, authority: &str) -> String {
@@ -458,7 +446,17 @@ impl Reconciler {
 
     async fn apply(&self, batches: Vec<Vec<Op>>) -> Result<(), ReconcileError> {
         for ops in batches {
-            let rev = self.kv.txn(&ops).await?;
+            let fence = self.fence.lock().expect("fence lock").clone();
+            let Some(fence) = fence else {
+                return Err(KvError::Fenced.into());
+            };
+            let rev = match self.kv.txn_fenced(&ops, Some(&fence)).await {
+                Err(KvError::Fenced) => {
+                    self.metrics.etcd_fenced.inc();
+                    return Err(KvError::Fenced.into());
+                }
+                other => other?,
+            };
             self.metrics.etcd_txns.inc();
             self.metrics.etcd_ops.inc_by(ops.len() as u64);
             let mut own = self.own_revisions.lock().expect("own lock");

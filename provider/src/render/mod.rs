@@ -10,6 +10,7 @@
 //! no value that equals Traefik's default is written except `trustForwardHeader=false`, whose
 //! explicit form changes which headers Traefik forwards.
 
+pub use crate::domain::host_port;
 use std::collections::BTreeMap;
 
 /// Request headers Traefik replaces with authgate's answer on circuits with a plugin: the
@@ -345,15 +346,6 @@ fn render_tcp(c: &Circuit) -> Kv {
         );
     }
     kv
-}
-
-/// `host:port`, bracketing IPv6 literals.
-pub fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }
 
 /// Integer weights proportional to the routes' `traffic_ratio` (to 1/1000), reduced by

@@ -10,6 +10,7 @@ use crate::{
     activity::ActivityStore,
     domain::{AppMode, AuthPlugin, Circuit, FrontendMode, Protocol, Route, Worker},
     error::ApiError,
+    etcd::Quorum,
     metrics::Metrics,
     models::{CreateCircuitRequest, ValidCreate},
     placement::{self, Ask},
@@ -25,6 +26,8 @@ pub struct Circuits<'a> {
     pub metrics: &'a Metrics,
     /// Activity keys in Redis (cleared with their circuits).
     pub activity: &'a ActivityStore,
+    /// Whether etcd can take writes (creates are refused while not).
+    pub quorum: &'a Quorum,
 }
 
 /// An interactive circuit to create (from `POST /v2/circuits` or `/v2/proxy/auth`).
@@ -184,6 +187,7 @@ impl<'a> Circuits<'a> {
             mode: AppMode::Interactive,
             props: &n.props,
         };
+        self.publishable()?;
         let worker = self.pick_worker(n.worker.as_deref(), ask).await?;
         if n.port.is_some() && worker.frontend_mode != FrontendMode::Port {
             return Err(ApiError::InvalidParams(
@@ -211,6 +215,18 @@ impl<'a> Circuits<'a> {
         };
         let c = self.insert(&new, &worker).await?;
         Ok((c, worker))
+    }
+
+    /// A new circuit can be published: refuse (503) while etcd has no quorum, instead of
+    /// acknowledging a circuit that cannot go live.
+    pub fn publishable(&self) -> Result<(), ApiError> {
+        if self.quorum.ok() {
+            Ok(())
+        } else {
+            Err(ApiError::DependencyUnavailable(
+                "etcd has no quorum: new circuits cannot be published now".into(),
+            ))
+        }
     }
 
     /// Insert a circuit (allocating its slot), count it and nudge the reconciler. Store
@@ -276,10 +292,11 @@ impl<'a> Circuits<'a> {
         Ok(())
     }
 
-    /// After circuits left SQL: nudge the reconciler for every worker they lived on.
+    /// After circuits left SQL (the store listed them as ended in their workers' maps):
+    /// nudge the reconciler for every worker they lived on.
     pub fn settle(&self, gone: &[Circuit]) {
         for c in gone {
-            self.reconciler.circuit_gone(c.worker_id, c);
+            self.reconciler.nudge_circuit(c.worker_id, c.id);
         }
         self.metrics.circuits_deleted.inc_by(gone.len() as u64);
     }

@@ -128,6 +128,7 @@ impl Endpoints<'_> {
             auth_plugin: item.auth_plugin.clone(),
             allowed_origins: Vec::new(),
         };
+        self.circuits.publishable()?;
         match self.circuits.insert(&new, &worker).await {
             Ok(c) => Ok(Created::New(Box::new((c, worker)))),
             Err(StoreError::EndpointTaken(winner)) => Ok(Created::Taken(winner)),

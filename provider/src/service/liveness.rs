@@ -62,7 +62,7 @@ impl Workers<'_> {
         };
         match self.store.move_circuit(c.id, to).await {
             Ok(Some(moved)) => {
-                self.reconciler.circuit_gone(lost.id, c);
+                self.reconciler.nudge_circuit(lost.id, c.id);
                 self.reconciler.nudge_circuit(to.id, c.id);
                 self.metrics.circuits_moved.inc();
                 tracing::info!(circuit = %c.id, from = %lost.authority, to = %to.authority, generation = moved.generation, %url, "Endpoint moved off a lost worker");

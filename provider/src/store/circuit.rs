@@ -185,6 +185,7 @@ impl Store {
         for (idx, r) in c.routes.iter().enumerate() {
             insert_route(&mut tx, id, idx as i64, r).await?;
         }
+        super::map::bump(&mut tx, worker.id).await?;
         tx.commit().await?;
         self.get_circuit(id)
             .await?
@@ -326,10 +327,15 @@ impl Store {
     }
 
     /// Move a circuit to another worker at the same slot, as a new generation (used for
-    /// inference circuits, whose tokens are bound to the circuit, not its generation).
-    /// `SlotTaken` when the slot is held there; `None` when the circuit is gone.
+    /// inference circuits, whose tokens are bound to the circuit, not its generation); the
+    /// old worker's map lists it as ended. `SlotTaken` when the slot is held there; `None`
+    /// when the circuit is gone.
     pub async fn move_circuit(&self, id: Uuid, to: &Worker) -> Result<Option<Circuit>, StoreError> {
         self.measured("move_circuit", async move {
+            let Some(before) = self.get_circuit(id).await? else {
+                return Ok(None);
+            };
+            let mut tx = self.pool.begin().await?;
             let done = sqlx::query(
                 "UPDATE circuits SET worker_id=$1, frontend_mode=$2, generation=generation+1, \
                  updated_at=$3 WHERE id=$4",
@@ -338,18 +344,25 @@ impl Store {
             .bind(to.frontend_mode.as_str())
             .bind(now_ms())
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await;
             match done {
-                Ok(_) => self.get_circuit(id).await,
+                Ok(d) if d.rows_affected() == 0 => return Ok(None),
+                Ok(_) => {}
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                    Err(StoreError::SlotTaken(format!(
+                    return Err(StoreError::SlotTaken(format!(
                         "the slot is taken on worker {:?}",
                         to.authority
-                    )))
+                    )));
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => return Err(e.into()),
             }
+            if before.worker_id != to.id {
+                super::map::record_ended(&mut tx, before.worker_id, &before).await?;
+            }
+            super::map::bump(&mut tx, to.id).await?;
+            tx.commit().await?;
+            self.get_circuit(id).await
         })
         .await
     }
@@ -359,26 +372,40 @@ impl Store {
         self.measured("delete_circuits", async move {
             let mut deleted = Vec::new();
             for id in ids {
-                let Some(c) = self.get_circuit(*id).await? else {
-                    continue;
-                };
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("DELETE FROM routes WHERE circuit_id=$1")
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                let done = sqlx::query("DELETE FROM circuits WHERE id=$1")
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                if done.rows_affected() > 0 {
-                    deleted.push(c);
+                // A circuit moved between the read and the delete is read again (bounded).
+                for _ in 0..3 {
+                    let Some(c) = self.get_circuit(*id).await? else {
+                        break;
+                    };
+                    if self.delete_one(&c).await? {
+                        deleted.push(c);
+                        break;
+                    }
                 }
             }
             Ok(deleted)
         })
         .await
+    }
+
+    /// Delete `c` if it is still on its worker, listing it as ended there; whether it was.
+    async fn delete_one(&self, c: &Circuit) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM routes WHERE circuit_id=$1")
+            .bind(c.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM circuits WHERE id=$1 AND worker_id=$2")
+            .bind(c.id.to_string())
+            .bind(c.worker_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        super::map::record_ended(&mut tx, c.worker_id, c).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Delete every circuit that routes to a session.

@@ -166,6 +166,7 @@ impl Store {
         plugin: Option<&crate::domain::AuthPlugin>,
     ) -> Result<(), StoreError> {
         self.measured("set_auth_plugin", async move {
+            let mut tx = self.pool.begin().await?;
             sqlx::query(
                 "UPDATE circuits SET auth_plugin=$1, auth_plugin_config=$2, updated_at=$3 WHERE id=$4",
             )
@@ -173,8 +174,10 @@ impl Store {
             .bind(plugin.map(|p| p.config.to_string()))
             .bind(now_ms())
             .bind(circuit_id.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+            super::map::bump_for_circuit(&mut tx, circuit_id).await?;
+            tx.commit().await?;
             Ok(())
         })
         .await

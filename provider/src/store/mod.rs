@@ -10,6 +10,7 @@ mod circuit;
 mod conf_token;
 mod credentials;
 mod endpoint;
+mod map;
 mod route;
 mod row;
 #[cfg(test)]
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, any::AnyPoolOptions};
 
 pub use circuit::{CircuitFilter, NewCircuit, NewRoute};
 pub use credentials::WorkerCredential;
+pub use map::{ENDED_LISTED_MS, IngestReport};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -114,7 +116,9 @@ impl Store {
         let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            // With the database down, a request answers 503 after this long, not a client
+            // timeout later; a burst on a healthy database queues for far less.
+            .acquire_timeout(Duration::from_secs(3))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if sqlite {
@@ -163,6 +167,16 @@ impl Store {
             self.db.errors.with_label_values(&[op, e.kind()]).inc();
         }
         result
+    }
+
+    /// `NOTIFY channel, payload` (PostgreSQL only), outside any transaction.
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel.to_string())
+            .bind(payload.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Cheap liveness probe for `/health/readyz`.

@@ -150,11 +150,7 @@ impl Store {
             .bind(session_id.to_string())
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE circuits SET updated_at=$1 WHERE id=$2")
-                .bind(now_ms())
-                .bind(circuit_id.to_string())
-                .execute(&mut *tx)
-                .await?;
+            touch(&mut tx, circuit_id).await?;
             tx.commit().await?;
             self.get_circuit(circuit_id).await
         })
@@ -185,7 +181,8 @@ pub(super) async fn insert_route(
     Ok(())
 }
 
-async fn touch(
+/// A circuit's routes changed: its `updated_at` and its worker's map version move.
+pub(super) async fn touch(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     circuit_id: Uuid,
 ) -> Result<(), StoreError> {
@@ -194,5 +191,5 @@ async fn touch(
         .bind(circuit_id.to_string())
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    super::map::bump_for_circuit(tx, circuit_id).await
 }
