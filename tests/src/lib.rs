@@ -83,6 +83,23 @@ pub fn no_redirect_client() -> reqwest::Client {
         .expect("client")
 }
 
+/// GET with extra headers: status, headers, body; `None` on a transport failure (a reset
+/// connection is an answer too where connections are being cut).
+pub async fn try_http_get(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, reqwest::header::HeaderMap, String)> {
+    let mut req = http.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.ok()?;
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    Some((status, h, resp.text().await.unwrap_or_default()))
+}
+
 /// GET with extra headers: status, headers, body.
 pub async fn http_get(
     http: &reqwest::Client,

@@ -362,3 +362,86 @@ async fn a_second_provider_on_one_sqlite_file_is_refused() {
     );
     assert_eq!(sqlite_path("postgres://x/y"), None);
 }
+
+/// The circuit map's version moves with every change to a worker's circuits or routes, in
+/// SQL (several providers share it), and circuits that leave a worker are listed there as
+/// ended — deleted or moved away — while the other worker's version moves too.
+#[tokio::test]
+async fn map_versions_and_ended_circuits_follow_every_change() {
+    let db = temp_db().await;
+    let s = &db.store;
+    let w1 = s
+        .upsert_worker(&registration("w1", FrontendMode::Port))
+        .await
+        .unwrap();
+    let w2 = s
+        .upsert_worker(&registration("w2", FrontendMode::Port))
+        .await
+        .unwrap();
+    let version = |w: Uuid| async move { s.map_version(w).await.unwrap().unwrap() };
+    let v0 = version(w1.id).await;
+
+    let c = s
+        .create_circuit(&new_circuit(&w1, None), &w1)
+        .await
+        .unwrap();
+    let v1 = version(w1.id).await;
+    assert!(v1 > v0, "create");
+    s.replace_routes(c.id, &[route(9000)]).await.unwrap();
+    let v2 = version(w1.id).await;
+    assert!(v2 > v1, "routes replaced");
+    s.set_auth_plugin(c.id, None).await.unwrap();
+    let v3 = version(w1.id).await;
+    assert!(v3 > v2, "plugin");
+    assert_eq!(s.map_version(Uuid::new_v4()).await.unwrap(), None);
+
+    // Moved to w2: w1 lists it as ended (where its connections went), both versions move.
+    let w2_before = version(w2.id).await;
+    s.move_circuit(c.id, &w2).await.unwrap().expect("moved");
+    assert!(version(w1.id).await > v3 && version(w2.id).await > w2_before);
+    let ended = s.ended_since(w1.id, 0).await.unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].id, c.id);
+    assert_eq!(ended[0].backends, vec!["127.0.0.1:9000".to_string()]);
+    assert!(s.ended_since(w2.id, 0).await.unwrap().is_empty());
+
+    // Deleted on w2: listed there; a second delete changes nothing.
+    let v = version(w2.id).await;
+    assert_eq!(s.delete_circuits(&[c.id]).await.unwrap().len(), 1);
+    assert!(version(w2.id).await > v);
+    assert_eq!(s.ended_since(w2.id, 0).await.unwrap()[0].id, c.id);
+    let v = version(w2.id).await;
+    assert!(s.delete_circuits(&[c.id]).await.unwrap().is_empty());
+    assert_eq!(version(w2.id).await, v);
+
+    // Old entries go with the GC; recent ones stay listed.
+    assert!(s.ended_since(w2.id, now_ms() + 1).await.unwrap().is_empty());
+    assert_eq!(s.gc_ended(now_ms() + 1).await.unwrap(), 2);
+    assert!(s.ended_since(w1.id, 0).await.unwrap().is_empty());
+}
+
+/// Ingest and replica-health reports land in SQL, whichever provider received them.
+#[tokio::test]
+async fn ingest_and_route_health_reports_are_shared() {
+    let db = temp_db().await;
+    let s = &db.store;
+    let w = s
+        .upsert_worker(&registration("w1", FrontendMode::Port))
+        .await
+        .unwrap();
+    assert!(s.ingest_reports().await.unwrap().is_empty());
+    s.record_ingest(w.id, true, 1234).await.unwrap();
+    let r = s.ingest_reports().await.unwrap()[&w.id];
+    assert!(r.redis_ok && r.last_flush_ms == 1234 && r.reported_ms > 0);
+
+    let c = Uuid::new_v4();
+    let report = std::collections::HashMap::from([(
+        c,
+        std::collections::BTreeMap::from([("http://10.0.0.1:1".to_string(), "UP".to_string())]),
+    )]);
+    s.record_route_health(w.id, &report).await.unwrap();
+    s.record_route_health(w.id, &report).await.unwrap();
+    let got = s.route_health_since(0).await.unwrap();
+    assert_eq!(got, vec![(w.id, report)]);
+    assert!(s.route_health_since(now_ms() + 1).await.unwrap().is_empty());
+}
