@@ -564,8 +564,14 @@ async fn an_etcd_cluster_restarted_empty_is_projected_again() {
         ports.push(c["frontend"]["port"].as_u64().unwrap());
     }
     stack.assert_agree(&traefik, "w1").await;
+    let cluster_id = |c: etcd_client::MemberListResponse| c.header().map(|h| h.cluster_id());
+    let before = cluster_id(stack.etcd_client().await.member_list().await.unwrap());
     stack.etcd.restart_empty();
-    assert!(stack.etcd_dump().await.is_empty(), "a new, empty cluster");
+    let after = cluster_id(stack.etcd_client().await.member_list().await.unwrap());
+    assert_ne!(
+        before, after,
+        "a new cluster (its keys came from the providers)"
+    );
     leader(&stack, &[0, 1], e2e::patience()).await;
     stack.assert_agree(&traefik, "w1").await;
     for p in ports {

@@ -1,0 +1,663 @@
+//! The churn soak (`./deploy/soak --minutes N`): the HA stack (PostgreSQL, a 3-member etcd,
+//! two providers, one worker with Traefik and authgate in wildcard mode) under continuous
+//! creates and deletes with thousands of circuits live, HTTP traffic to circuits that stay,
+//! open WebSockets, and the leader killed (-9) every few minutes.
+//!
+//! At the end it checks, and fails (exit 1) unless: SQL == etcd == what Traefik serves; no
+//! etcd key names a circuit SQL lacks; every acknowledged create and delete held; every
+//! request to a circuit that stayed was served and counted exactly once in Redis; every
+//! WebSocket is still open and echoing; authgate's and Traefik's RSS stayed flat (last
+//! window vs first). It reports etcd's database size before and after compaction, the
+//! takeover time of each leader kill and every process's RSS over time, as JSON.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use e2e::{Db, GatedWorker, Opts, Stack, TraefikFrontend, WorkerSpec, backends::HttpEcho};
+use redis::AsyncCommands;
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Churn soak of the HA stack; exit 1 when an invariant broke")]
+struct Args {
+    /// How long to churn.
+    #[arg(long, default_value_t = 2.0)]
+    minutes: f64,
+    /// Circuits kept live (besides the stable ones).
+    #[arg(long, default_value_t = 2000)]
+    live: usize,
+    /// Creates and deletes per second, each.
+    #[arg(long, default_value_t = 10)]
+    churn: usize,
+    /// Seconds between leader kills.
+    #[arg(long, default_value_t = 180)]
+    kill_every: u64,
+    /// Circuits that stay the whole run and get the traffic and the WebSockets.
+    #[arg(long, default_value_t = 8)]
+    stable: usize,
+    /// Where the JSON report goes.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+const DOMAIN: &str = ".apps.test";
+
+#[derive(Serialize, Default)]
+struct Report {
+    minutes: f64,
+    live_target: usize,
+    creates_acked: u64,
+    deletes_acked: u64,
+    create_retries: u64,
+    final_circuits: usize,
+    requests_sent: u64,
+    requests_failed: u64,
+    leader_kills: Vec<f64>,
+    websockets_open: usize,
+    websockets_total: usize,
+    etcd_db_bytes_before_compaction: i64,
+    etcd_db_in_use_bytes_after_compaction: i64,
+    etcd_db_in_use_bytes_after_fill: i64,
+    rss_mib: BTreeMap<String, Vec<(u64, f64)>>,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn fail(&mut self, m: String) {
+        eprintln!("soak: FAILED: {m}");
+        self.failures.push(m);
+    }
+}
+
+/// The replicas' base URLs; creates and deletes go to a random one and move on when it fails.
+struct Api {
+    http: reqwest::Client,
+    urls: Vec<String>,
+    token: String,
+}
+
+impl Api {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Option<(u16, Value)> {
+        let start = rand_index(self.urls.len());
+        for k in 0..self.urls.len() * 3 {
+            let url = &self.urls[(start + k) % self.urls.len()];
+            let mut req = (self.http.request(method.clone(), format!("{url}{path}")))
+                .header("X-BackendAI-Token", &self.token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(r) if r.status().as_u16() < 500 => {
+                    let s = r.status().as_u16();
+                    return Some((s, r.json().await.unwrap_or(Value::Null)));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        None
+    }
+}
+
+fn rand_index(n: usize) -> usize {
+    (Uuid::new_v4().as_u128() % n as u128) as usize
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+struct Soak {
+    args: Args,
+    stack: Stack,
+    worker: GatedWorker,
+    api: Arc<Api>,
+    backend: HttpEcho,
+    authority: String,
+    /// Churned circuits: id → subdomain.
+    live: Vec<(String, String)>,
+    next_name: u64,
+    report: Report,
+}
+
+impl Soak {
+    fn body(&mut self) -> Value {
+        self.next_name += 1;
+        json!({
+            "app": "soak", "protocol": "http", "worker": self.authority, "open_to_public": true,
+            "user_id": Uuid::new_v4(), "subdomain": format!("s{}", self.next_name),
+            "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1", "kernel_port": self.backend.port}],
+        })
+    }
+
+    /// Create one circuit (retrying on another replica); its id and subdomain.
+    async fn create(&mut self) -> Option<(String, String)> {
+        let body = self.body();
+        for attempt in 0..10 {
+            match self
+                .api
+                .send(reqwest::Method::POST, "/v2/circuits", Some(&body))
+                .await
+            {
+                Some((201, v)) => {
+                    self.report.creates_acked += 1;
+                    let id = v["id"].as_str()?.to_string();
+                    let sub = v["frontend"]["subdomain"].as_str()?.to_string();
+                    return Some((id, sub));
+                }
+                other => {
+                    self.report.create_retries += 1;
+                    if attempt == 9 {
+                        self.report
+                            .failures
+                            .push(format!("create failed: {other:?}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+        None
+    }
+
+    async fn delete(&mut self, id: &str) -> bool {
+        let path = format!("/v2/circuits/{id}");
+        match self.api.send(reqwest::Method::DELETE, &path, None).await {
+            Some((200 | 204, _)) => {
+                self.report.deletes_acked += 1;
+                true
+            }
+            other => {
+                self.report.failures.push(format!("delete {id}: {other:?}"));
+                false
+            }
+        }
+    }
+
+    /// Fill to `live` circuits, 16 at a time.
+    async fn fill(&mut self) {
+        while self.live.len() < self.args.live {
+            let n = (self.args.live - self.live.len()).min(16);
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let (api, body) = (self.api.clone(), self.body());
+                set.spawn(async move {
+                    api.send(reqwest::Method::POST, "/v2/circuits", Some(&body))
+                        .await
+                });
+            }
+            while let Some(a) = set.join_next().await {
+                if let Ok(Some((201, v))) = a {
+                    self.report.creates_acked += 1;
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    let sub = v["frontend"]["subdomain"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    self.live.push((id, sub));
+                } else {
+                    self.report.create_retries += 1;
+                }
+            }
+        }
+    }
+
+    /// The index of the leading provider, once one leads.
+    async fn leader(&self, limit: Duration) -> Option<usize> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            for i in 0..self.stack.provider_count() {
+                let r = (self.api.http)
+                    .get(format!("{}/status", self.stack.provider_url_at(i)))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await;
+                if let Ok(r) = r
+                    && let Ok(v) = r.json::<Value>().await
+                    && v["leader"] == true
+                {
+                    return Some(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Kill the leader; the seconds until another leads. It is restarted a moment later.
+    async fn kill_leader(&mut self) -> Option<(usize, f64)> {
+        let l = self.leader(Duration::from_secs(10)).await?;
+        self.stack.kill_provider_at(l);
+        let killed = Instant::now();
+        let new = self.leader(Duration::from_secs(30)).await;
+        let took = killed.elapsed().as_secs_f64();
+        if new.is_none() {
+            self.report.failures.push("no leader after a kill".into());
+        }
+        Some((l, took))
+    }
+
+    fn sample_rss(&mut self, at: u64) {
+        let mut procs = vec![
+            ("authgate".to_string(), self.worker.authgate_pid()),
+            ("traefik".to_string(), self.worker.traefik.proc.pid()),
+        ];
+        for i in 0..self.stack.provider_count() {
+            procs.push((format!("provider-{i}"), self.stack.provider_pid(i)));
+        }
+        for (name, pid) in procs {
+            if let Some(m) = rss_mib(pid) {
+                self.report.rss_mib.entry(name).or_default().push((at, m));
+            }
+        }
+    }
+}
+
+/// Traffic to the stable circuits: each successful GET counted per circuit.
+fn traffic(
+    http: reqwest::Client,
+    apps_port: u16,
+    stable: Vec<(String, String)>,
+    counts: Arc<Mutex<BTreeMap<String, u64>>>,
+    failed: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        while !*stop.borrow() {
+            let (id, sub) = &stable[n % stable.len()];
+            n += 1;
+            let r = http
+                .get(format!("http://127.0.0.1:{apps_port}/"))
+                .header("host", format!("{sub}{DOMAIN}:{apps_port}"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 200 => {
+                    *counts
+                        .lock()
+                        .expect("counts")
+                        .entry(id.clone())
+                        .or_default() += 1;
+                }
+                _ => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+async fn run(args: Args) -> Report {
+    let stack = Stack::start_opts(Opts {
+        etcd_members: 3,
+        providers: 2,
+        provider_extra_env: vec![(
+            "APPPROXY_PROVIDER__HA__LEASE_TTL_SECONDS".into(),
+            "3".into(),
+        )],
+        ..Opts::new(Db::Postgres)
+    })
+    .await;
+    let apps_port = e2e::free_port();
+    let authority = "soak".to_string();
+    let worker = stack
+        .start_gated_worker(WorkerSpec {
+            authority: authority.clone(),
+            frontend: TraefikFrontend::Wildcard { port: apps_port },
+            wildcard_domain: Some(DOMAIN.into()),
+            setup_max_uses: 3,
+            login_url: None,
+            env: Vec::new(),
+            without_net_admin: false,
+        })
+        .await;
+    let api = Arc::new(Api {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client"),
+        urls: (0..stack.provider_count())
+            .map(|i| stack.provider_url_at(i))
+            .collect(),
+        token: stack.manager_token.clone(),
+    });
+    let mut s = Soak {
+        report: Report {
+            minutes: args.minutes,
+            live_target: args.live,
+            ..Report::default()
+        },
+        args,
+        stack,
+        worker,
+        api,
+        backend: HttpEcho::start("soak").await,
+        authority,
+        live: Vec::new(),
+        next_name: 0,
+    };
+    let mut stable = Vec::new();
+    for _ in 0..s.args.stable {
+        if let Some(c) = s.create().await {
+            stable.push(c);
+        }
+    }
+    s.fill().await;
+    println!(
+        "soak: {} circuits live, churning",
+        s.live.len() + stable.len()
+    );
+    s.report.etcd_db_in_use_bytes_after_fill = etcd_in_use(&s.stack, true).await.1;
+
+    // Everything stable serves before the clock starts.
+    let http = e2e::no_redirect_client();
+    for (_, sub) in &stable {
+        e2e::eventually(
+            "a stable circuit serves",
+            Duration::from_secs(60),
+            || async {
+                let r = (http.get(format!("http://127.0.0.1:{apps_port}/")))
+                    .header("host", format!("{sub}{DOMAIN}:{apps_port}"))
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status() == 200).then_some(())
+            },
+        )
+        .await;
+    }
+    // Counting starts from what Redis already holds (the warm-up above).
+    let mut redis = s.stack.redis().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut base = BTreeMap::new();
+    for (id, _) in &stable {
+        let v: Option<i64> = redis
+            .get(format!("circuit.{id}.requests"))
+            .await
+            .unwrap_or(None);
+        base.insert(id.clone(), v.unwrap_or(0));
+    }
+    let mut sockets = Vec::new();
+    for (_, sub) in stable.iter().cycle().take(s.args.stable) {
+        sockets
+            .push(e2e::ws_open_host(apps_port, &format!("{sub}{DOMAIN}:{apps_port}"), None).await);
+    }
+    let counts = Arc::new(Mutex::new(BTreeMap::new()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let traffic = traffic(
+        http.clone(),
+        apps_port,
+        stable.clone(),
+        counts.clone(),
+        failed.clone(),
+        stop_rx,
+    );
+
+    let started = Instant::now();
+    let total = Duration::from_secs_f64(s.args.minutes * 60.0);
+    let mut next_kill = Duration::from_secs(s.args.kill_every.min(60));
+    let mut restart: Option<(usize, Instant)> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while started.elapsed() < total {
+        tick.tick().await;
+        let at = started.elapsed().as_secs();
+        for _ in 0..s.args.churn {
+            if !s.live.is_empty() {
+                let (id, _) = s.live.swap_remove(rand_index(s.live.len()));
+                s.delete(&id).await;
+            }
+            if let Some(c) = s.create().await {
+                s.live.push(c);
+            }
+        }
+        if at % 10 == 0 {
+            s.sample_rss(at);
+            for ws in &mut sockets {
+                if !e2e::ws_echo(ws).await {
+                    s.report
+                        .failures
+                        .push(format!("a WebSocket stopped echoing at {at} s"));
+                }
+            }
+        }
+        if started.elapsed() >= next_kill && restart.is_none() {
+            if let Some((l, took)) = s.kill_leader().await {
+                println!("soak: leader {l} killed at {at} s; another led after {took:.2} s");
+                s.report.leader_kills.push(took);
+                restart = Some((l, Instant::now() + Duration::from_secs(5)));
+            }
+            next_kill += Duration::from_secs(s.args.kill_every);
+        }
+        if let Some((l, when)) = restart
+            && Instant::now() >= when
+        {
+            s.stack.start_provider_at(l);
+            restart = None;
+        }
+    }
+    if let Some((l, _)) = restart {
+        s.stack.start_provider_at(l);
+    }
+    let _ = stop_tx.send(true);
+    let _ = traffic.await;
+    s.report.requests_failed = failed.load(Ordering::Relaxed);
+    finish(&mut s, &stable, &base, &counts, &mut sockets).await;
+    s.report
+}
+
+/// (db size, in-use size) of the etcd cluster, after compacting to the current revision when
+/// `compact`.
+async fn etcd_in_use(stack: &Stack, compact: bool) -> (i64, i64) {
+    let mut c = stack.etcd.client().await;
+    if compact
+        && let Ok(r) = c.get("soak-probe", None).await
+        && let Some(h) = r.header()
+    {
+        let _ = c
+            .compact(
+                h.revision(),
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await;
+    }
+    let st = c.status().await.ok();
+    st.map(|s| (s.db_size(), s.raft_used_db_size()))
+        .unwrap_or((0, 0))
+}
+
+async fn finish(
+    s: &mut Soak,
+    stable: &[(String, String)],
+    base: &BTreeMap<String, i64>,
+    counts: &Mutex<BTreeMap<String, u64>>,
+    sockets: &mut [tokio::net::TcpStream],
+) {
+    match s.leader(Duration::from_secs(30)).await {
+        Some(l) => s.stack.use_provider(l),
+        None => s.report.fail("no leader at the end".into()),
+    }
+    // SQL == etcd == Traefik, and every acknowledged change held.
+    let want: BTreeSet<String> = stable
+        .iter()
+        .chain(&s.live)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let sql = s.stack.circuit_ids(&s.authority).await;
+    s.report.final_circuits = sql.len();
+    if sql != want {
+        let lost = want.difference(&sql).count();
+        let stale = sql.difference(&want).count();
+        s.report.fail(format!(
+            "SQL differs from the acknowledged changes: {lost} lost, {stale} deleted but present"
+        ));
+    }
+    let root = s.stack.root_key(&s.authority);
+    let fixed = ["ap-setup", "ap-closed"];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut agreed = false;
+    while !agreed && Instant::now() < deadline {
+        let dump = s.stack.etcd_dump().await;
+        let in_etcd: BTreeSet<String> = (dump.keys())
+            .filter_map(|k| k.strip_prefix(&format!("{root}/http/routers/")))
+            .filter_map(|r| r.split('/').next()?.strip_prefix("ap-"))
+            .filter(|n| !fixed.iter().any(|f| f.strip_prefix("ap-") == Some(n)))
+            .map(str::to_string)
+            .collect();
+        let served: BTreeSet<String> = (s.worker.traefik.enabled_routers(&s.stack.http).await)
+            .into_iter()
+            .filter_map(|r| r.strip_prefix("ap-").map(str::to_string))
+            .filter(|n| {
+                !fixed
+                    .iter()
+                    .any(|f| f.strip_prefix("ap-") == Some(n.as_str()))
+            })
+            .collect();
+        let orphans = (dump.keys())
+            .filter(|k| k.starts_with(&root))
+            .filter_map(|k| {
+                let i = k.find("ap-")?;
+                let id = k.get(i + 3..i + 39)?;
+                Uuid::parse_str(id).ok().map(|_| id.to_string())
+            })
+            .filter(|id| !sql.contains(id))
+            .count();
+        agreed = in_etcd == sql && served == sql && orphans == 0;
+        if !agreed {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    if !agreed {
+        s.report
+            .fail("SQL, etcd and Traefik did not agree (or orphan keys stayed) within 90 s".into());
+    }
+    let (before, _) = etcd_in_use(&s.stack, false).await;
+    s.report.etcd_db_bytes_before_compaction = before;
+    s.report.etcd_db_in_use_bytes_after_compaction = etcd_in_use(&s.stack, true).await.1;
+    let fill = s.report.etcd_db_in_use_bytes_after_fill.max(1);
+    if s.report.etcd_db_in_use_bytes_after_compaction > 3 * fill + (8 << 20) {
+        s.report.fail(format!(
+            "etcd's database in use after compaction grew from {fill} to {} bytes",
+            s.report.etcd_db_in_use_bytes_after_compaction
+        ));
+    }
+    // Activity: every served request counted once.
+    let sent = counts.lock().expect("counts").clone();
+    s.report.requests_sent = sent.values().sum();
+    if s.report.requests_failed > 0 {
+        s.report.fail(format!(
+            "{} requests to stable circuits failed",
+            s.report.requests_failed
+        ));
+    }
+    let mut redis = s.stack.redis().await;
+    let mut exact = false;
+    for _ in 0..30 {
+        let mut all = true;
+        for (id, _) in stable {
+            let v: Option<i64> = redis
+                .get(format!("circuit.{id}.requests"))
+                .await
+                .unwrap_or(None);
+            let counted = v.unwrap_or(0) - base.get(id).copied().unwrap_or(0);
+            // Open WebSockets are logged (and counted) when they close, not yet.
+            all &= counted == sent.get(id).copied().unwrap_or(0) as i64;
+        }
+        if all {
+            exact = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if !exact {
+        s.report
+            .fail("activity counts in Redis differ from the requests served".into());
+    }
+    s.report.websockets_total = sockets.len();
+    for ws in sockets.iter_mut() {
+        if e2e::ws_echo(ws).await {
+            s.report.websockets_open += 1;
+        }
+    }
+    if s.report.websockets_open != sockets.len() {
+        s.report.fail(format!(
+            "{} of {} WebSockets closed",
+            sockets.len() - s.report.websockets_open,
+            sockets.len()
+        ));
+    }
+    // RSS: the last window against the first (a tenth of the run each, at least one sample).
+    for name in ["authgate", "traefik"] {
+        let samples = s.report.rss_mib.get(name).cloned().unwrap_or_default();
+        let w = (samples.len() / 10).max(1);
+        if samples.len() < 2 * w {
+            continue;
+        }
+        let avg = |xs: &[(u64, f64)]| xs.iter().map(|(_, m)| m).sum::<f64>() / xs.len() as f64;
+        let (first, last) = (avg(&samples[..w]), avg(&samples[samples.len() - w..]));
+        println!("soak: {name} RSS {first:.1} → {last:.1} MiB");
+        if last > first * 1.25 + 16.0 {
+            s.report
+                .fail(format!("{name} RSS grew from {first:.1} to {last:.1} MiB"));
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let out = args.out.clone();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let report = rt.block_on(run(args));
+    let text = serde_json::to_string_pretty(&report).expect("report");
+    if let Some(p) = out {
+        std::fs::write(&p, &text).expect("write the report");
+        println!("soak: report in {}", p.display());
+    }
+    println!(
+        "soak: {:.1} min, {} creates and {} deletes acknowledged, {} circuits at the end, {} requests served ({} failed), leader kills {:?} s to a new leader, etcd in use {} → {} bytes after compaction",
+        report.minutes,
+        report.creates_acked,
+        report.deletes_acked,
+        report.final_circuits,
+        report.requests_sent,
+        report.requests_failed,
+        report.leader_kills,
+        report.etcd_db_in_use_bytes_after_fill,
+        report.etcd_db_in_use_bytes_after_compaction,
+    );
+    if report.failures.is_empty() {
+        println!("soak: every invariant held");
+    } else {
+        eprintln!(
+            "soak: {} invariant(s) broke: {:?}",
+            report.failures.len(),
+            report.failures
+        );
+        std::process::exit(1);
+    }
+}
