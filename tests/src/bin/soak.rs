@@ -436,7 +436,7 @@ async fn run(args: Args) -> Report {
                 s.live.push(c);
             }
         }
-        if at % 10 == 0 {
+        if at.is_multiple_of(10) {
             s.sample_rss(at);
             for ws in &mut sockets {
                 if !e2e::ws_echo(ws).await {
