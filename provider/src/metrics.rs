@@ -45,12 +45,18 @@ impl Metrics {
         };
         let gauge =
             |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("metric"));
+        let reconcile_passes = counters(
+            "reconcile_passes_total",
+            "Reconcile passes by outcome.",
+            &["outcome"],
+        );
+        // Exported at 0 from the start (a follower may never pass; a missing series reads
+        // as "no data", not "none").
+        for outcome in ["ok", "error"] {
+            reconcile_passes.with_label_values(&[outcome]);
+        }
         Metrics {
-            reconcile_passes: counters(
-                "reconcile_passes_total",
-                "Reconcile passes by outcome.",
-                &["outcome"],
-            ),
+            reconcile_passes,
             reconcile_seconds: register(
                 &r,
                 Histogram::with_opts(

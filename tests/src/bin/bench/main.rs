@@ -3,7 +3,7 @@
 //! writes the typed results and the machine facts to `bench-results/latest.json` and the table
 //! between the markers of `BENCHMARKS.md`.
 //!
-//! `--quick` shrinks every size for a smoke run. `--only=live,burst,auth,ingest,memory,pg`
+//! `--quick` shrinks every size for a smoke run. `--only=live,burst,auth,ingest,memory,pg,ha`
 //! runs some figures (results go to `bench-results/partial.json`, BENCHMARKS.md is left
 //! alone); `--preload=N` then creates N circuits first when `live` and `burst` are skipped,
 //! so the auth figures see the worker as loaded as in a full run (default 2,100).
@@ -36,7 +36,7 @@ struct Args {
     /// Small sizes for a smoke run (BENCHMARKS.md untouched).
     #[arg(long)]
     quick: bool,
-    /// Run only these figures (comma-separated: live, burst, auth, ingest, memory, pg).
+    /// Run only these figures (comma-separated: live, burst, auth, ingest, memory, pg, ha).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Circuits created first when `live` and `burst` are skipped (the auth figures' load).
@@ -53,6 +53,8 @@ pub(crate) struct Sizes {
     pub records: usize,
     pub memory_circuits: usize,
     pub list_circuits: usize,
+    /// Leader kills in the HA figure.
+    pub kills: usize,
 }
 
 impl Sizes {
@@ -66,6 +68,7 @@ impl Sizes {
                 records: 20_000,
                 memory_circuits: 200,
                 list_circuits: 200,
+                kills: 2,
             }
         } else {
             Sizes {
@@ -76,6 +79,7 @@ impl Sizes {
                 records: 400_000,
                 memory_circuits: 10_000,
                 list_circuits: 10_000,
+                kills: 5,
             }
         }
     }
@@ -240,6 +244,9 @@ async fn main() {
     drop((w, raw, stack));
     if want("pg") {
         results.api_postgres = Some(figures::pg::run(&sz).await);
+    }
+    if want("ha") {
+        results.ha = Some(figures::ha::run(&sz).await);
     }
     results.machine = Some(Machine {
         date: version("date", "-u"),

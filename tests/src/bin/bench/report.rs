@@ -34,6 +34,8 @@ pub(crate) struct Results {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_postgres: Option<ApiPostgres>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<Ha>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<Machine>,
 }
 
@@ -174,6 +176,17 @@ pub(crate) struct ApiPostgres {
     pub creates: usize,
 }
 
+/// Create → live through the leader and a follower (ms), and recovery after leader kills
+/// (s from the kill).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Ha {
+    pub leader_ms: Vec<f64>,
+    pub follower_ms: Vec<f64>,
+    pub takeover_s: Vec<f64>,
+    pub kill_to_live_s: Vec<f64>,
+    pub lease_ttl_s: u64,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Machine {
     pub date: String,
@@ -239,6 +252,18 @@ pub(crate) fn table(r: &Results) -> String {
         f(s.map(|s| s.create_p50_ms)), f(p.map(|p| p.create_p50_ms)),
         s.map_or("n/a".into(), |s| s.list_circuits.to_string()), f(s.map(|s| s.list_ms))
     ));
+    if let Some(h) = &r.ha {
+        let (lead, follow) = (pct(&h.leader_ms, 0.5), pct(&h.follower_ms, 0.5));
+        rows.push(format!(
+            "| HA: 2 providers, 3-member etcd, PostgreSQL | create → live p50 {lead:.1} ms through the leader, {follow:.1} ms through a follower ({:+.1} ms); leader killed → another leads p50 {:.2} s, a create through the survivor live p50 {:.2} s ({} kills, lease {} s) | — | follower within a few ms of the leader; takeover within the lease | {} |",
+            follow - lead,
+            pct(&h.takeover_s, 0.5),
+            pct(&h.kill_to_live_s, 0.5),
+            h.takeover_s.len(),
+            h.lease_ttl_s,
+            yes(follow - lead <= 5.0 && pct(&h.takeover_s, 0.5) <= h.lease_ttl_s as f64 + 1.0)
+        ));
+    }
     rows.join("\n")
 }
 
