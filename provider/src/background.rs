@@ -136,13 +136,23 @@ fn duties(state: &AppState, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>>
     tasks
 }
 
-/// Probe etcd every second with a read that needs a quorum; while it fails, creates are
-/// refused with a 503.
+/// Probe etcd every second with a read that needs a quorum; after two failed probes in a
+/// row, creates are refused with a 503 until one succeeds. A single failure is not enough:
+/// while etcd elects a new raft leader (the member that led died), requests fail for a
+/// moment although the cluster is healthy.
 async fn quorum(state: AppState, shutdown: watch::Receiver<bool>) {
     let key = format!("{}leader", state.config.etcd.control_prefix);
+    let failed = std::sync::atomic::AtomicU32::new(0);
     every(Duration::from_secs(1), First::Now, shutdown, || async {
         let probe = state.etcd.quorum(&key, Duration::from_secs(2)).await;
-        let ok = probe.is_ok();
+        let in_a_row = match &probe {
+            Ok(()) => {
+                failed.store(0, std::sync::atomic::Ordering::Relaxed);
+                0
+            }
+            Err(_) => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+        };
+        let ok = in_a_row < 2;
         state.metrics.etcd_quorum.set(i64::from(ok));
         if state.quorum.set(ok) {
             match probe {

@@ -126,6 +126,19 @@ impl EtcdCluster {
             .expect("etcd connect")
     }
 
+    /// The index of the member that leads raft now.
+    pub async fn raft_leader(&self) -> usize {
+        let mut c = self.client().await;
+        let leader = c.status().await.expect("etcd status").leader();
+        let list = c.member_list().await.expect("member list");
+        let m = (list.members().iter())
+            .find(|m| m.id() == leader)
+            .expect("the raft leader is a member");
+        (self.members.iter())
+            .position(|x| m.name() == x.name)
+            .expect("a member of ours")
+    }
+
     /// SIGKILL member `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut p) = self.members[i].proc.take() {

@@ -601,10 +601,22 @@ impl Stack {
         let mut c = self.etcd_client().await;
         let mut out = BTreeMap::new();
         for prefix in [format!("{}/", self.namespace), self.control_prefix.clone()] {
-            let resp = c
-                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-                .await
-                .expect("etcd get");
+            // A member that just died or joined, or a raft election, fails a read for a
+            // moment: retry (bounded).
+            let mut tries = 0;
+            let resp = loop {
+                let opts = etcd_client::GetOptions::new().with_prefix();
+                match c.get(prefix.clone(), Some(opts)).await {
+                    Ok(r) => break r,
+                    Err(e) if tries < 20 => {
+                        tries += 1;
+                        eprintln!("etcd get failed ({e}); retrying");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        c = self.etcd_client().await;
+                    }
+                    Err(e) => panic!("etcd get: {e}"),
+                }
+            };
             for kv in resp.kvs() {
                 out.insert(
                     String::from_utf8_lossy(kv.key()).into_owned(),

@@ -255,8 +255,12 @@ impl Reconciler {
         *self.fence.lock().expect("fence lock") = None;
     }
 
-    /// Mark `n` locally (a nudge from another provider, or our own).
+    /// Mark `n` locally (a nudge from another provider, or our own). Not while following:
+    /// nothing would take the marks, and a term starts with a full pass anyway.
     pub fn mark(&self, n: Nudge) {
+        if self.fence.lock().expect("fence lock").is_none() {
+            return;
+        }
         {
             let mut dirty = self.dirty.lock().expect("dirty lock");
             match n {
