@@ -69,6 +69,10 @@ struct Report {
     etcd_db_in_use_bytes_after_compaction: i64,
     etcd_db_in_use_bytes_after_fill: i64,
     rss_mib: BTreeMap<String, Vec<(u64, f64)>>,
+    /// Every fifth churned create: seconds from sending it until Traefik served it; every
+    /// fifth delete: until Traefik stopped serving it (DESIGN checklist D2: p99 ≤ 5 s).
+    create_to_routable_s: Vec<f64>,
+    delete_to_denied_s: Vec<f64>,
     failures: Vec<String>,
 }
 
@@ -275,6 +279,44 @@ impl Soak {
     }
 }
 
+/// Poll `sub` every 20 ms (at most 30 s) until Traefik serves it (`up`) or stops serving it;
+/// push the seconds since `since` (or 30 when it never did).
+fn spawn_probe(
+    http: &reqwest::Client,
+    apps_port: u16,
+    sub: String,
+    since: Instant,
+    up: bool,
+    out: &Arc<Mutex<Vec<f64>>>,
+) {
+    let (http, out) = (http.clone(), out.clone());
+    tokio::spawn(async move {
+        while since.elapsed() < Duration::from_secs(30) {
+            let r = (http.get(format!("http://127.0.0.1:{apps_port}/")))
+                .header("host", format!("{sub}{DOMAIN}:{apps_port}"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            let serving = r.is_ok_and(|r| r.status() == 200);
+            if serving == up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        out.lock()
+            .expect("lat")
+            .push(since.elapsed().as_secs_f64().min(30.0));
+    });
+}
+
+fn pct(xs: &[f64], p: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
 /// Traffic to the stable circuits: each successful GET counted per circuit.
 fn traffic(
     http: reqwest::Client,
@@ -419,6 +461,8 @@ async fn run(args: Args) -> Report {
         stop_rx,
     );
 
+    let created_lat = Arc::new(Mutex::new(Vec::new()));
+    let deleted_lat = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     let total = Duration::from_secs_f64(s.args.minutes * 60.0);
     let mut next_kill = Duration::from_secs(s.args.kill_every.min(60));
@@ -427,12 +471,20 @@ async fn run(args: Args) -> Report {
     while started.elapsed() < total {
         tick.tick().await;
         let at = started.elapsed().as_secs();
-        for _ in 0..s.args.churn {
+        for k in 0..s.args.churn {
+            let probe = k % 5 == 0;
             if !s.live.is_empty() {
-                let (id, _) = s.live.swap_remove(rand_index(s.live.len()));
-                s.delete(&id).await;
+                let (id, sub) = s.live.swap_remove(rand_index(s.live.len()));
+                let t = Instant::now();
+                if s.delete(&id).await && probe {
+                    spawn_probe(&http, apps_port, sub, t, false, &deleted_lat);
+                }
             }
+            let t = Instant::now();
             if let Some(c) = s.create().await {
+                if probe {
+                    spawn_probe(&http, apps_port, c.1.clone(), t, true, &created_lat);
+                }
                 s.live.push(c);
             }
         }
@@ -466,6 +518,10 @@ async fn run(args: Args) -> Report {
     }
     let _ = stop_tx.send(true);
     let _ = traffic.await;
+    // The last probes end within their 30 s bound.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    s.report.create_to_routable_s = created_lat.lock().expect("lat").clone();
+    s.report.delete_to_denied_s = deleted_lat.lock().expect("lat").clone();
     s.report.requests_failed = failed.load(Ordering::Relaxed);
     finish(&mut s, &stable, &base, &counts, &mut sockets).await;
     s.report
@@ -611,6 +667,21 @@ async fn finish(
             sockets.len()
         ));
     }
+    for (what, xs) in [
+        ("create → routable", &s.report.create_to_routable_s),
+        ("delete → denied", &s.report.delete_to_denied_s),
+    ] {
+        let (p50, p99) = (pct(xs, 0.5), pct(xs, 0.99));
+        println!(
+            "soak: {what} p50 {p50:.2} s, p99 {p99:.2} s over {} probes",
+            xs.len()
+        );
+        if p99 > 5.0 {
+            s.report
+                .failures
+                .push(format!("{what} p99 {p99:.2} s (> 5 s)"));
+        }
+    }
     // RSS: the last window against the first (a tenth of the run each, at least one sample).
     for name in ["authgate", "traefik"] {
         let samples = s.report.rss_mib.get(name).cloned().unwrap_or_default();
@@ -632,7 +703,20 @@ fn main() {
     let args = Args::parse();
     let out = args.out.clone();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let report = rt.block_on(run(args));
+    // Interrupted (Ctrl-C, SIGTERM): the run is dropped, and with it every process it started.
+    let report = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            r = run(args) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+        }
+    });
+    let Some(report) = report else {
+        eprintln!("soak: interrupted; every process it started was stopped");
+        std::process::exit(130);
+    };
     let text = serde_json::to_string_pretty(&report).expect("report");
     if let Some(p) = out {
         std::fs::write(&p, &text).expect("write the report");
