@@ -577,6 +577,7 @@ async fn finish(
     let fixed = ["ap-setup", "ap-closed"];
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut agreed = false;
+    let mut last = String::new();
     while !agreed && Instant::now() < deadline {
         let dump = s.stack.etcd_dump().await;
         let in_etcd: BTreeSet<String> = (dump.keys())
@@ -605,12 +606,27 @@ async fn finish(
             .count();
         agreed = in_etcd == sql && served == sql && orphans == 0;
         if !agreed {
+            let some = |a: &BTreeSet<String>, b: &BTreeSet<String>| -> Vec<String> {
+                a.difference(b).take(3).cloned().collect()
+            };
+            last = format!(
+                "SQL {} circuits, etcd {} (missing {:?}, extra {:?}), Traefik {} (missing {:?}, \
+                 extra {:?}), orphan keys {orphans}",
+                sql.len(),
+                in_etcd.len(),
+                some(&sql, &in_etcd),
+                some(&in_etcd, &sql),
+                served.len(),
+                some(&sql, &served),
+                some(&served, &sql),
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     if !agreed {
-        s.report
-            .fail("SQL, etcd and Traefik did not agree (or orphan keys stayed) within 90 s".into());
+        s.report.fail(format!(
+            "SQL, etcd and Traefik did not agree within 90 s: {last}"
+        ));
     }
     let (before, _) = etcd_in_use(&s.stack, false).await;
     s.report.etcd_db_bytes_before_compaction = before;
