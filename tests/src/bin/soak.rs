@@ -73,6 +73,8 @@ struct Report {
     /// fifth delete: until Traefik stopped serving it (DESIGN checklist D2: p99 ≤ 5 s).
     create_to_routable_s: Vec<f64>,
     delete_to_denied_s: Vec<f64>,
+    /// Probes that ran out of time, by what the last answer was.
+    probes_timed_out: BTreeMap<String, u64>,
     failures: Vec<String>,
 }
 
@@ -280,7 +282,8 @@ impl Soak {
 }
 
 /// Poll `sub` every 20 ms (at most 30 s) until Traefik serves it (`up`) or stops serving it;
-/// push the seconds since `since` (or 30 when it never did).
+/// push the seconds since `since` (or 30 when it never did, with the last answer counted in
+/// `stuck`: 404 = Traefik has no router, 401/403/410 = authgate refuses).
 fn spawn_probe(
     http: &reqwest::Client,
     apps_port: u16,
@@ -288,20 +291,33 @@ fn spawn_probe(
     since: Instant,
     up: bool,
     out: &Arc<Mutex<Vec<f64>>>,
+    stuck: &Arc<Mutex<BTreeMap<String, u64>>>,
 ) {
-    let (http, out) = (http.clone(), out.clone());
+    let (http, out, stuck) = (http.clone(), out.clone(), stuck.clone());
     tokio::spawn(async move {
+        let mut last = String::from("none");
+        let mut done = false;
         while since.elapsed() < Duration::from_secs(30) {
             let r = (http.get(format!("http://127.0.0.1:{apps_port}/")))
                 .header("host", format!("{sub}{DOMAIN}:{apps_port}"))
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
-            let serving = r.is_ok_and(|r| r.status() == 200);
-            if serving == up {
+            last = match &r {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            if r.is_ok_and(|r| r.status() == 200) == up {
+                done = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !done {
+            let what = if up { "create" } else { "delete" };
+            *(stuck.lock().expect("stuck"))
+                .entry(format!("{what}: {last}"))
+                .or_default() += 1;
         }
         out.lock()
             .expect("lat")
@@ -463,6 +479,7 @@ async fn run(args: Args) -> Report {
 
     let created_lat = Arc::new(Mutex::new(Vec::new()));
     let deleted_lat = Arc::new(Mutex::new(Vec::new()));
+    let stuck = Arc::new(Mutex::new(BTreeMap::new()));
     let started = Instant::now();
     let total = Duration::from_secs_f64(s.args.minutes * 60.0);
     let mut next_kill = Duration::from_secs(s.args.kill_every.min(60));
@@ -477,13 +494,13 @@ async fn run(args: Args) -> Report {
                 let (id, sub) = s.live.swap_remove(rand_index(s.live.len()));
                 let t = Instant::now();
                 if s.delete(&id).await && probe {
-                    spawn_probe(&http, apps_port, sub, t, false, &deleted_lat);
+                    spawn_probe(&http, apps_port, sub, t, false, &deleted_lat, &stuck);
                 }
             }
             let t = Instant::now();
             if let Some(c) = s.create().await {
                 if probe {
-                    spawn_probe(&http, apps_port, c.1.clone(), t, true, &created_lat);
+                    spawn_probe(&http, apps_port, c.1.clone(), t, true, &created_lat, &stuck);
                 }
                 s.live.push(c);
             }
@@ -522,6 +539,7 @@ async fn run(args: Args) -> Report {
     tokio::time::sleep(Duration::from_secs(5)).await;
     s.report.create_to_routable_s = created_lat.lock().expect("lat").clone();
     s.report.delete_to_denied_s = deleted_lat.lock().expect("lat").clone();
+    s.report.probes_timed_out = stuck.lock().expect("stuck").clone();
     s.report.requests_failed = failed.load(Ordering::Relaxed);
     finish(&mut s, &stable, &base, &counts, &mut sockets).await;
     s.report
@@ -692,6 +710,9 @@ async fn finish(
             "soak: {what} p50 {p50:.2} s, p99 {p99:.2} s over {} probes",
             xs.len()
         );
+        if !s.report.probes_timed_out.is_empty() {
+            println!("soak: probes out of time: {:?}", s.report.probes_timed_out);
+        }
         if p99 > 5.0 {
             s.report
                 .failures
