@@ -281,23 +281,35 @@ impl Soak {
     }
 }
 
+/// What the probes share: their samples, the timed-out ones by last answer (410 = Traefik
+/// has no router, 401/403 = authgate refuses), and the subdomains the churn deleted (a create
+/// probe whose circuit was deleted before it was routed drops its sample).
+#[derive(Clone, Default)]
+struct Probes {
+    created: Arc<Mutex<Vec<f64>>>,
+    deleted: Arc<Mutex<Vec<f64>>>,
+    stuck: Arc<Mutex<BTreeMap<String, u64>>>,
+    gone: Arc<Mutex<BTreeSet<String>>>,
+}
+
 /// Poll `sub` every 20 ms (at most 30 s) until Traefik serves it (`up`) or stops serving it;
-/// push the seconds since `since` (or 30 when it never did, with the last answer counted in
-/// `stuck`: 404 = Traefik has no router, 401/403/410 = authgate refuses).
+/// push the seconds since `since` (or 30 when it never did).
 fn spawn_probe(
     http: &reqwest::Client,
     apps_port: u16,
     sub: String,
     since: Instant,
     up: bool,
-    out: &Arc<Mutex<Vec<f64>>>,
-    stuck: &Arc<Mutex<BTreeMap<String, u64>>>,
+    probes: &Probes,
 ) {
-    let (http, out, stuck) = (http.clone(), out.clone(), stuck.clone());
+    let (http, probes) = (http.clone(), probes.clone());
     tokio::spawn(async move {
         let mut last = String::from("none");
         let mut done = false;
         while since.elapsed() < Duration::from_secs(30) {
+            if up && probes.gone.lock().expect("gone").contains(&sub) {
+                return;
+            }
             let r = (http.get(format!("http://127.0.0.1:{apps_port}/")))
                 .header("host", format!("{sub}{DOMAIN}:{apps_port}"))
                 .timeout(Duration::from_secs(2))
@@ -315,10 +327,11 @@ fn spawn_probe(
         }
         if !done {
             let what = if up { "create" } else { "delete" };
-            *(stuck.lock().expect("stuck"))
+            *(probes.stuck.lock().expect("stuck"))
                 .entry(format!("{what}: {last}"))
                 .or_default() += 1;
         }
+        let out = if up { &probes.created } else { &probes.deleted };
         out.lock()
             .expect("lat")
             .push(since.elapsed().as_secs_f64().min(30.0));
@@ -477,9 +490,7 @@ async fn run(args: Args) -> Report {
         stop_rx,
     );
 
-    let created_lat = Arc::new(Mutex::new(Vec::new()));
-    let deleted_lat = Arc::new(Mutex::new(Vec::new()));
-    let stuck = Arc::new(Mutex::new(BTreeMap::new()));
+    let probes = Probes::default();
     let started = Instant::now();
     let total = Duration::from_secs_f64(s.args.minutes * 60.0);
     let mut next_kill = Duration::from_secs(s.args.kill_every.min(60));
@@ -493,14 +504,15 @@ async fn run(args: Args) -> Report {
             if !s.live.is_empty() {
                 let (id, sub) = s.live.swap_remove(rand_index(s.live.len()));
                 let t = Instant::now();
+                probes.gone.lock().expect("gone").insert(sub.clone());
                 if s.delete(&id).await && probe {
-                    spawn_probe(&http, apps_port, sub, t, false, &deleted_lat, &stuck);
+                    spawn_probe(&http, apps_port, sub, t, false, &probes);
                 }
             }
             let t = Instant::now();
             if let Some(c) = s.create().await {
                 if probe {
-                    spawn_probe(&http, apps_port, c.1.clone(), t, true, &created_lat, &stuck);
+                    spawn_probe(&http, apps_port, c.1.clone(), t, true, &probes);
                 }
                 s.live.push(c);
             }
@@ -537,9 +549,9 @@ async fn run(args: Args) -> Report {
     let _ = traffic.await;
     // The last probes end within their 30 s bound.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    s.report.create_to_routable_s = created_lat.lock().expect("lat").clone();
-    s.report.delete_to_denied_s = deleted_lat.lock().expect("lat").clone();
-    s.report.probes_timed_out = stuck.lock().expect("stuck").clone();
+    s.report.create_to_routable_s = probes.created.lock().expect("lat").clone();
+    s.report.delete_to_denied_s = probes.deleted.lock().expect("lat").clone();
+    s.report.probes_timed_out = probes.stuck.lock().expect("stuck").clone();
     s.report.requests_failed = failed.load(Ordering::Relaxed);
     finish(&mut s, &stable, &base, &counts, &mut sockets).await;
     s.report
