@@ -75,6 +75,9 @@ struct Report {
     delete_to_denied_s: Vec<f64>,
     /// Probes that ran out of time, by what the last answer was.
     probes_timed_out: BTreeMap<String, u64>,
+    /// Every minute during the churn: (second, circuits in SQL, circuit routers in etcd,
+    /// circuit routers Traefik serves) — which side falls behind, if one does.
+    sides: Vec<(u64, usize, usize, usize)>,
     failures: Vec<String>,
 }
 
@@ -263,6 +266,30 @@ impl Soak {
             self.report.failures.push("no leader after a kill".into());
         }
         Some((l, took))
+    }
+
+    /// Circuit counts per side now (SQL through any replica, etcd, Traefik).
+    async fn sides(&self, at: u64) -> (u64, usize, usize, usize) {
+        let path = format!("/v2/circuits?worker={}", self.authority);
+        let sql = match self.api.send(reqwest::Method::GET, &path, None).await {
+            Some((200, v)) => v["circuits"].as_array().map_or(0, Vec::len),
+            _ => 0,
+        };
+        let prefix = format!("{}/http/routers/ap-", self.stack.root_key(&self.authority));
+        let etcd = (self.stack.etcd_dump().await.keys())
+            .filter(|k| k.starts_with(&prefix) && k.ends_with("/rule"))
+            .filter(|k| !k.contains("/ap-setup/") && !k.contains("/ap-closed/"))
+            .count();
+        let traefik = (self
+            .worker
+            .traefik
+            .enabled_routers(&self.api.http)
+            .await
+            .iter())
+        .filter(|r| r.starts_with("ap-") && *r != "ap-setup" && *r != "ap-closed")
+        .count();
+        println!("soak: at {at} s: SQL {sql}, etcd {etcd}, Traefik {traefik} circuits");
+        (at, sql, etcd, traefik)
     }
 
     fn sample_rss(&mut self, at: u64) {
@@ -516,6 +543,10 @@ async fn run(args: Args) -> Report {
                 }
                 s.live.push(c);
             }
+        }
+        if at.is_multiple_of(60) {
+            let sides = s.sides(at).await;
+            s.report.sides.push(sides);
         }
         if at.is_multiple_of(10) {
             s.sample_rss(at);
