@@ -219,10 +219,8 @@ impl Reconciler {
             resync,
             min_interval,
             metrics,
-            dirty: Mutex::new(Dirty {
-                all: true,
-                ..Dirty::default()
-            }),
+            // Nothing to do before a term: `begin_term` asks for a full pass.
+            dirty: Mutex::new(Dirty::default()),
             notify: Notify::new(),
             own_revisions: Mutex::new(VecDeque::new()),
             roots: Mutex::new(HashMap::new()),

@@ -7,10 +7,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use appproxy_common::wire::EndedCircuit;
-use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Store, StoreError, now_ms, row::corrupt};
+use super::{
+    Store, StoreError, now_ms,
+    row::{corrupt, get, parse},
+};
 use crate::domain::Circuit;
 
 /// How long a circuit that left a worker stays listed in its map (many of authgate's polls).
@@ -74,11 +76,7 @@ impl Store {
                 .bind(worker_id.to_string())
                 .fetch_optional(&self.pool)
                 .await?;
-            row.map(|r| {
-                r.try_get::<i64, _>(0)
-                    .map_err(|e| corrupt("map_version", e))
-            })
-            .transpose()
+            row.map(|r| get::<i64>(&r, "map_version")).transpose()
         })
         .await
     }
@@ -101,7 +99,7 @@ impl Store {
             let mut seen = std::collections::HashSet::new();
             let mut out = Vec::new();
             for r in &rows {
-                let text: String = r.try_get(0).map_err(|e| corrupt("ended", e))?;
+                let text: String = get(r, "ended")?;
                 let e: EndedCircuit =
                     serde_json::from_str(&text).map_err(|e| corrupt("ended", e))?;
                 if seen.insert(e.id) {
@@ -159,19 +157,13 @@ impl Store {
             .await?;
             rows.iter()
                 .map(|r| {
-                    let id: String = r.try_get(0).map_err(|e| corrupt("id", e))?;
-                    let id = Uuid::parse_str(&id).map_err(|e| corrupt("id", e))?;
-                    let get = |i: usize| -> Result<i64, StoreError> {
-                        r.try_get::<Option<i64>, _>(i)
-                            .map(|v| v.unwrap_or(0))
-                            .map_err(|e| corrupt("ingest", e))
-                    };
+                    let ms = |col| Ok::<_, StoreError>(get::<Option<i64>>(r, col)?.unwrap_or(0));
                     let report = IngestReport {
-                        reported_ms: get(1)?,
-                        redis_ok: get(2)? != 0,
-                        last_flush_ms: get(3)?,
+                        reported_ms: ms("ingest_reported_at")?,
+                        redis_ok: ms("ingest_redis_ok")? != 0,
+                        last_flush_ms: ms("ingest_last_flush")?,
                     };
-                    Ok((id, report))
+                    Ok((parse(r, "id")?, report))
                 })
                 .collect()
         })
@@ -220,11 +212,9 @@ impl Store {
                     .await?;
             rows.iter()
                 .map(|r| {
-                    let id: String = r.try_get(0).map_err(|e| corrupt("worker_id", e))?;
-                    let id = Uuid::parse_str(&id).map_err(|e| corrupt("worker_id", e))?;
-                    let text: String = r.try_get(1).map_err(|e| corrupt("report", e))?;
+                    let text: String = get(r, "report")?;
                     let report = serde_json::from_str(&text).map_err(|e| corrupt("report", e))?;
-                    Ok((id, report))
+                    Ok((parse(r, "worker_id")?, report))
                 })
                 .collect()
         })
