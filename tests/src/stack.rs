@@ -350,6 +350,36 @@ impl Stack {
             .join(",")
     }
 
+    /// `GET /status` of provider `i` (`None` when it does not answer within 2 s).
+    pub async fn provider_status(&self, i: usize) -> Option<Value> {
+        let r = (self.http)
+            .get(format!("{}/status", self.provider_url_at(i)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// The index of a provider whose `/status` says it leads, polled every 20 ms for at most
+    /// `limit`.
+    pub async fn leading_provider(&self, limit: Duration) -> Option<usize> {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            for i in 0..self.providers.len() {
+                if self
+                    .provider_status(i)
+                    .await
+                    .is_some_and(|s| s["leader"] == true)
+                {
+                    return Some(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// Send `call` and its helpers to provider `i` from now on.
     pub fn use_provider(&mut self, i: usize) {
         self.primary = i;

@@ -89,24 +89,13 @@ async fn created(stack: &Stack, i: usize, body: &Value) -> Value {
     v
 }
 
-/// `GET /status` of provider `i` (`None` when it does not answer within 2 s).
-async fn status(stack: &Stack, i: usize) -> Option<Value> {
-    let r = (stack.http)
-        .get(format!("{}/status", stack.provider_url_at(i)))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    r.json().await.ok()
-}
-
 /// Wait until exactly one of `among` leads and the others name it; its index.
 async fn leader(stack: &Stack, among: &[usize], limit: Duration) -> usize {
     eventually("one leader that every replica names", limit, || async {
         let mut leaders = Vec::new();
         let mut named = BTreeSet::new();
         for &i in among {
-            let s = status(stack, i).await?;
+            let s = stack.provider_status(i).await?;
             if s["leader"] == true {
                 leaders.push(i);
             }
@@ -192,8 +181,8 @@ async fn a_write_through_a_follower_goes_live_at_once_and_every_replica_serves_o
 
     // /status: one leader, named by both.
     let (a, b) = (
-        status(&stack, l).await.unwrap(),
-        status(&stack, f).await.unwrap(),
+        stack.provider_status(l).await.unwrap(),
+        stack.provider_status(f).await.unwrap(),
     );
     assert_eq!(a["leader"], true);
     assert_eq!(b["leader"], false);
@@ -283,7 +272,9 @@ async fn leader_killed_mid_burst_a_follower_takes_over_and_nothing_is_lost() {
         eventually(
             "the follower leads",
             Duration::from_secs(TTL + 5),
-            || async { (status(stack, f).await?["leader"] == true).then(|| killed.elapsed()) },
+            || async {
+                (stack.provider_status(f).await?["leader"] == true).then(|| killed.elapsed())
+            },
         )
         .await
     };
@@ -324,7 +315,7 @@ async fn a_leader_paused_past_its_lease_never_writes_again() {
     eventually(
         "the follower leads",
         Duration::from_secs(TTL + 5),
-        || async { (status(&stack, f).await?["leader"] == true).then_some(()) },
+        || async { (stack.provider_status(f).await?["leader"] == true).then_some(()) },
     )
     .await;
     // The new leader changes things the paused one still has an image of.
@@ -361,7 +352,7 @@ async fn a_leader_paused_past_its_lease_never_writes_again() {
     signal(stack.provider_pid(l), "-CONT");
     assert_eq!(pending.await.unwrap(), 201, "a follower still takes writes");
     eventually("the old leader follows", e2e::patience(), || async {
-        let s = status(&stack, l).await?;
+        let s = stack.provider_status(l).await?;
         (s["leader"] == false).then_some(())
     })
     .await;

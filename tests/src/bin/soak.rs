@@ -233,34 +233,12 @@ impl Soak {
         }
     }
 
-    /// The index of the leading provider, once one leads.
-    async fn leader(&self, limit: Duration) -> Option<usize> {
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
-            for i in 0..self.stack.provider_count() {
-                let r = (self.api.http)
-                    .get(format!("{}/status", self.stack.provider_url_at(i)))
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await;
-                if let Ok(r) = r
-                    && let Ok(v) = r.json::<Value>().await
-                    && v["leader"] == true
-                {
-                    return Some(i);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
     /// Kill the leader; the seconds until another leads. It is restarted a moment later.
     async fn kill_leader(&mut self) -> Option<(usize, f64)> {
-        let l = self.leader(Duration::from_secs(10)).await?;
+        let l = self.stack.leading_provider(Duration::from_secs(10)).await?;
         self.stack.kill_provider_at(l);
         let killed = Instant::now();
-        let new = self.leader(Duration::from_secs(30)).await;
+        let new = self.stack.leading_provider(Duration::from_secs(30)).await;
         let took = killed.elapsed().as_secs_f64();
         if new.is_none() {
             self.report.failures.push("no leader after a kill".into());
@@ -615,7 +593,7 @@ async fn finish(
     counts: &Mutex<BTreeMap<String, u64>>,
     sockets: &mut [tokio::net::TcpStream],
 ) {
-    match s.leader(Duration::from_secs(30)).await {
+    match s.stack.leading_provider(Duration::from_secs(30)).await {
         Some(l) => s.stack.use_provider(l),
         None => s.report.fail("no leader at the end".into()),
     }

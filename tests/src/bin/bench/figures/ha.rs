@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use appproxy_common::wire::{CreateCircuitRequest, RouteRequest};
 use e2e::{Db, Opts, Stack, TraefikFrontend, backends::HttpEcho};
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
@@ -20,23 +20,8 @@ use crate::{
 const DOMAIN: &str = ".ha.test";
 
 /// The provider that leads now (bounded wait).
-async fn leader(stack: &Stack, http: &reqwest::Client) -> usize {
-    for _ in 0..600 {
-        for i in 0..stack.provider_count() {
-            let r = http
-                .get(format!("{}/status", stack.provider_url_at(i)))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await;
-            if let Ok(r) = r
-                && r.json::<Value>().await.is_ok_and(|v| v["leader"] == true)
-            {
-                return i;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no provider leads");
+async fn leader(stack: &Stack) -> usize {
+    (stack.leading_provider(Duration::from_secs(30)).await).expect("a provider leads")
 }
 
 fn request(sub: &str, backend: u16) -> CreateCircuitRequest {
@@ -70,7 +55,7 @@ pub(crate) async fn run(sz: &Sizes) -> Ha {
     let http = e2e::no_redirect_client();
     let mut n = 0;
     let (mut through_leader, mut through_follower) = (Vec::new(), Vec::new());
-    let l = leader(&stack, &http).await;
+    let l = leader(&stack).await;
     for i in 0..sz.samples * 2 {
         // Alternate, spaced past Traefik's 100 ms provider throttle (as the live figure).
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -90,7 +75,7 @@ pub(crate) async fn run(sz: &Sizes) -> Ha {
     }
     let (mut takeover, mut to_live) = (Vec::new(), Vec::new());
     for _ in 0..sz.kills {
-        let l = leader(&stack, &http).await;
+        let l = leader(&stack).await;
         stack.kill_provider_at(l);
         let killed = Instant::now();
         // A create through the survivor, right away: acknowledged at once, live once the
@@ -99,7 +84,7 @@ pub(crate) async fn run(sz: &Sizes) -> Ha {
         n += 1;
         let sub = format!("h{n}");
         stack.create(&request(&sub, echo.port)).await;
-        let new = leader(&stack, &http).await;
+        let new = leader(&stack).await;
         assert_ne!(new, l);
         takeover.push(killed.elapsed().as_secs_f64());
         until_200(&http, apps, &format!("{sub}{DOMAIN}")).await;
