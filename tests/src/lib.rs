@@ -83,6 +83,17 @@ pub fn no_redirect_client() -> reqwest::Client {
         .expect("client")
 }
 
+/// The `p` quantile (0–1) of `samples` (nearest rank); NaN when there are none.
+pub fn pct(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
 /// GET with extra headers: status, headers, body; `None` on a transport failure (a reset
 /// connection is an answer too where connections are being cut).
 pub async fn try_http_get(

@@ -21,7 +21,7 @@ use std::{
 };
 
 use clap::Parser;
-use e2e::{Db, GatedWorker, Opts, Stack, TraefikFrontend, WorkerSpec, backends::HttpEcho};
+use e2e::{Db, GatedWorker, Opts, Stack, TraefikFrontend, WorkerSpec, backends::HttpEcho, pct};
 use redis::AsyncCommands;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -341,14 +341,6 @@ fn spawn_probe(
             .expect("lat")
             .push(since.elapsed().as_secs_f64().min(30.0));
     });
-}
-
-fn pct(xs: &[f64], p: f64) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
-        .copied()
-        .unwrap_or(0.0)
 }
 
 /// Traffic to the stable circuits: each successful GET counted per circuit.

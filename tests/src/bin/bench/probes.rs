@@ -14,15 +14,7 @@ use uuid::Uuid;
 
 use crate::report::WrkRun;
 
-pub(crate) fn pct(samples: &[f64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = samples.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
-    s[i.min(s.len() - 1)]
-}
+pub(crate) use e2e::pct;
 
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
