@@ -83,8 +83,8 @@ pub fn render_static(s: &Settings) -> String {
         "metrics": { "prometheus": {
             "entryPoint": "traefik",
             "addEntryPointsLabels": true,
-            "addRoutersLabels": true,
-            "addServicesLabels": true,
+            "addRoutersLabels": false,
+            "addServicesLabels": false,
         }},
         "providers": providers,
         "log": log,
@@ -183,6 +183,23 @@ mod tests {
         assert_eq!(kept["Upgrade"], "keep");
         assert_eq!(v["accessLog"]["fields"]["names"]["RequestPath"], "drop");
         assert!(v["accessLog"].get("filePath").is_none());
+    }
+
+    /// Traefik drops the Prometheus series of a removed router or service only when its
+    /// `/metrics` is scraped, and until then keeps them and a list of the removed names. With
+    /// per-router and per-service labels, circuits churning and nobody scraping, Traefik's RSS
+    /// grew 150 → 609 MiB in the 60-minute soak (169 → 254 MiB in 8 minutes); without them,
+    /// 162 → 203 MiB in 8 minutes with the live heap after GC flat (63, 50, 53 MiB at minutes
+    /// 1, 3 and 7). Entry-point labels are bounded by the static config.
+    #[test]
+    fn metrics_have_no_per_circuit_labels() {
+        let v: Value =
+            serde_json::from_str(&render_static(&settings(Frontend::Wildcard { port: 8443 })))
+                .unwrap();
+        let prom = &v["metrics"]["prometheus"];
+        assert_eq!(prom["addEntryPointsLabels"], true);
+        assert_eq!(prom["addRoutersLabels"], false);
+        assert_eq!(prom["addServicesLabels"], false);
     }
 
     #[test]
