@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use appproxy_common::wire::WorkerSpec;
+use appproxy_common::{tls::ClientTls, wire::WorkerSpec};
 use serde::Deserialize;
 
 pub const ENV_PREFIX: &str = "APPPROXY_AUTHGATE__";
@@ -115,6 +115,10 @@ pub struct ProviderConfig {
     pub worker_token: String,
     #[serde(default = "default_heartbeat")]
     pub heartbeat_seconds: u64,
+    /// `[provider.tls]`: the CA (instead of the system's) and client certificate for
+    /// `https://` provider URLs.
+    #[serde(default)]
+    pub tls: ClientTls,
 }
 
 fn default_heartbeat() -> u64 {
@@ -131,6 +135,18 @@ impl ProviderConfig {
             || !(urls.iter()).all(|u| u.starts_with("http://") || u.starts_with("https://"))
         {
             errs.push("provider.url must be an http(s) URL (or several, comma-separated)".into());
+        } else if !urls.iter().any(|u| u.starts_with("https://")) {
+            if self.tls.is_set() {
+                errs.push("provider.tls names TLS files but no provider.url is https://".into());
+            }
+        } else if !urls.iter().all(|u| u.starts_with("https://")) {
+            errs.push(
+                "provider.url: all https:// or all http:// (the worker credential would cross \
+                 some links in clear)"
+                    .into(),
+            );
+        } else {
+            self.tls.check("provider.tls", errs);
         }
         if !(1..=300).contains(&self.heartbeat_seconds) {
             errs.push("provider.heartbeat_seconds must be 1-300".into());
@@ -151,14 +167,24 @@ pub struct KeysConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Revocations and setup-token use counts. While it is down `/setup` fails closed.
+    /// `rediss://` for TLS.
     pub url: String,
+    /// `[redis.tls]`: CA and client certificate for a `rediss://` URL.
+    pub tls: ClientTls,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            tls: ClientTls::default(),
         }
+    }
+}
+
+impl RedisConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        appproxy_common::tls::check_redis("redis.url", &self.url, &self.tls, errs);
     }
 }
 
@@ -270,10 +296,7 @@ impl Config {
         self.session.check(&mut errs);
         self.plugins.check(&mut errs);
         self.check_ingest(&mut errs);
-        let u = &self.redis.url;
-        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-            errs.push("redis.url must start with redis:// or rediss://".into());
-        }
+        self.redis.check(&mut errs);
         ConfigError::check(errs)
     }
 

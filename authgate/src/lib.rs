@@ -46,6 +46,7 @@ pub async fn run(
     listeners: Vec<std::net::TcpListener>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    appproxy_common::tls::install_provider();
     // The access-log receiver listens apart from the API (loopback, validated); bound before
     // anything starts, so a port in use fails the start instead of a half-running worker.
     let ingest = match config.ingest.listen {
@@ -66,7 +67,7 @@ pub async fn run(
             let _ = tx.send(true);
         });
     }
-    let redis = redis::Client::open(config.redis.url.as_str())?;
+    let redis = appproxy_common::tls::redis_client(&config.redis.url, &config.redis.tls)?;
     let (gate, tasks) = start(config, redis, stop_all, &shutdown).await?;
     let addr = listeners
         .first()
@@ -143,6 +144,7 @@ async fn start(
     ));
     let role = worker::run(
         config.clone(),
+        worker::provider_http(&config.provider)?,
         metrics.clone(),
         activity.clone(),
         cutter,

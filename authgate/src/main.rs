@@ -2,7 +2,9 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use appproxy_authgate::traefik_config::{Frontend, Settings, render_dynamic, render_static};
+use appproxy_authgate::traefik_config::{
+    EtcdTls, Frontend, Settings, check_etcd, render_dynamic, render_static,
+};
 use clap::{Parser, Subcommand};
 
 /// mimalloc (tuned by `appproxy_common::alloc`): the ForwardAuth path allocates a little per
@@ -48,6 +50,24 @@ struct TraefikArgs {
     namespace: String,
     #[arg(long = "etcd-endpoint", default_value = "http://127.0.0.1:2379")]
     etcd_endpoints: Vec<String>,
+    /// CA (PEM) Traefik trusts for `https://` etcd endpoints (default: the system's).
+    #[arg(long)]
+    etcd_ca_file: Option<String>,
+    /// Client certificate (PEM) Traefik presents to etcd.
+    #[arg(long, requires = "etcd_key_file")]
+    etcd_cert_file: Option<String>,
+    #[arg(long, requires = "etcd_cert_file")]
+    etcd_key_file: Option<String>,
+    /// etcd user for Traefik (read-only on its root key is enough).
+    #[arg(long, requires = "etcd_password")]
+    etcd_user: Option<String>,
+    #[arg(
+        long,
+        env = "APPPROXY_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    etcd_password: Option<String>,
     /// Port range `LO-HI` (port mode).
     #[arg(long, conflicts_with = "apps_port")]
     port_range: Option<String>,
@@ -157,6 +177,12 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         authority: a.authority,
         namespace: a.namespace,
         etcd_endpoints: a.etcd_endpoints,
+        etcd_tls: (a.etcd_ca_file.is_some() || a.etcd_cert_file.is_some()).then_some(EtcdTls {
+            ca_file: a.etcd_ca_file,
+            cert_file: a.etcd_cert_file,
+            key_file: a.etcd_key_file,
+        }),
+        etcd_auth: a.etcd_user.zip(a.etcd_password),
         frontend,
         bind_host: a.bind_host,
         api_port: a.api_port,
@@ -166,7 +192,11 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         throttle_ms: a.throttle_ms,
         otlp_logs: a.otlp_logs.zip(a.otlp_secret),
     };
-    // Owner-only: the static configuration carries the ingest secret.
+    if let Err(e) = check_etcd(&s) {
+        eprintln!("{e}");
+        return ExitCode::from(appproxy_common::startup::EX_USAGE);
+    }
+    // Owner-only: the static configuration carries the ingest secret (and etcd's password).
     let write = |path: PathBuf, text: String| {
         use std::{io::Write, os::unix::fs::OpenOptionsExt};
         std::fs::OpenOptions::new()

@@ -242,6 +242,7 @@ mod tests {
         let server = tokio::spawn(serve(listeners, app, rx));
         // Fresh connections hash over both listeners; 64 of them reach both threads.
         let mut threads = std::collections::BTreeSet::new();
+        appproxy_common::tls::install_provider();
         for _ in 0..64 {
             let http = reqwest::Client::builder()
                 .pool_max_idle_per_host(0)

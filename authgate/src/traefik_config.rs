@@ -20,6 +20,10 @@ pub struct Settings {
     pub authority: String,
     pub namespace: String,
     pub etcd_endpoints: Vec<String>,
+    /// TLS to etcd (with `https://` endpoints): CA file, client certificate and key.
+    pub etcd_tls: Option<EtcdTls>,
+    /// etcd user and password (Traefik's `username`/`password`).
+    pub etcd_auth: Option<(String, String)>,
     pub frontend: Frontend,
     /// Address the app entrypoints bind (e.g. `127.0.0.1`, `0.0.0.0`, `[::]`).
     pub bind_host: String,
@@ -37,6 +41,35 @@ pub struct Settings {
     /// listener) and the secret sent with every export: access logs go there and nowhere
     /// else. `None`: no access log.
     pub otlp_logs: Option<(String, String)>,
+}
+
+/// PEM files for Traefik's etcd client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+/// Why the etcd part of the settings cannot be rendered.
+pub fn check_etcd(s: &Settings) -> Result<(), String> {
+    let secure = s
+        .etcd_endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    if secure != 0 && secure != s.etcd_endpoints.len() {
+        return Err("etcd endpoints must be all https:// or all plain".into());
+    }
+    if secure == 0 && s.etcd_tls.is_some() {
+        return Err("etcd TLS files are named but no endpoint is https://".into());
+    }
+    if let Some(t) = &s.etcd_tls
+        && t.cert_file.is_some() != t.key_file.is_some()
+    {
+        return Err("the etcd client certificate and key go together".into());
+    }
+    Ok(())
 }
 
 /// `traefik.yml`.
@@ -62,12 +95,39 @@ pub fn render_static(s: &Settings) -> String {
             );
         }
     }
+    let secure = s.etcd_endpoints.iter().any(|e| e.starts_with("https://"));
+    let endpoints = (s.etcd_endpoints.iter())
+        .map(|e| {
+            e.trim_start_matches("http://")
+                .trim_start_matches("https://")
+        })
+        .collect::<Vec<_>>();
+    let mut etcd = json!({
+        "endpoints": endpoints,
+        "rootKey": appproxy_common::names::worker_root_key(&s.namespace, &s.authority),
+    });
+    if secure {
+        // Traefik's etcd client speaks TLS when `tls` is present (even empty: system roots).
+        let t = s.etcd_tls.clone().unwrap_or_default();
+        let mut tls = Map::new();
+        for (k, v) in [
+            ("ca", t.ca_file),
+            ("cert", t.cert_file),
+            ("key", t.key_file),
+        ] {
+            if let Some(v) = v {
+                tls.insert(k.into(), json!(v));
+            }
+        }
+        etcd["tls"] = serde_json::Value::Object(tls);
+    }
+    if let Some((user, password)) = &s.etcd_auth {
+        etcd["username"] = json!(user);
+        etcd["password"] = json!(password);
+    }
     let mut providers = json!({
         "providersThrottleDuration": format!("{}ms", s.throttle_ms),
-        "etcd": {
-            "endpoints": s.etcd_endpoints.iter().map(|e| e.trim_start_matches("http://")).collect::<Vec<_>>(),
-            "rootKey": appproxy_common::names::worker_root_key(&s.namespace, &s.authority),
-        },
+        "etcd": etcd,
     });
     if s.default_cert.is_some() {
         providers["file"] = json!({ "filename": s.dynamic_file, "watch": false });
@@ -137,6 +197,8 @@ mod tests {
             authority: "worker-1".into(),
             namespace: "traefik".into(),
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            etcd_tls: None,
+            etcd_auth: None,
             frontend,
             bind_host: "127.0.0.1".into(),
             api_port: 8080,
@@ -200,6 +262,38 @@ mod tests {
         assert_eq!(prom["addEntryPointsLabels"], true);
         assert_eq!(prom["addRoutersLabels"], false);
         assert_eq!(prom["addServicesLabels"], false);
+    }
+
+    #[test]
+    fn etcd_over_tls_with_a_client_certificate_and_a_user() {
+        let mut s = settings(Frontend::Wildcard { port: 8443 });
+        s.etcd_endpoints = vec!["https://127.0.0.1:2379".into(), "https://[::1]:2379".into()];
+        s.etcd_tls = Some(EtcdTls {
+            ca_file: Some("/ca.pem".into()),
+            cert_file: Some("/c.pem".into()),
+            key_file: Some("/k.pem".into()),
+        });
+        s.etcd_auth = Some(("traefik".into(), "pw".into()));
+        assert_eq!(check_etcd(&s), Ok(()));
+        let v: Value = serde_json::from_str(&render_static(&s)).unwrap();
+        let etcd = &v["providers"]["etcd"];
+        assert_eq!(etcd["endpoints"], json!(["127.0.0.1:2379", "[::1]:2379"]));
+        assert_eq!(
+            etcd["tls"],
+            json!({"ca": "/ca.pem", "cert": "/c.pem", "key": "/k.pem"})
+        );
+        assert_eq!(etcd["username"], "traefik");
+        assert_eq!(etcd["password"], "pw");
+        // Plain endpoints: no TLS section, and TLS files for them are refused.
+        let plain = settings(Frontend::Wildcard { port: 8443 });
+        let v: Value = serde_json::from_str(&render_static(&plain)).unwrap();
+        assert!(v["providers"]["etcd"].get("tls").is_none());
+        let mut wrong = plain.clone();
+        wrong.etcd_tls = Some(EtcdTls::default());
+        assert!(check_etcd(&wrong).is_err());
+        let mut mixed = s.clone();
+        mixed.etcd_endpoints.push("http://127.0.0.1:2380".into());
+        assert!(check_etcd(&mixed).is_err());
     }
 
     #[test]

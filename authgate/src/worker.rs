@@ -71,7 +71,7 @@ impl Client {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(resp);
                 }
-                Err(e) => last = format!("{base}: {e}"),
+                Err(e) => last = format!("{base}: {}", appproxy_common::tls::error_chain(&e)),
             }
         }
         Err(last)
@@ -277,17 +277,41 @@ async fn route_health(
     Some(out)
 }
 
+/// The HTTP client for the provider: 5 s a request; for `https://` URLs only HTTPS, with the
+/// `[provider.tls]` CA as the only trust root (the system's without one) and its client
+/// certificate. Files that do not load fail the start.
+pub fn provider_http(p: &crate::config::ProviderConfig) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(5));
+    if provider_urls(&p.url)
+        .iter()
+        .all(|u| u.starts_with("https://"))
+    {
+        let pem = p.tls.load()?;
+        if let Some(ca) = pem.ca {
+            b = b.tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca)?);
+        }
+        if let Some((mut cert, key)) = pem.identity {
+            cert.extend_from_slice(b"\n");
+            cert.extend_from_slice(&key);
+            b = b.identity(reqwest::Identity::from_pem(&cert)?);
+        }
+        b = b.https_only(true);
+    }
+    Ok(b.build()?)
+}
+
 /// Run the worker role until `shutdown`; deregisters on the way out. Every 2 s it also
 /// reports replica health from its Traefik when that changed (or every heartbeat). A refused
 /// registration ends it with [`RegistrationRefused`].
 pub async fn run(
     cfg: Config,
+    http: reqwest::Client,
     metrics: Metrics,
     activity: Arc<Activity>,
     cutter: crate::cut::Cutter,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RegistrationRefused> {
-    let mut role = Role::new(cfg, metrics, activity, cutter);
+    let mut role = Role::new(cfg, http, metrics, activity, cutter);
     loop {
         let wait = match role.id.clone() {
             None => role.register().await?,
@@ -326,14 +350,11 @@ struct Role {
 impl Role {
     fn new(
         cfg: Config,
+        http: reqwest::Client,
         metrics: Metrics,
         activity: Arc<Activity>,
         cutter: crate::cut::Cutter,
     ) -> Role {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("http client");
         let client = Client::new(http, &cfg.provider.url, cfg.provider.worker_token.clone());
         let beat = Duration::from_secs(cfg.provider.heartbeat_seconds);
         Role {

@@ -6,6 +6,7 @@
 //! - `alloc`: the allocator settings both binaries start with;
 //! - `shutdown`: the signal-driven shutdown channel and periodic work both binaries run;
 //! - `startup`: the start-up path both mains share; `metrics`: registry and exposition;
+//! - `tls`: TLS files, the HTTPS listener and the Redis client for the internal links;
 //! - `wire`: the typed worker API.
 //!
 //! Both sides use these functions, so a change here changes both at once.
@@ -17,4 +18,5 @@ pub mod metrics;
 pub mod names;
 pub mod shutdown;
 pub mod startup;
+pub mod tls;
 pub mod wire;

@@ -123,7 +123,7 @@ fn duties(state: &AppState, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>>
         tasks.push(tokio::spawn(reaper(state.clone(), stop.clone())));
     }
     if let Some(url) = &cfg.backendai.events_redis_url {
-        match redis::Client::open(url.as_str()) {
+        match appproxy_common::tls::redis_client(url, &cfg.backendai.tls) {
             Ok(client) => {
                 let listener = events::Listener {
                     state: state.clone(),

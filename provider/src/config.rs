@@ -9,6 +9,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
+use appproxy_common::tls::{ClientTls, ServerTls};
 use serde::Deserialize;
 
 pub use appproxy_common::config::ConfigError;
@@ -48,6 +49,10 @@ pub struct Config {
     pub backendai: BackendAiConfig,
     #[serde(default)]
     pub ha: HaConfig,
+    /// The API over HTTPS: `cert_file` and `key_file` (PEM; re-read when they change). Plain
+    /// HTTP when unset.
+    #[serde(default)]
+    pub tls: ServerTls,
 }
 
 /// Several providers on one PostgreSQL: every replica serves the API; one, elected with an
@@ -107,17 +112,27 @@ impl Config {
 #[serde(default, deny_unknown_fields)]
 pub struct BackendAiConfig {
     pub events_redis_url: Option<String>,
+    /// `[backendai.tls]`: CA and client certificate for a `rediss://` events URL.
+    pub tls: ClientTls,
 }
 
 impl BackendAiConfig {
     fn check(&self, errs: &mut Vec<String>) {
-        if let Some(u) = &self.events_redis_url
-            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
-        {
-            errs.push(format!(
-                "backendai.events_redis_url {u:?} must start with redis:// or rediss://"
-            ));
-        }
+        check_redis(
+            "backendai.events_redis_url",
+            &self.events_redis_url,
+            &self.tls,
+            errs,
+        );
+    }
+}
+
+/// A Redis URL (when set) and its TLS section.
+fn check_redis(what: &str, url: &Option<String>, tls: &ClientTls, errs: &mut Vec<String>) {
+    match url {
+        Some(u) => appproxy_common::tls::check_redis(what, u, tls, errs),
+        None if tls.is_set() => errs.push(format!("{what}: TLS files are named without a URL")),
+        None => {}
     }
 }
 
@@ -267,19 +282,25 @@ impl AuthConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]`; revocations (`POST /v2/revocations`) need it.
+    /// `redis://host:port[/db]` or `rediss://…` (TLS); revocations (`POST /v2/revocations`)
+    /// need it.
     pub url: Option<String>,
+    /// `[redis.tls]`: CA and client certificate for a `rediss://` URL.
+    pub tls: ClientTls,
 }
 
 impl RedisConfig {
     fn check(&self, errs: &mut Vec<String>) {
-        if let Some(u) = &self.url
-            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
-        {
-            errs.push(format!(
-                "redis.url {u:?} must start with redis:// or rediss://"
-            ));
-        }
+        check_redis("redis.url", &self.url, &self.tls, errs);
+    }
+
+    /// The client for `url` (TLS per `[redis.tls]`), or `None` without a URL.
+    pub fn client(&self) -> anyhow::Result<Option<redis::Client>> {
+        Ok(self
+            .url
+            .as_deref()
+            .map(|u| appproxy_common::tls::redis_client(u, &self.tls))
+            .transpose()?)
     }
 }
 
@@ -325,6 +346,8 @@ pub struct EtcdConfig {
     pub control_prefix: String,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// `[etcd.tls]`: CA and client certificate for `https://` endpoints.
+    pub tls: ClientTls,
 }
 
 impl Default for EtcdConfig {
@@ -335,6 +358,7 @@ impl Default for EtcdConfig {
             control_prefix: "appproxy-control/".into(),
             user: None,
             password: None,
+            tls: ClientTls::default(),
         }
     }
 }
@@ -354,6 +378,35 @@ impl EtcdConfig {
         if self.endpoints.is_empty() {
             errs.push("etcd.endpoints must not be empty".into());
         }
+        let secure = self.endpoints.iter().filter(|e| e.starts_with("https://"));
+        match secure.count() {
+            0 if self.tls.is_set() => errs.push(
+                "etcd.tls names TLS files but no endpoint is https:// (they would be unused)"
+                    .into(),
+            ),
+            0 => {}
+            n if n != self.endpoints.len() => errs.push(
+                "etcd.endpoints must be all https:// or all plain (a mixed list would send \
+                 credentials in clear to some members)"
+                    .into(),
+            ),
+            _ => self.tls.check("etcd.tls", errs),
+        }
+        for e in &self.endpoints {
+            if e.contains("://") && !(e.starts_with("http://") || e.starts_with("https://")) {
+                errs.push(format!(
+                    "etcd endpoint {e:?} must be http://, https:// or host:port"
+                ));
+            }
+        }
+        if self.user.is_some() != self.password.is_some() {
+            errs.push("etcd.user and etcd.password go together".into());
+        }
+    }
+
+    /// Whether the endpoints are TLS ones.
+    pub fn secure(&self) -> bool {
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
     }
 }
 
@@ -430,6 +483,11 @@ impl Limits {
     }
 }
 
+/// Traefik 3.7.15's etcd provider rebuilds from 10,000 keys in 166 ms of CPU on an idle 2-core
+/// VM (`deploy/traefik-rebuild-cost`, BENCHMARKS.md "pacing"); ×6 for a busy host where Traefik
+/// shares the cores with its traffic. See `reconcile::pace`.
+pub const TRAEFIK_REBUILD_MS_AT_10K_KEYS: u64 = 1000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReconcileConfig {
@@ -440,6 +498,10 @@ pub struct ReconcileConfig {
     /// Least time between the starts of two passes: an idle reconciler applies a change at
     /// once, a busy one gathers the changes of this window into one pass.
     pub min_interval_ms: u64,
+    /// Time the workers' Traefik is assumed to need to rebuild its configuration from a prefix
+    /// of 10,000 keys (it does so for every transaction); scaled with the square of a worker's
+    /// key count, it spaces the transactions to that worker. 0 turns pacing off.
+    pub traefik_rebuild_ms_at_10k_keys: u64,
 }
 
 impl Default for ReconcileConfig {
@@ -448,6 +510,7 @@ impl Default for ReconcileConfig {
             resync_seconds: 30,
             max_txn_ops: 128,
             min_interval_ms: 100,
+            traefik_rebuild_ms_at_10k_keys: TRAEFIK_REBUILD_MS_AT_10K_KEYS,
         }
     }
 }
@@ -459,6 +522,9 @@ impl ReconcileConfig {
         }
         if self.min_interval_ms > 10_000 {
             errs.push("reconcile.min_interval_ms must be at most 10000".into());
+        }
+        if self.traefik_rebuild_ms_at_10k_keys > 600_000 {
+            errs.push("reconcile.traefik_rebuild_ms_at_10k_keys must be at most 600000".into());
         }
         if self.resync_seconds == 0 {
             errs.push("reconcile.resync_seconds must be at least 1".into());
@@ -492,11 +558,16 @@ impl Config {
         self.worker.check(&mut errs);
         self.backendai.check(&mut errs);
         self.ha.check(&mut errs);
+        self.tls.check("tls", &mut errs);
+        if let Some(u) = &self.advertise_base_url
+            && self.tls.files().is_some()
+            && u.starts_with("http://")
+        {
+            errs.push(format!(
+                "advertise_base_url {u:?} is http:// but the API is served over TLS ([tls])"
+            ));
+        }
         ConfigError::check(errs)
-    }
-
-    pub fn resync_interval(&self) -> Duration {
-        Duration::from_secs(self.reconcile.resync_seconds)
     }
 }
 

@@ -22,6 +22,8 @@ pub enum KvError {
     Fenced,
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("etcd TLS: {0}")]
+    Tls(String),
 }
 
 /// What makes a leader's writes safe: each transaction requires the leader key to still have
@@ -94,6 +96,21 @@ impl Op {
     }
 }
 
+/// TLS for `https://` endpoints: the CA file's certificates (or the system's), and the
+/// client certificate when one is named.
+fn tls_options(tls: &appproxy_common::tls::ClientTls) -> Result<etcd_client::TlsOptions, KvError> {
+    let pem = tls.load().map_err(|e| KvError::Tls(e.to_string()))?;
+    let mut opts = etcd_client::TlsOptions::new();
+    opts = match pem.ca {
+        Some(ca) => opts.ca_certificate(etcd_client::Certificate::from_pem(ca)),
+        None => opts.with_native_roots(),
+    };
+    if let Some((cert, key)) = pem.identity {
+        opts = opts.identity(etcd_client::Identity::from_pem(cert, key));
+    }
+    Ok(opts)
+}
+
 /// A cheap-to-clone etcd handle.
 #[derive(Clone)]
 pub struct Kv {
@@ -109,8 +126,37 @@ impl Kv {
         if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
             opts = opts.with_user(u.clone(), p.clone());
         }
+        if cfg.secure() {
+            opts = opts.with_tls(tls_options(&cfg.tls)?);
+        }
         let client = Client::connect(&cfg.endpoints, Some(opts)).await?;
-        Ok(Kv { client })
+        let kv = Kv { client };
+        if cfg.secure() {
+            kv.check_tls().await?;
+        }
+        Ok(kv)
+    }
+
+    /// One request at start over TLS: a certificate etcd's CA does not match (or a client
+    /// certificate etcd refuses) ends the start with the reason, instead of a provider that
+    /// retries forever. An etcd that is merely down is not an error here.
+    async fn check_tls(&self) -> Result<(), KvError> {
+        let mut client = self.client.clone();
+        match tokio::time::timeout(Duration::from_secs(5), client.status()).await {
+            Ok(Err(e)) => {
+                let chain = appproxy_common::tls::error_chain(&e);
+                let lower = chain.to_lowercase();
+                if ["certificate", "tls", "handshake", "unknownissuer"]
+                    .iter()
+                    .any(|w| lower.contains(w))
+                {
+                    return Err(KvError::Tls(chain));
+                }
+                tracing::warn!(error = %chain, "etcd did not answer at start");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Every key under `prefix`, with values (as UTF-8; other bytes are replaced).

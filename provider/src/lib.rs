@@ -55,11 +55,13 @@ pub async fn run(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    appproxy_common::tls::install_provider();
     let signer = tokens::Signer::from_file(
         &config.secrets.signing_key_file,
         config.auth.setup_token_ttl_seconds,
     )?;
-    let revoker = revoke::Revoker::new(config.redis.url.as_deref(), &config.etcd.namespace)?;
+    let redis = config.redis.client()?;
+    let revoker = revoke::Revoker::new(redis.clone(), &config.etcd.namespace);
     let store =
         store::Store::connect(&config.database.url, config.database.max_connections).await?;
     let kv = etcd::Kv::connect(&config.etcd).await?;
@@ -69,12 +71,10 @@ pub async fn run(
         store.clone(),
         kv.clone(),
         config.etcd.namespace.clone(),
-        config.reconcile.max_txn_ops,
-        config.resync_interval(),
-        std::time::Duration::from_millis(config.reconcile.min_interval_ms),
+        &config.reconcile,
         metrics.clone(),
     );
-    let activity = activity::ActivityStore::new(config.redis.url.as_deref())?;
+    let activity = activity::ActivityStore::new(redis);
     let (role, leadership) = leader::Leadership::new(config.node_id());
     let state = api::AppState::new(api::Shared {
         store,
@@ -88,13 +88,30 @@ pub async fn run(
         leadership,
         quorum: etcd::Quorum::default(),
     });
+    let tls = match state.config.tls.files() {
+        Some((cert, key)) => Some(appproxy_common::tls::server_config(cert, key)?),
+        None => None,
+    };
     let tasks = background::spawn(&state, role, &shutdown);
-    tracing::info!(addr = %listener.local_addr()?, "Provider listening");
-    axum::serve(listener, api::app(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|v| *v).await;
-        })
-        .await?;
+    let stopped = async move {
+        let _ = shutdown.wait_for(|v| *v).await;
+    };
+    let addr = listener.local_addr()?;
+    match tls {
+        Some(tls) => {
+            tracing::info!(%addr, "Provider listening (HTTPS)");
+            let listener = appproxy_common::tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, api::app(state))
+                .with_graceful_shutdown(stopped)
+                .await?;
+        }
+        None => {
+            tracing::info!(%addr, "Provider listening");
+            axum::serve(listener, api::app(state))
+                .with_graceful_shutdown(stopped)
+                .await?;
+        }
+    }
     for t in tasks {
         t.abort();
     }

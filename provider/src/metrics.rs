@@ -14,6 +14,7 @@ pub struct Metrics {
     pub etcd_txns: IntCounter,
     pub etcd_ops: IntCounter,
     pub foreign_changes: IntCounter,
+    pub reconcile_held: IntCounter,
     pub http_requests: IntCounterVec,
     pub circuits_created: IntCounter,
     pub circuits_deleted: IntCounter,
@@ -79,6 +80,10 @@ impl Metrics {
             ),
             etcd_txns: counter("etcd_txns_total", "etcd transactions applied."),
             etcd_ops: counter("etcd_ops_total", "etcd operations applied."),
+            reconcile_held: counter(
+                "reconcile_held_total",
+                "Times the reconciler held a worker's changes for a later pass: its Traefik was still taking in the last transactions.",
+            ),
             foreign_changes: counter(
                 "foreign_changes_total",
                 "Changes under a worker prefix that the provider did not write.",

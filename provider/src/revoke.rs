@@ -28,12 +28,11 @@ pub enum RevokeError {
 }
 
 impl Revoker {
-    pub fn new(url: Option<&str>, namespace: &str) -> Result<Revoker, redis::RedisError> {
-        let client = url.map(redis::Client::open).transpose()?;
-        Ok(Revoker {
+    pub fn new(client: Option<redis::Client>, namespace: &str) -> Revoker {
+        Revoker {
             client,
             namespace: namespace.into(),
-        })
+        }
     }
 
     /// Delete revocations made before `cutoff` (epoch seconds), atomically (a script, so a

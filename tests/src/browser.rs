@@ -38,7 +38,7 @@ impl Browser {
         let mut driver = Proc::spawn("chromedriver", cmd, dir.path());
         wait_listening(port, Duration::from_secs(20), &mut driver);
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::builder()
+        let http = crate::client_builder()
             .timeout(Duration::from_secs(60))
             .build()
             .expect("client");

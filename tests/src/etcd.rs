@@ -20,6 +20,9 @@ pub struct EtcdMember {
 
 pub struct EtcdCluster {
     pub members: Vec<EtcdMember>,
+    /// CA, certificate and key when the cluster speaks TLS (clients and peers, with client
+    /// certificates required).
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
     dir: PathBuf,
     /// Bumped by `restart_empty`: a new cluster, not the old one's data.
     token: u32,
@@ -28,6 +31,11 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Start `n` members as a new cluster and wait until each accepts connections.
     pub fn start(dir: &Path, n: usize) -> EtcdCluster {
+        EtcdCluster::start_tls(dir, n, None)
+    }
+
+    /// Same, over TLS with `pki`'s CA and certificate when given.
+    pub fn start_tls(dir: &Path, n: usize, pki: Option<&crate::pki::Pki>) -> EtcdCluster {
         let members = (0..n)
             .map(|i| EtcdMember {
                 name: format!("e{i}"),
@@ -38,6 +46,7 @@ impl EtcdCluster {
             .collect();
         let mut c = EtcdCluster {
             members,
+            tls: pki.map(|p| (p.ca.clone(), p.cert.clone(), p.key.clone())),
             dir: dir.to_path_buf(),
             token: 0,
         };
@@ -59,9 +68,13 @@ impl EtcdCluster {
     /// `--initial-cluster` naming every member.
     fn initial_cluster(&self) -> String {
         (self.members.iter())
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}={}://127.0.0.1:{}", m.name, self.scheme(), m.peer_port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
@@ -70,26 +83,35 @@ impl EtcdCluster {
 
     fn spawn(&self, i: usize, state: &str, initial: &str) -> Proc {
         let m = &self.members[i];
+        let s = self.scheme();
         let mut cmd = Command::new("etcd");
         cmd.arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", self.data_dir(i).display()))
             .arg(format!(
-                "--listen-client-urls=http://127.0.0.1:{}",
+                "--listen-client-urls={s}://127.0.0.1:{}",
                 m.client_port
             ))
             .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{}",
+                "--advertise-client-urls={s}://127.0.0.1:{}",
                 m.client_port
             ))
             .arg(format!(
-                "--listen-peer-urls=http://127.0.0.1:{}",
+                "--listen-peer-urls={s}://127.0.0.1:{}",
                 m.peer_port
             ))
             .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                "--initial-advertise-peer-urls={s}://127.0.0.1:{}",
                 m.peer_port
-            ))
-            .arg(format!("--initial-cluster={initial}"))
+            ));
+        if let Some((ca, cert, key)) = &self.tls {
+            for side in ["", "peer-"] {
+                cmd.arg(format!("--{side}cert-file={}", cert.display()))
+                    .arg(format!("--{side}key-file={}", key.display()))
+                    .arg(format!("--{side}trusted-ca-file={}", ca.display()))
+                    .arg(format!("--{side}client-cert-auth"));
+            }
+        }
+        cmd.arg(format!("--initial-cluster={initial}"))
             .arg(format!("--initial-cluster-state={state}"))
             .arg(format!("--initial-cluster-token=e2e-{}", self.token))
             .arg("--log-level=warn")
@@ -107,19 +129,28 @@ impl EtcdCluster {
     /// Client URLs of every member.
     pub fn endpoints(&self) -> Vec<String> {
         (self.members.iter())
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect()
     }
 
     /// A client over the running members (the test's own view; the provider and Traefik
     /// get every member's URL and must cope with dead ones).
     pub async fn client(&self) -> etcd_client::Client {
-        let opts = etcd_client::ConnectOptions::new()
+        let mut opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5));
+        if let Some((ca, cert, key)) = &self.tls {
+            appproxy_common::tls::install_provider();
+            let read = |p: &PathBuf| std::fs::read(p).expect("read pki file");
+            opts = opts.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(ca)))
+                    .identity(etcd_client::Identity::from_pem(read(cert), read(key))),
+            );
+        }
         let live: Vec<String> = (self.members.iter())
             .filter(|m| m.proc.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect();
         etcd_client::Client::connect(live, Some(opts))
             .await
@@ -159,7 +190,11 @@ impl EtcdCluster {
     pub async fn replace(&mut self, i: usize) {
         self.kill(i);
         let _ = std::fs::remove_dir_all(self.data_dir(i));
-        let peer = format!("http://127.0.0.1:{}", self.members[i].peer_port);
+        let peer = format!(
+            "{}://127.0.0.1:{}",
+            self.scheme(),
+            self.members[i].peer_port
+        );
         let mut c = self.client().await;
         let list = c.member_list().await.expect("member list");
         let old = list

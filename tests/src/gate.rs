@@ -114,10 +114,7 @@ impl Stack {
                     uuid::Uuid::new_v4().simple()
                 ),
             ),
-            (
-                format!("{p}REDIS__URL"),
-                format!("redis://127.0.0.1:{}", self.redis_port),
-            ),
+            (format!("{p}REDIS__URL"), self.redis_url()),
             (
                 format!("{p}TRAEFIK__API_URL"),
                 format!("http://127.0.0.1:{}", traefik.api_port),
@@ -145,6 +142,11 @@ impl Stack {
                     port.to_string(),
                 ));
             }
+        }
+        if let Some(pki) = &self.pki {
+            let ca = pki.ca.display().to_string();
+            env.push((format!("{p}PROVIDER__TLS__CA_FILE"), ca.clone()));
+            env.push((format!("{p}REDIS__TLS__CA_FILE"), ca));
         }
         if let Some(u) = &spec.login_url {
             env.push((format!("{p}SESSION__LOGIN_URL"), u.clone()));

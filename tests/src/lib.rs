@@ -10,6 +10,7 @@ pub mod backends;
 pub mod browser;
 pub mod etcd;
 mod gate;
+pub mod pki;
 mod procs;
 mod stack;
 
@@ -70,12 +71,19 @@ pub fn patience() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// Every HTTP client of the tests starts here: reqwest's rustls has no built-in crypto
+/// provider in this workspace (ring is installed as the process default, as the binaries do).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    appproxy_common::tls::install_provider();
+    reqwest::Client::builder()
+}
+
 /// A client that never follows redirects (tests look at every hop). Every request goes on a
 /// fresh connection: authgate cuts the connections of ended or revoked circuits, and a pooled
 /// one would be reset under the next request (a browser retries such a request on a new
 /// connection; reqwest does not).
 pub fn no_redirect_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(10))
@@ -109,6 +117,20 @@ pub async fn try_http_get(
     let status = resp.status().as_u16();
     let h = resp.headers().clone();
     Some((status, h, resp.text().await.unwrap_or_default()))
+}
+
+/// The status of a GET, `None` when the connection failed: what a poll for a revocation
+/// sees while authgate is cutting the revoked circuits' sockets (a connect can be reset).
+pub async fn try_status(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Option<u16> {
+    let mut req = http.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.ok().map(|r| r.status().as_u16())
 }
 
 /// GET with extra headers: status, headers, body.

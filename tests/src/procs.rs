@@ -84,9 +84,14 @@ impl Proc {
     /// SIGTERM, wait up to `grace`, then SIGKILL.
     pub fn stop(&mut self, grace: Duration) {
         if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+                return;
+            }
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(c.id().to_string())
+                .stderr(std::process::Stdio::null())
                 .status();
             let start = Instant::now();
             while start.elapsed() < grace {

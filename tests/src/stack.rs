@@ -117,6 +117,9 @@ pub struct Opts {
     pub legacy_worker_token: bool,
     pub etcd_members: usize,
     pub providers: usize,
+    /// Every internal link on TLS: etcd (clients and peers, client certificates required),
+    /// Redis (`rediss://`), the provider's API (HTTPS), Traefik → etcd.
+    pub tls: bool,
 }
 
 impl Opts {
@@ -127,6 +130,7 @@ impl Opts {
             legacy_worker_token: true,
             etcd_members: 1,
             providers: 1,
+            tls: false,
         }
     }
 }
@@ -157,6 +161,8 @@ pub struct Stack {
     /// always enrol a credential of their own.
     pub worker_token: Option<String>,
     pub http: reqwest::Client,
+    /// The private PKI when the stack runs on TLS (`Opts::tls`).
+    pub pki: Option<crate::pki::Pki>,
     /// Extra `APPPROXY_PROVIDER__*` settings for the next `start_provider`.
     pub provider_extra_env: Vec<(String, String)>,
     cert: (PathBuf, PathBuf),
@@ -260,7 +266,8 @@ impl Stack {
 
     pub async fn start_opts(opts: Opts) -> Stack {
         let dir = TempDir::new("stack");
-        let etcd = EtcdCluster::start(dir.path(), opts.etcd_members.max(1));
+        let pki = opts.tls.then(|| crate::pki::Pki::new(dir.path()));
+        let etcd = EtcdCluster::start_tls(dir.path(), opts.etcd_members.max(1), pki.as_ref());
         let (postgres, db_url) = match opts.db {
             Db::Sqlite => (
                 None,
@@ -277,15 +284,8 @@ impl Stack {
         let key = dir.path().join("default.key");
         let crt = dir.path().join("default.crt");
         let ok = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-            ])
+            .args(["req", "-x509"])
+            .args(crate::pki::NEW_EC_KEY)
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
@@ -296,7 +296,7 @@ impl Stack {
             .unwrap_or(false);
         assert!(ok, "openssl could not make a default certificate");
         let signing_key = ed25519_pair(dir.path());
-        let (redis, redis_port) = start_redis_in(dir.path());
+        let (redis, redis_port) = redis_on(dir.path(), free_port(), pki.as_ref());
         let id = short_id();
         let providers: Vec<ProviderSlot> = (0..opts.providers.max(1))
             .map(|_| ProviderSlot {
@@ -322,10 +322,14 @@ impl Stack {
             worker_token: opts
                 .legacy_worker_token
                 .then(|| format!("worker-{}", uuid::Uuid::new_v4().simple())),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("client"),
+            http: match &pki {
+                Some(p) => p.http(),
+                None => crate::client_builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .expect("client"),
+            },
+            pki,
             provider_extra_env: opts.provider_extra_env,
             cert: (crt, key),
             dir,
@@ -387,7 +391,18 @@ impl Stack {
 
     /// The URL of provider `i`.
     pub fn provider_url_at(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.providers[i].port)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.providers[i].port)
+    }
+
+    /// This stack's Redis URL (`rediss://` on TLS).
+    pub fn redis_url(&self) -> String {
+        let scheme = if self.pki.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.redis_port)
     }
 
     /// How many provider replicas this stack runs.
@@ -426,11 +441,19 @@ impl Stack {
                 format!("{p}SECRETS__SIGNING_KEY_FILE"),
                 self.signing_key.0.display().to_string(),
             ),
-            (
-                format!("{p}REDIS__URL"),
-                format!("redis://127.0.0.1:{}", self.redis_port),
-            ),
+            (format!("{p}REDIS__URL"), self.redis_url()),
         ];
+        if let Some(pki) = &self.pki {
+            let (ca, cert, key) = (pki.ca.display(), pki.cert.display(), pki.key.display());
+            env.extend([
+                (format!("{p}TLS__CERT_FILE"), cert.to_string()),
+                (format!("{p}TLS__KEY_FILE"), key.to_string()),
+                (format!("{p}ETCD__TLS__CA_FILE"), ca.to_string()),
+                (format!("{p}ETCD__TLS__CERT_FILE"), cert.to_string()),
+                (format!("{p}ETCD__TLS__KEY_FILE"), key.to_string()),
+                (format!("{p}REDIS__TLS__CA_FILE"), ca.to_string()),
+            ]);
+        }
         if let Some(t) = &self.worker_token {
             env.push((format!("{p}SECRETS__LEGACY_SHARED_WORKER_TOKEN"), t.clone()));
         }
@@ -439,7 +462,12 @@ impl Stack {
 
     /// A connection to this stack's Redis.
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(format!("redis://127.0.0.1:{}", self.redis_port))
+        let tls = appproxy_common::tls::ClientTls {
+            ca_file: (self.pki.as_ref()).map(|p| p.ca.display().to_string()),
+            ..Default::default()
+        };
+        appproxy_common::tls::install_provider();
+        appproxy_common::tls::redis_client(&self.redis_url(), &tls)
             .expect("redis url")
             .get_multiplexed_async_connection()
             .await
@@ -455,7 +483,7 @@ impl Stack {
 
     /// Start this stack's Redis again on the same port (after `kill_redis`).
     pub fn restart_redis(&mut self) {
-        let (p, _) = redis_on(self.dir.path(), self.redis_port);
+        let (p, _) = redis_on(self.dir.path(), self.redis_port, self.pki.as_ref());
         self.redis = Some(p);
     }
 
@@ -748,6 +776,25 @@ impl Stack {
         frontend: TraefikFrontend,
         otlp_logs: Option<(String, String)>,
     ) -> Traefik {
+        self.start_traefik_inner(authority, frontend, otlp_logs, None)
+            .await
+    }
+
+    /// A Traefik (two ports) that trusts `ca` instead of this stack's CA for etcd.
+    pub async fn start_traefik_etcd_ca(&self, authority: &str, ca: &str) -> Traefik {
+        let (lo, hi) = Stack::port_range(2);
+        let frontend = TraefikFrontend::Ports { lo, hi };
+        self.start_traefik_inner(authority, frontend, None, Some(ca))
+            .await
+    }
+
+    async fn start_traefik_inner(
+        &self,
+        authority: &str,
+        frontend: TraefikFrontend,
+        otlp_logs: Option<(String, String)>,
+        etcd_ca: Option<&str>,
+    ) -> Traefik {
         let dir = self.dir.path().join(format!("traefik-{}", short_id()));
         let api_port = free_port();
         let mut cmd = Command::new(workspace_bin("appproxy-authgate"));
@@ -758,6 +805,14 @@ impl Stack {
             .arg(&self.namespace);
         for e in self.etcd.endpoints() {
             cmd.arg("--etcd-endpoint").arg(e);
+        }
+        if let Some(pki) = &self.pki {
+            cmd.arg("--etcd-ca-file")
+                .arg(etcd_ca.map_or(pki.ca.clone(), PathBuf::from))
+                .arg("--etcd-cert-file")
+                .arg(&pki.cert)
+                .arg("--etcd-key-file")
+                .arg(&pki.key);
         }
         cmd.arg("--api-port")
             .arg(api_port.to_string())
@@ -805,23 +860,27 @@ impl Stack {
 }
 
 fn start_redis_in(dir: &Path) -> (Proc, u16) {
-    redis_on(dir, free_port())
+    redis_on(dir, free_port(), None)
 }
 
-fn redis_on(dir: &Path, port: u16) -> (Proc, u16) {
+/// Redis on `port`; with `pki`, on TLS only (no plain port; client certificates optional).
+fn redis_on(dir: &Path, port: u16, pki: Option<&crate::pki::Pki>) -> (Proc, u16) {
     let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ])
-    .arg("--dir")
-    .arg(dir);
+    cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir);
+    match pki {
+        None => cmd.args(["--port", &port.to_string()]),
+        Some(p) => cmd
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&p.cert)
+            .arg("--tls-key-file")
+            .arg(&p.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&p.ca)
+            .args(["--tls-auth-clients", "optional"]),
+    };
     let mut p = Proc::spawn("redis", cmd, dir);
     wait_listening(port, Duration::from_secs(20), &mut p);
     (p, port)

@@ -530,7 +530,7 @@ async fn revocation_by_login_session_and_user_within_5s_survives_authgate_restar
     assert_eq!(s, 200, "{v}");
     let t0 = Instant::now();
     eventually("login session revoked", Duration::from_secs(5), || async {
-        (e.get(&l1.url, &[("cookie", &c1)]).await.0 == 401).then_some(())
+        (e2e::try_status(&e.http, &l1.url, &[("cookie", &c1)]).await == Some(401)).then_some(())
     })
     .await;
     println!(
@@ -553,7 +553,7 @@ async fn revocation_by_login_session_and_user_within_5s_survives_authgate_restar
         .await;
     assert_eq!(s, 200);
     eventually("user revoked", Duration::from_secs(5), || async {
-        (e.get(&l2.url, &[("cookie", &c2)]).await.0 == 401).then_some(())
+        (e2e::try_status(&e.http, &l2.url, &[("cookie", &c2)]).await == Some(401)).then_some(())
     })
     .await;
     assert_eq!(e.get(&bob.url, &[("cookie", &cb)]).await.0, 200);
@@ -884,7 +884,7 @@ async fn authgate_down_or_hung_fails_closed_and_redis_down_stops_setup() {
 
     // Hung authgate: the client never gets the app.
     e.worker.signal_authgate("STOP");
-    let quick = reqwest::Client::builder()
+    let quick = e2e::client_builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();

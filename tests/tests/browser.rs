@@ -44,7 +44,9 @@ async fn launch(
     let circuit = q.get("circuit").cloned().unwrap_or_default();
     let user = p.users.lock().unwrap().get(&circuit).copied();
     let body = json!({"user_id": user, "state": q.get("state"), "redirect": q.get("next")});
-    let v: Value = reqwest::Client::new()
+    let v: Value = e2e::client_builder()
+        .build()
+        .expect("client")
         .post(format!("{}/v2/circuits/{circuit}/setup-link", p.provider))
         .header("X-BackendAI-Token", &p.manager_token)
         .json(&body)

@@ -28,6 +28,7 @@ both_dbs!(
     session_delete_removes_circuits_and_frees_ports,
     concurrent_creates_get_distinct_ports_and_full_range_is_503,
     burst_of_creates_coalesces_into_few_transactions,
+    a_worker_just_written_is_paced_so_its_traefik_keeps_up,
     incremental_passes_leave_what_a_full_pass_would,
     worker_api_health_and_bulk_delete,
     provider_kill_mid_burst_and_prefix_wipe_are_repaired,
@@ -387,6 +388,70 @@ async fn burst_of_creates_coalesces_into_few_transactions(db: Db) {
         txns >= 1 && txns * 3 <= 40,
         "40 circuits took {txns} transactions"
     );
+}
+
+/// Traefik rebuilds its whole configuration for every transaction under its root, so after
+/// writing a worker the reconciler leaves it alone for a rebuild's time per transaction
+/// (`reconcile.traefik_rebuild_ms_at_10k_keys`, scaled by the square of the worker's keys)
+/// and gathers what arrives meanwhile into the next transaction. Here the figure is set so
+/// that ~70 circuits (~290 keys) mean ~500 ms per transaction: ten creates 150 ms apart —
+/// ten passes without pacing, since passes are at most `min_interval` (100 ms) apart — go
+/// out in a few transactions, and every one of them is served.
+async fn a_worker_just_written_is_paced_so_its_traefik_keeps_up(db: Db) {
+    let env = vec![(
+        "APPPROXY_PROVIDER__RECONCILE__TRAEFIK_REBUILD_MS_AT_10K_KEYS".to_string(),
+        "600000".to_string(),
+    )];
+    let stack = Stack::start_with(db, env).await;
+    let (lo, hi) = Stack::port_range(90);
+    stack
+        .register_worker(port_worker("w1", lo, hi, "http"))
+        .await;
+    let _traefik = stack
+        .start_traefik("w1", TraefikFrontend::Ports { lo, hi })
+        .await;
+    let backend = HttpEcho::start("b").await;
+    let body = circuit_body("w1", Uuid::new_v4(), backend.port, "http");
+    for _ in 0..7 {
+        let statuses: Vec<u16> = futures_join(&stack, &body, 10)
+            .await
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    }
+    let quiet = Duration::from_millis(1500);
+    let before =
+        e2e::until_stable("etcd transactions", quiet, patience(), || etcd_txns(&stack)).await;
+    let held_before = provider_counter(&stack, "appproxy_provider_reconcile_held_total ").await;
+
+    let mut ports = Vec::new();
+    for _ in 0..10 {
+        let v = create(
+            &stack,
+            &circuit_body("w1", Uuid::new_v4(), backend.port, "http"),
+        )
+        .await;
+        ports.push(v["frontend"]["port"].as_u64().expect("port") as u16);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    for p in &ports {
+        let url = format!("http://127.0.0.1:{p}/");
+        eventually("paced circuit served", patience(), || {
+            get_ok(&stack.http, &url, None)
+        })
+        .await;
+    }
+    let txns = e2e::until_stable("etcd transactions", quiet, patience(), || etcd_txns(&stack))
+        .await
+        - before;
+    eprintln!("10 creates 150 ms apart took {txns} etcd transactions");
+    assert!(
+        (1..=5).contains(&txns),
+        "10 spaced creates took {txns} transactions"
+    );
+    let held = provider_counter(&stack, "appproxy_provider_reconcile_held_total ").await;
+    assert!(held > held_before, "no change was held for a later pass");
 }
 
 /// A provider counter (first sample whose name and labels start with `series`).

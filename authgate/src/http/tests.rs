@@ -35,6 +35,7 @@ fn gate(revoked: Arc<Revocations>) -> Arc<Gate> {
     )
     .expect("test config");
     let redis = redis::Client::open(cfg.redis.url.as_str()).unwrap();
+    appproxy_common::tls::install_provider(); // run() does this before any client is built
     Arc::new(Gate {
         activity: Activity::new(),
         plugins: None,

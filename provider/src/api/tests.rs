@@ -65,15 +65,16 @@ async fn api() -> Api {
         store.clone(),
         kv.clone(),
         config.etcd.namespace.clone(),
-        config.reconcile.max_txn_ops,
-        config.resync_interval(),
-        std::time::Duration::from_millis(10),
+        &crate::config::ReconcileConfig {
+            min_interval_ms: 10,
+            ..config.reconcile.clone()
+        },
         metrics.clone(),
     );
     let state = AppState::new(Shared {
         signer: Signer::from_file(&key.display().to_string(), 60).unwrap(),
-        revoker: Revoker::new(None, &config.etcd.namespace).unwrap(),
-        activity: ActivityStore::new(None).unwrap(),
+        revoker: Revoker::new(None, &config.etcd.namespace),
+        activity: ActivityStore::new(None),
         store,
         reconciler,
         metrics,

@@ -21,7 +21,8 @@
 //! Whole circuits go into transactions of at most `max_txn_ops` operations. Passes start at
 //! once when idle, at most one per `min_interval`; nudges that arrive during a pass are served
 //! by the next one, so a burst of creates costs Traefik a few reloads instead of one per
-//! circuit.
+//! circuit. A worker just written is left alone for as long as its Traefik needs to take the
+//! transactions in (`pace`): Traefik rebuilds its whole configuration per transaction.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -33,11 +34,13 @@ use appproxy_common::names;
 use tokio::sync::{Notify, mpsc, watch};
 use uuid::Uuid;
 
+mod pace;
 mod plan;
 
 pub use plan::plan;
 
 use crate::{
+    config::ReconcileConfig,
     etcd::{Fence, Kv, KvError, Op},
     metrics::Metrics,
     render::{self, Group},
@@ -69,6 +72,27 @@ impl Dirty {
         !self.all && self.workers.is_empty() && self.circuits.is_empty()
     }
 
+    /// Take out the marks of workers that `pacer` holds at `now` (not `all`: which workers
+    /// that covers is known only in a pass, which holds them itself).
+    fn take_held(&mut self, pacer: &pace::Pacer, now: std::time::Instant) -> Dirty {
+        let workers: HashSet<Uuid> = self
+            .workers
+            .iter()
+            .filter(|w| pacer.waits(**w, now).is_some())
+            .copied()
+            .collect();
+        self.workers.retain(|w| !workers.contains(w));
+        let circuits: HashMap<Uuid, HashSet<Uuid>> = self
+            .circuits
+            .extract_if(|w, _| pacer.waits(*w, now).is_some())
+            .collect();
+        Dirty {
+            all: false,
+            workers,
+            circuits,
+        }
+    }
+
     fn merge(&mut self, other: Dirty) {
         self.all |= other.all;
         self.workers.extend(other.workers);
@@ -86,6 +110,8 @@ struct Image {
     groups: HashMap<Group, Vec<(Box<str>, u64)>>,
     /// Approximate heap bytes, for the `reconcile_image_bytes` gauge.
     bytes: usize,
+    /// Keys under the worker's root (what Traefik decodes on every revision).
+    keys: usize,
 }
 
 fn value_hash(v: &str) -> u64 {
@@ -104,6 +130,7 @@ impl Image {
     fn set(&mut self, group: Group, kv: &render::Kv) {
         if let Some(old) = self.groups.remove(&group) {
             self.bytes -= Self::group_bytes(&old);
+            self.keys -= old.len();
         }
         if kv.is_empty() {
             return;
@@ -113,6 +140,7 @@ impl Image {
             .map(|(k, v)| (k.as_str().into(), value_hash(v)))
             .collect();
         self.bytes += Self::group_bytes(&keys);
+        self.keys += keys.len();
         self.groups.insert(group, keys);
     }
 
@@ -130,6 +158,7 @@ impl Image {
         for g in gone {
             if let Some(old) = self.groups.remove(&g) {
                 self.bytes -= Self::group_bytes(&old);
+                self.keys -= old.len();
             }
         }
         for (group, kv) in desired {
@@ -191,6 +220,8 @@ pub struct Reconciler {
     fence: Mutex<Option<Fence>>,
     /// Where nudges go to the other providers (set by `nudges` on PostgreSQL).
     peers: std::sync::OnceLock<mpsc::UnboundedSender<Nudge>>,
+    /// How soon each worker may be written again (Traefik's rebuild per transaction).
+    pacer: Mutex<pace::Pacer>,
 }
 
 /// A request to reconcile, as marked locally and as broadcast between providers.
@@ -206,18 +237,19 @@ impl Reconciler {
         store: Store,
         kv: Kv,
         namespace: String,
-        max_ops: usize,
-        resync: Duration,
-        min_interval: Duration,
+        cfg: &ReconcileConfig,
         metrics: Metrics,
     ) -> Arc<Reconciler> {
         Arc::new(Reconciler {
             store,
             kv,
             namespace,
-            max_ops,
-            resync,
-            min_interval,
+            max_ops: cfg.max_txn_ops,
+            resync: Duration::from_secs(cfg.resync_seconds),
+            min_interval: Duration::from_millis(cfg.min_interval_ms),
+            pacer: Mutex::new(pace::Pacer::new(Duration::from_millis(
+                cfg.traefik_rebuild_ms_at_10k_keys,
+            ))),
             metrics,
             // Nothing to do before a term: `begin_term` asks for a full pass.
             dirty: Mutex::new(Dirty::default()),
@@ -241,6 +273,7 @@ impl Reconciler {
         *self.fence.lock().expect("fence lock") = Some(fence);
         self.images.lock().expect("images lock").clear();
         self.own_revisions.lock().expect("own lock").clear();
+        self.pacer.lock().expect("pacer lock").clear();
         *self.dirty.lock().expect("dirty lock") = Dirty {
             all: true,
             ..Dirty::default()
@@ -314,7 +347,19 @@ impl Reconciler {
                     _ = shutdown.changed() => break,
                 }
             }
-            let dirty = std::mem::take(&mut *self.dirty.lock().expect("dirty lock"));
+            let now = std::time::Instant::now();
+            let (dirty, next_ready) = {
+                let mut marks = self.dirty.lock().expect("dirty lock");
+                let mut pacer = self.pacer.lock().expect("pacer lock");
+                pacer.expire(now);
+                // Marks of workers Traefik is still taking in stay for a later pass.
+                let held = marks.take_held(&pacer, now);
+                if !held.is_empty() {
+                    self.metrics.reconcile_held.inc();
+                }
+                let dirty = std::mem::replace(&mut *marks, held);
+                (dirty, pacer.next_ready(now))
+            };
             if !dirty.is_empty() {
                 let started = std::time::Instant::now();
                 last_pass = Some(started);
@@ -346,8 +391,10 @@ impl Reconciler {
                 }
                 continue;
             }
+            let paced = next_ready.map(tokio::time::Instant::from_std);
             tokio::select! {
                 _ = self.notify.notified() => {}
+                _ = tokio::time::sleep_until(paced.unwrap_or_else(tokio::time::Instant::now)), if paced.is_some() => {}
                 _ = tokio::time::sleep(self.resync) => self.nudge_all(),
                 _ = shutdown.changed() => break,
             }
@@ -378,12 +425,36 @@ impl Reconciler {
             if !full && ids.is_none() {
                 continue;
             }
+            if self
+                .pacer
+                .lock()
+                .expect("pacer lock")
+                .waits(w.id, std::time::Instant::now())
+                .is_some()
+            {
+                // Only a pass for `all` gets here with a held worker: it waits its turn.
+                self.metrics.reconcile_held.inc();
+                let mut marks = self.dirty.lock().expect("dirty lock");
+                if full {
+                    marks.workers.insert(w.id);
+                }
+                if let Some(ids) = ids {
+                    marks.circuits.entry(w.id).or_default().extend(ids);
+                }
+                continue;
+            }
             let image = self.images.lock().expect("images lock").remove(&w.id);
             // On error the image stays dropped, so the retry is a full pass.
-            let image = match (image, ids) {
+            let (image, txns) = match (image, ids) {
                 (Some(image), Some(ids)) if !full => self.reconcile_circuits(w, image, ids).await?,
                 (image, _) => self.reconcile_worker(w, image.unwrap_or_default()).await?,
             };
+            self.pacer.lock().expect("pacer lock").wrote(
+                w.id,
+                txns,
+                image.keys,
+                std::time::Instant::now(),
+            );
             let mut images = self.images.lock().expect("images lock");
             images.insert(w.id, image);
             let bytes: usize = images.values().map(|i| i.bytes).sum();
@@ -398,7 +469,7 @@ impl Reconciler {
         &self,
         w: &crate::domain::Worker,
         mut image: Image,
-    ) -> Result<Image, ReconcileError> {
+    ) -> Result<(Image, usize), ReconcileError> {
         let circuits = self.store.circuits_of_worker(w.id).await?;
         let desired = render::render_worker(w, &circuits);
         drop(circuits);
@@ -406,13 +477,13 @@ impl Reconciler {
         let actual = self.kv.get_prefix(&format!("{root}/")).await?;
         let batches = plan(&root, &desired, &actual, self.max_ops);
         drop(actual);
-        self.apply(batches).await?;
+        let txns = self.apply(batches).await?;
         self.metrics
             .reconcile_kind
             .with_label_values(&["full"])
             .inc();
         image.sync_to(&desired);
-        Ok(image)
+        Ok((image, txns))
     }
 
     /// Incremental pass: only `ids`, from SQL, against the image.
@@ -421,7 +492,7 @@ impl Reconciler {
         w: &crate::domain::Worker,
         mut image: Image,
         ids: &HashSet<Uuid>,
-    ) -> Result<Image, ReconcileError> {
+    ) -> Result<(Image, usize), ReconcileError> {
         let ids: Vec<Uuid> = ids.iter().copied().collect();
         let circuits = self.store.circuits_by_ids(&ids).await?;
         let root = self.root_key(&w.authority);
@@ -435,7 +506,7 @@ impl Reconciler {
         }
         let actual = image.actual_for(&prefix, &desired);
         let batches = plan(&root, &desired, &actual, self.max_ops);
-        self.apply(batches).await?;
+        let txns = self.apply(batches).await?;
         self.metrics
             .reconcile_kind
             .with_label_values(&["incremental"])
@@ -443,10 +514,12 @@ impl Reconciler {
         for (group, kv) in &desired {
             image.set(*group, kv);
         }
-        Ok(image)
+        Ok((image, txns))
     }
 
-    async fn apply(&self, batches: Vec<Vec<Op>>) -> Result<(), ReconcileError> {
+    /// Write `batches`, one fenced transaction each; how many were written.
+    async fn apply(&self, batches: Vec<Vec<Op>>) -> Result<usize, ReconcileError> {
+        let txns = batches.len();
         for ops in batches {
             let fence = self.fence.lock().expect("fence lock").clone();
             let Some(fence) = fence else {
@@ -467,7 +540,7 @@ impl Reconciler {
                 own.pop_front();
             }
         }
-        Ok(())
+        Ok(txns)
     }
 
     /// Watch the namespace; a change we did not write nudges the worker it belongs to.

@@ -405,7 +405,7 @@ async fn run(args: Args) -> Report {
         })
         .await;
     let api = Arc::new(Api {
-        http: reqwest::Client::builder()
+        http: e2e::client_builder()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client"),

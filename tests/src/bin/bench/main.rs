@@ -180,7 +180,7 @@ impl Bench {
             raw_root,
             etcd,
             echo: HttpEcho::start("bench").await,
-            http: reqwest::Client::builder()
+            http: e2e::client_builder()
                 .timeout(Duration::from_secs(10))
                 .pool_max_idle_per_host(64)
                 .build()

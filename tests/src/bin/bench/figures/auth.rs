@@ -95,7 +95,7 @@ async fn private_circuit(b: &Bench) -> Private {
         1,
     );
     until_200(&b.http, b.apps, "priv.bench.test").await; // 401 until cookie; wait for router
-    let nr = reqwest::Client::builder()
+    let nr = e2e::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
