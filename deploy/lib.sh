@@ -21,9 +21,13 @@ install_deps() {
     command -v ss >/dev/null || pkgs+=(iproute2) # authgate cuts ended circuits' sockets with ss -K
     command -v curl >/dev/null || pkgs+=(curl)
     have_pg || pkgs+=(postgresql)
+    # A local ACME CA for the HTTPS tests and `deploy/up --tls` (pebble, pebble-challtestsrv).
+    command -v pebble >/dev/null || pkgs+=(pebble)
     # Browser tests (tests/tests/browser.rs) drive a real headless Chromium over WebDriver.
     [ -x /usr/bin/chromium ] || pkgs+=(chromium)
     [ -x /usr/bin/chromedriver ] || pkgs+=(chromium-driver)
+    # certutil: a browser test's own NSS database that trusts the test's ACME CA.
+    command -v certutil >/dev/null || pkgs+=(libnss3-tools)
     if [ "${#pkgs[@]}" -gt 0 ]; then
         log "installing Debian packages: ${pkgs[*]}"
         local sudo=""

@@ -3,7 +3,8 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use appproxy_authgate::traefik_config::{
-    EtcdTls, Frontend, Settings, check_etcd, render_dynamic, render_static,
+    Acme, Challenge, EtcdTls, Frontend, Https, Settings, check_etcd, check_https, render_dynamic,
+    render_static,
 };
 use clap::{Parser, Subcommand};
 
@@ -97,6 +98,84 @@ struct TraefikArgs {
     /// Directory that receives `traefik.yml` (and `dynamic.yml`).
     #[arg(long)]
     out_dir: PathBuf,
+    #[command(flatten)]
+    https: HttpsArgs,
+}
+
+/// The worker's HTTPS (its `[worker] tls_listen`, `cert_resolver`, `cert_domains` say the
+/// same to the provider).
+#[derive(clap::Args)]
+struct HttpsArgs {
+    /// The app entry points terminate TLS (with `--cert-file`, ACME, or both).
+    #[arg(long)]
+    tls: bool,
+    /// Plain-HTTP entry point `web`: ACME HTTP-01 challenges, and (wildcard mode with
+    /// `--tls`) a permanent redirect to HTTPS.
+    #[arg(long)]
+    web_port: Option<u16>,
+    /// `Strict-Transport-Security` max-age on the app entry points (0: no header).
+    #[arg(long, default_value_t = 0)]
+    hsts_seconds: u64,
+    /// ACME challenge: `http` (HTTP-01 on `--web-port`), `tls-alpn` (TLS-ALPN-01) or `dns`
+    /// (DNS-01, the only one for wildcard certificates). Without it: no ACME.
+    #[arg(long, value_parser = ["http", "tls-alpn", "dns"])]
+    acme_challenge: Option<String>,
+    /// The resolver's name (the worker's `cert_resolver`).
+    #[arg(long, default_value = "acme")]
+    acme_resolver: String,
+    #[arg(long, default_value = "")]
+    acme_email: String,
+    /// ACME directory URL (default: Let's Encrypt's production directory).
+    #[arg(long)]
+    acme_ca_server: Option<String>,
+    /// PEM CA of a private ACME server's own certificate.
+    #[arg(long)]
+    acme_ca_file: Option<String>,
+    /// Account and certificate storage (default: `acme.json` in `--out-dir`).
+    #[arg(long)]
+    acme_storage: Option<String>,
+    /// Traefik's DNS provider for DNS-01 (credentials in Traefik's environment).
+    #[arg(long, default_value = "")]
+    acme_dns_provider: String,
+    /// DNS server (`host:port`) for the DNS-01 lookups; repeatable.
+    #[arg(long)]
+    acme_dns_resolver: Vec<String>,
+    /// Skip DNS-01 propagation checks (a test DNS server that answers at once).
+    #[arg(long)]
+    acme_dns_no_propagation_check: bool,
+    /// A TLS-terminating load balancer's address or CIDR whose `X-Forwarded-*` headers the
+    /// app entry points keep (with `tls_advertised`); repeatable.
+    #[arg(long)]
+    trusted_proxy: Vec<String>,
+}
+
+impl HttpsArgs {
+    fn settings(self, out_dir: &std::path::Path) -> Https {
+        let challenge = self.acme_challenge.map(|c| match c.as_str() {
+            "http" => Challenge::Http,
+            "tls-alpn" => Challenge::TlsAlpn,
+            _ => Challenge::Dns {
+                provider: self.acme_dns_provider,
+                resolvers: self.acme_dns_resolver,
+                no_propagation_check: self.acme_dns_no_propagation_check,
+            },
+        });
+        Https {
+            enabled: self.tls,
+            web_port: self.web_port,
+            hsts_seconds: self.hsts_seconds,
+            trusted_proxies: self.trusted_proxy,
+            acme: challenge.map(|challenge| Acme {
+                name: self.acme_resolver,
+                email: self.acme_email,
+                ca_server: self.acme_ca_server,
+                ca_file: self.acme_ca_file,
+                storage: (self.acme_storage)
+                    .unwrap_or_else(|| out_dir.join("acme.json").display().to_string()),
+                challenge,
+            }),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -173,6 +252,7 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         }
     };
     let dynamic = a.out_dir.join("dynamic.yml");
+    let https = a.https.settings(&a.out_dir);
     let s = Settings {
         authority: a.authority,
         namespace: a.namespace,
@@ -191,8 +271,9 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         log_file: a.log_file,
         throttle_ms: a.throttle_ms,
         otlp_logs: a.otlp_logs.zip(a.otlp_secret),
+        https,
     };
-    if let Err(e) = check_etcd(&s) {
+    if let Err(e) = check_etcd(&s).and_then(|_| check_https(&s)) {
         eprintln!("{e}");
         return ExitCode::from(appproxy_common::startup::EX_USAGE);
     }

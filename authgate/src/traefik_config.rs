@@ -41,6 +41,100 @@ pub struct Settings {
     /// listener) and the secret sent with every export: access logs go there and nowhere
     /// else. `None`: no access log.
     pub otlp_logs: Option<(String, String)>,
+    /// HTTPS on the app entry points: what the worker serves and how it gets certificates.
+    pub https: Https,
+}
+
+/// The worker's HTTPS (its apps' routers carry the `tls` keys the provider renders when the
+/// worker registers `tls_listen`; this is the Traefik side of it).
+#[derive(Debug, Clone, Default)]
+pub struct Https {
+    /// The app entry points terminate TLS (the redirect and HSTS need it).
+    pub enabled: bool,
+    /// A plain-HTTP entry point `web` on this port: ACME HTTP-01 challenges and, in wildcard
+    /// mode with HTTPS, a permanent redirect of everything else to the apps entry point.
+    pub web_port: Option<u16>,
+    /// `Strict-Transport-Security: max-age=…` on every answer of the app entry points (0: none).
+    pub hsts_seconds: u64,
+    /// An ACME certificate resolver.
+    pub acme: Option<Acme>,
+    /// Addresses (CIDRs) of a TLS-terminating load balancer in front of the app entry points:
+    /// Traefik keeps their `X-Forwarded-Proto: https` (authgate's origin check needs it when
+    /// the worker registers `tls_advertised`); anyone else's is replaced.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// One ACME certificate resolver (`certificatesResolvers.<name>.acme`).
+#[derive(Debug, Clone)]
+pub struct Acme {
+    /// The name the worker registers as `cert_resolver`.
+    pub name: String,
+    pub email: String,
+    /// The ACME directory URL (Let's Encrypt's production directory when absent).
+    pub ca_server: Option<String>,
+    /// PEM CA(s) that sign the ACME server's own certificate (a private ACME CA).
+    pub ca_file: Option<String>,
+    /// Where Traefik keeps the account and certificates (keep it across restarts: rate limits).
+    pub storage: String,
+    pub challenge: Challenge,
+}
+
+/// How the ACME server checks that this worker controls a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// HTTP-01 on the `web` entry point (port 80 of the name, as the ACME server sees it).
+    Http,
+    /// TLS-ALPN-01 on the app entry point (port 443 of the name).
+    TlsAlpn,
+    /// DNS-01 through one of Traefik's DNS providers (its credentials in Traefik's
+    /// environment); the only way to a wildcard certificate.
+    Dns {
+        provider: String,
+        /// DNS servers for Traefik's own lookups (`host:port`).
+        resolvers: Vec<String>,
+        /// Skip the propagation checks (a test DNS server that answers at once).
+        no_propagation_check: bool,
+    },
+}
+
+/// Why the HTTPS part of the settings cannot be rendered.
+pub fn check_https(s: &Settings) -> Result<(), String> {
+    let h = &s.https;
+    if !h.enabled && (h.hsts_seconds > 0 || h.acme.is_some()) {
+        return Err("HSTS and ACME need --tls (the app entry points terminate TLS)".into());
+    }
+    for p in &h.trusted_proxies {
+        if p.parse::<std::net::IpAddr>().is_err() && !p.contains('/') {
+            return Err(format!("--trusted-proxy {p:?} is not an address or CIDR"));
+        }
+    }
+    if let Some(a) = &h.acme {
+        let name_ok = !a.name.is_empty()
+            && a.name.len() <= 64
+            && (a.name.chars()).all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err("--acme-resolver must be 1-64 letters, digits, '-' or '_'".into());
+        }
+        if !a.email.contains('@') {
+            return Err("--acme-email must be an email address".into());
+        }
+        if a.ca_server
+            .as_deref()
+            .is_some_and(|u| !u.starts_with("https://"))
+        {
+            return Err("--acme-ca-server must be an https:// URL".into());
+        }
+        match &a.challenge {
+            Challenge::Http if h.web_port.is_none() => {
+                return Err("the HTTP-01 challenge needs --web-port".into());
+            }
+            Challenge::Dns { provider, .. } if provider.is_empty() => {
+                return Err("the DNS-01 challenge needs --acme-dns-provider".into());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// PEM files for Traefik's etcd client.
@@ -95,6 +189,7 @@ pub fn render_static(s: &Settings) -> String {
             );
         }
     }
+    render_https_entrypoints(s, &mut eps);
     let secure = s.etcd_endpoints.iter().any(|e| e.starts_with("https://"));
     let endpoints = (s.etcd_endpoints.iter())
         .map(|e| {
@@ -129,7 +224,7 @@ pub fn render_static(s: &Settings) -> String {
         "providersThrottleDuration": format!("{}ms", s.throttle_ms),
         "etcd": etcd,
     });
-    if s.default_cert.is_some() {
+    if s.default_cert.is_some() || s.https.hsts_seconds > 0 {
         providers["file"] = json!({ "filename": s.dynamic_file, "watch": false });
     }
     let mut log = json!({ "level": "INFO" });
@@ -150,6 +245,9 @@ pub fn render_static(s: &Settings) -> String {
         "log": log,
         "global": { "checkNewVersion": false, "sendAnonymousUsage": false },
     });
+    if let Some(a) = &s.https.acme {
+        doc["certificatesResolvers"] = json!({ a.name.clone(): { "acme": render_acme(a) } });
+    }
     if let Some((endpoint, secret)) = &s.otlp_logs {
         let mut headers = Map::new();
         headers.insert(crate::config::INGEST_SECRET_HEADER.into(), json!(secret));
@@ -178,13 +276,88 @@ pub fn render_static(s: &Settings) -> String {
     serde_json::to_string_pretty(&doc).expect("json") + "\n"
 }
 
-/// The file-provider configuration (default TLS certificate), if any.
-pub fn render_dynamic(s: &Settings) -> Option<String> {
-    let (cert, key) = s.default_cert.as_ref()?;
-    let doc = json!({
-        "tls": { "stores": { "default": { "defaultCertificate": { "certFile": cert, "keyFile": key } } } }
+/// The HSTS middleware's name in the file provider.
+const HSTS: &str = "appproxy-hsts";
+
+/// The `web` entry point (challenges, redirect) and the HSTS middleware on the app entry
+/// points.
+fn render_https_entrypoints(s: &Settings, eps: &mut Map<String, serde_json::Value>) {
+    let h = &s.https;
+    for (_, ep) in eps.iter_mut().filter(|(name, _)| *name != "traefik") {
+        if h.hsts_seconds > 0 {
+            ep["http"] = json!({ "middlewares": [format!("{HSTS}@file")] });
+        }
+        if !h.trusted_proxies.is_empty() {
+            ep["forwardedHeaders"] = json!({ "trustedIPs": h.trusted_proxies });
+        }
+    }
+    if let Some(port) = h.web_port {
+        let mut web = json!({ "address": format!("{}:{port}", s.bind_host) });
+        // Port mode has no one HTTPS port to send a plain request to; its `web` entry point
+        // only answers challenges (Traefik's challenge router outranks the redirect's).
+        if h.enabled && matches!(s.frontend, Frontend::Wildcard { .. }) {
+            web["http"] = json!({ "redirections": { "entryPoint": {
+                "to": appproxy_common::names::APPS_ENTRYPOINT,
+                "scheme": "https",
+                "permanent": true,
+            } } });
+        }
+        eps.insert("web".into(), web);
+    }
+}
+
+fn render_acme(a: &Acme) -> serde_json::Value {
+    let mut acme = json!({
+        "email": a.email,
+        "storage": a.storage,
+        "keyType": "EC256",
     });
-    Some(serde_json::to_string_pretty(&doc).expect("json") + "\n")
+    if let Some(u) = &a.ca_server {
+        acme["caServer"] = json!(u);
+    }
+    if let Some(ca) = &a.ca_file {
+        acme["caCertificates"] = json!([ca]);
+    }
+    match &a.challenge {
+        Challenge::Http => acme["httpChallenge"] = json!({ "entryPoint": "web" }),
+        Challenge::TlsAlpn => acme["tlsChallenge"] = json!({}),
+        Challenge::Dns {
+            provider,
+            resolvers,
+            no_propagation_check,
+        } => {
+            let mut dns = json!({ "provider": provider });
+            if !resolvers.is_empty() {
+                dns["resolvers"] = json!(resolvers);
+            }
+            if *no_propagation_check {
+                dns["propagation"] = json!({ "disableChecks": true });
+            }
+            acme["dnsChallenge"] = dns;
+        }
+    }
+    acme
+}
+
+/// The file-provider configuration (default TLS certificate, HSTS middleware), if any.
+pub fn render_dynamic(s: &Settings) -> Option<String> {
+    let mut doc = Map::new();
+    if let Some((cert, key)) = s.default_cert.as_ref() {
+        doc.insert(
+            "tls".into(),
+            json!({ "stores": { "default": { "defaultCertificate": { "certFile": cert, "keyFile": key } } } }),
+        );
+    }
+    if s.https.hsts_seconds > 0 {
+        doc.insert(
+            "http".into(),
+            json!({ "middlewares": { HSTS: { "headers": { "stsSeconds": s.https.hsts_seconds } } } }),
+        );
+    }
+    if doc.is_empty() {
+        return None;
+    }
+    Some(serde_json::to_string_pretty(&serde_json::Value::Object(doc)).expect("json") + "\n")
 }
 
 #[cfg(test)]
@@ -210,7 +383,108 @@ mod tests {
                 "http://127.0.0.1:10203/v1/logs".into(),
                 "s3cret-s3cret-s3cret-s3cret-s3cret".into(),
             )),
+            https: Https::default(),
         }
+    }
+
+    fn acme(challenge: Challenge) -> Acme {
+        Acme {
+            name: "acme".into(),
+            email: "ops@example.test".into(),
+            ca_server: Some("https://127.0.0.1:14000/dir".into()),
+            ca_file: Some("/ca.pem".into()),
+            storage: "/d/acme.json".into(),
+            challenge,
+        }
+    }
+
+    #[test]
+    fn https_with_acme_a_redirect_and_hsts() {
+        // Wildcard mode, HTTP-01: `web` answers challenges and redirects the rest.
+        let mut s = settings(Frontend::Wildcard { port: 8443 });
+        s.https = Https {
+            enabled: true,
+            web_port: Some(8080),
+            hsts_seconds: 31_536_000,
+            acme: Some(acme(Challenge::Http)),
+            trusted_proxies: Vec::new(),
+        };
+        assert_eq!(check_https(&s), Ok(()));
+        let v: Value = serde_json::from_str(&render_static(&s)).unwrap();
+        assert_eq!(
+            v["certificatesResolvers"]["acme"]["acme"],
+            json!({
+                "email": "ops@example.test", "storage": "/d/acme.json", "keyType": "EC256",
+                "caServer": "https://127.0.0.1:14000/dir", "caCertificates": ["/ca.pem"],
+                "httpChallenge": {"entryPoint": "web"},
+            })
+        );
+        let web = &v["entryPoints"]["web"];
+        assert_eq!(web["address"], "127.0.0.1:8080");
+        assert_eq!(
+            web["http"]["redirections"]["entryPoint"],
+            json!({"to": "apps", "scheme": "https", "permanent": true})
+        );
+        assert_eq!(
+            v["entryPoints"]["apps"]["http"]["middlewares"],
+            json!(["appproxy-hsts@file"])
+        );
+        assert!(v["entryPoints"]["traefik"].get("http").is_none());
+        assert_eq!(v["providers"]["file"]["filename"], "/d/dynamic.yml");
+        let d: Value = serde_json::from_str(&render_dynamic(&s).unwrap()).unwrap();
+        assert_eq!(
+            d["http"]["middlewares"]["appproxy-hsts"]["headers"]["stsSeconds"],
+            31_536_000
+        );
+
+        // Port mode, DNS-01: no redirect (no one HTTPS port), a `web` for nothing else.
+        let mut s = settings(Frontend::Ports {
+            lo: 10205,
+            hi: 10206,
+        });
+        s.https = Https {
+            enabled: true,
+            web_port: None,
+            hsts_seconds: 0,
+            trusted_proxies: vec!["10.0.0.0/8".into()],
+            acme: Some(acme(Challenge::Dns {
+                provider: "exec".into(),
+                resolvers: vec!["127.0.0.1:8053".into()],
+                no_propagation_check: true,
+            })),
+        };
+        assert_eq!(check_https(&s), Ok(()));
+        let v: Value = serde_json::from_str(&render_static(&s)).unwrap();
+        assert_eq!(
+            v["certificatesResolvers"]["acme"]["acme"]["dnsChallenge"],
+            json!({"provider": "exec", "resolvers": ["127.0.0.1:8053"],
+                   "propagation": {"disableChecks": true}})
+        );
+        assert!(v["entryPoints"].get("web").is_none());
+        assert!(v["entryPoints"]["port_10205"].get("http").is_none());
+        assert_eq!(
+            v["entryPoints"]["port_10206"]["forwardedHeaders"]["trustedIPs"],
+            json!(["10.0.0.0/8"])
+        );
+        assert!(
+            v["entryPoints"]["traefik"]
+                .get("forwardedHeaders")
+                .is_none()
+        );
+
+        // Refused: ACME or HSTS without TLS, HTTP-01 without `web`, a bad name.
+        let mut bad = s.clone();
+        bad.https.enabled = false;
+        assert!(check_https(&bad).is_err());
+        let mut bad = s.clone();
+        bad.https.acme = Some(acme(Challenge::Http));
+        assert!(check_https(&bad).unwrap_err().contains("--web-port"));
+        let mut bad = s.clone();
+        bad.https.acme.as_mut().unwrap().name = "a b".into();
+        assert!(check_https(&bad).is_err());
+        let mut bad = s;
+        bad.https.acme.as_mut().unwrap().ca_server = Some("http://x/dir".into());
+        assert!(check_https(&bad).is_err());
     }
 
     #[test]

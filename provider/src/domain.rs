@@ -521,6 +521,8 @@ pub(crate) mod fixtures {
             accepted_traffics: vec![AppMode::Interactive],
             app_filters: vec![],
             authgate_url: None,
+            cert_resolver: None,
+            cert_domains: vec![],
         }
     }
 

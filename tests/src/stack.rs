@@ -35,18 +35,35 @@ pub struct Traefik {
     pub proc: Proc,
     pub api_port: u16,
     pub frontend: TraefikFrontend,
-    /// Its static config's directory and where its log goes (for `restart`).
+    /// Its static config's directory, where its log goes and its extra environment (for
+    /// `restart`).
     config_dir: PathBuf,
     log_dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// What else a test's Traefik gets: `traefik-config` arguments (HTTPS, ACME) and environment
+/// (a DNS provider's settings).
+#[derive(Debug, Clone, Default)]
+pub struct TraefikExtra {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Traefik {
-    fn spawn(config_dir: &Path, log_dir: &Path, name: &str, api_port: u16) -> Proc {
+    fn spawn(
+        config_dir: &Path,
+        log_dir: &Path,
+        name: &str,
+        api_port: u16,
+        env: &[(String, String)],
+    ) -> Proc {
         let mut cmd = Command::new(traefik_bin());
         cmd.arg(format!(
             "--configFile={}",
             config_dir.join("traefik.yml").display()
         ))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(config_dir);
         let mut p = Proc::spawn(name, cmd, log_dir);
         wait_listening(api_port, Duration::from_secs(30), &mut p);
@@ -57,7 +74,13 @@ impl Traefik {
     pub fn restart(&mut self) {
         self.proc.kill();
         let name = self.proc.name.clone();
-        self.proc = Traefik::spawn(&self.config_dir, &self.log_dir, &name, self.api_port);
+        self.proc = Traefik::spawn(
+            &self.config_dir,
+            &self.log_dir,
+            &name,
+            self.api_port,
+            &self.env,
+        );
     }
 
     /// Names of routers Traefik has loaded from etcd and enabled (HTTP and TCP).
@@ -182,6 +205,11 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Path of a workspace binary; panics with the build command when missing.
+/// The repository's root (scripts under `deploy/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 pub fn workspace_bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
@@ -196,7 +224,7 @@ fn traefik_bin() -> PathBuf {
     if let Ok(p) = std::env::var("APPPROXY_TRAEFIK_BIN") {
         return p.into();
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/traefik");
+    let venv = repo_root().join(".venv/bin/traefik");
     if venv.exists() {
         venv
     } else {
@@ -776,7 +804,25 @@ impl Stack {
         frontend: TraefikFrontend,
         otlp_logs: Option<(String, String)>,
     ) -> Traefik {
-        self.start_traefik_inner(authority, frontend, otlp_logs, None)
+        self.start_traefik_inner(
+            authority,
+            frontend,
+            otlp_logs,
+            None,
+            &TraefikExtra::default(),
+        )
+        .await
+    }
+
+    /// Same, with `extra` arguments and environment.
+    pub async fn start_traefik_extra(
+        &self,
+        authority: &str,
+        frontend: TraefikFrontend,
+        otlp_logs: Option<(String, String)>,
+        extra: &TraefikExtra,
+    ) -> Traefik {
+        self.start_traefik_inner(authority, frontend, otlp_logs, None, extra)
             .await
     }
 
@@ -784,8 +830,14 @@ impl Stack {
     pub async fn start_traefik_etcd_ca(&self, authority: &str, ca: &str) -> Traefik {
         let (lo, hi) = Stack::port_range(2);
         let frontend = TraefikFrontend::Ports { lo, hi };
-        self.start_traefik_inner(authority, frontend, None, Some(ca))
-            .await
+        self.start_traefik_inner(
+            authority,
+            frontend,
+            None,
+            Some(ca),
+            &TraefikExtra::default(),
+        )
+        .await
     }
 
     async fn start_traefik_inner(
@@ -794,6 +846,7 @@ impl Stack {
         frontend: TraefikFrontend,
         otlp_logs: Option<(String, String)>,
         etcd_ca: Option<&str>,
+        extra: &TraefikExtra,
     ) -> Traefik {
         let dir = self.dir.path().join(format!("traefik-{}", short_id()));
         let api_port = free_port();
@@ -831,6 +884,7 @@ impl Stack {
             TraefikFrontend::Ports { lo, hi } => cmd.arg("--port-range").arg(format!("{lo}-{hi}")),
             TraefikFrontend::Wildcard { port } => cmd.arg("--apps-port").arg(port.to_string()),
         };
+        cmd.args(&extra.args);
         let out = cmd.output().expect("run traefik-config");
         assert!(
             out.status.success(),
@@ -839,11 +893,12 @@ impl Stack {
         );
         let name = format!("traefik-{authority}");
         Traefik {
-            proc: Traefik::spawn(&dir, self.dir.path(), &name, api_port),
+            proc: Traefik::spawn(&dir, self.dir.path(), &name, api_port, &extra.env),
             api_port,
             frontend,
             config_dir: dir,
             log_dir: self.dir.path().to_path_buf(),
+            env: extra.env.clone(),
         }
     }
 

@@ -190,56 +190,9 @@ async fn websocket_with(
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let mut req = format!(
-        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-    );
-    if let Some(c) = cookie {
-        req.push_str(&format!("Cookie: {c}\r\n"));
-    }
-    for (k, v) in extra {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let mut got = Vec::new();
-    let head_end = loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("handshake answer")
-            .unwrap();
-        assert!(n > 0, "connection closed during handshake");
-        got.extend_from_slice(&buf[..n]);
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let status =
-        String::from_utf8_lossy(&got[..got.iter().position(|b| *b == b'\r').unwrap()]).to_string();
-    if !status.contains(" 101 ") {
-        return (status, None);
-    }
-    let payload = b"hi over ws";
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    s.write_all(&frame).await.unwrap();
-    let mut rest = got[head_end..].to_vec();
-    while rest.len() < 2 + payload.len() {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("echo frame")
-            .unwrap();
-        assert!(n > 0);
-        rest.extend_from_slice(&buf[..n]);
-    }
-    let len = (rest[1] & 0x7f) as usize;
-    (
-        status,
-        Some(String::from_utf8_lossy(&rest[2..2 + len]).to_string()),
-    )
+    let mut headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+    headers.extend_from_slice(extra);
+    e2e::websocket_echo(&mut s, &format!("127.0.0.1:{port}"), &headers).await
 }
 
 fn port_of(url: &str) -> u16 {
@@ -1144,15 +1097,7 @@ async fn a7_tls_cookie_is_host_prefixed_secure_and_tossing_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subdomain_mode_setup_runs_on_the_apps_own_host() {
     let apps_port = e2e::free_port();
-    let spec = WorkerSpec {
-        authority: "gw-wild".into(),
-        frontend: e2e::TraefikFrontend::Wildcard { port: apps_port },
-        wildcard_domain: Some(".apps.test".into()),
-        setup_max_uses: 3,
-        login_url: None,
-        env: Vec::new(),
-        without_net_admin: false,
-    };
+    let spec = WorkerSpec::wildcard("gw-wild", apps_port, ".apps.test");
     let e = env_with(spec).await;
     let a = e
         .launch_with(Uuid::new_v4(), json!({"subdomain": "alpha"}))

@@ -173,6 +173,21 @@ pub struct WorkerSpec {
     /// `http://<listen>`).
     #[serde(default)]
     pub authgate_url: Option<String>,
+    /// Extension: the ACME certificate resolver (a `certificatesResolvers` name of this
+    /// worker's Traefik static config) that every TLS router of the worker names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_resolver: Option<String>,
+    /// Extension: the names of the resolver's certificate, main name first, then SANs (e.g.
+    /// `["*.apps.example.com"]` for one wildcard certificate by DNS-01). Empty: one certificate
+    /// per circuit host (HTTP-01 / TLS-ALPN-01), or the worker's hostname in port mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cert_domains: Vec<String>,
+}
+
+/// A certificate name: a host name, or `*.` and a host name (a wildcard certificate).
+fn validate_cert_domain(d: &str) -> Result<(), String> {
+    validate_host(d.strip_prefix("*.").unwrap_or(d))
+        .map_err(|e| format!("cert_domains: {d:?}: {e}"))
 }
 
 fn http_protocol() -> Protocol {
@@ -245,6 +260,26 @@ impl WorkerSpec {
             .is_some_and(|p| p.len() > 1024)
         {
             return bad("traefik_last_used_marker_path is too long".into());
+        }
+        if let Some(r) = &self.cert_resolver {
+            let name_ok = !r.is_empty()
+                && r.len() <= 64
+                && r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                return bad("cert_resolver must be 1-64 letters, digits, '-' or '_'".into());
+            }
+            if !self.tls_listen {
+                return bad("cert_resolver needs tls_listen (Traefik terminates TLS)".into());
+            }
+        } else if !self.cert_domains.is_empty() {
+            return bad("cert_domains need cert_resolver".into());
+        }
+        if self.cert_domains.len() > 100 {
+            return bad("cert_domains: at most 100 names".into());
+        }
+        for d in &self.cert_domains {
+            validate_cert_domain(d).map_err(SpecError::Invalid)?;
         }
         Ok(())
     }
@@ -377,6 +412,8 @@ mod tests {
             accepted_traffics: both_traffics(),
             app_filters: Vec::new(),
             authgate_url: None,
+            cert_resolver: None,
+            cert_domains: Vec::new(),
         }
     }
 
@@ -394,6 +431,29 @@ mod tests {
             (
                 "authgate_url",
                 Box::new(|s| s.authgate_url = Some("ftp://x".into())),
+            ),
+            (
+                "cert_resolver needs tls_listen",
+                Box::new(|s| s.cert_resolver = Some("acme".into())),
+            ),
+            (
+                "cert_resolver must be",
+                Box::new(|s| {
+                    s.tls_listen = true;
+                    s.cert_resolver = Some("ac me".into());
+                }),
+            ),
+            (
+                "cert_domains need cert_resolver",
+                Box::new(|s| s.cert_domains = vec!["a.example.com".into()]),
+            ),
+            (
+                "cert_domains: \"*.*.x\"",
+                Box::new(|s| {
+                    s.tls_listen = true;
+                    s.cert_resolver = Some("acme".into());
+                    s.cert_domains = vec!["*.*.x".into()];
+                }),
             ),
             (
                 "authgate_url",

@@ -469,6 +469,9 @@ async fn the_request_span_names_the_route_not_the_path() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Another test's thread may have cached "no subscriber wants this" for the request span's
+    // callsite before this scoped subscriber existed (a race between parallel tests).
+    tracing::callsite::rebuild_interest_cache();
     let grant = Uuid::new_v4();
     let path = format!(
         "/v2/proxy/{grant}/{}/add?app=x&protocol=http",

@@ -84,9 +84,7 @@ pub fn render_shared(worker: &Worker) -> Kv {
             }
             // Routers without TLS never match TLS requests: setup must serve the same
             // origins as the circuits.
-            if worker.tls_listen {
-                kv.insert(format!("{r}/tls/options"), "default".into());
-            }
+            render_tls(&mut kv, &r, worker, false);
             kv.insert(
                 format!("http/services/{}/loadBalancer/servers/0/url", names::SETUP),
                 worker.authgate_base(),
@@ -110,6 +108,36 @@ pub fn render_shared(worker: &Worker) -> Kv {
     kv
 }
 
+/// A TLS router's `tls` keys. A router's own `tls` section replaces its entrypoint's, so the
+/// certificate resolver goes on every router: with the worker's certificate names, or — on
+/// a circuit router (`has_host`: its rule names its host) of a wildcard worker without names
+/// — none, and Traefik asks for the router's `Host` (per-host certificates). Port mode's rules
+/// name no host: its certificate is for the worker's hostname unless names are given.
+fn render_tls(kv: &mut Kv, r: &str, worker: &Worker, has_host: bool) {
+    if !worker.tls_listen {
+        return;
+    }
+    kv.insert(format!("{r}/tls/options"), "default".into());
+    let Some(resolver) = &worker.cert_resolver else {
+        return;
+    };
+    let domains: Vec<&str> = match (&worker.cert_domains[..], worker.frontend_mode) {
+        ([], FrontendMode::Port) => vec![worker.hostname.as_str()],
+        ([], FrontendMode::Wildcard) => vec![],
+        (names, _) => names.iter().map(String::as_str).collect(),
+    };
+    if domains.is_empty() && !has_host {
+        return;
+    }
+    kv.insert(format!("{r}/tls/certResolver"), resolver.clone());
+    if let Some((main, sans)) = domains.split_first() {
+        kv.insert(format!("{r}/tls/domains/0/main"), (*main).to_string());
+        for (i, san) in sans.iter().enumerate() {
+            kv.insert(format!("{r}/tls/domains/0/sans/{i}"), (*san).to_string());
+        }
+    }
+}
+
 /// The catch-all router (priority 1: every circuit's router wins) to authgate's closed page.
 fn render_closed(kv: &mut Kv, worker: &Worker, eps: &[String]) {
     let r = format!("http/routers/{}", names::CLOSED);
@@ -120,9 +148,7 @@ fn render_closed(kv: &mut Kv, worker: &Worker, eps: &[String]) {
     for (i, ep) in eps.iter().enumerate() {
         kv.insert(format!("{r}/entryPoints/{i}"), ep.clone());
     }
-    if worker.tls_listen {
-        kv.insert(format!("{r}/tls/options"), "default".into());
-    }
+    render_tls(kv, &r, worker, false);
     kv.insert(
         format!("http/middlewares/{}/replacePath/path", names::CLOSED),
         names::CLOSED_PATH.into(),
@@ -196,9 +222,7 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
     for (i, m) in mws.iter().enumerate() {
         kv.insert(format!("{r}/middlewares/{i}"), m.clone());
     }
-    if worker.tls_listen {
-        kv.insert(format!("{r}/tls/options"), "default".into());
-    }
+    render_tls(&mut kv, &r, worker, true);
     let s = format!("http/services/{name}/loadBalancer");
     render_servers(&mut kv, &s, c);
     if inference {

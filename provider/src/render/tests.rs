@@ -341,3 +341,61 @@ fn a_worker_with_authgate_answers_unserved_addresses_with_the_closed_page() {
     let bare = render_shared(&worker(FrontendMode::Port, Protocol::Http));
     assert!(!bare.keys().any(|k| k.contains("ap-closed")));
 }
+
+/// ACME: the resolver on every TLS router (a router's `tls` replaces its entrypoint's), with
+/// the certificate's names where the rule names no host.
+#[test]
+fn acme_resolver_and_certificate_names_per_mode() {
+    let tls_keys = |kv: &Kv, router: &str| -> Vec<String> {
+        let prefix = format!("http/routers/{router}/tls/");
+        kv.iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| format!("{} = {v}", &k[prefix.len()..]))
+            .collect()
+    };
+    let cid = format!("ap-{CID}");
+    let web = route("10.0.0.5", 8888, 1.0, Protocol::Http);
+
+    // Port mode: one certificate for the worker's hostname, on circuit and setup routers.
+    let mut w = worker(FrontendMode::Port, Protocol::Http);
+    w.spec.tls_listen = true;
+    w.spec.cert_resolver = Some("acme".into());
+    let c = circuit(Frontend::Port(10205), Protocol::Http, vec![web.clone()]);
+    let want = vec![
+        "certResolver = acme".to_string(),
+        "domains/0/main = apps.example.com".into(),
+        "options = default".into(),
+    ];
+    assert_eq!(tls_keys(&render_circuit(&w, &c), &cid), want);
+    assert_eq!(tls_keys(&render_shared(&w), names::SETUP), want);
+
+    // Wildcard mode without names: per-host certificates from each circuit's Host rule; the
+    // host-less setup router asks for none.
+    let mut w = worker(FrontendMode::Wildcard, Protocol::Http);
+    w.spec.tls_listen = true;
+    w.spec.cert_resolver = Some("acme".into());
+    let c = circuit(Frontend::Subdomain("lab".into()), Protocol::Http, vec![web]);
+    assert_eq!(
+        tls_keys(&render_circuit(&w, &c), &cid),
+        vec!["certResolver = acme", "options = default"]
+    );
+    assert_eq!(
+        tls_keys(&render_shared(&w), names::SETUP),
+        vec!["options = default"]
+    );
+
+    // A wildcard certificate (DNS-01): its names on every router.
+    w.spec.cert_domains = vec!["*.apps.example.com".into(), "apps.example.com".into()];
+    let want = vec![
+        "certResolver = acme".to_string(),
+        "domains/0/main = *.apps.example.com".into(),
+        "domains/0/sans/0 = apps.example.com".into(),
+        "options = default".into(),
+    ];
+    assert_eq!(tls_keys(&render_circuit(&w, &c), &cid), want);
+    assert_eq!(tls_keys(&render_shared(&w), names::SETUP), want);
+
+    // No TLS: no tls keys at all.
+    w.spec.tls_listen = false;
+    assert!(tls_keys(&render_circuit(&w, &c), &cid).is_empty());
+}

@@ -14,8 +14,8 @@ use crate::domain::{
 pub(super) const WORKER_COLS: &str = "id, authority, frontend_mode, protocol, hostname, tls_listen, \
     tls_advertised, api_port, port_range_lo, port_range_hi, wildcard_domain, \
     wildcard_traffic_port, filtered_apps_only, traefik_last_used_marker_path, \
-    accepted_traffics, app_filters, authgate_url, nodes, status, last_heartbeat, created_at, \
-    updated_at";
+    accepted_traffics, app_filters, authgate_url, cert_resolver, cert_domains, nodes, status, \
+    last_heartbeat, created_at, updated_at";
 
 pub(super) const CIRCUIT_COLS: &str = "id, worker_id, app, protocol, app_mode, frontend_mode, port, \
     subdomain, envs, arguments, open_to_public, allowed_client_ips, user_id, endpoint_id, \
@@ -121,6 +121,12 @@ pub(super) fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
             .collect::<Result<_, _>>()?,
         app_filters: app_filters(&filters),
         authgate_url: get(row, "authgate_url")?,
+        cert_resolver: get(row, "cert_resolver")?,
+        cert_domains: get::<String>(row, "cert_domains")?
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
     };
     Ok(Worker {
         id: parse(row, "id")?,

@@ -3,7 +3,7 @@
 //! writes the typed results and the machine facts to `bench-results/latest.json` and the table
 //! between the markers of `BENCHMARKS.md`.
 //!
-//! `--quick` shrinks every size for a smoke run. `--only=live,burst,auth,ingest,memory,pg,ha`
+//! `--quick` shrinks every size for a smoke run. `--only=live,burst,auth,ingest,memory,pg,ha,https`
 //! runs some figures (results go to `bench-results/partial.json`, BENCHMARKS.md is left
 //! alone); `--preload=N` then creates N circuits first when `live` and `burst` are skipped,
 //! so the auth figures see the worker as loaded as in a full run (default 2,100).
@@ -36,7 +36,8 @@ struct Args {
     /// Small sizes for a smoke run (BENCHMARKS.md untouched).
     #[arg(long)]
     quick: bool,
-    /// Run only these figures (comma-separated: live, burst, auth, ingest, memory, pg, ha).
+    /// Run only these figures (comma-separated: live, burst, auth, ingest, memory, pg, ha,
+    /// https).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Circuits created first when `live` and `burst` are skipped (the auth figures' load).
@@ -139,16 +140,11 @@ impl Bench {
         let stack = Stack::start(Db::Sqlite).await;
         let apps = e2e::free_port();
         let spec = WorkerSpec {
-            authority: "bench".into(),
-            frontend: TraefikFrontend::Wildcard { port: apps },
-            wildcard_domain: Some(".bench.test".into()),
-            setup_max_uses: 3,
-            login_url: None,
             env: vec![(
                 "APPPROXY_AUTHGATE__PLUGINS__DIR".into(),
                 concat!(env!("CARGO_MANIFEST_DIR"), "/../authgate/plugins").into(),
             )],
-            without_net_admin: false,
+            ..WorkerSpec::wildcard("bench", apps, ".bench.test")
         };
         let w = stack.start_gated_worker(spec).await;
         // Idle: a registered worker, no circuits yet.
@@ -247,6 +243,9 @@ async fn main() {
     }
     if want("ha") {
         results.ha = Some(figures::ha::run(&sz).await);
+    }
+    if want("https") && have_wrk {
+        results.https = Some(figures::https::run(&sz).await);
     }
     results.machine = Some(Machine {
         date: version("date", "-u"),

@@ -36,6 +36,8 @@ pub(crate) struct Results {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<Ha>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<Https>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<Machine>,
 }
 
@@ -187,6 +189,17 @@ pub(crate) struct Ha {
     pub lease_ttl_s: u64,
 }
 
+/// HTTPS against HTTP through the same kind of worker (wrk), and create → live for a circuit
+/// whose host needs a new ACME certificate (ms).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Https {
+    pub http_kept: WrkRun,
+    pub https_kept: WrkRun,
+    pub http_new: WrkRun,
+    pub https_new: WrkRun,
+    pub acme_create_to_live_ms: Vec<f64>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Machine {
     pub date: String,
@@ -262,6 +275,25 @@ pub(crate) fn table(r: &Results) -> String {
             h.takeover_s.len(),
             h.lease_ttl_s,
             yes(follow - lead <= 5.0 && pct(&h.takeover_s, 0.5) <= h.lease_ttl_s as f64 + 1.0)
+        ));
+    }
+    if let Some(h) = &r.https {
+        let run = |w: &WrkRun| {
+            format!(
+                "{} req/s, p50 {} ms, p99 {} ms",
+                f(w.rps),
+                f(w.p50_ms),
+                f(w.p99_ms)
+            )
+        };
+        rows.push(format!(
+            "| HTTPS vs HTTP, public app, wrk c=32 | kept-alive: HTTPS {} · HTTP {}; new connection per request: HTTPS {} · HTTP {}; create → live with a new ACME certificate (pebble, TLS-ALPN-01) p50 {} ms over {} | — | report | — |",
+            run(&h.https_kept),
+            run(&h.http_kept),
+            run(&h.https_new),
+            run(&h.http_new),
+            f(Some(pct(&h.acme_create_to_live_ms, 0.5))),
+            h.acme_create_to_live_ms.len(),
         ));
     }
     rows.join("\n")

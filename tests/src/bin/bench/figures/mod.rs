@@ -4,6 +4,7 @@
 pub(crate) mod auth;
 pub(crate) mod burst;
 pub(crate) mod ha;
+pub(crate) mod https;
 pub(crate) mod ingest;
 pub(crate) mod live;
 pub(crate) mod memory;
