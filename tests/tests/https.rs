@@ -233,17 +233,17 @@ async fn port_mode_https_with_an_acme_certificate_by_tls_alpn() {
         ..
     } = &port_tls("https-port", host).await;
     let (root, lo, hi) = (root.as_str(), *lo, *hi);
-    let http = client(&root, &[host]);
+    let http = client(root, &[host]);
     let echo = HttpEcho::start("app").await;
 
-    let setup = webui_launch(&stack, Uuid::new_v4(), echo.port).await;
+    let setup = webui_launch(stack, Uuid::new_v4(), echo.port).await;
     let port = setup
         .strip_prefix(&format!("https://{host}:"))
         .and_then(|r| r.split('/').next())
         .and_then(|p| p.parse::<u16>().ok())
         .expect("an https:// link on the worker's hostname");
     assert!((lo..=hi).contains(&port));
-    https_launch_serves(&worker, &root, host, port, &setup, &http).await;
+    https_launch_serves(worker, root, host, port, &setup, &http).await;
 
     // The provider's answer for the circuit is https:// too.
     let (_, list) = stack.manager(Method::GET, "/v2/circuits", None).await;
@@ -337,10 +337,10 @@ async fn a_browser_trusting_the_local_ca_opens_an_app_over_https() {
     let t = port_tls("https-browser", host).await;
     let (stack, root) = (&t.stack, t.root.as_str());
     let echo = HttpEcho::start("kernel").await;
-    let setup = webui_launch(&stack, Uuid::new_v4(), echo.port).await;
+    let setup = webui_launch(stack, Uuid::new_v4(), echo.port).await;
     assert!(setup.starts_with(&format!("https://{host}:")), "{setup}");
     // Wait for the certificate with a client that trusts the same root.
-    let http = client(&root, &[host]);
+    let http = client(root, &[host]);
     eventually(
         "the ACME certificate is served",
         Duration::from_secs(90),
@@ -351,7 +351,7 @@ async fn a_browser_trusting_the_local_ca_opens_an_app_over_https() {
     )
     .await;
 
-    let browser = e2e::browser::Browser::start_trusting(Some(&root)).await;
+    let browser = e2e::browser::Browser::start_trusting(Some(root)).await;
     browser.goto(&setup).await;
     let text = browser.text().await;
     assert!(
