@@ -33,6 +33,9 @@ pub struct Config {
     pub plugins: PluginsConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// The worker API for users and the Manager over HTTPS (`[tls]`).
+    #[serde(default)]
+    pub tls: ApiTls,
     /// Serving threads, each with its own listener (`SO_REUSEPORT`) and single-threaded
     /// runtime; 0 = one per core. The first also runs the background tasks.
     #[serde(default)]
@@ -52,6 +55,49 @@ pub struct IngestConfig {
     /// Traefik's exporter headers.
     #[serde(default)]
     pub secret: Option<String>,
+}
+
+/// The worker API (`/setup`, `/health`) on a listener of its own with TLS: what users and the
+/// Manager reach (`api_port` becomes its port, so the provider's `https://host:api_port`
+/// links land here), while `listen` stays the loopback ForwardAuth port Traefik calls.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTls {
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain and key (re-read within 5 s when the files change).
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+impl ApiTls {
+    /// The listener's address and files, when configured.
+    pub fn served(&self) -> Option<(SocketAddr, &str, &str)> {
+        Some((
+            self.listen?,
+            self.cert_file.as_deref()?,
+            self.key_file.as_deref()?,
+        ))
+    }
+
+    fn check(&self, listen: SocketAddr, errs: &mut Vec<String>) {
+        let files = appproxy_common::tls::ServerTls {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        };
+        match (self.listen, files.files()) {
+            (None, None) => {}
+            (Some(addr), Some(_)) => {
+                if addr == listen {
+                    errs.push("tls.listen must differ from listen".into());
+                }
+                files.check("tls", errs);
+            }
+            _ => errs.push("tls: listen, cert_file and key_file go together".into()),
+        }
+    }
 }
 
 /// Header carrying [`IngestConfig::secret`] on every export.
@@ -286,9 +332,12 @@ impl Config {
         if let Err(e) = crate::worker::registration(self).validate() {
             errs.push(format!("worker: {e}"));
         }
-        if ![0, self.listen.port()].contains(&self.worker.api_port) {
-            errs.push("worker.api_port is the port of `listen`: leave it out".into());
+        if ![0, self.api_port()].contains(&self.worker.api_port) {
+            errs.push(
+                "worker.api_port is the port of `listen` (or `tls.listen`): leave it out".into(),
+            );
         }
+        self.tls.check(self.listen, &mut errs);
         if self.keys.cookie_secret.len() < 32 {
             errs.push("keys.cookie_secret must be at least 32 bytes".into());
         }
@@ -319,6 +368,11 @@ impl Config {
                 );
             }
         }
+    }
+
+    /// The port users and the Manager reach the worker API on: the TLS listener's if any.
+    pub fn api_port(&self) -> u16 {
+        self.tls.listen.map_or(self.listen.port(), |a| a.port())
     }
 
     pub fn authgate_url(&self) -> String {

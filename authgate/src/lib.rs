@@ -67,6 +67,17 @@ pub async fn run(
             let _ = tx.send(true);
         });
     }
+    // The HTTPS worker API, bound (and its certificate loaded) before anything starts.
+    let public = match config.tls.served() {
+        Some((addr, cert, key)) => {
+            let tls = appproxy_common::tls::server_config(cert, key)?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("tls.listen {addr}: {e}"))?;
+            Some(appproxy_common::tls::TlsListener::new(l, tls)?)
+        }
+        None => None,
+    };
     let redis = appproxy_common::tls::redis_client(&config.redis.url, &config.redis.tls)?;
     let (gate, tasks) = start(config, redis, stop_all, &shutdown).await?;
     let addr = listeners
@@ -76,8 +87,19 @@ pub async fn run(
         .ok_or_else(|| anyhow::anyhow!("no listener"))?;
     tracing::info!(%addr, threads = listeners.len(), "authgate listening");
     let ingest_task = ingest.map(|l| serve_ingest(l, gate.clone(), shutdown.clone()));
+    let public_task = public.map(|l| {
+        let mut stop = shutdown.clone();
+        let app = http::public_app(gate.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|v| *v).await;
+                })
+                .await;
+        })
+    });
     serve::serve(listeners, http::app(gate), shutdown.clone()).await?;
-    if let Some(t) = ingest_task {
+    for t in [ingest_task, public_task].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
     tasks.finish().await

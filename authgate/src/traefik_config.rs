@@ -225,7 +225,9 @@ pub fn render_static(s: &Settings) -> String {
         "etcd": etcd,
     });
     if s.default_cert.is_some() || s.https.hsts_seconds > 0 {
-        providers["file"] = json!({ "filename": s.dynamic_file, "watch": false });
+        // Watched: after replacing the certificate files, touching `dynamic.yml` makes Traefik
+        // load them for new handshakes without a restart (open connections keep theirs).
+        providers["file"] = json!({ "filename": s.dynamic_file, "watch": true });
     }
     let mut log = json!({ "level": "INFO" });
     if let Some(f) = &s.log_file {
@@ -505,6 +507,7 @@ mod tests {
         assert_eq!(v["providers"]["etcd"]["endpoints"][0], "127.0.0.1:2379");
         assert_eq!(v["providers"]["providersThrottleDuration"], "100ms");
         assert_eq!(v["providers"]["file"]["filename"], "/d/dynamic.yml");
+        assert_eq!(v["providers"]["file"]["watch"], true);
         assert_eq!(v["experimental"]["otlpLogs"], true);
         assert_eq!(
             v["accessLog"]["otlp"]["http"]["endpoint"],

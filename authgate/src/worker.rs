@@ -26,7 +26,7 @@ use crate::{
 /// and the address its Traefik reaches it at.
 pub fn registration(cfg: &Config) -> WorkerSpec {
     WorkerSpec {
-        api_port: cfg.listen.port(),
+        api_port: cfg.api_port(),
         authgate_url: Some(cfg.authgate_url()),
         ..cfg.worker.clone()
     }

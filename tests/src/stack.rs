@@ -70,6 +70,11 @@ impl Traefik {
         p
     }
 
+    /// The directory of its rendered configuration (`traefik.yml`, `dynamic.yml`).
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
     /// SIGKILL this Traefik and start it again with the same static config.
     pub fn restart(&mut self) {
         self.proc.kill();
@@ -188,7 +193,8 @@ pub struct Stack {
     pub pki: Option<crate::pki::Pki>,
     /// Extra `APPPROXY_PROVIDER__*` settings for the next `start_provider`.
     pub provider_extra_env: Vec<(String, String)>,
-    cert: (PathBuf, PathBuf),
+    /// Traefik's default certificate and key (`traefik-config --cert-file/--key-file`).
+    pub cert: (PathBuf, PathBuf),
     pub dir: TempDir,
 }
 

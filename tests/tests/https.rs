@@ -192,6 +192,10 @@ struct PortTls {
     root: String,
     lo: u16,
     hi: u16,
+    /// authgate's HTTPS worker API (`[tls] listen`), with the test PKI's certificate.
+    api_port: u16,
+    /// The test PKI's CA (what a client of the worker API trusts).
+    pki_ca: std::path::PathBuf,
     stack: Stack,
 }
 
@@ -200,9 +204,17 @@ async fn port_tls(authority: &str, host: &str) -> PortTls {
     let pki = Pki::new(stack.dir.path());
     let (lo, hi) = Stack::port_range(2);
     let pebble = Pebble::start(stack.dir.path(), &pki, e2e::free_port(), lo);
+    let api_port = e2e::free_port();
+    let mut env = tls_env(true, host, None);
+    let p = "APPPROXY_AUTHGATE__TLS__";
+    env.extend([
+        (format!("{p}LISTEN"), format!("127.0.0.1:{api_port}")),
+        (format!("{p}CERT_FILE"), pki.cert.display().to_string()),
+        (format!("{p}KEY_FILE"), pki.key.display().to_string()),
+    ]);
     let spec = WorkerSpec {
         frontend: TraefikFrontend::Ports { lo, hi },
-        env: tls_env(true, host, None),
+        env,
         traefik: TraefikExtra {
             args: pebble.traefik_args("tls-alpn"),
             env: Vec::new(),
@@ -217,6 +229,8 @@ async fn port_tls(authority: &str, host: &str) -> PortTls {
         root,
         lo,
         hi,
+        api_port,
+        pki_ca: pki.ca.clone(),
         stack,
     }
 }
@@ -229,10 +243,12 @@ async fn port_mode_https_with_an_acme_certificate_by_tls_alpn() {
         root,
         lo,
         hi,
+        api_port,
+        pki_ca,
         stack,
         ..
     } = &port_tls("https-port", host).await;
-    let (root, lo, hi) = (root.as_str(), *lo, *hi);
+    let (root, lo, hi, api_port) = (root.as_str(), *lo, *hi, *api_port);
     let http = client(root, &[host]);
     let echo = HttpEcho::start("app").await;
 
@@ -260,6 +276,53 @@ async fn port_mode_https_with_an_acme_certificate_by_tls_alpn() {
     assert!(
         status == 404 || status == 0,
         "plain HTTP on a TLS port: {status}"
+    );
+
+    // The worker API users and the Manager reach is authgate's HTTPS listener: registered as
+    // the worker's api_port, with setup and health only (no ForwardAuth, no metrics).
+    let (_, workers) = stack.manager(Method::GET, "/api/worker", None).await;
+    let me = (workers["workers"].as_array().into_iter().flatten())
+        .find(|w| w["authority"] == "https-port")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(me["api_port"], api_port, "{me}");
+    let ca = std::fs::read(pki_ca).unwrap();
+    let api = e2e::client_builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{api_port}");
+    let status = |path: &'static str| {
+        let (api, base) = (api.clone(), base.clone());
+        async move {
+            api.get(format!("{base}{path}"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    assert_eq!(status("/health").await.unwrap(), 200);
+    assert_eq!(status("/metrics").await.unwrap(), 404);
+    assert_eq!(
+        status("/auth/00000000-0000-0000-0000-000000000000")
+            .await
+            .unwrap(),
+        404
+    );
+    assert_eq!(
+        status("/setup?token=x").await.unwrap(),
+        401,
+        "setup answers there"
+    );
+    let plain = e2e::no_redirect_client();
+    assert!(
+        plain
+            .get(format!("http://127.0.0.1:{api_port}/health"))
+            .send()
+            .await
+            .is_err(),
+        "plain HTTP on the worker API's TLS port"
     );
 }
 
@@ -368,4 +431,68 @@ async fn a_browser_trusting_the_local_ca_opens_an_app_over_https() {
         "{cookies:?}"
     );
     browser.quit().await;
+}
+
+/// Certificate files of one's own: replaced on disk and `dynamic.yml` touched, Traefik serves
+/// the new certificate to new handshakes without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_certificate_files_are_reloaded_without_a_restart() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let pki = Pki::new(stack.dir.path());
+    let (lo, hi) = Stack::port_range(1);
+    let spec = WorkerSpec {
+        frontend: TraefikFrontend::Ports { lo, hi },
+        env: tls_env(false, "127.0.0.1", None),
+        traefik: TraefikExtra {
+            args: vec!["--tls".into()],
+            env: Vec::new(),
+        },
+        ..WorkerSpec::ports("https-files", 1)
+    };
+    let worker = stack.start_gated_worker(spec).await;
+    let echo = HttpEcho::start("app").await;
+    let v = stack
+        .create_circuit(
+            "https-files",
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            echo.port,
+            &json!({"open_to_public": true}),
+        )
+        .await;
+    let url = format!("{}/x", v["url"].as_str().unwrap());
+    assert_eq!(url, format!("https://127.0.0.1:{lo}/x"));
+    let ca = std::fs::read(&pki.ca).unwrap();
+    let trusting = e2e::client_builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let insecure = e2e::client_builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    eventually("served", e2e::patience(), || async {
+        let r = insecure.get(&url).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(
+        trusting.get(&url).send().await.is_err(),
+        "the stack's self-signed default certificate is not the PKI's"
+    );
+    let pid = worker.traefik.proc.pid();
+    std::fs::copy(&pki.cert, &stack.cert.0).unwrap();
+    std::fs::copy(&pki.key, &stack.cert.1).unwrap();
+    let dynamic = worker.traefik.config_dir().join("dynamic.yml");
+    let text = std::fs::read_to_string(&dynamic).unwrap();
+    std::fs::write(&dynamic, text).unwrap();
+    eventually("the new certificate", Duration::from_secs(20), || async {
+        let r = trusting.get(&url).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(worker.traefik.proc.pid(), pid, "no restart");
 }

@@ -68,6 +68,20 @@ pub fn app(gate: Arc<Gate>) -> Router {
         .with_state(gate)
 }
 
+/// The worker API for users and the Manager on the `[tls]` listener: setup on the API port
+/// (the TCP hand-off and the redirect to an app's origin) and health; never `/auth`,
+/// `/metrics` or the app-origin routes, which belong to the loopback ForwardAuth listener.
+pub fn public_app(gate: Arc<Gate>) -> Router {
+    Router::new()
+        .route("/setup", get(setup::on_api_port))
+        .route("/health", get(admin::health))
+        .fallback(|| async { GateError::new(404, "E00002", "Not found.") })
+        .method_not_allowed_fallback(|| async {
+            GateError::new(405, "E00003", "Method not allowed.")
+        })
+        .with_state(gate)
+}
+
 /// The access-log receiver, on its own loopback listener: `POST /v1/logs` with the secret.
 pub fn ingest_app(gate: Arc<Gate>) -> Router {
     Router::new()
