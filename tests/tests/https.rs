@@ -496,3 +496,51 @@ async fn own_certificate_files_are_reloaded_without_a_restart() {
     .await;
     assert_eq!(worker.traefik.proc.pid(), pid, "no restart");
 }
+
+/// Per-host certificates by HTTP-01 in wildcard mode: the challenge arrives on the `web` entry
+/// point (which redirects everything else to HTTPS), and each circuit's host gets its own
+/// certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_mode_per_host_certificates_by_http01() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let pki = Pki::new(stack.dir.path());
+    let (apps, web) = (e2e::free_port(), e2e::free_port());
+    let pebble = Pebble::start(stack.dir.path(), &pki, web, apps);
+    let mut args = pebble.traefik_args("http");
+    args.extend(["--web-port".to_string(), web.to_string()]);
+    let spec = WorkerSpec {
+        env: tls_env(true, "apps.test", None),
+        traefik: TraefikExtra {
+            args,
+            env: Vec::new(),
+        },
+        ..WorkerSpec::wildcard("https-http01", apps, ".apps.test")
+    };
+    let _worker = stack.start_gated_worker(spec).await;
+    let root = pebble.root_pem().await;
+    let echo = HttpEcho::start("app").await;
+    for sub in ["one", "two"] {
+        let v = stack
+            .create_circuit(
+                "https-http01",
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                echo.port,
+                &json!({"subdomain": sub, "open_to_public": true}),
+            )
+            .await;
+        let host = format!("{sub}.apps.test");
+        assert_eq!(v["url"], format!("https://{host}:{apps}"));
+        let http = client(&root, &[&host]);
+        let url = format!("https://{host}:{apps}/x");
+        let (s, _, body) = eventually(
+            "a certificate for the host",
+            Duration::from_secs(90),
+            || async { get(&http, &url, &[]).await },
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        assert!(body.contains("backend=app"), "{body}");
+    }
+    assert_eq!(pebble.issued(), 2, "one certificate per host");
+}
