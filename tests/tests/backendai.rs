@@ -243,10 +243,28 @@ async fn webui_tcp_launch_hands_off_to_the_desktop_forwarder() {
         setup.starts_with(&format!("{}/setup?token=", w.base())),
         "{setup}"
     );
-    // JSON hand-off (no redirect asked).
+    // JSON hand-off (no redirect asked), read cross-origin as the WebUI reads it:
+    // `fetch(redirect_url + "&do-not-redirect=true")` from the WebUI's origin. Without
+    // Backend.AI's CORS headers the browser hides the answer (and so the gateway's address).
     let http = client();
-    let (s, _, body) = get(&http, &setup, &[]).await;
+    let (s, h, body) = get(
+        &http,
+        &format!("{setup}&do-not-redirect=true"),
+        &[("origin", "http://webui.test:8090")],
+    )
+    .await;
     assert_eq!(s, 200, "{body}");
+    for cors in [
+        "access-control-allow-origin",
+        "access-control-allow-headers",
+        "access-control-expose-headers",
+    ] {
+        assert_eq!(
+            h.get(cors).map(|v| v.as_bytes()),
+            Some(&b"*"[..]),
+            "{cors}: {h:?}"
+        );
+    }
     let v: Value = serde_json::from_str(&body).unwrap();
     let uri = v["redirectURI"].as_str().unwrap().to_string();
     assert_eq!(v["redirect"], uri);

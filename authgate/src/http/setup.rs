@@ -156,11 +156,22 @@ fn tcp_handoff(g: &Gate, token: &str, c: &SetupClaims) -> Response {
         .unwrap_or_default()
     );
     g.metrics.setups.with_label_values(&["tcp_handoff"]).inc();
-    if !c.redirect.is_empty() {
-        return redirect(&url).unwrap_or_else(IntoResponse::into_response);
+    let mut resp = if c.redirect.is_empty() {
+        axum::Json(json!({ "redirect": url, "redirectURI": url })).into_response()
+    } else {
+        redirect(&url).unwrap_or_else(IntoResponse::into_response)
+    };
+    // The WebUI reads this answer cross-origin (`fetch(redirect_url +
+    // "&do-not-redirect=true")`); Backend.AI's worker allows that with these three headers.
+    // It carries no credential of the reader's: the token is the link's own.
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for name in [
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    ] {
+        h.insert(name, HeaderValue::from_static("*"));
     }
-    let mut resp = axum::Json(json!({ "redirect": url, "redirectURI": url })).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
