@@ -42,6 +42,8 @@ pub struct Config {
     #[serde(default)]
     pub conf: ConfConfig,
     #[serde(default)]
+    pub cors: CorsConfig,
+    #[serde(default)]
     pub reaper: ReaperConfig,
     #[serde(default)]
     pub worker: WorkerLiveness,
@@ -201,6 +203,43 @@ impl ReaperConfig {
         }
         if !(3..=3600).contains(&self.max_ingest_lag_seconds) {
             errs.push("reaper.max_ingest_lag_seconds must be 3-3600".into());
+        }
+    }
+}
+
+/// Cross-origin access per route group (`api::cors`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins the WebUI's launch routes (`/v2/conf`, `/v2/proxy/*`) answer: `["*"]` as
+    /// Backend.AI's webserver does.
+    pub launch_origins: Vec<String>,
+    /// Origins the management API answers (default: none).
+    pub api_origins: Vec<String>,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            launch_origins: vec!["*".into()],
+            api_origins: Vec::new(),
+        }
+    }
+}
+
+impl CorsConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        for (key, list) in [
+            ("launch_origins", &self.launch_origins),
+            ("api_origins", &self.api_origins),
+        ] {
+            for o in list {
+                if o != "*" && crate::domain::normalize_origin(o).as_deref() != Some(o.as_str()) {
+                    errs.push(format!(
+                        "cors.{key}: {o:?} is not \"*\" or an origin like https://host[:port] (lowercase, no path)"
+                    ));
+                }
+            }
         }
     }
 }
@@ -551,6 +590,7 @@ impl Config {
         self.database.check(&mut errs);
         self.reconcile.check(&mut errs);
         self.conf.check(&mut errs);
+        self.cors.check(&mut errs);
         self.reaper.check(&mut errs);
         self.auth.check(&mut errs);
         self.redis.check(&mut errs);

@@ -8,6 +8,7 @@
 
 mod auth;
 mod circuit;
+mod cors;
 mod credentials;
 mod endpoint;
 mod extract;
@@ -226,8 +227,8 @@ fn launch_routes() -> Router<AppState> {
         .route("/v2/proxy/auth", get(proxy::auth))
 }
 
-/// `Server: BackendAI`, CORS `*` (no credentials), a request span and a request id on every
-/// response.
+/// `Server: BackendAI`, CORS per route group (`cors`: preflights answered here), a request
+/// span and a request id on every response.
 async fn common_headers(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: Request,
@@ -239,8 +240,32 @@ async fn common_headers(
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
+    let origins = match cors::group(&route) {
+        cors::Group::Launch => &state.config.cors.launch_origins,
+        cors::Group::Api => &state.config.cors.api_origins,
+    };
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let allow = cors::allowed_origin(origins, origin);
+    let preflight = cors::is_preflight(req.method(), req.headers());
     let span = tracing::info_span!("request", id = %id, method = %req.method(), route = %route);
-    let mut resp = tracing::Instrument::instrument(next.run(req), span).await;
+    let mut resp = if preflight {
+        match &allow {
+            Some(a) => {
+                let mut r =
+                    axum::response::IntoResponse::into_response(axum::http::StatusCode::NO_CONTENT);
+                cors::preflight_headers(cors::group(&route), a, r.headers_mut());
+                r
+            }
+            None => axum::response::IntoResponse::into_response(ApiError::Forbidden(
+                "this origin may not call this route".into(),
+            )),
+        }
+    } else {
+        tracing::Instrument::instrument(next.run(req), span).await
+    };
     let class = status_class(resp.status().as_u16());
     state
         .metrics
@@ -248,12 +273,11 @@ async fn common_headers(
         .with_label_values(&[class])
         .inc();
     let h = resp.headers_mut();
-    for (name, value) in [
-        (header::SERVER, "BackendAI"),
-        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-        (header::ACCESS_CONTROL_EXPOSE_HEADERS, "*"),
-    ] {
-        h.insert(name, HeaderValue::from_static(value));
+    h.insert(header::SERVER, HeaderValue::from_static("BackendAI"));
+    if let Some(a) = &allow
+        && !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        cors::set_origin(a, h);
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert(X_REQUEST_ID, v);

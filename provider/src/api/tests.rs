@@ -490,3 +490,55 @@ async fn the_request_span_names_the_route_not_the_path() {
         "grant id logged: {logged}"
     );
 }
+
+/// CORS per route group: the launch routes answer any origin (preflight 204), the management
+/// API none by default (its preflight is refused, its answers carry no CORS header).
+#[tokio::test]
+async fn preflights_are_answered_per_route_group() {
+    let api = api().await;
+    let webui = ("origin", "https://webui.example.com");
+    let (s, _, h) = api
+        .call(
+            None,
+            Method::OPTIONS,
+            "/v2/proxy/auth?token=x",
+            None,
+            &[webui, ("access-control-request-method", "GET")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("GET")
+    );
+    assert!(
+        h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-backendai-token")
+    );
+    let (s, _, h) = api
+        .call(
+            None,
+            Method::OPTIONS,
+            "/v2/circuits",
+            None,
+            &[webui, ("access-control-request-method", "POST")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(h.get("access-control-allow-origin").is_none());
+    let (s, _, h) = api
+        .call(Some(MANAGER), Method::GET, "/v2/circuits", None, &[webui])
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h.get("access-control-allow-origin").is_none(), "{h:?}");
+    // OPTIONS without a preflight's headers is not a preflight: still 405.
+    let (s, _, _) = api
+        .call(None, Method::OPTIONS, "/v2/circuits", None, &[])
+        .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+}
