@@ -190,39 +190,9 @@ pub fn render_static(s: &Settings) -> String {
         }
     }
     render_https_entrypoints(s, &mut eps);
-    let secure = s.etcd_endpoints.iter().any(|e| e.starts_with("https://"));
-    let endpoints = (s.etcd_endpoints.iter())
-        .map(|e| {
-            e.trim_start_matches("http://")
-                .trim_start_matches("https://")
-        })
-        .collect::<Vec<_>>();
-    let mut etcd = json!({
-        "endpoints": endpoints,
-        "rootKey": appproxy_common::names::worker_root_key(&s.namespace, &s.authority),
-    });
-    if secure {
-        // Traefik's etcd client speaks TLS when `tls` is present (even empty: system roots).
-        let t = s.etcd_tls.clone().unwrap_or_default();
-        let mut tls = Map::new();
-        for (k, v) in [
-            ("ca", t.ca_file),
-            ("cert", t.cert_file),
-            ("key", t.key_file),
-        ] {
-            if let Some(v) = v {
-                tls.insert(k.into(), json!(v));
-            }
-        }
-        etcd["tls"] = serde_json::Value::Object(tls);
-    }
-    if let Some((user, password)) = &s.etcd_auth {
-        etcd["username"] = json!(user);
-        etcd["password"] = json!(password);
-    }
     let mut providers = json!({
         "providersThrottleDuration": format!("{}ms", s.throttle_ms),
-        "etcd": etcd,
+        "etcd": render_etcd(s),
     });
     if s.default_cert.is_some() || s.https.hsts_seconds > 0 {
         // Watched: after replacing the certificate files, touching `dynamic.yml` makes Traefik
@@ -276,6 +246,41 @@ pub fn render_static(s: &Settings) -> String {
         });
     }
     serde_json::to_string_pretty(&doc).expect("json") + "\n"
+}
+
+/// The etcd provider: endpoints without scheme, the worker's root key, TLS and auth.
+fn render_etcd(s: &Settings) -> serde_json::Value {
+    let secure = s.etcd_endpoints.iter().any(|e| e.starts_with("https://"));
+    let endpoints = (s.etcd_endpoints.iter())
+        .map(|e| {
+            e.trim_start_matches("http://")
+                .trim_start_matches("https://")
+        })
+        .collect::<Vec<_>>();
+    let mut etcd = json!({
+        "endpoints": endpoints,
+        "rootKey": appproxy_common::names::worker_root_key(&s.namespace, &s.authority),
+    });
+    if secure {
+        // Traefik's etcd client speaks TLS when `tls` is present (even empty: system roots).
+        let t = s.etcd_tls.clone().unwrap_or_default();
+        let mut tls = Map::new();
+        for (k, v) in [
+            ("ca", t.ca_file),
+            ("cert", t.cert_file),
+            ("key", t.key_file),
+        ] {
+            if let Some(v) = v {
+                tls.insert(k.into(), json!(v));
+            }
+        }
+        etcd["tls"] = serde_json::Value::Object(tls);
+    }
+    if let Some((user, password)) = &s.etcd_auth {
+        etcd["username"] = json!(user);
+        etcd["password"] = json!(password);
+    }
+    etcd
 }
 
 /// The HSTS middleware's name in the file provider.

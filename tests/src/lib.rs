@@ -106,51 +106,60 @@ pub fn pct(samples: &[f64], p: f64) -> f64 {
     s[i.min(s.len() - 1)]
 }
 
-/// GET with extra headers: status, headers, body; `None` on a transport failure (a reset
-/// connection is an answer too where connections are being cut).
+/// What a GET answered: status, headers, body.
+pub type Answer = (u16, reqwest::header::HeaderMap, String);
+
+async fn get_with(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer, reqwest::Error> {
+    let mut req = http.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    Ok((status, h, resp.text().await.unwrap_or_default()))
+}
+
+/// GET with extra headers: status, headers, body (panics when the request fails).
+pub async fn http_get(http: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Answer {
+    get_with(http, url, headers)
+        .await
+        .unwrap_or_else(|e| panic!("request: {e:?}"))
+}
+
+/// [`http_get`], `None` on a transport failure: a poll for something not served yet (a
+/// certificate, a router), or where connections are being cut (a reset is an answer too).
 pub async fn try_http_get(
     http: &reqwest::Client,
     url: &str,
     headers: &[(&str, &str)],
-) -> Option<(u16, reqwest::header::HeaderMap, String)> {
-    let mut req = http.get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.ok()?;
-    let status = resp.status().as_u16();
-    let h = resp.headers().clone();
-    Some((status, h, resp.text().await.unwrap_or_default()))
+) -> Option<Answer> {
+    get_with(http, url, headers).await.ok()
 }
 
-/// The status of a GET, `None` when the connection failed: what a poll for a revocation
-/// sees while authgate is cutting the revoked circuits' sockets (a connect can be reset).
-pub async fn try_status(
-    http: &reqwest::Client,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> Option<u16> {
-    let mut req = http.get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.ok().map(|r| r.status().as_u16())
+/// The `Set-Cookie` line of a circuit's session cookie (`appproxy_<id>` or
+/// `__Host-appproxy_<id>`, not the state nonce), or "".
+pub fn session_set_cookie(h: &reqwest::header::HeaderMap) -> String {
+    h.get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.contains("appproxy_") && !c.contains("appproxy_state"))
+        .unwrap_or_default()
+        .to_string()
 }
 
-/// GET with extra headers: status, headers, body.
-pub async fn http_get(
-    http: &reqwest::Client,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> (u16, reqwest::header::HeaderMap, String) {
-    let mut req = http.get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let h = resp.headers().clone();
-    (status, h, resp.text().await.unwrap_or_default())
+/// The Manager's `POST /v2/conf` body for `session` of `user`, kernel at 127.0.0.1:`port`.
+pub fn conf_body(session: uuid::Uuid, user: uuid::Uuid, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "login_session_token": "webui-login-1",
+        "kernel_host": "127.0.0.1", "kernel_port": port,
+        "session": {"id": session, "user_uuid": user, "group_id": uuid::Uuid::new_v4(),
+                    "access_key": "AKIATEST", "domain_name": "default"},
+    })
 }
 
 /// The Prometheus text of `<base>/metrics`.

@@ -116,7 +116,7 @@ impl Env {
     async fn cookie(&self, l: &Launch) -> String {
         let (status, h, body) = self.get(&l.setup_url, &[]).await;
         assert_eq!(status, 302, "setup: {body}\n{}", self.worker.authgate_log());
-        e2e::cookie_pair(&set_cookie(&h))
+        e2e::cookie_pair(&e2e::session_set_cookie(&h))
     }
 
     /// Every request the echo backend saw must be free of our credentials.
@@ -134,14 +134,6 @@ impl Env {
             }
         }
     }
-}
-
-fn set_cookie(h: &HeaderMap) -> String {
-    h.get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .find(|c| c.contains("appproxy_") && !c.contains("appproxy_state"))
-        .unwrap_or_default()
 }
 
 fn token_of(setup_url: &str) -> String {
@@ -232,7 +224,7 @@ async fn launch_flow_sets_cookie_passes_websocket_and_leaks_no_credential() {
     assert_eq!(h["location"], "/lab?x=1");
     assert_eq!(h["cache-control"], "no-store");
     assert_eq!(h["referrer-policy"], "no-referrer");
-    let sc = set_cookie(&h);
+    let sc = e2e::session_set_cookie(&h);
     let name = format!("appproxy_{}", l.id.simple());
     assert!(sc.starts_with(&format!("{name}=")), "{sc}");
     for attr in ["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age="] {
@@ -483,7 +475,11 @@ async fn revocation_by_login_session_and_user_within_5s_survives_authgate_restar
     assert_eq!(s, 200, "{v}");
     let t0 = Instant::now();
     eventually("login session revoked", Duration::from_secs(5), || async {
-        (e2e::try_status(&e.http, &l1.url, &[("cookie", &c1)]).await == Some(401)).then_some(())
+        (e2e::try_http_get(&e.http, &l1.url, &[("cookie", &c1)])
+            .await
+            .map(|a| a.0)
+            == Some(401))
+        .then_some(())
     })
     .await;
     println!(
@@ -506,7 +502,11 @@ async fn revocation_by_login_session_and_user_within_5s_survives_authgate_restar
         .await;
     assert_eq!(s, 200);
     eventually("user revoked", Duration::from_secs(5), || async {
-        (e2e::try_status(&e.http, &l2.url, &[("cookie", &c2)]).await == Some(401)).then_some(())
+        (e2e::try_http_get(&e.http, &l2.url, &[("cookie", &c2)])
+            .await
+            .map(|a| a.0)
+            == Some(401))
+        .then_some(())
     })
     .await;
     assert_eq!(e.get(&bob.url, &[("cookie", &cb)]).await.0, 200);
@@ -1420,7 +1420,7 @@ async fn cookie_use_from_another_origin_is_refused_and_planted_cookies_never_aut
         .get(&e.launch_link(&a).await, &[("cookie", &planted)])
         .await;
     assert_eq!(s, 302);
-    let fresh = e2e::cookie_pair(&set_cookie(&h));
+    let fresh = e2e::cookie_pair(&e2e::session_set_cookie(&h));
     assert_eq!(
         e.get(&a.url, &[("cookie", &format!("{planted}; {fresh}"))])
             .await

@@ -7,7 +7,7 @@ use std::time::Duration;
 use e2e::{
     Db, GatedWorker, Stack, TraefikFrontend, WorkerSpec,
     backends::{HttpEcho, TcpEcho},
-    eventually, patience,
+    conf_body, eventually, patience,
 };
 use reqwest::{Method, header::HeaderMap};
 use serde_json::{Value, json};
@@ -24,15 +24,6 @@ async fn get(
     headers: &[(&str, &str)],
 ) -> (u16, HeaderMap, String) {
     e2e::http_get(http, url, headers).await
-}
-
-fn conf_body(session: Uuid, user: Uuid, port: u16) -> Value {
-    json!({
-        "login_session_token": "webui-login-1",
-        "kernel_host": "127.0.0.1", "kernel_port": port,
-        "session": {"id": session, "user_uuid": user, "group_id": Uuid::new_v4(),
-                    "access_key": "AKIATEST", "domain_name": "default"},
-    })
 }
 
 /// `POST /v2/conf` as the Manager makes it; returns the grant token.

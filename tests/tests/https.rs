@@ -10,7 +10,7 @@ use e2e::{
     Db, GatedWorker, Stack, TraefikExtra, TraefikFrontend, WorkerSpec, acme::Pebble,
     backends::HttpEcho, eventually, pki::Pki,
 };
-use reqwest::{Method, header::HeaderMap};
+use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -27,28 +27,9 @@ fn client(root: &str, names: &[&str]) -> reqwest::Client {
     b.build().expect("client")
 }
 
-async fn get(
-    http: &reqwest::Client,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> Option<(u16, HeaderMap, String)> {
-    let mut req = http.get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.ok()?;
-    let (s, h) = (r.status().as_u16(), r.headers().clone());
-    Some((s, h, r.text().await.unwrap_or_default()))
-}
-
 /// The Manager's `/v2/conf`, then the WebUI's `/add` and `/auth`: the setup link it answers.
 async fn webui_launch(stack: &Stack, session: Uuid, port: u16) -> String {
-    let body = json!({
-        "login_session_token": "webui-login-1",
-        "kernel_host": "127.0.0.1", "kernel_port": port,
-        "session": {"id": session, "user_uuid": Uuid::new_v4(), "group_id": Uuid::new_v4(),
-                    "access_key": "AKIATEST", "domain_name": "default"},
-    });
+    let body = e2e::conf_body(session, Uuid::new_v4(), port);
     let (s, v) = stack
         .call(
             Some(&stack.manager_token),
@@ -109,14 +90,6 @@ fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'sta
         .expect("pem")
 }
 
-fn set_cookie(h: &HeaderMap) -> String {
-    h.get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .find(|c| c.contains("appproxy_") && !c.contains("appproxy_state"))
-        .unwrap_or_default()
-}
-
 /// The whole HTTPS path of one worker: `setup` is a launch's setup link on `host:port`.
 async fn https_launch_serves(
     worker: &GatedWorker,
@@ -137,7 +110,7 @@ async fn https_launch_serves(
     let (s, h, body) = eventually(
         "the ACME certificate is served",
         Duration::from_secs(90),
-        || async { get(http, setup, &[]).await },
+        || async { e2e::try_http_get(http, setup, &[]).await },
     )
     .await;
     println!(
@@ -145,17 +118,19 @@ async fn https_launch_serves(
         t.elapsed().as_secs_f64()
     );
     assert_eq!(s, 302, "setup: {body}\n{}", worker.authgate_log());
-    let sc = set_cookie(&h);
+    let sc = e2e::session_set_cookie(&h);
     assert!(sc.starts_with("__Host-appproxy_"), "{sc}");
     assert!(sc.contains("; Secure") && sc.contains("Path=/"), "{sc}");
     assert!(!sc.contains("Domain="), "{sc}");
     let cookie = e2e::cookie_pair(&sc);
 
-    let (s, _, body) = get(http, &format!("{origin}/lab"), &[("cookie", &cookie)])
+    let (s, _, body) = e2e::try_http_get(http, &format!("{origin}/lab"), &[("cookie", &cookie)])
         .await
         .expect("app over HTTPS");
     assert_eq!(s, 200, "{body}");
-    let (s, _, _) = get(http, &format!("{origin}/lab"), &[]).await.unwrap();
+    let (s, _, _) = e2e::try_http_get(http, &format!("{origin}/lab"), &[])
+        .await
+        .unwrap();
     assert_eq!(s, 401, "no cookie, no app");
 
     let (status, echoed) = wss(root, host, port, &cookie).await;
@@ -369,7 +344,9 @@ async fn wildcard_mode_https_with_a_dns01_wildcard_certificate_redirect_and_hsts
     assert_eq!(v["url"], format!("https://other.apps.test:{apps}"));
     let url = format!("https://other.apps.test:{apps}/x");
     let (s, h, _) = eventually("the second host", Duration::from_secs(30), || async {
-        get(&http, &url, &[]).await.filter(|(s, _, _)| *s == 200)
+        e2e::try_http_get(&http, &url, &[])
+            .await
+            .filter(|(s, _, _)| *s == 200)
     })
     .await;
     assert_eq!(s, 200);
@@ -382,7 +359,7 @@ async fn wildcard_mode_https_with_a_dns01_wildcard_certificate_redirect_and_hsts
 
     // Plain HTTP on `web` is sent to HTTPS (and the challenge path is Traefik's).
     let plain = client(&root, &[&host]);
-    let (s, h, _) = get(&plain, &format!("http://{host}:{web}/lab?a=1"), &[])
+    let (s, h, _) = e2e::try_http_get(&plain, &format!("http://{host}:{web}/lab?a=1"), &[])
         .await
         .expect("web answers");
     assert_eq!(s, 301, "permanent redirect (GET)");
@@ -409,7 +386,9 @@ async fn a_browser_trusting_the_local_ca_opens_an_app_over_https() {
         Duration::from_secs(90),
         || async {
             let origin = setup.split("/_appproxy/").next().unwrap_or_default();
-            get(&http, &format!("{origin}/"), &[]).await.map(|_| ())
+            e2e::try_http_get(&http, &format!("{origin}/"), &[])
+                .await
+                .map(|_| ())
         },
     )
     .await;
@@ -536,7 +515,7 @@ async fn wildcard_mode_per_host_certificates_by_http01() {
         let (s, _, body) = eventually(
             "a certificate for the host",
             Duration::from_secs(90),
-            || async { get(&http, &url, &[]).await },
+            || async { e2e::try_http_get(&http, &url, &[]).await },
         )
         .await;
         assert_eq!(s, 200, "{body}");
