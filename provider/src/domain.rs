@@ -210,6 +210,49 @@ impl HealthCheck {
 pub struct Balancing {
     pub health_check: Option<HealthCheck>,
     pub sticky: bool,
+    pub strategy: LoadBalancing,
+}
+
+/// Which replica takes the next request (an endpoint option, appproxy's extension; the three
+/// Backend.AI documents). Each is one of Traefik 3.7's `loadBalancer/strategy` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    /// Weighted round robin (`wrr`, Traefik's default): replicas by `traffic_ratio`.
+    #[default]
+    RoundRobin,
+    /// Power of two choices (`p2c`): of two random replicas, the one with fewer requests in
+    /// flight. Traefik's p2c has no weights: a replica with `traffic_ratio` 0 is left out,
+    /// the others are equal.
+    LeastConnections,
+    /// Least time (`leasttime`): the lowest mean time to first byte × (1 + requests in
+    /// flight) ÷ weight, so `traffic_ratio` still counts.
+    LeastTime,
+}
+
+impl LoadBalancing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastConnections => "least_connections",
+            Self::LeastTime => "least_time",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::RoundRobin, Self::LeastConnections, Self::LeastTime]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+    }
+
+    /// Traefik's name for it.
+    pub fn traefik(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "wrr",
+            Self::LeastConnections => "p2c",
+            Self::LeastTime => "leasttime",
+        }
+    }
 }
 
 /// An inference endpoint row.
@@ -218,6 +261,7 @@ pub struct Endpoint {
     pub id: Uuid,
     pub health_check: Option<HealthCheck>,
     pub sticky: bool,
+    pub load_balancing: LoadBalancing,
 }
 
 impl Endpoint {

@@ -23,12 +23,15 @@ pub struct Seen {
 }
 
 /// HTTP echo backend: answers `backend=<name> path=<uri>`; a WebSocket upgrade on any path is
-/// accepted and every message echoed back; `GET /health` answers a settable status.
+/// accepted and every message echoed back; `GET /health` answers a settable status; every other
+/// answer waits a settable delay (a slow replica).
 pub struct HttpEcho {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// Status `GET /health` answers (200 until changed).
     health: Arc<std::sync::atomic::AtomicU16>,
+    /// How long every other answer waits, in milliseconds (0 until changed).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -36,9 +39,16 @@ impl HttpEcho {
     pub async fn start(name: &str) -> HttpEcho {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
-        let (name, log, hc) = (name.to_string(), seen.clone(), health.clone());
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (name, log, hc, delay) = (
+            name.to_string(),
+            seen.clone(),
+            health.clone(),
+            delay_ms.clone(),
+        );
         let app = Router::new().fallback(any(move |req: Request| {
             let (name, log, hc) = (name.clone(), log.clone(), hc.clone());
+            let delay = delay.load(std::sync::atomic::Ordering::Relaxed);
             async move {
                 if req.uri().path() == "/health" {
                     let code = hc.load(std::sync::atomic::Ordering::Relaxed);
@@ -73,6 +83,9 @@ impl HttpEcho {
                     };
                 }
                 log.lock().expect("seen lock").push(seen);
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
                 format!("backend={name} path={uri}").into_response()
             }
         }));
@@ -85,6 +98,7 @@ impl HttpEcho {
             port,
             seen,
             health,
+            delay_ms,
             task,
         }
     }
@@ -93,6 +107,12 @@ impl HttpEcho {
     pub fn set_health(&self, code: u16) {
         self.health
             .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Make every answer but `/health` and WebSockets wait `ms` milliseconds (a slow replica).
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn count(&self) -> usize {

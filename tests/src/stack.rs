@@ -88,6 +88,19 @@ impl Traefik {
         );
     }
 
+    /// An HTTP service as Traefik's API shows it (`name` without `@etcd`), if loaded.
+    pub async fn http_service(&self, http: &reqwest::Client, name: &str) -> Option<Value> {
+        let url = format!(
+            "http://127.0.0.1:{}/api/http/services/{name}@etcd",
+            self.api_port
+        );
+        let resp = http.get(url).send().await.ok()?;
+        if resp.status() != 200 {
+            return None;
+        }
+        resp.json().await.ok()
+    }
+
     /// Names of routers Traefik has loaded from etcd and enabled (HTTP and TCP).
     pub async fn enabled_routers(&self, http: &reqwest::Client) -> Vec<String> {
         let mut names = Vec::new();

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 struct Env {
     stack: Stack,
-    _worker: GatedWorker,
+    worker: GatedWorker,
     http: reqwest::Client,
 }
 
@@ -30,7 +30,7 @@ async fn env(authority: &str) -> Env {
         .await;
     Env {
         stack,
-        _worker: worker,
+        worker,
         http: e2e::no_redirect_client(),
     }
 }
@@ -542,6 +542,112 @@ async fn declarative_replacement_is_atomic_and_deltas_idempotent() {
     assert_eq!(e.create(id2, &again).await, url2);
 }
 
+impl Env {
+    /// `clients` concurrent clients, each sending `each` requests one after another (a client
+    /// sends its next request when its last is answered); backend name → count.
+    async fn load(&self, url: &str, clients: usize, each: usize) -> BTreeMap<String, usize> {
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (http, url) = (self.http.clone(), url.to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for i in 0..each {
+                    let (s, _, body) = e2e::http_get(&http, &format!("{url}/c{c}/{i}"), &[]).await;
+                    let name = body.split_whitespace().next().unwrap_or("").to_string();
+                    seen.push(if s == 200 { name } else { format!("!{s}") });
+                }
+                seen
+            }));
+        }
+        let mut out = BTreeMap::new();
+        for t in tasks {
+            for name in t.await.unwrap() {
+                *out.entry(name.trim_start_matches("backend=").to_string())
+                    .or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// Wait until the worker's Traefik balances the endpoint's service with `strategy`.
+    async fn wait_strategy(&self, id: Uuid, strategy: &str) {
+        let service = format!("ap-{}", circuit_of(self, id).await);
+        let http = e2e::client_builder().build().unwrap();
+        e2e::eventually("Traefik loads the strategy", e2e::patience(), || {
+            let (http, service) = (http.clone(), service.clone());
+            async move {
+                let s = self.worker.traefik.http_service(&http, &service).await?;
+                (s["loadBalancer"]["strategy"].as_str().unwrap_or("wrr") == strategy).then_some(())
+            }
+        })
+        .await
+    }
+}
+
+/// Backend.AI's three documented choices: least connections (Traefik's p2c) and least time
+/// send most requests to the fast replica; round robin still splits by `traffic_ratio`, even
+/// when the heavier replica is the slow one; a re-sync without the option keeps it, one with
+/// it changes it; an unknown strategy is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_loaded_balancing_prefers_the_fast_replica_and_round_robin_keeps_weights() {
+    let e = env("inf-lb").await;
+    let (fast, slow) = (HttpEcho::start("fast").await, HttpEcho::start("slow").await);
+    slow.set_delay_ms(100);
+    let session = Uuid::new_v4();
+    for strategy in ["least_connections", "least_time"] {
+        let id = Uuid::new_v4();
+        let mut body = item(id, strategy, true, None);
+        body["load_balancing"] = json!(strategy);
+        let url = e.create(id, &body).await;
+        e.serve(id, &url, session, &[fast.port, slow.port]).await;
+        let seen = e.load(&url, 8, 25).await;
+        let (f, s) = (seen.get("fast").copied(), seen.get("slow").copied());
+        assert_eq!(f.unwrap_or(0) + s.unwrap_or(0), 200, "{strategy}: {seen:?}");
+        assert!(f.unwrap_or(0) >= 4 * s.unwrap_or(0), "{strategy}: {seen:?}");
+        eprintln!("{strategy}: {seen:?}");
+    }
+
+    // Round robin (the default) by weight: 3 parts slow, 1 part fast, slow or not.
+    let id = Uuid::new_v4();
+    let url = e.create(id, &item(id, "wrr", true, None)).await;
+    let r = e
+        .routes(
+            "routes",
+            id,
+            json!([
+                route(session, fast.port, 1.0),
+                route(session, slow.port, 3.0)
+            ]),
+        )
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    e.wait_status("endpoint serves", &url, None, 200).await;
+    e.wait_strategy(id, "wrr").await;
+    let seen = e.load(&url, 8, 10).await;
+    assert_eq!(seen.get("slow"), Some(&60), "{seen:?}");
+    assert_eq!(seen.get("fast"), Some(&20), "{seen:?}");
+
+    // A re-sync without the option keeps it; with it, changes it.
+    let mut body = item(id, "wrr", true, None);
+    body["load_balancing"] = json!("least_time");
+    e.create(id, &body).await;
+    e.wait_strategy(id, "leasttime").await;
+    e.create(id, &item(id, "wrr", true, None)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    e.wait_strategy(id, "leasttime").await;
+    body["load_balancing"] = json!("fastest");
+    let (s, v) = e
+        .stack
+        .manager(Method::POST, &format!("/v2/endpoints/{id}"), Some(&body))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["msg"].as_str().unwrap_or("").contains("least_time"),
+        "{v}"
+    );
+    e.wait_strategy(id, "leasttime").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_sessions_and_retry_past_a_dead_replica() {
     let e = env("inf-3").await;
@@ -601,7 +707,7 @@ async fn wildcard_endpoints_take_service_name_as_subdomain_and_keep_their_url() 
     let _w = stack.start_gated_worker(spec).await;
     let e = Env {
         stack,
-        _worker: _w,
+        worker: _w,
         http: e2e::no_redirect_client(),
     };
     let echo = HttpEcho::start("m").await;

@@ -30,7 +30,8 @@ pub struct EndpointTags {
     pub endpoint: EndpointTag,
 }
 
-/// Backend.AI's `CreateEndpointItem` / `EndpointCreationRequestModel`, plus `sticky`.
+/// Backend.AI's `CreateEndpointItem` / `EndpointCreationRequestModel`, plus `sticky`,
+/// `load_balancing` and `auth_plugin`.
 #[derive(Debug, Deserialize)]
 pub struct EndpointItem {
     #[serde(default, alias = "endpoint_id")]
@@ -49,6 +50,10 @@ pub struct EndpointItem {
     /// appproxy extension: sticky sessions across replicas.
     #[serde(default)]
     pub sticky: Option<bool>,
+    /// appproxy extension: which replica takes the next request (`round_robin` by
+    /// `traffic_ratio`, `least_connections`, `least_time`); absent on a sync: unchanged.
+    #[serde(default)]
+    pub load_balancing: Option<crate::domain::LoadBalancing>,
     /// appproxy extension: a WebAssembly auth plugin (e.g. API keys).
     #[serde(default)]
     pub auth_plugin: Option<crate::domain::AuthPlugin>,

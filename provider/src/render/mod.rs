@@ -21,7 +21,7 @@ pub const PLUGIN_HEADERS_REGEX: &str = "(?i)^x[-_]plugin[-_]";
 use appproxy_common::names;
 use uuid::Uuid;
 
-use crate::domain::{AppMode, Circuit, Frontend, FrontendMode, Protocol, Worker};
+use crate::domain::{AppMode, Circuit, Frontend, FrontendMode, LoadBalancing, Protocol, Worker};
 
 /// Keys of one group, relative to the worker root key.
 pub type Kv = BTreeMap<String, String>;
@@ -280,7 +280,17 @@ fn render_servers(kv: &mut Kv, s: &str, c: &Circuit) {
         _ => "http",
     };
     let weights = weights(c);
-    for (i, route) in c.routes.iter().enumerate() {
+    // Traefik's p2c has no weights: a replica weighted 0 (drained) is left out instead.
+    let p2c = c
+        .balancing
+        .as_ref()
+        .is_some_and(|b| b.strategy == LoadBalancing::LeastConnections);
+    let mut i = 0;
+    for (r, route) in c.routes.iter().enumerate() {
+        let weight = weights.as_ref().map(|w| w[r]);
+        if p2c && weight == Some(0) {
+            continue;
+        }
         kv.insert(
             format!("{s}/servers/{i}/url"),
             format!(
@@ -288,13 +298,14 @@ fn render_servers(kv: &mut Kv, s: &str, c: &Circuit) {
                 host_port(&route.kernel_host, route.kernel_port)
             ),
         );
-        if let Some(w) = weights.as_ref().map(|w| w[i]) {
+        if let Some(w) = weight.filter(|_| !p2c) {
             kv.insert(format!("{s}/servers/{i}/weight"), w.to_string());
         }
+        i += 1;
     }
 }
 
-/// Inference load balancing: passive health (a replica that fails 3 times in 10 s is taken
+/// Inference load balancing: the strategy (round robin is Traefik's default), passive health (a replica that fails 3 times in 10 s is taken
 /// out for the window), optional sticky cookie, and Backend.AI's `ModelHealthCheck` as
 /// Traefik's active health check. Traefik has no initial delay and marks a server down on its
 /// first failed check, so `initial_delay` and `max_retries` have no Traefik counterpart.
@@ -308,6 +319,9 @@ fn render_balancing(kv: &mut Kv, s: &str, c: &Circuit, worker: &Worker) {
         "10s".into(),
     );
     let Some(b) = &c.balancing else { return };
+    if b.strategy != LoadBalancing::RoundRobin {
+        kv.insert(format!("{s}/strategy"), b.strategy.traefik().into());
+    }
     if b.sticky {
         let ck = format!("{s}/sticky/cookie");
         kv.insert(

@@ -247,6 +247,7 @@ fn inference_balancing_sticky_health_check_and_retry() {
             expected_status_code: 204,
             initial_delay: 30.0,
         }),
+        strategy: crate::domain::LoadBalancing::RoundRobin,
     });
     check(
         &render_circuit(&w, &c),
@@ -282,6 +283,63 @@ fn inference_balancing_sticky_health_check_and_retry() {
     // No routes yet (an endpoint before its replicas): nothing rendered, the URL is a 404.
     c.routes.clear();
     assert!(render_circuit(&w, &c).is_empty());
+}
+
+#[test]
+fn least_loaded_strategies_name_traefiks_and_p2c_leaves_drained_replicas_out() {
+    let w = worker(FrontendMode::Port, Protocol::Http);
+    let mut c = circuit(
+        Frontend::Port(10205),
+        Protocol::Http,
+        vec![
+            route("10.0.0.5", 9000, 1.0, Protocol::Http),
+            route("10.0.0.6", 9000, 0.0, Protocol::Http),
+            route("10.0.0.7", 9000, 3.0, Protocol::Http),
+        ],
+    );
+    c.app_mode = AppMode::Inference;
+    let lb = |c: &mut Circuit, strategy| {
+        c.balancing = Some(crate::domain::Balancing {
+            strategy,
+            ..Default::default()
+        });
+    };
+    let servers = |kv: &Kv| -> Vec<String> {
+        kv.iter()
+            .filter(|(k, _)| k.contains("/loadBalancer/s"))
+            .map(|(k, v)| format!("{} = {v}", k.rsplit_once("loadBalancer/").unwrap().1))
+            .collect()
+    };
+    lb(&mut c, crate::domain::LoadBalancing::LeastConnections);
+    let kv = render_circuit(&w, &c);
+    assert_eq!(
+        servers(&kv),
+        [
+            "servers/0/url = http://10.0.0.5:9000",
+            "servers/1/url = http://10.0.0.7:9000",
+            "strategy = p2c",
+        ]
+    );
+    lb(&mut c, crate::domain::LoadBalancing::LeastTime);
+    let kv = render_circuit(&w, &c);
+    assert_eq!(
+        servers(&kv),
+        [
+            "servers/0/url = http://10.0.0.5:9000",
+            "servers/0/weight = 1",
+            "servers/1/url = http://10.0.0.6:9000",
+            "servers/1/weight = 0",
+            "servers/2/url = http://10.0.0.7:9000",
+            "servers/2/weight = 3",
+            "strategy = leasttime",
+        ]
+    );
+    lb(&mut c, crate::domain::LoadBalancing::RoundRobin);
+    assert!(
+        !render_circuit(&w, &c)
+            .keys()
+            .any(|k| k.ends_with("/strategy"))
+    );
 }
 
 #[test]

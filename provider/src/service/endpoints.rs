@@ -50,7 +50,12 @@ impl Endpoints<'_> {
     pub async fn sync(&self, id: Uuid, item: &EndpointItem) -> Result<Synced, ApiError> {
         let store = self.circuits.store;
         let e = store
-            .upsert_endpoint(id, item.health_check.as_ref(), item.sticky)
+            .upsert_endpoint(
+                id,
+                item.health_check.as_ref(),
+                item.sticky,
+                item.load_balancing,
+            )
             .await?;
         let (c, w) = match store.circuit_of_endpoint(id).await? {
             Some(c) => self.update(c, item).await?,
@@ -233,7 +238,7 @@ impl Endpoints<'_> {
         if store.get_endpoint(id).await?.is_none() {
             return Err(ApiError::NotFound("endpoint"));
         }
-        let e = store.upsert_endpoint(id, health_check, None).await?;
+        let e = store.upsert_endpoint(id, health_check, None, None).await?;
         if let Some(c) = store.circuit_of_endpoint(id).await? {
             self.circuits.changed(&c);
         }

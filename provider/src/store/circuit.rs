@@ -319,6 +319,7 @@ impl Store {
                     c.balancing = Some(Balancing {
                         health_check: e.health_check.clone().filter(|h| h.enable),
                         sticky: e.sticky,
+                        strategy: e.load_balancing,
                     });
                 }
             }

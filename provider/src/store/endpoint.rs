@@ -1,4 +1,4 @@
-//! Inference endpoints: balancing settings (health check, sticky) and the endpoint's one
+//! Inference endpoints: balancing settings (health check, sticky, strategy) and the endpoint's one
 //! circuit.
 
 use uuid::Uuid;
@@ -7,12 +7,12 @@ use super::{
     Store, StoreError, now_ms, q,
     row::{CIRCUIT_COLS, endpoint_from_row},
 };
-use crate::domain::{Circuit, Endpoint, HealthCheck};
+use crate::domain::{Circuit, Endpoint, HealthCheck, LoadBalancing};
 
 impl Store {
     pub(super) async fn endpoints_by_ids(&self, ids: &[Uuid]) -> Result<Vec<Endpoint>, StoreError> {
         self.select_in(
-            "SELECT id, health_check_config, sticky FROM endpoints WHERE id",
+            "SELECT id, health_check_config, sticky, load_balancing FROM endpoints WHERE id",
             ids,
         )
         .await?
@@ -28,12 +28,14 @@ impl Store {
         .await
     }
 
-    /// Insert or update an endpoint row (health check; sticky when given).
+    /// Insert or update an endpoint row (health check; sticky and the balancing strategy when
+    /// given, else kept).
     pub async fn upsert_endpoint(
         &self,
         id: Uuid,
         health_check: Option<&HealthCheck>,
         sticky: Option<bool>,
+        load_balancing: Option<LoadBalancing>,
     ) -> Result<Endpoint, StoreError> {
         self.measured("upsert_endpoint", async move {
             let now = now_ms();
@@ -41,11 +43,13 @@ impl Store {
             let enabled = i64::from(health_check.is_some_and(|h| h.enable));
             let updated = sqlx::query(
                 "UPDATE endpoints SET health_check_enabled=$1, health_check_config=$2, \
-                 sticky=COALESCE($3, sticky), updated_at=$4 WHERE id=$5",
+                 sticky=COALESCE($3, sticky), load_balancing=COALESCE($4, load_balancing), \
+                 updated_at=$5 WHERE id=$6",
             )
             .bind(enabled)
             .bind(hc.clone())
             .bind(sticky.map(i64::from))
+            .bind(load_balancing.map(LoadBalancing::as_str))
             .bind(now)
             .bind(id.to_string())
             .execute(&self.pool)
@@ -53,12 +57,13 @@ impl Store {
             if updated.rows_affected() == 0 {
                 let inserted = sqlx::query(
                     "INSERT INTO endpoints (id, health_check_enabled, health_check_config, sticky, \
-                     created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$5)",
+                     load_balancing, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$6)",
                 )
                 .bind(id.to_string())
                 .bind(enabled)
                 .bind(hc)
                 .bind(i64::from(sticky.unwrap_or(false)))
+                .bind(load_balancing.unwrap_or_default().as_str())
                 .bind(now)
                 .execute(&self.pool)
                 .await;
@@ -66,7 +71,13 @@ impl Store {
                     Ok(_) => {}
                     // A concurrent upsert inserted first: ours becomes an update.
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        return Box::pin(self.upsert_endpoint(id, health_check, sticky)).await;
+                        return Box::pin(self.upsert_endpoint(
+                            id,
+                            health_check,
+                            sticky,
+                            load_balancing,
+                        ))
+                        .await;
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -105,7 +116,8 @@ impl Store {
     pub async fn list_endpoints(&self) -> Result<Vec<(Endpoint, Option<Circuit>)>, StoreError> {
         self.measured("list_endpoints", async move {
             let rows = sqlx::query(
-                "SELECT id, health_check_config, sticky FROM endpoints ORDER BY created_at, id",
+                "SELECT id, health_check_config, sticky, load_balancing FROM endpoints \
+                 ORDER BY created_at, id",
             )
             .fetch_all(&self.pool)
             .await?;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use crate::domain::{
-    AppMode, Circuit, Endpoint, Frontend, Route, Worker, WorkerSpec, WorkerStatus,
+    AppMode, Circuit, Endpoint, Frontend, LoadBalancing, Route, Worker, WorkerSpec, WorkerStatus,
 };
 
 pub(super) const WORKER_COLS: &str = "id, authority, frontend_mode, protocol, hostname, tls_listen, \
@@ -33,6 +33,10 @@ pub(super) fn endpoint_from_row(row: &AnyRow) -> Result<Endpoint, StoreError> {
             .map(|t| serde_json::from_str(&t).map_err(|e| corrupt("health_check_config", e)))
             .transpose()?,
         sticky: flag(row, "sticky")?,
+        load_balancing: {
+            let s: String = get(row, "load_balancing")?;
+            LoadBalancing::parse(&s).ok_or_else(|| corrupt("load_balancing", s))?
+        },
     })
 }
 

@@ -238,8 +238,14 @@ async fn endpoint_listing_joins_each_endpoint_with_its_circuit() {
         .await
         .unwrap();
     let (with, without) = (Uuid::new_v4(), Uuid::new_v4());
-    store.upsert_endpoint(with, None, Some(true)).await.unwrap();
-    store.upsert_endpoint(without, None, None).await.unwrap();
+    store
+        .upsert_endpoint(with, None, Some(true), None)
+        .await
+        .unwrap();
+    store
+        .upsert_endpoint(without, None, None, None)
+        .await
+        .unwrap();
     let c = store
         .create_circuit(&new_circuit(&w, Some(with)), &w)
         .await
