@@ -36,6 +36,8 @@ pub struct Config {
     /// The worker API for users and the Manager over HTTPS (`[tls]`).
     #[serde(default)]
     pub tls: ApiTls,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
     /// Serving threads, each with its own listener (`SO_REUSEPORT`) and single-threaded
     /// runtime; 0 = one per core. The first also runs the background tasks.
     #[serde(default)]
@@ -209,6 +211,41 @@ pub struct KeysConfig {
     pub cookie_secret: String,
 }
 
+/// Rate limits, counted in Redis so all authgates share them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `/setup` and `/_appproxy/setup`, per client address (`requests = 0`: off). While Redis
+    /// is down setup fails closed, as its use counting does.
+    pub setup_per_address: appproxy_common::ratelimit::Limit,
+    /// Peers (CIDRs) whose `X-Forwarded-For` is believed (the client is the last address in
+    /// it that is not one of them); on `/_appproxy/setup` also loopback, this worker's
+    /// Traefik. Direct callers of the API port's `/setup` are their own address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            setup_per_address: appproxy_common::ratelimit::Limit::per_minute(300),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// The configured proxies, and loopback (this worker's Traefik) for what arrives through
+    /// Traefik.
+    pub fn trusted(&self, via_traefik: bool) -> Vec<ipnet::IpNet> {
+        let mut t = self.trusted_proxies.clone();
+        if via_traefik {
+            t.push("127.0.0.0/8".parse().expect("net"));
+            t.push("::1/128".parse().expect("net"));
+        }
+        t
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
@@ -346,6 +383,13 @@ impl Config {
         self.plugins.check(&mut errs);
         self.check_ingest(&mut errs);
         self.redis.check(&mut errs);
+        if let Err(e) = self
+            .rate_limit
+            .setup_per_address
+            .check("rate_limit.setup_per_address")
+        {
+            errs.push(e);
+        }
         ConfigError::check(errs)
     }
 

@@ -18,6 +18,8 @@ pub struct GateError {
     pub json: bool,
     /// Where to go next (the platform's login page), shown as a link / `"login_url"`.
     pub link: Option<String>,
+    /// `Retry-After` seconds (a `503` says 1 without it).
+    pub retry_after: Option<u64>,
 }
 
 impl GateError {
@@ -28,7 +30,14 @@ impl GateError {
             msg: msg.into(),
             json: false,
             link: None,
+            retry_after: None,
         }
+    }
+
+    /// Say when to try again.
+    pub fn with_retry_after(mut self, secs: u64) -> GateError {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// Offer `url` as the way back (only an `http(s)` URL is shown).
@@ -66,8 +75,13 @@ fn html_escape(s: &str) -> String {
 impl IntoResponse for GateError {
     fn into_response(self) -> Response {
         let (ctype, body) = if self.json {
+            let kind = if self.status == StatusCode::TOO_MANY_REQUESTS {
+                "rate-limit-exceeded"
+            } else {
+                "appproxy/auth-failed"
+            };
             let mut body = json!({
-                "type": "https://api.backend.ai/probs/appproxy/auth-failed",
+                "type": format!("https://api.backend.ai/probs/{kind}"),
                 "title": self.msg,
                 "error_code": self.code,
                 "msg": format!("{}: {}", self.code, self.msg),
@@ -105,8 +119,14 @@ impl IntoResponse for GateError {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self.retry_after {
+            Some(secs) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            None if self.status == StatusCode::SERVICE_UNAVAILABLE => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            None => {}
         }
         resp
     }

@@ -91,6 +91,7 @@ pub async fn run(
         let mut stop = shutdown.clone();
         let app = http::public_app(gate.clone());
         tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<appproxy_common::tls::PeerAddr>();
             let _ = axum::serve(l, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|v| *v).await;
@@ -184,7 +185,11 @@ async fn start(
     let gate = http::Gate {
         plugins,
         activity,
-        uses: Arc::new(setup::UseCounter::new(redis, &config.namespace)),
+        uses: Arc::new(setup::UseCounter::new(redis.clone(), &config.namespace)),
+        limiter: Arc::new(appproxy_common::ratelimit::Limiter::new(
+            redis,
+            &config.namespace,
+        )),
         cfg: Arc::new(config),
         keys,
         revoked,

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub connections_cut: IntCounterVec,
     /// "This app was closed" pages served.
     pub closed_pages: prometheus::IntCounter,
+    pub rate_limit_unavailable: IntCounterVec,
 }
 
 impl Metrics {
@@ -47,6 +48,11 @@ impl Metrics {
                 &["result", "reason"],
             ),
             setups: counters("setups_total", "Setup requests by result.", &["result"]),
+            rate_limit_unavailable: counters(
+                "rate_limit_unavailable_total",
+                "Requests whose rate limit Redis could not count, by scope (endpoint: let through; setup-addr: refused).",
+                &["scope"],
+            ),
             revocations_connected: gauge(
                 "revocations_connected",
                 "1 while the revocation subscription is up.",

@@ -21,9 +21,9 @@ use hyper::server::conn::http1;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
 };
 use tokio::{net::TcpListener, sync::watch};
+use tower::ServiceExt;
 
 /// `n` (at least one) listening sockets on `addr`, all on the same port: with more than one,
 /// every socket has `SO_REUSEPORT`, and a port 0 in `addr` becomes the port the first got.
@@ -119,9 +119,9 @@ async fn accept_loop(listener: TcpListener, app: Router, mut shutdown: watch::Re
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(conn) => conn,
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -132,10 +132,15 @@ async fn accept_loop(listener: TcpListener, app: Router, mut shutdown: watch::Re
             () = stopped(&mut shutdown) => break,
         };
         let _ = tcp.set_nodelay(true);
-        let conn = builder.serve_connection(
-            TokioIo::new(NoShutdown(tcp)),
-            TowerToHyperService::new(app.clone()),
-        );
+        // The peer's address for handlers that want it (`ConnectInfo<PeerAddr>`, as axum's
+        // own server gives it): set on each request, the router shared (a clone is an `Arc`).
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            let info = axum::extract::ConnectInfo(appproxy_common::tls::PeerAddr(peer));
+            req.extensions_mut().insert(info);
+            app.clone().oneshot(req)
+        });
+        let conn = builder.serve_connection(TokioIo::new(NoShutdown(tcp)), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

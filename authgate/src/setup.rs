@@ -36,6 +36,8 @@ pub enum SetupRefusal {
     RedisDown,
     /// The target of the redirect cannot be a `Location`.
     BadRedirect,
+    /// Too many setups from this client address: retry after this many seconds.
+    RateLimited(u64),
 }
 
 impl SetupRefusal {
@@ -66,6 +68,11 @@ impl SetupRefusal {
             ),
             RedisDown => (503, "E10001", "Auth storage unavailable; retry."),
             BadRedirect => (400, "E20001", "Bad redirect target."),
+            RateLimited(_) => (
+                429,
+                "E10002",
+                "Too many app links opened from this address; retry shortly.",
+            ),
         }
     }
 
@@ -82,12 +89,17 @@ impl SetupRefusal {
             NotLoaded => "not_loaded",
             UsedUp => "used_up",
             RedisDown => "redis_down",
+            RateLimited(_) => "rate_limited",
         }
     }
 
     pub fn error(self) -> crate::error::GateError {
         let (status, code, msg) = self.parts();
-        crate::error::GateError::new(status, code, msg)
+        let e = crate::error::GateError::new(status, code, msg);
+        match self {
+            SetupRefusal::RateLimited(secs) => e.with_retry_after(secs),
+            _ => e,
+        }
     }
 }
 
@@ -327,6 +339,7 @@ mod tests {
             UsedUp,
             RedisDown,
             BadRedirect,
+            RateLimited(7),
         ];
         let messages: std::collections::BTreeSet<_> = all.iter().map(|r| r.parts().2).collect();
         assert_eq!(messages.len(), all.len());

@@ -6,6 +6,7 @@
 //! - `alloc`: the allocator settings both binaries start with;
 //! - `shutdown`: the signal-driven shutdown channel and periodic work both binaries run;
 //! - `startup`: the start-up path both mains share; `metrics`: registry and exposition;
+//! - `ratelimit`: fixed-window limits counted in Redis, shared by every replica;
 //! - `tls`: TLS files, the HTTPS listener and the Redis client for the internal links;
 //! - `wire`: the typed worker API.
 //!
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod names;
+pub mod ratelimit;
 pub mod shutdown;
 pub mod startup;
 pub mod tls;

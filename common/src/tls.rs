@@ -356,6 +356,28 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// The connecting peer's address, as `ConnectInfo` over plain and TLS listeners alike
+/// (`into_make_service_with_connect_info::<PeerAddr>()`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// A Redis client for `url`: `rediss://` URLs use TLS with `tls` (its CA instead of the
 /// system's, its client certificate), `redis://` URLs must not name TLS files.
 pub fn redis_client(url: &str, tls: &ClientTls) -> Result<redis::Client, TlsError> {

@@ -9,7 +9,10 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
-use appproxy_common::tls::{ClientTls, ServerTls};
+use appproxy_common::{
+    ratelimit::Limit,
+    tls::{ClientTls, ServerTls},
+};
 use serde::Deserialize;
 
 pub use appproxy_common::config::ConfigError;
@@ -43,6 +46,8 @@ pub struct Config {
     pub conf: ConfConfig,
     #[serde(default)]
     pub cors: CorsConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
     #[serde(default)]
     pub reaper: ReaperConfig,
     #[serde(default)]
@@ -239,6 +244,44 @@ impl CorsConfig {
                         "cors.{key}: {o:?} is not \"*\" or an origin like https://host[:port] (lowercase, no path)"
                     ));
                 }
+            }
+        }
+    }
+}
+
+/// Rate limits on the API, counted in Redis so every replica shares them (`api::ratelimit`).
+/// Without `[redis] url` nothing is counted (the start-up log says so).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// The launch routes (`/v2/conf`, `/v2/proxy/*`), per client address.
+    pub launch_per_address: Limit,
+    /// The management API, per token (the Manager's, or each caller's); requests without a
+    /// token count per address. Off by default: a Manager's bulk syncs come in bursts.
+    pub api_per_token: Limit,
+    /// Peers (CIDRs) whose `X-Forwarded-For` is believed: the client is the last address in
+    /// it that is not one of them. Empty: the connecting address is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            launch_per_address: Limit::per_minute(300),
+            api_per_token: Limit::OFF,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    fn check(&self, errs: &mut Vec<String>) {
+        for (what, l) in [
+            ("rate_limit.launch_per_address", &self.launch_per_address),
+            ("rate_limit.api_per_token", &self.api_per_token),
+        ] {
+            if let Err(e) = l.check(what) {
+                errs.push(e);
             }
         }
     }
@@ -591,6 +634,7 @@ impl Config {
         self.reconcile.check(&mut errs);
         self.conf.check(&mut errs);
         self.cors.check(&mut errs);
+        self.rate_limit.check(&mut errs);
         self.reaper.check(&mut errs);
         self.auth.check(&mut errs);
         self.redis.check(&mut errs);

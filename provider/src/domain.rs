@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+pub use appproxy_common::ratelimit::Limit;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
@@ -211,6 +212,8 @@ pub struct Balancing {
     pub health_check: Option<HealthCheck>,
     pub sticky: bool,
     pub strategy: LoadBalancing,
+    /// Requests per window for the whole endpoint (authorized requests only), or off.
+    pub rate_limit: Option<Limit>,
 }
 
 /// Which replica takes the next request (an endpoint option, appproxy's extension; the three
@@ -262,6 +265,7 @@ pub struct Endpoint {
     pub health_check: Option<HealthCheck>,
     pub sticky: bool,
     pub load_balancing: LoadBalancing,
+    pub rate_limit: Option<Limit>,
 }
 
 impl Endpoint {

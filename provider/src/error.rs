@@ -41,6 +41,8 @@ pub enum ApiError {
     /// 413 `request-too-large`.
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("rate limit reached; retry after {0} s")]
+    RateLimited(u64),
     /// 503 `appproxy/worker-not-available`.
     #[error("worker not available: {0}")]
     WorkerNotAvailable(String),
@@ -86,6 +88,7 @@ impl ApiError {
             MethodNotAllowed => fixed(405, "method-not-allowed", "HTTP Method Not Allowed.", "api_access_not-found"),
             PortNotAvailable(_) => fixed(409, "appproxy/port-not-available", "Designated port already occupied.", "agent_setup_already-exists"),
             Conflict(_) => fixed(409, "generic-conflict", "Conflicting request.", "api_setup_already-exists"),
+            RateLimited(_) => fixed(429, "rate-limit-exceeded", "You have reached your API query rate limit.", "api_access_unavailable"),
             PayloadTooLarge => fixed(413, "request-too-large", "Request body too large.", "api_parsing_invalid-parameters"),
             WorkerNotAvailable(_) => fixed(503, "appproxy/worker-not-available", "Worker not available.", "agent_access_not-found"),
             UnsupportedProtocol(_) => fixed(400, "appproxy/unsupported-protocol", "Unsupported protocol.", "agent_request_invalid-parameters"),
@@ -162,6 +165,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::RateLimited(secs) = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }

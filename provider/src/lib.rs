@@ -44,6 +44,7 @@ pub mod tokens;
 
 use std::sync::Arc;
 
+use appproxy_common::tls::PeerAddr;
 use tokio::{net::TcpListener, sync::watch};
 
 pub use config::Config;
@@ -61,6 +62,12 @@ pub async fn run(
         config.auth.setup_token_ttl_seconds,
     )?;
     let redis = config.redis.client()?;
+    let limiter = redis
+        .clone()
+        .map(|c| appproxy_common::ratelimit::Limiter::new(c, &config.etcd.namespace));
+    if limiter.is_none() {
+        tracing::warn!("No [redis] url: the API's rate limits are not applied");
+    }
     let revoker = revoke::Revoker::new(redis.clone(), &config.etcd.namespace);
     let store =
         store::Store::connect(&config.database.url, config.database.max_connections).await?;
@@ -87,6 +94,7 @@ pub async fn run(
         activity,
         leadership,
         quorum: etcd::Quorum::default(),
+        limiter,
     });
     let tls = match state.config.tls.files() {
         Some((cert, key)) => Some(appproxy_common::tls::server_config(cert, key)?),
@@ -101,15 +109,21 @@ pub async fn run(
         Some(tls) => {
             tracing::info!(%addr, "Provider listening (HTTPS)");
             let listener = appproxy_common::tls::TlsListener::new(listener, tls)?;
-            axum::serve(listener, api::app(state))
-                .with_graceful_shutdown(stopped)
-                .await?;
+            axum::serve(
+                listener,
+                api::app(state).into_make_service_with_connect_info::<PeerAddr>(),
+            )
+            .with_graceful_shutdown(stopped)
+            .await?;
         }
         None => {
             tracing::info!(%addr, "Provider listening");
-            axum::serve(listener, api::app(state))
-                .with_graceful_shutdown(stopped)
-                .await?;
+            axum::serve(
+                listener,
+                api::app(state).into_make_service_with_connect_info::<PeerAddr>(),
+            )
+            .with_graceful_shutdown(stopped)
+            .await?;
         }
     }
     for t in tasks {

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub etcd_quorum: IntGauge,
     pub nudges_sent: IntCounter,
     pub nudges_received: IntCounter,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_unavailable: IntCounterVec,
 }
 
 impl Metrics {
@@ -135,6 +137,16 @@ impl Metrics {
             nudges_received: counter(
                 "nudges_received_total",
                 "Reconcile requests received from the other providers.",
+            ),
+            rate_limited: counters(
+                "rate_limited_total",
+                "API requests refused with 429 by scope (launch-addr, api-token, api-addr).",
+                &["scope"],
+            ),
+            rate_limit_unavailable: counters(
+                "rate_limit_unavailable_total",
+                "API requests let through unchecked because Redis did not answer, by scope.",
+                &["scope"],
             ),
             registry: r.clone(),
         }

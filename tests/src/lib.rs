@@ -95,6 +95,45 @@ pub fn no_redirect_client() -> reqwest::Client {
         .expect("client")
 }
 
+/// `no_redirect_client` whose connections come from `ip` (any 127/8 address is loopback
+/// here): a second client address for per-address limits.
+pub fn no_redirect_client_from(ip: &str) -> reqwest::Client {
+    client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .local_address(ip.parse::<std::net::IpAddr>().expect("an IP address"))
+        .build()
+        .expect("client")
+}
+
+/// Sleep past the last `margin_secs` of the current minute, so that what a test does next
+/// falls in one 60-second rate-limit window (windows start on whole minutes).
+pub async fn early_in_a_minute(margin_secs: u64) {
+    let into = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        % 60_000) as u64;
+    if into > (60 - margin_secs.min(59)) * 1000 {
+        tokio::time::sleep(Duration::from_millis(60_200 - into)).await;
+    }
+}
+
+/// A rate-limited answer: `429`, `Retry-After` within a minute window, Backend.AI's body.
+pub fn assert_rate_limited(status: u16, headers: &reqwest::header::HeaderMap, body: &str) {
+    assert_eq!(status, 429, "{body}");
+    let retry: u64 = (headers.get("retry-after"))
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(
+        v["type"],
+        "https://api.backend.ai/probs/rate-limit-exceeded"
+    );
+}
+
 /// The `p` quantile (0–1) of `samples` (nearest rank); NaN when there are none.
 pub fn pct(samples: &[f64], p: f64) -> f64 {
     if samples.is_empty() {

@@ -1675,3 +1675,57 @@ async fn a_refused_registration_stops_authgate_with_a_clear_error() {
     let (_, list) = stack.manager(Method::GET, "/api/worker", None).await;
     assert_eq!(list["workers"], json!([]), "{list}");
 }
+
+/// Setup's rate limit per client address, through the worker's Traefik: after N setups from
+/// one address (bad links count too) the next is a `429` with `Retry-After` and Backend.AI's
+/// body, on the app's origin and on the API port alike, and a forged `X-Forwarded-For` does
+/// not escape it; another address still sets its cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_is_rate_limited_per_client_address() {
+    let mut spec = WorkerSpec::ports("gw-rl", 2);
+    spec.env.push((
+        "APPPROXY_AUTHGATE__RATE_LIMIT__SETUP_PER_ADDRESS__REQUESTS".into(),
+        "3".into(),
+    ));
+    let e = env_with(spec).await;
+    let l = e.launch().await;
+    let origin = origin_of(&l.url).to_string();
+    let (one, two) = (
+        e2e::no_redirect_client_from("127.0.0.1"),
+        e2e::no_redirect_client_from("127.0.0.2"),
+    );
+    let json = [("accept", "application/json")];
+    e2e::early_in_a_minute(15).await;
+    for i in 0..3 {
+        let (s, _, body) = e2e::http_get(
+            &one,
+            &format!("{origin}/_appproxy/setup?token=bad{i}"),
+            &json,
+        )
+        .await;
+        assert_eq!(s, 401, "setup {i}: {body}");
+    }
+    let api = format!("http://127.0.0.1:{}/setup?token=bad", e.worker.port);
+    for (url, forged) in [
+        (format!("{origin}/_appproxy/setup?token=bad"), "127.0.0.9"),
+        (l.setup_url.clone(), "203.0.113.9"),
+        (api, "127.0.0.2"),
+    ] {
+        let (s, h, body) = e2e::http_get(
+            &one,
+            &url,
+            &[("accept", "application/json"), ("x-forwarded-for", forged)],
+        )
+        .await;
+        e2e::assert_rate_limited(s, &h, &body);
+    }
+    // Another address: its own budget, and the real link sets the cookie.
+    let (s, h, body) = e2e::http_get(&two, &l.setup_url, &[]).await;
+    assert_eq!(s, 302, "{body}");
+    assert!(e2e::session_set_cookie(&h).starts_with("appproxy_"));
+    let metrics = e2e::metrics_text(&e.http, &format!("http://127.0.0.1:{}", e.worker.port)).await;
+    assert!(
+        metrics.contains("appproxy_authgate_setups_total{result=\"rate_limited\"} 3"),
+        "{metrics}"
+    );
+}

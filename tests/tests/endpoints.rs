@@ -59,6 +59,15 @@ impl Env {
         self.wait_status("endpoint serves", url, None, 200).await;
     }
 
+    /// `serve` for a private endpoint: wait until `auth` gets a 200.
+    async fn serve_with_auth(&self, id: Uuid, url: &str, session: Uuid, ports: &[u16], auth: &str) {
+        let routes: Vec<Value> = ports.iter().map(|p| route(session, *p, 1.0)).collect();
+        let r = self.routes("routes", id, json!(routes)).await;
+        assert_eq!(r["success"], true, "{r}");
+        self.wait_status("endpoint serves", url, Some(auth), 200)
+            .await;
+    }
+
     /// `POST /v2/endpoints/{id}/token`.
     async fn token(&self, id: Uuid, user: Uuid, exp: u64) -> String {
         let (s, v) = self
@@ -646,6 +655,70 @@ async fn least_loaded_balancing_prefers_the_fast_replica_and_round_robin_keeps_w
         "{v}"
     );
     e.wait_strategy(id, "leasttime").await;
+}
+
+/// A per-endpoint rate limit (an endpoint option; authgate counts the whole endpoint's
+/// authorized requests in Redis): a public endpoint goes behind authgate for it; after N
+/// requests a `429` with `Retry-After` and Backend.AI's body; requests without a valid token
+/// on a private endpoint are refused without using the budget; with Redis down the app's
+/// traffic flows (fail open) and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_rate_limits_answer_429_and_fail_open_without_redis() {
+    let mut e = env("inf-rl").await;
+    let backend = HttpEcho::start("a").await;
+    let session = Uuid::new_v4();
+    let limited = |id: Uuid, name: &str, public: bool| {
+        let mut body = item(id, name, public, None);
+        body["rate_limit"] = json!({"requests": 5, "window_seconds": 60});
+        body
+    };
+    let (public, private) = (Uuid::new_v4(), Uuid::new_v4());
+    let url = e.create(public, &limited(public, "pub", true)).await;
+    let url2 = e.create(private, &limited(private, "priv", false)).await;
+    e2e::early_in_a_minute(20).await;
+    e.serve(public, &url, session, &[backend.port]).await; // one request of the five
+    for i in 1..5 {
+        let (s, _, _) = e2e::http_get(&e.http, &format!("{url}/r{i}"), &[]).await;
+        assert_eq!(s, 200, "request {i}");
+    }
+    let (s, h, body) = e2e::http_get(
+        &e.http,
+        &format!("{url}/r5"),
+        &[("accept", "application/json")],
+    )
+    .await;
+    e2e::assert_rate_limited(s, &h, &body);
+
+    // Private: refused requests (no token) do not use the budget.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = e.token(private, Uuid::new_v4(), exp).await;
+    let auth = format!("Bearer {token}");
+    e.serve_with_auth(private, &url2, session, &[backend.port], &auth)
+        .await;
+    for _ in 0..10 {
+        let (s, _, _) = e2e::http_get(&e.http, &url2, &[]).await;
+        assert_eq!(s, 401);
+    }
+    for i in 1..5 {
+        let (s, _, body) = e2e::http_get(&e.http, &url2, &[("authorization", &auth)]).await;
+        assert_eq!(s, 200, "authorized request {i}: {body}");
+    }
+    let (s, _, _) = e2e::http_get(&e.http, &url2, &[("authorization", &auth)]).await;
+    assert_eq!(s, 429);
+
+    // Redis down: the public endpoint serves again (its reads stay up), counted.
+    e.stack.kill_redis();
+    let (s, _, body) = e2e::http_get(&e.http, &format!("{url}/after"), &[]).await;
+    assert_eq!(s, 200, "{body}");
+    let metrics = e2e::metrics_text(&e.http, &format!("http://127.0.0.1:{}", e.worker.port)).await;
+    assert!(
+        metrics.contains("appproxy_authgate_rate_limit_unavailable_total{scope=\"endpoint\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

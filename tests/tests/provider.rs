@@ -1144,3 +1144,105 @@ async fn expired_revocations_are_pruned_from_redis() {
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.contains_key("u:kept"));
 }
+
+/// `(status, Retry-After, body)` of a GET with an optional manager token.
+async fn get_limited(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> (u16, Option<u64>, Value) {
+    let mut req = http.get(url);
+    if let Some(t) = token {
+        req = req.header("X-BackendAI-Token", t);
+    }
+    let r = req.send().await.expect("provider answers");
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    (status, retry, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Rate limits as Backend.AI's webserver has them, shared by two provider replicas through
+/// Redis: the launch routes per client address (127.0.0.1 is limited, 127.0.0.2 is not), the
+/// management API per token; over the limit a `429` with `Retry-After` and Backend.AI's body;
+/// with Redis down the API lets requests through (fail open) and counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_shared_by_replicas_and_answer_429_with_retry_after() {
+    let mut stack = Stack::start_opts(e2e::Opts {
+        providers: 2,
+        provider_extra_env: vec![
+            (
+                "APPPROXY_PROVIDER__RATE_LIMIT__LAUNCH_PER_ADDRESS__REQUESTS".into(),
+                "6".into(),
+            ),
+            (
+                "APPPROXY_PROVIDER__RATE_LIMIT__API_PER_TOKEN__REQUESTS".into(),
+                "5".into(),
+            ),
+        ],
+        ..e2e::Opts::new(Db::Postgres)
+    })
+    .await;
+    let (one, two) = (
+        e2e::no_redirect_client_from("127.0.0.1"),
+        e2e::no_redirect_client_from("127.0.0.2"),
+    );
+    let urls = [stack.provider_url_at(0), stack.provider_url_at(1)];
+    e2e::early_in_a_minute(15).await;
+    // Six launch calls from one address, alternating replicas: answered (a bad token is a
+    // 4xx of its own); the seventh, on either replica, is 429.
+    for i in 0..6 {
+        let (s, _, v) = get_limited(
+            &one,
+            &format!("{}/v2/proxy/auth?token=x", urls[i % 2]),
+            None,
+        )
+        .await;
+        assert_ne!(s, 429, "call {i}: {v}");
+    }
+    for url in &urls {
+        let (s, retry, v) = get_limited(&one, &format!("{url}/v2/proxy/auth?token=x"), None).await;
+        assert_eq!(s, 429, "{v}");
+        assert!(matches!(retry, Some(1..=60)), "Retry-After {retry:?}");
+        assert_eq!(
+            v["type"],
+            "https://api.backend.ai/probs/rate-limit-exceeded"
+        );
+        assert_eq!(v["error_code"], "api_access_unavailable");
+    }
+    // Another address has its own budget.
+    let (s, _, v) = get_limited(&two, &format!("{}/v2/proxy/auth?token=x", urls[1]), None).await;
+    assert_ne!(s, 429, "{v}");
+
+    // The management API per token, across replicas.
+    let token = stack.manager_token.clone();
+    for i in 0..5 {
+        let (s, _, v) =
+            get_limited(&two, &format!("{}/v2/circuits", urls[i % 2]), Some(&token)).await;
+        assert_eq!(s, 200, "call {i}: {v}");
+    }
+    let (s, retry, _) = get_limited(&one, &format!("{}/v2/circuits", urls[0]), Some(&token)).await;
+    assert_eq!((s, retry.is_some()), (429, true));
+    // Probes and metrics are never limited.
+    for _ in 0..10 {
+        let (s, _, _) = get_limited(&one, &format!("{}/health", urls[0]), None).await;
+        assert_eq!(s, 200);
+    }
+    let metrics = e2e::metrics_text(&one, &urls[0]).await;
+    assert!(
+        metrics.contains("appproxy_provider_rate_limited_total{scope=\"launch-addr\"} 1"),
+        "{metrics}"
+    );
+
+    // Redis down: the API answers (fail open) and counts what it let through.
+    stack.kill_redis();
+    let (s, _, v) = get_limited(&one, &format!("{}/v2/circuits", urls[0]), Some(&token)).await;
+    assert_eq!(s, 200, "{v}");
+    let metrics = e2e::metrics_text(&one, &urls[0]).await;
+    assert!(
+        metrics.contains("appproxy_provider_rate_limit_unavailable_total{scope=\"api-token\"} 1"),
+        "{metrics}"
+    );
+}

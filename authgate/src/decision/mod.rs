@@ -24,7 +24,8 @@ pub struct Target {
     pub circuit: Uuid,
     pub generation: i64,
     pub mode: Mode,
-    /// A public circuit with a plugin (`o=1`): the plugin replaces the built-in checks.
+    /// A public circuit (`o=1`, behind authgate for its plugin or its rate limit): no
+    /// credential is checked (a plugin replaces the built-in checks).
     pub public: bool,
 }
 

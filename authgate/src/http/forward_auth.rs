@@ -1,7 +1,8 @@
-//! `GET /auth/{circuit}?g=&m=[&o=1&p=<plugin>]`: Traefik's ForwardAuth. Only Traefik reaches
+//! `GET /auth/{circuit}?g=&m=[&o=1][&rl=<n>/<s>][&p=<plugin>]`: Traefik's ForwardAuth. Only Traefik reaches
 //! it (the port is loopback and Traefik's setup router forwards nothing but `/_appproxy/*`).
 //! The decision is `decision::decide` (pure); this shell reads the request, runs the plugin
-//! stage after an allow, records an authorized WebSocket and writes the answer.
+//! stage and the endpoint's rate limit after an allow, records an authorized WebSocket and
+//! writes the answer.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -11,6 +12,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use uuid::Uuid;
+
+use appproxy_common::ratelimit::{Limit, Verdict};
 
 use super::Gate;
 use crate::{
@@ -57,8 +60,50 @@ fn target(circuit: &str, q: &HashMap<String, String>) -> Option<Target> {
         circuit,
         generation,
         mode,
-        public: q.get("o").map(String::as_str) == Some("1") && q.contains_key("p"),
+        public: q.get("o").map(String::as_str) == Some("1"),
     })
+}
+
+/// `rl=<requests>/<seconds>`: the endpoint's rate limit. `Err` when present but malformed.
+fn rate_limit(q: &HashMap<String, String>) -> Result<Option<Limit>, ()> {
+    let Some(v) = q.get("rl") else {
+        return Ok(None);
+    };
+    let (n, w) = v.split_once('/').ok_or(())?;
+    let l = Limit {
+        requests: n.parse().map_err(|_| ())?,
+        window_seconds: w.parse().map_err(|_| ())?,
+    };
+    l.check("rl").map_err(|_| ())?;
+    Ok(Some(l).filter(Limit::is_on))
+}
+
+/// Count an authorized request against its endpoint's limit (shared by every authgate through
+/// Redis). Redis down: let it through (an app's reads stay up), counted and logged.
+async fn within_limit(g: &Gate, t: Target, limit: &Limit) -> Result<(), GateError> {
+    match g
+        .limiter
+        .check("endpoint", &t.circuit.to_string(), limit)
+        .await
+    {
+        Ok(Verdict::Allow) => Ok(()),
+        Ok(Verdict::Deny { retry_after }) => Err(GateError::new(
+            429,
+            "E20011",
+            "This endpoint's request rate limit is reached; retry later.",
+        )
+        .with_retry_after(retry_after)),
+        Err(e) => {
+            g.metrics
+                .rate_limit_unavailable
+                .with_label_values(&["endpoint"])
+                .inc();
+            if g.limiter.should_warn() {
+                tracing::warn!(error = %e, circuit = %t.circuit, "Endpoint rate limit not counted (let through)");
+            }
+            Ok(())
+        }
+    }
 }
 
 pub(super) async fn auth(
@@ -88,9 +133,17 @@ pub(super) async fn auth(
         forward_inference_authorization: g.cfg.session.forward_inference_authorization,
         extra_origins: &extra_origins,
     };
+    let Ok(limit) = q.as_ref().map_or(Ok(None), rate_limit) else {
+        tracing::error!(
+            circuit,
+            "ForwardAuth rate limit is malformed; check the provider"
+        );
+        let e = GateError::new(400, "E20001", "Malformed auth address.");
+        return refuse(&g, headers, e, "bad_address");
+    };
     let plugin = q.as_mut().and_then(|q| q.remove("p"));
     match decision::decide(&forwarded(headers), t, &g.keys, &g.revoked, &settings) {
-        Ok(a) => allowed(&g, t, headers, a, plugin.as_deref()).await,
+        Ok(a) => allowed(&g, t, headers, a, plugin.as_deref(), limit).await,
         Err(d) => {
             let e = GateError::new(d.status(), d.code(), d.message());
             // A browser that lost its access (revoked, no or a bad cookie) gets the way back.
@@ -101,14 +154,15 @@ pub(super) async fn auth(
     }
 }
 
-/// After an allow: the plugin stage (unless a preflight), the WebSocket's activity, then
-/// exactly the headers the app may see.
+/// After an allow: the plugin stage and the endpoint's rate limit (unless a preflight), the
+/// WebSocket's activity, then exactly the headers the app may see.
 async fn allowed(
     g: &Gate,
     t: Target,
     headers: &HeaderMap,
     a: Allow,
     plugin: Option<&str>,
+    limit: Option<Limit>,
 ) -> Response {
     let mut extra = Vec::new();
     if let Some(name) = plugin.filter(|_| !a.preflight) {
@@ -116,6 +170,11 @@ async fn allowed(
             Ok(h) => extra = h,
             Err(e) => return e.into_response(),
         }
+    }
+    if let Some(l) = limit.filter(|_| !a.preflight)
+        && let Err(e) = within_limit(g, t, &l).await
+    {
+        return refuse(g, headers, e, "rate_limited");
     }
     // An authorized WebSocket is activity until its request's access-log record.
     if let Some(key) = &a.websocket {

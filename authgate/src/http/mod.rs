@@ -43,6 +43,8 @@ pub struct Gate {
     pub keys: Keys,
     pub revoked: Arc<Revocations>,
     pub uses: Arc<UseCounter>,
+    /// Setup's rate limit per client address (shared through Redis).
+    pub limiter: Arc<appproxy_common::ratelimit::Limiter>,
     pub metrics: Metrics,
     pub traefik: reqwest::Client,
 }

@@ -2,14 +2,19 @@
 //! Backend.AI's `GET /setup?token=` on the API port (forwards to the origin; TCP: the desktop
 //! hand-off). Refusals are `SetupRefusal`s, counted by label.
 
-use appproxy_common::auth::{SETUP_PATH, SetupClaims, safe_redirect};
+use appproxy_common::{
+    auth::{SETUP_PATH, SetupClaims, safe_redirect},
+    ratelimit::{self, Verdict},
+    tls::PeerAddr,
+};
 use axum::{
-    extract::{RawQuery, State},
+    Extension,
+    extract::{ConnectInfo, RawQuery, State},
     http::{HeaderMap, HeaderValue, Method, header},
     response::{IntoResponse, Response},
 };
 use serde_json::json;
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use super::{Gate, first, now, query, redirect};
 use crate::{
@@ -54,12 +59,48 @@ fn setup_claims(
     Ok((token, claims))
 }
 
+/// Count one setup of the client against `[rate_limit] setup_per_address`. Redis down: fail
+/// closed, as counting the link's uses does. `via_traefik`: the app-origin route, which
+/// arrives through this worker's Traefik (loopback), so its `X-Forwarded-For` names the
+/// client; the API port's `/setup` is reached directly (only configured proxies are trusted).
+async fn admit(
+    g: &Gate,
+    peer: Option<Extension<ConnectInfo<PeerAddr>>>,
+    headers: &HeaderMap,
+    via_traefik: bool,
+) -> Result<(), SetupRefusal> {
+    let cfg = &g.cfg.rate_limit;
+    let limit = &cfg.setup_per_address;
+    if !limit.is_on() {
+        return Ok(());
+    }
+    // Without a known peer (in-process tests) only a loopback caller is assumed.
+    let peer = peer.map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.0.0.ip());
+    let client = ratelimit::client_addr(peer, headers, &cfg.trusted(via_traefik));
+    match g
+        .limiter
+        .check("setup-addr", &client.to_string(), limit)
+        .await
+    {
+        Ok(Verdict::Allow) => Ok(()),
+        Ok(Verdict::Deny { retry_after }) => Err(SetupRefusal::RateLimited(retry_after)),
+        Err(e) => {
+            tracing::warn!(error = %e, "Setup refused: cannot count it against the rate limit");
+            Err(SetupRefusal::RedisDown)
+        }
+    }
+}
+
 pub(super) async fn on_origin(
     State(g): State<Arc<Gate>>,
+    peer: Option<Extension<ConnectInfo<PeerAddr>>>,
     method: Method,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    if let Err(r) = admit(&g, peer, &headers, true).await {
+        return refuse(&g, &headers, r);
+    }
     match set_up(&g, &method, raw.as_deref(), &headers).await {
         Ok(resp) => resp,
         Err(r) => refuse(&g, &headers, r),
@@ -127,10 +168,14 @@ fn session_cookie(g: &Gate, c: &SetupClaims) -> Response {
 /// link on the app's own origin (where the cookie must be set). Uses are counted there.
 pub(super) async fn on_api_port(
     State(g): State<Arc<Gate>>,
+    peer: Option<Extension<ConnectInfo<PeerAddr>>>,
     method: Method,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    if let Err(r) = admit(&g, peer, &headers, false).await {
+        return refuse(&g, &headers, r);
+    }
     let (token, c) = match setup_claims(&g, &method, raw.as_deref()) {
         Ok(v) => v,
         Err(r) => return refuse(&g, &headers, r),

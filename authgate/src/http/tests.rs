@@ -25,21 +25,34 @@ use crate::{
 };
 
 fn gate(revoked: Arc<Revocations>) -> Arc<Gate> {
-    let cfg: Config = toml::from_str(
+    // The setup rate limit off: the refusals under test come before Redis is reached.
+    gate_with(
+        revoked,
+        "[rate_limit]\nsetup_per_address = { requests = 0 }\n",
+    )
+}
+
+/// A gate whose config ends with `extra`; its Redis (port 9) never answers.
+fn gate_with(revoked: Arc<Revocations>, extra: &str) -> Arc<Gate> {
+    let cfg: Config = toml::from_str(&format!(
         "[worker]\nauthority = \"w\"\nfrontend_mode = \"port\"\nhostname = \"127.0.0.1\"\n\
          port_range = [1, 2]\n[provider]\nurl = \"http://127.0.0.1:9\"\nworker_token = \"t\"\n\
          [keys]\nprovider_public_key_file = \"/nonexistent\"\ncookie_secret = \"x\"\n\
          [redis]\nurl = \"redis://127.0.0.1:9\"\n\
          [traefik]\napi_url = \"http://127.0.0.1:9\"\nrouter_wait_ms = 50\n\
-         [ingest]\nlisten = \"127.0.0.1:0\"\nsecret = \"ingest-secret\"\n",
-    )
+         [ingest]\nlisten = \"127.0.0.1:0\"\nsecret = \"ingest-secret\"\n{extra}",
+    ))
     .expect("test config");
     let redis = redis::Client::open(cfg.redis.url.as_str()).unwrap();
     appproxy_common::tls::install_provider(); // run() does this before any client is built
     Arc::new(Gate {
         activity: Activity::new(),
         plugins: None,
-        uses: Arc::new(UseCounter::new(redis, &cfg.namespace)),
+        uses: Arc::new(UseCounter::new(redis.clone(), &cfg.namespace)),
+        limiter: Arc::new(appproxy_common::ratelimit::Limiter::new(
+            redis,
+            &cfg.namespace,
+        )),
         cfg: Arc::new(cfg),
         keys: keys(),
         revoked,
@@ -219,6 +232,30 @@ async fn setup_refusals_have_one_status_code_and_label_each() {
         }
         assert_eq!(setups(&g, label), before + 1, "label {label} counted");
     }
+}
+
+#[tokio::test]
+async fn setup_fails_closed_when_its_rate_limit_cannot_be_counted() {
+    // The default limit is on and this gate's Redis never answers: every setup, on the
+    // origin and on the API port, valid link or not, is a 503 with `Retry-After`.
+    let g = gate_with(synced(), "");
+    let token = eddsa(&setup_claims(Uuid::new_v4(), 1));
+    let h = [
+        ("host", ORIGIN_HOST),
+        ("x-forwarded-proto", "http"),
+        ("accept", "application/json"),
+    ];
+    for path in ["/_appproxy/setup", "/setup"] {
+        let (s, headers, body) =
+            get(app(g.clone()), "GET", &format!("{path}?token={token}"), &h).await;
+        assert_eq!(
+            (s.as_u16(), code_of(&body).as_str()),
+            (503, "E10001"),
+            "{path}"
+        );
+        assert_eq!(headers["retry-after"], "1");
+    }
+    assert_eq!(setups(&g, "redis_down"), 2);
 }
 
 #[tokio::test]

@@ -51,7 +51,7 @@ impl WorkerAuth {
 
 /// The secret a request presents: `X-BackendAI-Token: <s>|Bearer <s>|BackendAI <s>`, or
 /// `Authorization: Bearer <s>|BackendAI <s>`.
-fn presented(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn presented(headers: &HeaderMap) -> Option<&str> {
     let raw = headers
         .get("x-backendai-token")
         .or_else(|| headers.get(axum::http::header::AUTHORIZATION))?

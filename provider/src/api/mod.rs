@@ -16,6 +16,7 @@ mod extract;
 pub mod fuzzing;
 mod health;
 mod proxy;
+mod ratelimit;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -73,6 +74,8 @@ pub struct Shared {
     pub leadership: crate::leader::Leadership,
     /// Whether etcd can take writes now.
     pub quorum: crate::etcd::Quorum,
+    /// The API's rate limits (`None` without Redis).
+    pub limiter: Option<appproxy_common::ratelimit::Limiter>,
 }
 
 impl Shared {
@@ -227,8 +230,8 @@ fn launch_routes() -> Router<AppState> {
         .route("/v2/proxy/auth", get(proxy::auth))
 }
 
-/// `Server: BackendAI`, CORS per route group (`cors`: preflights answered here), a request
-/// span and a request id on every response.
+/// `Server: BackendAI`, CORS per route group (`cors`: preflights answered here), rate limits
+/// (`ratelimit`), a request span and a request id on every response.
 async fn common_headers(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: Request,
@@ -264,7 +267,14 @@ async fn common_headers(
             )),
         }
     } else {
-        tracing::Instrument::instrument(next.run(req), span).await
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<appproxy_common::tls::PeerAddr>>()
+            .map(|c| c.0.0);
+        match ratelimit::admit(&state, &route, req.headers(), peer).await {
+            Ok(()) => tracing::Instrument::instrument(next.run(req), span).await,
+            Err(e) => span.in_scope(|| axum::response::IntoResponse::into_response(e)),
+        }
     };
     let class = status_class(resp.status().as_u16());
     state

@@ -47,6 +47,12 @@ impl Drop for Api {
 }
 
 async fn api() -> Api {
+    api_with("", None).await
+}
+
+/// An API with `extra` appended to its config and rate limits counted in the Redis at
+/// `redis_url`.
+async fn api_with(extra: &str, redis_url: Option<&str>) -> Api {
     let dir = std::env::temp_dir().join(format!("appproxy-api-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("signing.pem");
@@ -54,7 +60,7 @@ async fn api() -> Api {
     let db = format!("sqlite://{}?mode=rwc", dir.join("db").display());
     let config: Config = toml::from_str(&format!(
         "[secrets]\nmanager_token = \"{MANAGER}\"\nsigning_key_file = \"{}\"\n\
-         [database]\nurl = \"{db}\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n",
+         [database]\nurl = \"{db}\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n{extra}",
         key.display()
     ))
     .expect("test config");
@@ -82,6 +88,9 @@ async fn api() -> Api {
         etcd: kv,
         leadership: Leadership::new("test".into()).1,
         quorum: Quorum::default(),
+        limiter: redis_url.map(|u| {
+            appproxy_common::ratelimit::Limiter::new(redis::Client::open(u).unwrap(), "t/")
+        }),
     });
     Api {
         router: app(state.clone()),
@@ -541,4 +550,25 @@ async fn preflights_are_answered_per_route_group() {
         .call(None, Method::OPTIONS, "/v2/circuits", None, &[])
         .await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn a_dead_redis_lets_api_requests_through_and_counts_them() {
+    // Nothing listens on port 1: every check fails at once and the request goes through.
+    let api = api_with(
+        "[rate_limit]\napi_per_token = { requests = 1 }\n",
+        Some("redis://127.0.0.1:1"),
+    )
+    .await;
+    for _ in 0..3 {
+        let (s, _) = api.manager(Method::GET, "/v2/circuits", None).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let unchecked = api
+        .state
+        .metrics
+        .rate_limit_unavailable
+        .with_label_values(&["api-token"])
+        .get();
+    assert_eq!(unchecked, 3);
 }

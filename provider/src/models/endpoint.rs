@@ -31,7 +31,7 @@ pub struct EndpointTags {
 }
 
 /// Backend.AI's `CreateEndpointItem` / `EndpointCreationRequestModel`, plus `sticky`,
-/// `load_balancing` and `auth_plugin`.
+/// `load_balancing`, `rate_limit` and `auth_plugin`.
 #[derive(Debug, Deserialize)]
 pub struct EndpointItem {
     #[serde(default, alias = "endpoint_id")]
@@ -54,6 +54,10 @@ pub struct EndpointItem {
     /// `traffic_ratio`, `least_connections`, `least_time`); absent on a sync: unchanged.
     #[serde(default)]
     pub load_balancing: Option<crate::domain::LoadBalancing>,
+    /// appproxy extension: the whole endpoint's rate limit (`{requests, window_seconds}`,
+    /// authorized requests only; `requests = 0` turns it off); absent on a sync: unchanged.
+    #[serde(default)]
+    pub rate_limit: Option<crate::domain::Limit>,
     /// appproxy extension: a WebAssembly auth plugin (e.g. API keys).
     #[serde(default)]
     pub auth_plugin: Option<crate::domain::AuthPlugin>,
@@ -73,6 +77,12 @@ impl EndpointItem {
         }
         if let Some(p) = &self.auth_plugin {
             p.validate().map_err(ApiError::InvalidParams)?;
+        }
+        if let Some(l) = &self.rate_limit {
+            l.check("rate_limit").map_err(ApiError::InvalidParams)?;
+            if l.requests > 1_000_000_000 {
+                return bad("rate_limit.requests must be at most 1000000000");
+            }
         }
         Ok(())
     }

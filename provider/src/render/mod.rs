@@ -212,7 +212,7 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         }
         mws.push(m);
     }
-    if !c.open_to_public || c.auth_plugin.is_some() {
+    if !c.open_to_public || c.auth_plugin.is_some() || rate_limit(c).is_some() {
         mws.push(render_forward_auth(&mut kv, worker, c));
     }
     let inference = c.app_mode == AppMode::Inference;
@@ -236,7 +236,7 @@ fn render_forward_auth(kv: &mut Kv, worker: &Worker, c: &Circuit) -> String {
     let m = names::auth_middleware(c.id);
     let fa = format!("http/middlewares/{m}/forwardAuth");
     // `p=<plugin>`: authgate runs that plugin (its config comes over the worker API, never
-    // through etcd); `o=1`: a public circuit, the plugin replaces the built-in checks.
+    // through etcd).
     let mut address = format!(
         "{}/auth/{}?g={}&m={}",
         worker.authgate_base(),
@@ -244,11 +244,16 @@ fn render_forward_auth(kv: &mut Kv, worker: &Worker, c: &Circuit) -> String {
         c.generation,
         c.app_mode.as_str()
     );
+    // `o=1`: a public circuit; authgate checks no credential (a plugin, if any, decides).
+    if c.open_to_public {
+        address.push_str("&o=1");
+    }
+    // `rl=<requests>/<seconds>`: the endpoint's rate limit, counted by authgate.
+    if let Some(l) = rate_limit(c) {
+        address.push_str(&format!("&rl={}/{}", l.requests, l.window_seconds));
+    }
     if let Some(p) = &c.auth_plugin {
         address.push_str(&format!("&p={}", p.name));
-        if c.open_to_public {
-            address.push_str("&o=1");
-        }
         // Every spelling a WSGI/CGI server would merge with the plugin's headers
         // (`X_Plugin_Tenant`, `x-plugin_tenant`, …): Traefik deletes the client's headers
         // that match, then copies authgate's.
@@ -271,6 +276,11 @@ fn render_forward_auth(kv: &mut Kv, worker: &Worker, c: &Circuit) -> String {
     }
     kv.insert(format!("{fa}/maxResponseBodySize"), "65536".into());
     m
+}
+
+/// An inference circuit's rate limit, if its endpoint has one.
+fn rate_limit(c: &Circuit) -> Option<crate::domain::Limit> {
+    c.balancing.as_ref().and_then(|b| b.rate_limit)
 }
 
 /// The load balancer's servers (`h2c` for gRPC and HTTP/2), weighted by traffic ratio.

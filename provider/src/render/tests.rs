@@ -248,6 +248,7 @@ fn inference_balancing_sticky_health_check_and_retry() {
             initial_delay: 30.0,
         }),
         strategy: crate::domain::LoadBalancing::RoundRobin,
+        rate_limit: None,
     });
     check(
         &render_circuit(&w, &c),
@@ -368,9 +369,42 @@ fn plugins_are_named_in_the_address_and_their_headers_listed() {
     // Public + plugin: the forwardAuth middleware exists and says `o=1`.
     c.open_to_public = true;
     let kv = render_circuit(&w, &c);
-    assert!(kv[&format!("{fa}/address")].ends_with("&p=api-keys&o=1"));
+    assert!(kv[&format!("{fa}/address")].ends_with("&o=1&p=api-keys"));
     c.auth_plugin = None;
     assert!(!render_circuit(&w, &c).contains_key(&format!("{fa}/address")));
+}
+
+#[test]
+fn an_endpoint_rate_limit_puts_even_a_public_endpoint_behind_authgate() {
+    let w = worker(FrontendMode::Port, Protocol::Http);
+    let mut c = circuit(
+        Frontend::Port(10205),
+        Protocol::Http,
+        vec![route("10.0.0.5", 9000, 1.0, Protocol::Http)],
+    );
+    c.app_mode = AppMode::Inference;
+    c.open_to_public = true;
+    let fa = format!("http/middlewares/ap-{CID}-auth/forwardAuth/address");
+    assert!(!render_circuit(&w, &c).contains_key(&fa));
+    c.balancing = Some(crate::domain::Balancing {
+        rate_limit: Some(crate::domain::Limit {
+            requests: 50,
+            window_seconds: 10,
+        }),
+        ..Default::default()
+    });
+    let kv = render_circuit(&w, &c);
+    assert!(
+        kv[&fa].ends_with("&m=inference&o=1&rl=50/10"),
+        "{}",
+        kv[&fa]
+    );
+    assert_eq!(
+        kv[&format!("http/routers/ap-{CID}/middlewares/0")],
+        format!("ap-{CID}-auth")
+    );
+    c.open_to_public = false;
+    assert!(render_circuit(&w, &c)[&fa].ends_with("&m=inference&rl=50/10"));
 }
 
 #[test]

@@ -55,6 +55,7 @@ impl Endpoints<'_> {
                 item.health_check.as_ref(),
                 item.sticky,
                 item.load_balancing,
+                item.rate_limit,
             )
             .await?;
         let (c, w) = match store.circuit_of_endpoint(id).await? {
@@ -238,7 +239,9 @@ impl Endpoints<'_> {
         if store.get_endpoint(id).await?.is_none() {
             return Err(ApiError::NotFound("endpoint"));
         }
-        let e = store.upsert_endpoint(id, health_check, None, None).await?;
+        let e = store
+            .upsert_endpoint(id, health_check, None, None, None)
+            .await?;
         if let Some(c) = store.circuit_of_endpoint(id).await? {
             self.circuits.changed(&c);
         }

@@ -320,6 +320,7 @@ impl Store {
                         health_check: e.health_check.clone().filter(|h| h.enable),
                         sticky: e.sticky,
                         strategy: e.load_balancing,
+                        rate_limit: e.rate_limit,
                     });
                 }
             }

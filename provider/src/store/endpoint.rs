@@ -7,12 +7,13 @@ use super::{
     Store, StoreError, now_ms, q,
     row::{CIRCUIT_COLS, endpoint_from_row},
 };
-use crate::domain::{Circuit, Endpoint, HealthCheck, LoadBalancing};
+use crate::domain::{Circuit, Endpoint, HealthCheck, Limit, LoadBalancing};
 
 impl Store {
     pub(super) async fn endpoints_by_ids(&self, ids: &[Uuid]) -> Result<Vec<Endpoint>, StoreError> {
         self.select_in(
-            "SELECT id, health_check_config, sticky, load_balancing FROM endpoints WHERE id",
+            "SELECT id, health_check_config, sticky, load_balancing, rate_limit_requests, \
+             rate_limit_window_seconds FROM endpoints WHERE id",
             ids,
         )
         .await?
@@ -36,6 +37,7 @@ impl Store {
         health_check: Option<&HealthCheck>,
         sticky: Option<bool>,
         load_balancing: Option<LoadBalancing>,
+        rate_limit: Option<Limit>,
     ) -> Result<Endpoint, StoreError> {
         self.measured("upsert_endpoint", async move {
             let now = now_ms();
@@ -44,12 +46,16 @@ impl Store {
             let updated = sqlx::query(
                 "UPDATE endpoints SET health_check_enabled=$1, health_check_config=$2, \
                  sticky=COALESCE($3, sticky), load_balancing=COALESCE($4, load_balancing), \
-                 updated_at=$5 WHERE id=$6",
+                 rate_limit_requests=COALESCE($5, rate_limit_requests), \
+                 rate_limit_window_seconds=COALESCE($6, rate_limit_window_seconds), \
+                 updated_at=$7 WHERE id=$8",
             )
             .bind(enabled)
             .bind(hc.clone())
             .bind(sticky.map(i64::from))
             .bind(load_balancing.map(LoadBalancing::as_str))
+            .bind(rate_limit.map(|l| l.requests as i64))
+            .bind(rate_limit.map(|l| l.window_seconds as i64))
             .bind(now)
             .bind(id.to_string())
             .execute(&self.pool)
@@ -57,13 +63,16 @@ impl Store {
             if updated.rows_affected() == 0 {
                 let inserted = sqlx::query(
                     "INSERT INTO endpoints (id, health_check_enabled, health_check_config, sticky, \
-                     load_balancing, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$6)",
+                     load_balancing, rate_limit_requests, rate_limit_window_seconds, created_at, \
+                     updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$8)",
                 )
                 .bind(id.to_string())
                 .bind(enabled)
                 .bind(hc)
                 .bind(i64::from(sticky.unwrap_or(false)))
                 .bind(load_balancing.unwrap_or_default().as_str())
+                .bind(rate_limit.unwrap_or(Limit::OFF).requests as i64)
+                .bind(rate_limit.unwrap_or(Limit::OFF).window_seconds as i64)
                 .bind(now)
                 .execute(&self.pool)
                 .await;
@@ -76,6 +85,7 @@ impl Store {
                             health_check,
                             sticky,
                             load_balancing,
+                            rate_limit,
                         ))
                         .await;
                     }
@@ -116,8 +126,8 @@ impl Store {
     pub async fn list_endpoints(&self) -> Result<Vec<(Endpoint, Option<Circuit>)>, StoreError> {
         self.measured("list_endpoints", async move {
             let rows = sqlx::query(
-                "SELECT id, health_check_config, sticky, load_balancing FROM endpoints \
-                 ORDER BY created_at, id",
+                "SELECT id, health_check_config, sticky, load_balancing, rate_limit_requests, \
+                 rate_limit_window_seconds FROM endpoints ORDER BY created_at, id",
             )
             .fetch_all(&self.pool)
             .await?;

@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use super::StoreError;
 use crate::domain::{
-    AppMode, Circuit, Endpoint, Frontend, LoadBalancing, Route, Worker, WorkerSpec, WorkerStatus,
+    AppMode, Circuit, Endpoint, Frontend, Limit, LoadBalancing, Route, Worker, WorkerSpec,
+    WorkerStatus,
 };
 
 pub(super) const WORKER_COLS: &str = "id, authority, frontend_mode, protocol, hostname, tls_listen, \
@@ -36,6 +37,15 @@ pub(super) fn endpoint_from_row(row: &AnyRow) -> Result<Endpoint, StoreError> {
         load_balancing: {
             let s: String = get(row, "load_balancing")?;
             LoadBalancing::parse(&s).ok_or_else(|| corrupt("load_balancing", s))?
+        },
+        rate_limit: {
+            let requests: i64 = get(row, "rate_limit_requests")?;
+            let window: i64 = get(row, "rate_limit_window_seconds")?;
+            Some(Limit {
+                requests: requests.max(0) as u64,
+                window_seconds: window.max(1) as u64,
+            })
+            .filter(Limit::is_on)
         },
     })
 }

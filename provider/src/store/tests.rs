@@ -239,11 +239,11 @@ async fn endpoint_listing_joins_each_endpoint_with_its_circuit() {
         .unwrap();
     let (with, without) = (Uuid::new_v4(), Uuid::new_v4());
     store
-        .upsert_endpoint(with, None, Some(true), None)
+        .upsert_endpoint(with, None, Some(true), None, None)
         .await
         .unwrap();
     store
-        .upsert_endpoint(without, None, None, None)
+        .upsert_endpoint(without, None, None, None, None)
         .await
         .unwrap();
     let c = store
