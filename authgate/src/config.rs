@@ -38,6 +38,9 @@ pub struct Config {
     pub tls: ApiTls,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Who may read `/metrics`: `allowed_networks` (default loopback), `token` (a bearer).
+    #[serde(default)]
+    pub metrics: appproxy_common::metrics::MetricsAccess,
     /// Serving threads, each with its own listener (`SO_REUSEPORT`) and single-threaded
     /// runtime; 0 = one per core. The first also runs the background tasks.
     #[serde(default)]
@@ -383,6 +386,7 @@ impl Config {
         self.plugins.check(&mut errs);
         self.check_ingest(&mut errs);
         self.redis.check(&mut errs);
+        self.metrics.check("metrics", &mut errs);
         if let Err(e) = self
             .rate_limit
             .setup_per_address

@@ -112,6 +112,8 @@ impl IntoResponse for GateError {
             )
         };
         let mut resp = (self.status, body).into_response();
+        resp.extensions_mut()
+            .insert(appproxy_common::metrics::ErrorCode(self.code));
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -1,7 +1,9 @@
-//! Prometheus metrics of authgate (prefix `appproxy_authgate_`).
+//! Prometheus metrics of authgate (prefix `appproxy_authgate_`), and the Backend.AI worker's
+//! names beside them (`backendai_api_request_*`, `appproxy_alive_circuits`,
+//! `appproxy_circuits_created`).
 
-use appproxy_common::metrics::{register as reg, registry, render};
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use appproxy_common::metrics::{register as reg, registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,11 +31,19 @@ pub struct Metrics {
     /// "This app was closed" pages served.
     pub closed_pages: prometheus::IntCounter,
     pub rate_limit_unavailable: IntCounterVec,
+    /// Requests per route, ours and Backend.AI's (`backendai_api_request_*`).
+    pub routes: appproxy_common::metrics::RouteMetrics,
+    /// Backend.AI's worker metrics: circuits of this worker by protocol.
+    pub bai_alive_circuits: IntGaugeVec,
+    pub bai_circuits_created: IntCounterVec,
+    /// Backend.AI's metric names, unprefixed.
+    backendai: prometheus::Registry,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let r = registry("appproxy_authgate");
+        let backendai = prometheus::Registry::new();
         let counters = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &r,
@@ -98,12 +108,33 @@ impl Metrics {
                 "OTLP log export requests.",
                 &["result"],
             ),
+            routes: appproxy_common::metrics::RouteMetrics::new(&r, &backendai),
+            bai_alive_circuits: reg(
+                &backendai,
+                IntGaugeVec::new(
+                    Opts::new("appproxy_alive_circuits", "Circuits on this worker, by protocol."),
+                    &["protocol"],
+                )
+                .expect("metric"),
+            ),
+            bai_circuits_created: reg(
+                &backendai,
+                IntCounterVec::new(
+                    Opts::new(
+                        "appproxy_circuits_created",
+                        "Circuits that appeared on this worker since authgate started, by protocol.",
+                    ),
+                    &["protocol"],
+                )
+                .expect("metric"),
+            ),
+            backendai,
             registry: r.clone(),
         }
     }
 
     pub fn render(&self) -> String {
-        render(&self.registry)
+        appproxy_common::metrics::render_all(&[&self.registry, &self.backendai])
     }
 }
 

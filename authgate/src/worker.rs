@@ -3,7 +3,7 @@
 //! deregister on shutdown.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -326,6 +326,32 @@ pub async fn run(
     Ok(())
 }
 
+/// What a new circuit map holds, for Backend.AI's worker metrics: circuits by protocol, and
+/// those not in the previous map (none on the first: they were created before authgate).
+struct Census {
+    alive: HashMap<Protocol, i64>,
+    created: HashMap<Protocol, u64>,
+    ids: HashSet<Uuid>,
+}
+
+impl Census {
+    fn of(previous: Option<&HashSet<Uuid>>, circuits: &[CircuitMapEntry]) -> Census {
+        let mut c = Census {
+            alive: HashMap::new(),
+            created: HashMap::new(),
+            ids: HashSet::with_capacity(circuits.len()),
+        };
+        for e in circuits {
+            *c.alive.entry(e.protocol).or_default() += 1;
+            if previous.is_some_and(|p| !p.contains(&e.id)) {
+                *c.created.entry(e.protocol).or_default() += 1;
+            }
+            c.ids.insert(e.id);
+        }
+        c
+    }
+}
+
 /// The worker role's state between steps.
 struct Role {
     client: Client,
@@ -345,6 +371,8 @@ struct Role {
     cutter: crate::cut::Cutter,
     /// Circuits whose connections were cut lately (each ended circuit is cut once).
     cut: HashMap<Uuid, tokio::time::Instant>,
+    /// Circuits of the last map (`None` before the first): new ones count as created.
+    census: Option<HashSet<Uuid>>,
 }
 
 impl Role {
@@ -374,6 +402,7 @@ impl Role {
             map_etag: None,
             cutter,
             cut: HashMap::new(),
+            census: None,
         }
     }
 
@@ -443,6 +472,18 @@ impl Role {
     async fn poll_map(&mut self, w: &str) {
         match self.client.circuits(w, self.map_etag.as_deref()).await {
             Ok(Some((map, tag))) => {
+                let census = Census::of(self.census.as_ref(), &map.circuits);
+                for p in Protocol::ALL {
+                    let alive = census.alive.get(p).copied().unwrap_or(0);
+                    (self.metrics.bai_alive_circuits)
+                        .with_label_values(&[p.as_str()])
+                        .set(alive);
+                    let created = census.created.get(p).copied().unwrap_or(0);
+                    (self.metrics.bai_circuits_created)
+                        .with_label_values(&[p.as_str()])
+                        .inc_by(created);
+                }
+                self.census = Some(census.ids);
                 let mut ended = self.activity.set_map(circuit_map(map.circuits), now_ms());
                 self.map_etag = tag;
                 // The provider also lists circuits that ended recently: one that came and
@@ -521,5 +562,43 @@ impl Role {
             Err(e) => tracing::warn!(error = %e, "Deregistration failed"),
         }
         self.metrics.registered.set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: Uuid, protocol: Protocol) -> CircuitMapEntry {
+        CircuitMapEntry {
+            id,
+            protocol,
+            app_mode: AppMode::Interactive,
+            port: None,
+            session_ids: Vec::new(),
+            auth_plugin: None,
+            allowed_origins: Vec::new(),
+            backends: Vec::new(),
+            user_id: None,
+        }
+    }
+
+    #[test]
+    fn the_census_counts_by_protocol_and_new_circuits_after_the_first_map() {
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let first = Census::of(None, &[entry(a, Protocol::Http), entry(b, Protocol::Tcp)]);
+        assert_eq!(first.alive[&Protocol::Http], 1);
+        assert_eq!(first.alive[&Protocol::Tcp], 1);
+        assert!(
+            first.created.is_empty(),
+            "circuits before authgate are not created by it"
+        );
+        let next = Census::of(
+            Some(&first.ids),
+            &[entry(a, Protocol::Http), entry(c, Protocol::Http)],
+        );
+        assert_eq!(next.alive[&Protocol::Http], 2);
+        assert_eq!(next.alive.get(&Protocol::Tcp), None);
+        assert_eq!(next.created[&Protocol::Http], 1);
     }
 }

@@ -1,7 +1,16 @@
 //! The Prometheus plumbing both binaries share: a prefixed registry, registering collectors,
-//! and the text exposition `/metrics` serves. Each binary declares its own metrics.
+//! the text exposition `/metrics` serves, who may read it (`MetricsAccess`), and the request
+//! metrics per route both binaries export (`RouteMetrics`: ours, and Backend.AI's
+//! `backendai_api_request_*` under Backend.AI's own names and labels, for dashboards built for
+//! Backend.AI). Each binary declares its other metrics.
 
-use prometheus::{Encoder, Registry, TextEncoder, core::Collector};
+use std::net::IpAddr;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    core::Collector,
+};
+use serde::Deserialize;
 
 /// A registry whose metric names all start with `<prefix>_`.
 pub fn registry(prefix: &str) -> Registry {
@@ -23,6 +32,164 @@ pub fn render(r: &Registry) -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
+/// Prometheus text exposition of several registries (ours, then Backend.AI's names).
+pub fn render_all(rs: &[&Registry]) -> String {
+    rs.iter().map(|r| render(r)).collect()
+}
+
+/// Who may read `/metrics` (`[metrics]`): a peer in `allowed_networks` (default loopback, as
+/// Backend.AI's `metric_access_allowed_hosts`), or any caller presenting
+/// `Authorization: Bearer <token>` when a token is set. Never through a proxy's
+/// `X-Forwarded-For`: the connecting address decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsAccess {
+    pub allowed_networks: Vec<ipnet::IpNet>,
+    pub token: Option<String>,
+}
+
+impl Default for MetricsAccess {
+    fn default() -> Self {
+        Self {
+            allowed_networks: vec![
+                "127.0.0.0/8".parse().expect("net"),
+                "::1/128".parse().expect("net"),
+            ],
+            token: None,
+        }
+    }
+}
+
+impl MetricsAccess {
+    /// Whether a request from `peer` (unknown: refused unless it has the token) may read.
+    pub fn allows(&self, peer: Option<IpAddr>, headers: &axum::http::HeaderMap) -> bool {
+        if let Some(p) = peer
+            && self.allowed_networks.iter().any(|n| n.contains(&p))
+        {
+            return true;
+        }
+        let Some(token) = self.token.as_deref() else {
+            return false;
+        };
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), token.as_bytes())
+    }
+
+    /// Configuration errors (`what`: the section's name).
+    pub fn check(&self, what: &str, errs: &mut Vec<String>) {
+        if self.token.as_ref().is_some_and(|t| t.len() < 16) {
+            errs.push(format!("{what}.token must be at least 16 characters"));
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Request metrics per matched route: ours (`<prefix>_http_request_seconds{route,method}`,
+/// fine buckets for sub-millisecond answers) and Backend.AI's
+/// (`backendai_api_request_count` / `backendai_api_request_duration_sec` with `method`,
+/// `endpoint` (the route pattern, never the raw path), `domain`, `operation`, `error_detail`
+/// (from an error's `domain_operation_detail` code, empty on success), `status_code`).
+#[derive(Clone)]
+pub struct RouteMetrics {
+    seconds: HistogramVec,
+    bai_count: IntCounterVec,
+    bai_seconds: HistogramVec,
+}
+
+impl RouteMetrics {
+    /// Ours into `ours` (prefixed), Backend.AI's into `backendai` (no prefix).
+    pub fn new(ours: &Registry, backendai: &Registry) -> RouteMetrics {
+        let labels = [
+            "method",
+            "endpoint",
+            "domain",
+            "operation",
+            "error_detail",
+            "status_code",
+        ];
+        RouteMetrics {
+            seconds: register(
+                ours,
+                HistogramVec::new(
+                    HistogramOpts::new("http_request_seconds", "Time to answer, by route.")
+                        .buckets(vec![
+                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                            2.5, 5.0, 10.0,
+                        ]),
+                    &["route", "method"],
+                )
+                .expect("metric"),
+            ),
+            bai_count: register(
+                backendai,
+                IntCounterVec::new(
+                    Opts::new(
+                        "backendai_api_request_count",
+                        "Total number of API requests",
+                    ),
+                    &labels,
+                )
+                .expect("metric"),
+            ),
+            bai_seconds: register(
+                backendai,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "backendai_api_request_duration_sec",
+                        "Duration of API requests in seconds",
+                    )
+                    .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+                    &labels,
+                )
+                .expect("metric"),
+            ),
+        }
+    }
+
+    /// One answered request: its matched route (`""` when none matched), method, status, the
+    /// error code it carried (if any) and how long it took.
+    pub fn observe(
+        &self,
+        route: &str,
+        method: &str,
+        status: u16,
+        error_code: Option<&str>,
+        secs: f64,
+    ) {
+        self.seconds
+            .with_label_values(&[route, method])
+            .observe(secs);
+        let (domain, operation, detail) = split_error_code(error_code.unwrap_or(""));
+        let status = status.to_string();
+        let labels = [method, route, domain, operation, detail, status.as_str()];
+        self.bai_count.with_label_values(&labels).inc();
+        self.bai_seconds.with_label_values(&labels).observe(secs);
+    }
+}
+
+/// Backend.AI's `domain_operation_detail` error code as its three labels; another code is
+/// all detail.
+pub fn split_error_code(code: &str) -> (&str, &str, &str) {
+    let mut parts = code.splitn(3, '_');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(d), Some(o), Some(e)) => (d, o, e),
+        _ => ("", "", code),
+    }
+}
+
+/// The error code an error response carries, for `RouteMetrics` (set by the error mapping,
+/// read by the request middleware).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +204,65 @@ mod tests {
         c.inc();
         let text = render(&r);
         assert!(text.contains("appproxy_test_hits_total 1"), "{text}");
+    }
+
+    #[test]
+    fn route_metrics_carry_backendais_names_and_labels() {
+        let (ours, bai) = (registry("appproxy_test"), Registry::new());
+        let m = RouteMetrics::new(&ours, &bai);
+        m.observe(
+            "/v2/proxy/{token}/{session_id}/add",
+            "GET",
+            200,
+            None,
+            0.002,
+        );
+        m.observe(
+            "/v2/circuits",
+            "POST",
+            401,
+            Some("api_access_unauthorized"),
+            0.0004,
+        );
+        let text = render_all(&[&ours, &bai]);
+        assert!(text.contains(
+            "appproxy_test_http_request_seconds_count{method=\"GET\",route=\"/v2/proxy/{token}/{session_id}/add\"} 1"
+        ), "{text}");
+        assert!(text.contains(
+            "backendai_api_request_count{domain=\"api\",endpoint=\"/v2/circuits\",error_detail=\"unauthorized\",method=\"POST\",operation=\"access\",status_code=\"401\"} 1"
+        ), "{text}");
+        assert!(text.contains("backendai_api_request_duration_sec_bucket{domain=\"\",endpoint=\"/v2/proxy/{token}/{session_id}/add\""), "{text}");
+        assert_eq!(
+            split_error_code("api_parsing_invalid-parameters"),
+            ("api", "parsing", "invalid-parameters")
+        );
+        assert_eq!(split_error_code("E20008"), ("", "", "E20008"));
+    }
+
+    #[test]
+    fn metrics_are_readable_from_allowed_networks_or_with_the_token() {
+        let mut a = MetricsAccess::default();
+        let none = axum::http::HeaderMap::new();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert!(a.allows(ip("127.0.0.1"), &none));
+        assert!(a.allows(ip("::1"), &none));
+        assert!(!a.allows(ip("192.0.2.1"), &none));
+        assert!(!a.allows(None, &none));
+        a.token = Some("metrics-token-0123456789".into());
+        let mut bearer = axum::http::HeaderMap::new();
+        bearer.insert(
+            "authorization",
+            "Bearer metrics-token-0123456789".parse().unwrap(),
+        );
+        assert!(a.allows(ip("192.0.2.1"), &bearer));
+        bearer.insert(
+            "authorization",
+            "Bearer metrics-token-012345678".parse().unwrap(),
+        );
+        assert!(!a.allows(ip("192.0.2.1"), &bearer));
+        let mut errs = Vec::new();
+        a.token = Some("short".into());
+        a.check("metrics", &mut errs);
+        assert_eq!(errs, ["metrics.token must be at least 16 characters"]);
     }
 }

@@ -48,6 +48,9 @@ pub struct Config {
     pub cors: CorsConfig,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Who may read `/metrics`: `allowed_networks` (default loopback), `token` (a bearer).
+    #[serde(default)]
+    pub metrics: appproxy_common::metrics::MetricsAccess,
     #[serde(default)]
     pub reaper: ReaperConfig,
     #[serde(default)]
@@ -635,6 +638,7 @@ impl Config {
         self.conf.check(&mut errs);
         self.cors.check(&mut errs);
         self.rate_limit.check(&mut errs);
+        self.metrics.check("metrics", &mut errs);
         self.reaper.check(&mut errs);
         self.auth.check(&mut errs);
         self.redis.check(&mut errs);

@@ -165,6 +165,8 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        resp.extensions_mut()
+            .insert(appproxy_common::metrics::ErrorCode(b.code));
         if let ApiError::RateLimited(secs) = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

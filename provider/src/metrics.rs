@@ -1,12 +1,17 @@
-//! Every metric the provider exports, declared in one place with a `appproxy_provider_` prefix.
+//! Every metric the provider exports, declared in one place with a `appproxy_provider_` prefix,
+//! and Backend.AI's `backendai_api_request_*` beside them (`RouteMetrics`).
 
-use appproxy_common::metrics::{register, registry, render};
+use appproxy_common::metrics::{RouteMetrics, register, registry, render_all};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Cheap-to-clone handles (prometheus metrics are `Arc`s inside).
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Backend.AI's metric names, unprefixed.
+    backendai: Registry,
+    /// Requests per route, ours and Backend.AI's (`backendai_api_request_*`).
+    pub routes: RouteMetrics,
     pub reconcile_passes: IntCounterVec,
     pub reconcile_seconds: Histogram,
     pub reconcile_kind: IntCounterVec,
@@ -38,6 +43,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let r = registry("appproxy_provider");
+        let backendai = Registry::new();
         let counter =
             |name: &str, help: &str| register(&r, IntCounter::new(name, help).expect("metric"));
         let counters = |name: &str, help: &str, labels: &[&str]| {
@@ -148,6 +154,8 @@ impl Metrics {
                 "API requests let through unchecked because Redis did not answer, by scope.",
                 &["scope"],
             ),
+            routes: RouteMetrics::new(&r, &backendai),
+            backendai,
             registry: r.clone(),
         }
     }
@@ -165,7 +173,7 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        render(&self.registry)
+        render_all(&[&self.registry, &self.backendai])
     }
 }
 

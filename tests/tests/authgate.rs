@@ -1729,3 +1729,59 @@ async fn setup_is_rate_limited_per_client_address() {
         "{metrics}"
     );
 }
+
+/// authgate's `/metrics` carries the Backend.AI worker's names beside ours (circuits by
+/// protocol, `backendai_api_request_*` per route pattern) and our per-route histogram; it
+/// answers only `[metrics] allowed_networks` or its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_backendai_names_and_answer_only_allowed_readers() {
+    let mut spec = WorkerSpec::ports("gw-metrics", 2);
+    let token = "metrics-reader-token-0123";
+    spec.env.extend([
+        (
+            "APPPROXY_AUTHGATE__METRICS__ALLOWED_NETWORKS".into(),
+            "[\"127.0.0.1/32\"]".into(),
+        ),
+        ("APPPROXY_AUTHGATE__METRICS__TOKEN".into(), token.into()),
+    ]);
+    let e = env_with(spec).await;
+    let url = format!("http://127.0.0.1:{}/metrics", e.worker.port);
+    // The first map (empty) is the census's start: circuits after it count as created.
+    eventually("the first map poll", patience(), || async {
+        let (_, _, t) = e.get(&url, &[]).await;
+        t.contains("appproxy_alive_circuits{protocol=\"http\"} 0")
+            .then_some(())
+    })
+    .await;
+    let l = e.launch().await;
+    let cookie = e.cookie(&l).await;
+    let (s, _, _) = e.get(&l.url, &[("cookie", &cookie)]).await;
+    assert_eq!(s, 200);
+    let text = eventually("the map poll counts the circuit", patience(), || async {
+        let (_, _, t) = e.get(&url, &[]).await;
+        t.contains("appproxy_circuits_created{protocol=\"http\"} 1")
+            .then_some(t)
+    })
+    .await;
+    for series in [
+        "appproxy_alive_circuits{protocol=\"http\"} 1",
+        "appproxy_alive_circuits{protocol=\"tcp\"} 0",
+        "backendai_api_request_count{domain=\"\",endpoint=\"/auth/{circuit}\",error_detail=\"\",method=\"GET\",operation=\"\",status_code=\"200\"}",
+        "backendai_api_request_duration_sec_bucket{domain=\"\",endpoint=\"/_appproxy/setup\"",
+        "appproxy_authgate_http_request_seconds_bucket{method=\"GET\",route=\"/auth/{circuit}\"",
+    ] {
+        assert!(text.contains(series), "{series} in\n{text}");
+    }
+    assert!(
+        !text.contains(&l.id.to_string()),
+        "no circuit id in a label"
+    );
+    // Another address: refused, unless it brings the token.
+    let other = e2e::no_redirect_client_from("127.0.0.2");
+    let (s, _, _) = e2e::http_get(&other, &url, &[]).await;
+    assert_eq!(s, 403);
+    let bearer = format!("Bearer {token}");
+    let (s, _, body) = e2e::http_get(&other, &url, &[("authorization", &bearer)]).await;
+    assert_eq!(s, 200);
+    assert!(body.contains("appproxy_authgate_decisions_total"));
+}

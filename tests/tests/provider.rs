@@ -1246,3 +1246,45 @@ async fn rate_limits_are_shared_by_replicas_and_answer_429_with_retry_after() {
         "{metrics}"
     );
 }
+
+/// The provider's `/metrics`: Backend.AI's `backendai_api_request_*` (route patterns, its
+/// error labels) beside ours and a per-route histogram; readable only from
+/// `[metrics] allowed_networks` or with its token, so not through the public API listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_backendai_names_and_answer_only_allowed_readers() {
+    let token = "metrics-reader-token-0123";
+    let stack = Stack::start_with(
+        Db::Sqlite,
+        vec![
+            (
+                "APPPROXY_PROVIDER__METRICS__ALLOWED_NETWORKS".into(),
+                "[\"127.0.0.1/32\"]".into(),
+            ),
+            ("APPPROXY_PROVIDER__METRICS__TOKEN".into(), token.into()),
+        ],
+    )
+    .await;
+    let (s, _) = stack.manager(Method::GET, "/v2/circuits", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = stack
+        .call(Some("wrong-token"), Method::GET, "/v2/circuits", None)
+        .await;
+    assert_eq!(s, 401);
+    let text = e2e::metrics_text(&stack.http, &stack.provider_url()).await;
+    for series in [
+        "backendai_api_request_count{domain=\"\",endpoint=\"/v2/circuits\",error_detail=\"\",method=\"GET\",operation=\"\",status_code=\"200\"} 1",
+        "backendai_api_request_count{domain=\"api\",endpoint=\"/v2/circuits\",error_detail=\"unauthorized\",method=\"GET\",operation=\"access\",status_code=\"401\"} 1",
+        "backendai_api_request_duration_sec_bucket{domain=\"\",endpoint=\"/v2/circuits\"",
+        "appproxy_provider_http_request_seconds_bucket{method=\"GET\",route=\"/v2/circuits\"",
+    ] {
+        assert!(text.contains(series), "{series} in\n{text}");
+    }
+    let other = e2e::no_redirect_client_from("127.0.0.2");
+    let url = format!("{}/metrics", stack.provider_url());
+    let (s, _, body) = e2e::http_get(&other, &url, &[]).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("generic-forbidden"), "{body}");
+    let bearer = format!("Bearer {token}");
+    let (s, _, _) = e2e::http_get(&other, &url, &[("authorization", &bearer)]).await;
+    assert_eq!(s, 200);
+}

@@ -48,7 +48,20 @@ pub(super) async fn plugins(State(g): State<Arc<Gate>>) -> Response {
     axum::Json(json!({ "enabled": true, "loaded": loaded, "rejected": rejected })).into_response()
 }
 
-pub(super) async fn metrics(State(g): State<Arc<Gate>>) -> Response {
+/// Prometheus text, for peers in `[metrics] allowed_networks` (default loopback) or holders
+/// of its token.
+pub(super) async fn metrics(
+    State(g): State<Arc<Gate>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<appproxy_common::tls::PeerAddr>>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let peer = peer.map(|p| p.0.0.0.ip());
+    if !g.cfg.metrics.allows(peer, &headers) {
+        let msg = "Metrics are readable from [metrics] allowed_networks or with its token.";
+        return crate::error::GateError::new(403, "E00004", msg)
+            .for_client(&headers)
+            .into_response();
+    }
     g.metrics.revocations.set(g.revoked.len() as i64);
     g.metrics
         .revocations_connected

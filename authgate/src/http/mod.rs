@@ -67,7 +67,35 @@ pub fn app(gate: Arc<Gate>) -> Router {
         .method_not_allowed_fallback(|| async {
             GateError::new(405, "E00003", "Method not allowed.")
         })
+        .layer(axum::middleware::from_fn_with_state(gate.clone(), measured))
         .with_state(gate)
+}
+
+/// Every answer into the per-route request metrics (the route pattern, never the path).
+async fn measured(
+    axum::extract::State(g): axum::extract::State<Arc<Gate>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    let code = resp
+        .extensions()
+        .get::<appproxy_common::metrics::ErrorCode>()
+        .map(|c| c.0);
+    g.metrics.routes.observe(
+        route.as_deref().unwrap_or(""),
+        method.as_str(),
+        resp.status().as_u16(),
+        code,
+        started.elapsed().as_secs_f64(),
+    );
+    resp
 }
 
 /// The worker API for users and the Manager on the `[tls]` listener: setup on the API port
@@ -81,6 +109,7 @@ pub fn public_app(gate: Arc<Gate>) -> Router {
         .method_not_allowed_fallback(|| async {
             GateError::new(405, "E00003", "Method not allowed.")
         })
+        .layer(axum::middleware::from_fn_with_state(gate.clone(), measured))
         .with_state(gate)
 }
 

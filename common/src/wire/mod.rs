@@ -26,6 +26,8 @@ macro_rules! wire_enum {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum $name { $(#[serde(rename = $text)] $variant),+ }
         impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$(Self::$variant),+];
             pub fn as_str(self) -> &'static str { match self { $(Self::$variant => $text),+ } }
         }
         impl fmt::Display for $name {

@@ -65,11 +65,22 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
+/// Prometheus text, for peers in `[metrics] allowed_networks` or holders of its token.
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<appproxy_common::tls::PeerAddr>>>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let peer = peer.map(|p| p.0.0.0.ip());
+    if !state.config.metrics.allows(peer, &headers) {
+        return Err(ApiError::Forbidden(
+            "metrics are readable from [metrics] allowed_networks or with its token".into(),
+        ));
+    }
+    Ok((
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),
-    )
+    ))
 }
 
 pub(super) async fn worker_status(

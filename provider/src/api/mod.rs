@@ -237,6 +237,8 @@ async fn common_headers(
     req: Request,
     next: Next,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
     let id = request_id(req.headers());
     let route = req
         .extensions()
@@ -276,12 +278,24 @@ async fn common_headers(
             Err(e) => span.in_scope(|| axum::response::IntoResponse::into_response(e)),
         }
     };
-    let class = status_class(resp.status().as_u16());
+    let status = resp.status().as_u16();
     state
         .metrics
         .http_requests
-        .with_label_values(&[class])
+        .with_label_values(&[status_class(status)])
         .inc();
+    let code = resp
+        .extensions()
+        .get::<appproxy_common::metrics::ErrorCode>()
+        .map(|c| c.0);
+    let matched = if route == "unmatched" { "" } else { &route };
+    state.metrics.routes.observe(
+        matched,
+        method.as_str(),
+        status,
+        code,
+        started.elapsed().as_secs_f64(),
+    );
     let h = resp.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("BackendAI"));
     if let Some(a) = &allow
