@@ -40,14 +40,15 @@ impl<'a> Jar<'a> {
         Ok(Jar { pairs })
     }
 
-    /// Values of this circuit's session cookie (plain and `__Host-` names), at most
-    /// [`MAX_CANDIDATES`].
+    /// Values of this circuit's session cookie (plain, `__Host-` and — path mode under TLS —
+    /// `__Secure-` names), at most [`MAX_CANDIDATES`].
     pub fn candidates(&self, circuit: Uuid) -> Result<Vec<&'a str>, CookieError> {
         let (plain, host) = (cookie_name(circuit, false), cookie_name(circuit, true));
+        let secure = format!("__Secure-{plain}");
         let found: Vec<&str> = self
             .pairs
             .iter()
-            .filter(|(n, _)| *n == plain || *n == host)
+            .filter(|(n, _)| *n == plain || *n == host || *n == secure)
             .map(|(_, v)| *v)
             .collect();
         if found.len() > MAX_CANDIDATES {
@@ -88,12 +89,23 @@ impl<'a> Jar<'a> {
     }
 }
 
-/// `Set-Cookie` for a session cookie: host-only, `Path=/`, HttpOnly, SameSite=Lax; under TLS
-/// `Secure` and the `__Host-` name.
-pub fn set_cookie(circuit: Uuid, value: &str, max_age: i64, tls: bool) -> String {
+/// `Set-Cookie` for a session cookie: host-only, HttpOnly, SameSite=Lax, `Path=/` (path mode:
+/// the circuit's prefix, so the browser sends it to that app only); under TLS `Secure` and the
+/// `__Host-` name (`__Secure-` with a prefix: `__Host-` demands `Path=/`).
+pub fn set_cookie(
+    circuit: Uuid,
+    value: &str,
+    max_age: i64,
+    tls: bool,
+    path: Option<&str>,
+) -> String {
+    let name = match (tls, path) {
+        (true, Some(_)) => format!("__Secure-{}", cookie_name(circuit, false)),
+        _ => cookie_name(circuit, tls),
+    };
     let mut s = format!(
-        "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax",
-        cookie_name(circuit, tls)
+        "{name}={value}; Path={}; Max-Age={max_age}; HttpOnly; SameSite=Lax",
+        path.unwrap_or("/")
     );
     if tls {
         s.push_str("; Secure");
@@ -158,12 +170,36 @@ mod tests {
     #[test]
     fn set_cookie_attributes() {
         let c = Uuid::new_v4();
-        let s = set_cookie(c, "v", 60, true);
+        let s = set_cookie(c, "v", 60, true, None);
         assert!(s.starts_with("__Host-appproxy_"));
-        for attr in ["Path=/", "Max-Age=60", "HttpOnly", "SameSite=Lax", "Secure"] {
+        for attr in [
+            "Path=/;",
+            "Max-Age=60",
+            "HttpOnly",
+            "SameSite=Lax",
+            "Secure",
+        ] {
             assert!(s.contains(attr), "{s}");
         }
         assert!(!s.contains("Domain"));
-        assert!(!set_cookie(c, "v", 60, false).contains("Secure"));
+        assert!(!set_cookie(c, "v", 60, false, None).contains("Secure"));
+        // Path mode: scoped to the prefix; under TLS `__Secure-` (`__Host-` needs `Path=/`),
+        // and the jar finds it under that name.
+        let p = set_cookie(c, "v", 60, true, Some("/s1/lab"));
+        assert!(
+            p.starts_with("__Secure-appproxy_") && p.contains("; Path=/s1/lab;"),
+            "{p}"
+        );
+        let plain = set_cookie(c, "v", 60, false, Some("/s1/lab"));
+        assert!(
+            plain.starts_with("appproxy_") && plain.contains("; Path=/s1/lab;"),
+            "{plain}"
+        );
+        let line = format!("{}=tok", p.split('=').next().unwrap());
+        assert_eq!(
+            Jar::parse(&[&line]).unwrap().candidates(c).unwrap(),
+            ["tok"]
+        );
+        assert!(Jar::parse(&[&line]).unwrap().without_ours().is_none());
     }
 }

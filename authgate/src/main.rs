@@ -72,7 +72,7 @@ struct TraefikArgs {
     /// Port range `LO-HI` (port mode).
     #[arg(long, conflicts_with = "apps_port")]
     port_range: Option<String>,
-    /// Port of the wildcard-domain entrypoint (subdomain mode).
+    /// Port of the one `apps` entrypoint (wildcard and path modes).
     #[arg(long)]
     apps_port: Option<u16>,
     #[arg(long, default_value = "127.0.0.1")]

@@ -140,6 +140,16 @@ pub fn check_origin(
     Ok(())
 }
 
+/// Path mode: the link runs only under its circuit's prefix, which the worker's Traefik strips
+/// and names in `X-Forwarded-Prefix` (replacing any the client sent). Links of other modes
+/// carry no prefix and ignore the header.
+pub fn check_prefix(path: Option<&str>, forwarded_prefix: &str) -> Result<(), SetupRefusal> {
+    match path {
+        Some(p) if p != forwarded_prefix => Err(SetupRefusal::WrongOrigin),
+        _ => Ok(()),
+    }
+}
+
 /// `Set-Cookie` of the state nonce (`__Host-` and `Secure` under TLS).
 pub fn state_cookie(https: bool, value: &str, max_age: i64) -> String {
     let (prefix, secure) = if https {

@@ -65,6 +65,10 @@ pub struct SetupClaims {
     pub generation: i64,
     /// Origin the app is served on (`scheme://host[:port]`); `/setup` runs only there.
     pub origin: String,
+    /// Path mode: the circuit's prefix (`/<id>/<app>`); `/setup` runs only under it, and the
+    /// cookie is scoped to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Relative path to land on after setup.
     pub redirect: String,
     /// Login-session binding ([`login_session_hash`]), empty when none.

@@ -21,7 +21,7 @@ pub const CLOSED: &str = "ap-closed";
 pub const CLOSED_PATH: &str = "/_appproxy/closed";
 /// Path prefix served by authgate on every app origin.
 pub const SETUP_PATH_PREFIX: &str = "/_appproxy/";
-/// Entrypoint that carries every subdomain-mode app of a worker.
+/// Entrypoint that carries every subdomain-mode (and path-mode) app of a worker.
 pub const APPS_ENTRYPOINT: &str = "apps";
 
 /// Router and service name of a circuit.
@@ -38,6 +38,16 @@ pub fn auth_middleware(id: Uuid) -> String {
 pub fn ipallow_middleware(id: Uuid) -> String {
     format!("ap-{}-ipallow", id.as_hyphenated())
 }
+
+/// Path mode: the middleware that strips a circuit's prefix before its app.
+pub fn strip_middleware(id: Uuid) -> String {
+    format!("ap-{}-strip", id.as_hyphenated())
+}
+
+/// Path mode: what the shared setup router matches (`/<id>/<app>/_appproxy/…`) and strips
+/// (`/<id>/<app>`, which Traefik hands on in `X-Forwarded-Prefix`).
+pub const PATH_SETUP_RULE: &str = "PathRegexp(`^/[^/]+/[^/]+/_appproxy/`)";
+pub const PATH_PREFIX_REGEX: &str = "^/[^/]+/[^/]+";
 
 /// Entrypoint name for a port of a port-mode worker.
 pub fn port_entrypoint(port: u16) -> String {

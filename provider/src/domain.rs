@@ -44,7 +44,7 @@ impl Worker {
         match (self.frontend_mode, self.port_range) {
             (FrontendMode::Port, Some((lo, hi))) => i64::from(hi) - i64::from(lo) + 1,
             (FrontendMode::Port, None) => 0,
-            (FrontendMode::Wildcard, _) => -1,
+            (FrontendMode::Wildcard | FrontendMode::Path, _) => -1,
         }
     }
 
@@ -89,6 +89,8 @@ pub struct ConfToken {
 pub enum Frontend {
     Port(u16),
     Subdomain(String),
+    /// Path mode: `/<session or endpoint id>/<app>` on the worker's one host and port.
+    Path(String),
 }
 
 /// One routable app.
@@ -274,6 +276,16 @@ impl Endpoint {
     }
 }
 
+/// `scheme://host[:port]`, without the scheme's default port.
+fn with_port(scheme: &str, host: &str, port: Option<u16>) -> String {
+    match port {
+        Some(80) if scheme == "http" => format!("{scheme}://{host}"),
+        Some(443) if scheme == "https" => format!("{scheme}://{host}"),
+        Some(p) => format!("{scheme}://{host}:{p}"),
+        None => format!("{scheme}://{host}"),
+    }
+}
+
 /// `host:port`, with an IPv6 host in brackets.
 pub fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
@@ -297,7 +309,15 @@ impl Circuit {
     pub fn port(&self) -> Option<u16> {
         match self.frontend {
             Frontend::Port(p) => Some(p),
-            Frontend::Subdomain(_) => None,
+            Frontend::Subdomain(_) | Frontend::Path(_) => None,
+        }
+    }
+
+    /// Path mode: the circuit's prefix (`/<id>/<app>`, no trailing `/`).
+    pub fn path_prefix(&self) -> Option<&str> {
+        match &self.frontend {
+            Frontend::Path(p) => Some(p),
+            _ => None,
         }
     }
 
@@ -320,12 +340,21 @@ impl Circuit {
     pub fn subdomain(&self) -> Option<&str> {
         match &self.frontend {
             Frontend::Subdomain(s) => Some(s),
-            Frontend::Port(_) => None,
+            Frontend::Port(_) | Frontend::Path(_) => None,
         }
     }
 
-    /// The URL users open.
+    /// The URL users open: the origin, and in path mode the prefix.
     pub fn url(&self, worker: &Worker) -> String {
+        format!(
+            "{}{}",
+            self.origin(worker),
+            self.path_prefix().unwrap_or("")
+        )
+    }
+
+    /// `scheme://host[:port]` the app is served on.
+    pub fn origin(&self, worker: &Worker) -> String {
         let scheme = match (self.protocol, worker.use_tls()) {
             (Protocol::Tcp, _) => "tcp",
             (_, true) => "https",
@@ -335,13 +364,13 @@ impl Circuit {
             Frontend::Port(p) => format!("{scheme}://{}:{p}", worker.hostname),
             Frontend::Subdomain(s) => {
                 let domain = worker.wildcard_domain.as_deref().unwrap_or("");
-                match worker.wildcard_traffic_port {
-                    Some(80) if scheme == "http" => format!("{scheme}://{s}{domain}"),
-                    Some(443) if scheme == "https" => format!("{scheme}://{s}{domain}"),
-                    Some(p) => format!("{scheme}://{s}{domain}:{p}"),
-                    None => format!("{scheme}://{s}{domain}"),
-                }
+                with_port(
+                    scheme,
+                    &format!("{s}{domain}"),
+                    worker.wildcard_traffic_port,
+                )
             }
+            Frontend::Path(_) => with_port(scheme, &worker.hostname, worker.wildcard_traffic_port),
         }
     }
 }
@@ -411,6 +440,28 @@ pub fn subdomain_candidate(preferred: Option<&str>, attempt: usize) -> String {
         head.trim_end_matches('-'),
         &Uuid::new_v4().simple().to_string()[..8]
     )
+}
+
+/// A path-mode prefix: `/<id>/<app>` (Backend.AI's `/<session-id>/<service-name>/`), the app
+/// name made URL-safe as a subdomain is; later attempts (the prefix is taken) add a suffix.
+pub fn path_candidate(id: Uuid, app: &str, attempt: usize) -> String {
+    format!(
+        "/{}/{}",
+        id.as_hyphenated(),
+        subdomain_candidate(Some(app), attempt)
+    )
+}
+
+/// A well-formed path-mode prefix made of the first two segments of `path` (`/<a>/<b>`, each
+/// 1-64 of `[a-z0-9-]`, lowercased), or `None`. Only such a prefix is ever written into a
+/// Traefik rule.
+pub fn path_prefix_of(path: &str) -> Option<String> {
+    let mut segs = path.strip_prefix('/')?.split('/');
+    let (a, b) = (segs.next()?, segs.next()?);
+    let plain = |s: &str| {
+        (1..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+    };
+    (plain(a) && plain(b)).then(|| format!("/{a}/{b}").to_ascii_lowercase())
 }
 
 /// Parse Backend.AI's comma-separated `allowed_client_ips` (CIDRs or bare IPs, v4 or v6).
@@ -503,6 +554,29 @@ mod tests {
     }
 
     #[test]
+    fn path_prefixes_are_two_plain_segments() {
+        let id = Uuid::parse_str("5e2c0000-0000-4000-8000-000000000001").unwrap();
+        assert_eq!(
+            path_candidate(id, "Jupyter Lab", 0),
+            "/5e2c0000-0000-4000-8000-000000000001/jupyter-lab"
+        );
+        assert!(path_candidate(id, "lab", 1).starts_with(&format!("/{id}/lab-")));
+        assert_eq!(path_prefix_of("/A1/lab/x?y"), Some("/a1/lab".into()));
+        for bad in [
+            "",
+            "/",
+            "/a",
+            "//lab",
+            "/a/l b",
+            "/a/l`b",
+            "a/b",
+            "/a/b`) || Path(`/x",
+        ] {
+            assert_eq!(path_prefix_of(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn subdomain_candidates() {
         assert_eq!(subdomain_candidate(Some("Jupyter"), 0), "jupyter");
         let s = subdomain_candidate(Some("Jupyter"), 1);
@@ -571,6 +645,7 @@ pub(crate) mod fixtures {
             authgate_url: None,
             cert_resolver: None,
             cert_domains: vec![],
+            path_keep_prefix_apps: vec![],
         }
     }
 

@@ -58,7 +58,7 @@ pub fn rank_workers<'w>(
             let used = counts.get(&w.id).copied().unwrap_or(0);
             let dedicated = i64::from(filter_match(w, ask.props));
             match w.frontend_mode {
-                FrontendMode::Wildcard => Some(((dedicated, 1, -used), w)),
+                FrontendMode::Wildcard | FrontendMode::Path => Some(((dedicated, 1, -used), w)),
                 FrontendMode::Port => {
                     let free = w.available_slots() - used;
                     (free > 0).then_some(((dedicated, 0, free), w))
@@ -108,9 +108,33 @@ pub fn match_existing<'w>(
                     return Some((w, Some(p), None));
                 }
             }
+            FrontendMode::Path => {
+                if w.hostname.eq_ignore_ascii_case(&host)
+                    && port.or(default_port(url)) == w.wildcard_traffic_port.or(default_port(url))
+                    && let Some(prefix) = url_prefix(url)
+                {
+                    return Some((w, None, Some(prefix)));
+                }
+            }
         }
     }
     None
+}
+
+/// 80 or 443 by the URL's scheme.
+fn default_port(url: &str) -> Option<u16> {
+    match url.split_once("://")?.0 {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+/// A path-mode URL's prefix (its first two path segments, when plain).
+fn url_prefix(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let path = rest.split(['?', '#']).next()?;
+    crate::domain::path_prefix_of(&path[path.find('/')?..])
 }
 
 #[cfg(test)]
@@ -227,5 +251,19 @@ mod tests {
             Some(("svc.apps.example.com".into(), None))
         );
         assert_eq!(url_host_port("no-scheme"), None);
+    }
+
+    #[test]
+    fn an_existing_path_mode_url_names_its_worker_and_prefix() {
+        let mut w = worker("p", FrontendMode::Path, Protocol::Http);
+        w.spec.wildcard_traffic_port = Some(8080);
+        let ws = [port("a"), w];
+        let hit = match_existing(&ws, "http://apps.example.com:8080/e1/llm/v1/chat");
+        assert_eq!(
+            hit.map(|(w, p, s)| (w.authority.as_str(), p, s)),
+            Some(("p", None, Some("/e1/llm".into())))
+        );
+        assert!(match_existing(&ws, "http://apps.example.com:8081/e1/llm").is_none());
+        assert!(match_existing(&ws, "http://apps.example.com:8080/e1").is_none());
     }
 }

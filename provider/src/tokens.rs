@@ -111,7 +111,7 @@ impl Signer {
         w: &Worker,
         req: &SetupRequest<'_>,
     ) -> Result<(String, i64), TokenError> {
-        let origin = c.url(w);
+        let origin = c.origin(w);
         let now = now_secs();
         let user = req.user_id.or(c.user_id).map(|u| u.to_string());
         let claims = SetupClaims {
@@ -122,6 +122,7 @@ impl Signer {
             cid: c.id,
             generation: c.generation,
             origin: origin.clone(),
+            path: c.path_prefix().map(str::to_string),
             // TCP: only whether a redirect was asked for matters (302 vs JSON hand-off).
             redirect: match (c.protocol.is_http(), req.redirect) {
                 (true, r) => safe_redirect(r.unwrap_or("/")),

@@ -18,6 +18,9 @@ pub struct WorkerSpec {
     pub frontend: TraefikFrontend,
     /// Wildcard mode: `.apps.test` style suffix.
     pub wildcard_domain: Option<String>,
+    /// Path mode (on the one `apps` port of `TraefikFrontend::Wildcard`): apps at
+    /// `/<id>/<app>/`; these apps keep the prefix, the others get it stripped.
+    pub path_mode: Option<Vec<String>>,
     pub setup_max_uses: u32,
     pub login_url: Option<String>,
     /// Extra `APPPROXY_AUTHGATE__*` settings.
@@ -38,12 +41,23 @@ impl WorkerSpec {
         }
     }
 
+    /// A path-mode worker: apps at `http://127.0.0.1:<port>/<id>/<app>/`; `keep`: apps that
+    /// run under their base URL.
+    pub fn path(authority: &str, port: u16, keep: &[&str]) -> WorkerSpec {
+        WorkerSpec {
+            frontend: TraefikFrontend::Wildcard { port },
+            path_mode: Some(keep.iter().map(|a| a.to_string()).collect()),
+            ..WorkerSpec::ports(authority, 1)
+        }
+    }
+
     pub fn ports(authority: &str, n: u16) -> WorkerSpec {
         let (lo, hi) = Stack::port_range(n);
         WorkerSpec {
             authority: authority.into(),
             frontend: TraefikFrontend::Ports { lo, hi },
             wildcard_domain: None,
+            path_mode: None,
             setup_max_uses: 3,
             login_url: None,
             env: Vec::new(),
@@ -141,6 +155,18 @@ impl Stack {
             TraefikFrontend::Ports { lo, hi } => {
                 env.push((format!("{p}WORKER__FRONTEND_MODE"), "port".into()));
                 env.push((format!("{p}WORKER__PORT_RANGE"), format!("[{lo}, {hi}]")));
+            }
+            TraefikFrontend::Wildcard { port } if spec.path_mode.is_some() => {
+                let keep = spec.path_mode.clone().unwrap_or_default();
+                env.push((format!("{p}WORKER__FRONTEND_MODE"), "path".into()));
+                env.push((
+                    format!("{p}WORKER__PATH_KEEP_PREFIX_APPS"),
+                    serde_json::to_string(&keep).expect("app names"),
+                ));
+                env.push((
+                    format!("{p}WORKER__WILDCARD_TRAFFIC_PORT"),
+                    port.to_string(),
+                ));
             }
             TraefikFrontend::Wildcard { port } => {
                 env.push((format!("{p}WORKER__FRONTEND_MODE"), "wildcard".into()));

@@ -329,9 +329,22 @@ pub async fn websocket_echo<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    websocket_echo_at(s, host, "/ws", headers).await
+}
+
+/// [`websocket_echo`] on `path`.
+pub async fn websocket_echo_at<S>(
+    s: &mut S,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (String, Option<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
     );
     for (k, v) in headers {

@@ -1785,3 +1785,125 @@ async fn metrics_carry_backendai_names_and_answer_only_allowed_readers() {
     assert_eq!(s, 200);
     assert!(body.contains("appproxy_authgate_decisions_total"));
 }
+
+/// Path mode, Backend.AI's `http://<worker>/<session-id>/<service-name>/…`, through real
+/// Traefik: one app that runs under its base URL (keeps the prefix, as Jupyter with
+/// `base_url`) and one that gets it stripped (`X-Forwarded-Prefix` tells it where it lives),
+/// both with WebSocket; setup under the prefix (a link used under another prefix is refused);
+/// each cookie scoped to its prefix and bound to its circuit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_mode_serves_each_app_under_its_prefix_with_its_own_cookie() {
+    let port = e2e::free_port();
+    let e = env_with(WorkerSpec::path("gw-path", port, &["lab"])).await;
+    let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+    let authority = e.worker.spec.authority.clone();
+    let mut apps = Vec::new();
+    for app in ["lab", "board"] {
+        let v = e
+            .stack
+            .create_circuit(&authority, user, session, e.echo.port, &json!({"app": app}))
+            .await;
+        let url = v["url"].as_str().unwrap().to_string();
+        assert_eq!(url, format!("http://127.0.0.1:{port}/{session}/{app}"));
+        let setup = v["setup_url"].as_str().unwrap().to_string();
+        assert!(
+            setup.starts_with(&format!("{url}/_appproxy/setup?token=")),
+            "{setup}"
+        );
+        let id: Uuid = v["id"].as_str().unwrap().parse().unwrap();
+        e.wait_router(id).await;
+        apps.push((app, id, url, setup));
+    }
+    let prefix = |app: &str| format!("/{session}/{app}");
+    // No cookie: refused.
+    let (s, _, _) = e.get(&format!("{}/x", apps[0].2), &[]).await;
+    assert_eq!(s, 401);
+    // A link used under another app's prefix is refused; under its own it sets a cookie
+    // scoped to the prefix and lands on the app.
+    let lab_token = token_of(&apps[0].3);
+    let (s, _, body) = e
+        .get(
+            &format!("{}/_appproxy/setup?token={lab_token}", apps[1].2),
+            &[("accept", "application/json")],
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    let mut cookies = Vec::new();
+    for (app, id, _, setup) in &apps {
+        let (s, h, body) = e.get(setup, &[]).await;
+        assert_eq!(s, 302, "{app}: {body}");
+        assert_eq!(h["location"], format!("{}/", prefix(app)));
+        let set = e2e::session_set_cookie(&h);
+        assert!(
+            set.starts_with(&format!("appproxy_{}=", id.simple())),
+            "{set}"
+        );
+        assert!(set.contains(&format!("; Path={};", prefix(app))), "{set}");
+        cookies.push(e2e::cookie_pair(&set));
+    }
+    // The kept app sees its whole path; the stripped one its own path and the prefix apart.
+    for (i, (app, _, url, _)) in apps.iter().enumerate() {
+        let before = e.echo.count();
+        let (s, _, body) = e
+            .get(&format!("{url}/api/x?q=1"), &[("cookie", &cookies[i])])
+            .await;
+        assert_eq!(s, 200, "{app}: {body}");
+        let seen = e.echo.requests()[before..].to_vec();
+        let r = seen.last().expect("the app saw the request");
+        let fwd = |n: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
+        match *app {
+            "lab" => assert_eq!(r.uri, format!("{}/api/x?q=1", prefix(app))),
+            _ => {
+                assert_eq!(r.uri, "/api/x?q=1");
+                assert_eq!(fwd("x-forwarded-prefix"), Some(prefix(app)));
+            }
+        }
+        assert!(
+            fwd("cookie").is_none_or(|c| !c.contains("appproxy_")),
+            "{r:?}"
+        );
+        // WebSocket under the prefix.
+        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (status, echoed) = e2e::websocket_echo_at(
+            &mut sock,
+            &format!("127.0.0.1:{port}"),
+            &format!("{}/ws", prefix(app)),
+            &[("Cookie", &cookies[i])],
+        )
+        .await;
+        assert!(status.contains(" 101 "), "{app}: {status}");
+        assert_eq!(echoed.as_deref(), Some("hi over ws"));
+    }
+    // Cookie isolation: one app's cookie opens nothing under the other's prefix (a browser
+    // would not even send it there).
+    let (s, _, _) = e
+        .get(&format!("{}/x", apps[1].2), &[("cookie", &cookies[0])])
+        .await;
+    assert_eq!(s, 401);
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (status, _) = e2e::websocket_echo_at(
+        &mut sock,
+        &format!("127.0.0.1:{port}"),
+        &format!("{}/ws", prefix("board")),
+        &[("Cookie", &cookies[0])],
+    )
+    .await;
+    assert!(status.contains(" 401 "), "{status}");
+    // Addresses outside every prefix reach no app: authgate's page for closed apps.
+    let (s, _, _) = e
+        .get(
+            &format!("http://127.0.0.1:{port}/{session}/other/"),
+            &[("cookie", &cookies[0])],
+        )
+        .await;
+    assert_eq!(s, 410);
+}

@@ -19,7 +19,7 @@ use std::{net::IpAddr, sync::Arc};
 use super::{Gate, first, now, query, redirect};
 use crate::{
     cookie::{Jar, set_cookie},
-    setup::{SetupRefusal, check_origin, state_cookie, wait_loaded},
+    setup::{SetupRefusal, check_origin, check_prefix, state_cookie, wait_loaded},
 };
 
 /// Backend.AI desktop app's local TCP forwarder.
@@ -121,6 +121,7 @@ async fn set_up(
     let jar = Jar::parse(&lines).unwrap_or_default();
     let (host, proto) = (first(headers, "host"), first(headers, "x-forwarded-proto"));
     check_origin(&c.origin, c.state.as_deref(), host, proto, &jar)?;
+    check_prefix(c.path.as_deref(), first(headers, "x-forwarded-prefix"))?;
     let (traefik, api) = (&g.traefik, &g.cfg.traefik.api_url);
     if let Err(e) = wait_loaded(traefik, api, c.cid, c.generation, g.cfg.router_wait()).await {
         tracing::warn!(circuit = %c.cid, error = %e, "Setup before the router was served");
@@ -150,11 +151,14 @@ fn session_cookie(g: &Gate, c: &SetupClaims) -> Response {
     let value = g.keys.mint_session(c, now(), max_age);
     g.metrics.setups.with_label_values(&["ok"]).inc();
     tracing::info!(circuit = %c.cid, generation = c.generation, "Session cookie set");
-    let mut resp = match redirect(&safe_redirect(&c.redirect)) {
+    // Path mode: the landing path is under the circuit's prefix.
+    let prefix = c.path.as_deref();
+    let target = format!("{}{}", prefix.unwrap_or(""), safe_redirect(&c.redirect));
+    let mut resp = match redirect(&target) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let mut cookies = vec![set_cookie(c.cid, &value, max_age, https)];
+    let mut cookies = vec![set_cookie(c.cid, &value, max_age, https, prefix)];
     if c.state.is_some() {
         cookies.push(state_cookie(https, "", 0));
     }
@@ -183,7 +187,11 @@ pub(super) async fn on_api_port(
     if c.origin.starts_with("tcp://") {
         return tcp_handoff(&g, &token, &c);
     }
-    let location = format!("{}{SETUP_PATH}?token={token}", c.origin);
+    let location = format!(
+        "{}{}{SETUP_PATH}?token={token}",
+        c.origin,
+        c.path.as_deref().unwrap_or("")
+    );
     redirect(&location).unwrap_or_else(|_| refuse(&g, &headers, SetupRefusal::BadRedirect))
 }
 

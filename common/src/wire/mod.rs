@@ -44,7 +44,7 @@ macro_rules! wire_enum {
 
 wire_enum!(Protocol { Http = "http", Grpc = "grpc", H2 = "h2", Tcp = "tcp" });
 wire_enum!(AppMode { Interactive = "interactive", Inference = "inference" });
-wire_enum!(FrontendMode { Port = "port", Wildcard = "wildcard" });
+wire_enum!(FrontendMode { Port = "port", Wildcard = "wildcard", Path = "path" });
 wire_enum!(WorkerStatus { Alive = "ALIVE", Lost = "LOST", Terminated = "TERMINATED" });
 
 impl Protocol {
@@ -159,8 +159,14 @@ pub struct WorkerSpec {
     pub port_range: Option<(u16, u16)>,
     #[serde(default)]
     pub wildcard_domain: Option<String>,
+    /// The one traffic port of wildcard and path modes (the `apps` entry point).
     #[serde(default)]
     pub wildcard_traffic_port: Option<u16>,
+    /// Extension, path mode: apps that run under their base URL (`/<session>/<app>/`, e.g.
+    /// Jupyter with `base_url`) and get the prefix; every other app gets it stripped (Traefik
+    /// sends it in `X-Forwarded-Prefix`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_keep_prefix_apps: Vec<String>,
     /// Take only requests matching `app_filters` (Backend.AI's dedicated workers).
     #[serde(default)]
     pub filtered_apps_only: bool,
@@ -247,6 +253,25 @@ impl WorkerSpec {
                     ));
                 }
             }
+            FrontendMode::Path => {
+                if self.protocol == Protocol::Tcp {
+                    return Err(SpecError::UnsupportedProtocol(
+                        "tcp workers need port mode".into(),
+                    ));
+                }
+            }
+        }
+        if self.frontend_mode != FrontendMode::Path && !self.path_keep_prefix_apps.is_empty() {
+            return bad("path_keep_prefix_apps is for path mode".into());
+        }
+        if self.path_keep_prefix_apps.len() > 100
+            || (self.path_keep_prefix_apps.iter())
+                .any(|a| a.is_empty() || a.len() > 64 || a.contains([',', ' ']))
+        {
+            return bad(
+                "path_keep_prefix_apps: at most 100 app names of 1-64 characters, no ',' or ' '"
+                    .into(),
+            );
         }
         if let Some(u) = &self.authgate_url {
             let ok = (u.starts_with("http://") || u.starts_with("https://"))
@@ -416,6 +441,7 @@ mod tests {
             authgate_url: None,
             cert_resolver: None,
             cert_domains: Vec::new(),
+            path_keep_prefix_apps: Vec::new(),
         }
     }
 
@@ -472,6 +498,17 @@ mod tests {
                     s.wildcard_domain = Some("apps.example.com".into());
                 }),
             ),
+            (
+                "path_keep_prefix_apps is for path mode",
+                Box::new(|s| s.path_keep_prefix_apps = vec!["jupyter".into()]),
+            ),
+            (
+                "path_keep_prefix_apps: at most",
+                Box::new(|s| {
+                    s.frontend_mode = FrontendMode::Path;
+                    s.path_keep_prefix_apps = vec!["a,b".into()];
+                }),
+            ),
         ];
         for (what, change) in cases {
             let mut s = spec();
@@ -479,6 +516,15 @@ mod tests {
             let err = s.validate().unwrap_err().to_string();
             assert!(err.contains(what), "{what}: {err}");
         }
+        let mut path = spec();
+        path.frontend_mode = FrontendMode::Path;
+        path.path_keep_prefix_apps = vec!["jupyter".into()];
+        assert_eq!(path.validate(), Ok(()));
+        path.protocol = Protocol::Tcp;
+        assert!(matches!(
+            path.validate(),
+            Err(SpecError::UnsupportedProtocol(_))
+        ));
         let mut tcp = spec();
         tcp.protocol = Protocol::Tcp;
         tcp.frontend_mode = FrontendMode::Wildcard;

@@ -89,6 +89,7 @@ pub fn circuit_response(c: &Circuit, worker: Option<&Worker>) -> CircuitResponse
         frontend_mode: match c.frontend {
             Frontend::Port(_) => FrontendMode::Port,
             Frontend::Subdomain(_) => FrontendMode::Wildcard,
+            Frontend::Path(_) => FrontendMode::Path,
         },
         envs: c.envs.clone(),
         arguments: c.arguments.clone(),

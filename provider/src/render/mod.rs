@@ -54,7 +54,9 @@ pub fn app_entrypoints(worker: &Worker) -> Vec<String> {
     match (worker.frontend_mode, worker.port_range) {
         (FrontendMode::Port, Some((lo, hi))) => (lo..=hi).map(names::port_entrypoint).collect(),
         (FrontendMode::Port, None) => Vec::new(),
-        (FrontendMode::Wildcard, _) => vec![names::APPS_ENTRYPOINT.to_string()],
+        (FrontendMode::Wildcard | FrontendMode::Path, _) => {
+            vec![names::APPS_ENTRYPOINT.to_string()]
+        }
     }
 }
 
@@ -73,10 +75,21 @@ pub fn render_shared(worker: &Worker) -> Kv {
         let eps = app_entrypoints(worker);
         if !eps.is_empty() {
             let r = format!("http/routers/{}", names::SETUP);
-            kv.insert(
-                format!("{r}/rule"),
-                format!("PathPrefix(`{}`)", names::SETUP_PATH_PREFIX),
-            );
+            if worker.frontend_mode == FrontendMode::Path {
+                // `/<id>/<app>/_appproxy/…`: authgate gets `/_appproxy/…` and the prefix in
+                // `X-Forwarded-Prefix` (set by Traefik, never the client's).
+                kv.insert(format!("{r}/rule"), names::PATH_SETUP_RULE.into());
+                kv.insert(format!("{r}/middlewares/0"), names::SETUP.into());
+                kv.insert(
+                    format!("http/middlewares/{}/stripPrefixRegex/regex/0", names::SETUP),
+                    names::PATH_PREFIX_REGEX.into(),
+                );
+            } else {
+                kv.insert(
+                    format!("{r}/rule"),
+                    format!("PathPrefix(`{}`)", names::SETUP_PATH_PREFIX),
+                );
+            }
             kv.insert(format!("{r}/priority"), SETUP_PRIORITY.to_string());
             kv.insert(format!("{r}/service"), names::SETUP.into());
             for (i, ep) in eps.iter().enumerate() {
@@ -124,6 +137,7 @@ fn render_tls(kv: &mut Kv, r: &str, worker: &Worker, has_host: bool) {
     let domains: Vec<&str> = match (&worker.cert_domains[..], worker.frontend_mode) {
         ([], FrontendMode::Port) => vec![worker.hostname.as_str()],
         ([], FrontendMode::Wildcard) => vec![],
+        ([], FrontendMode::Path) => vec![worker.hostname.as_str()],
         (names, _) => names.iter().map(String::as_str).collect(),
     };
     if domains.is_empty() && !has_host {
@@ -180,7 +194,7 @@ pub fn render_worker(worker: &Worker, circuits: &[Circuit]) -> BTreeMap<Group, K
 fn entrypoint(c: &Circuit) -> String {
     match &c.frontend {
         Frontend::Port(p) => names::port_entrypoint(*p),
-        Frontend::Subdomain(_) => names::APPS_ENTRYPOINT.to_string(),
+        Frontend::Subdomain(_) | Frontend::Path(_) => names::APPS_ENTRYPOINT.to_string(),
     }
 }
 
@@ -197,6 +211,8 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
                 worker.wildcard_domain.as_deref().unwrap_or("")
             )
         }
+        // The prefix itself and everything under it, on any host (as port mode).
+        Frontend::Path(p) => format!("Path(`{p}`) || PathPrefix(`{p}/`)"),
     };
     kv.insert(format!("{r}/rule"), rule);
     kv.insert(format!("{r}/service"), name.clone());
@@ -218,6 +234,17 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
     let inference = c.app_mode == AppMode::Inference;
     if inference && worker.accepted_traffics.contains(&AppMode::Inference) {
         mws.push(names::RETRY.to_string());
+    }
+    // Path mode: the app sees its own paths, unless it runs under its base URL.
+    if let Some(p) = c.path_prefix()
+        && !worker.path_keep_prefix_apps.contains(&c.app)
+    {
+        let m = names::strip_middleware(c.id);
+        kv.insert(
+            format!("http/middlewares/{m}/stripPrefix/prefixes/0"),
+            p.into(),
+        );
+        mws.push(m);
     }
     for (i, m) in mws.iter().enumerate() {
         kv.insert(format!("{r}/middlewares/{i}"), m.clone());

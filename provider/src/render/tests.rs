@@ -87,6 +87,61 @@ fn port_mode_private_http() {
 }
 
 #[test]
+fn path_mode_routes_by_prefix_strips_it_unless_the_app_keeps_it() {
+    let mut w = worker(FrontendMode::Path, Protocol::Http);
+    w.spec.path_keep_prefix_apps = vec!["jupyter".into()];
+    let prefix = "/5e2c0000-0000-4000-8000-000000000001/jupyter";
+    let mut c = circuit(
+        Frontend::Path(prefix.into()),
+        Protocol::Http,
+        vec![route("10.0.0.5", 8888, 1.0, Protocol::Http)],
+    );
+    let kept = render_circuit(&w, &c);
+    assert_eq!(
+        kept[&format!("http/routers/ap-{CID}/rule")],
+        format!("Path(`{prefix}`) || PathPrefix(`{prefix}/`)")
+    );
+    assert_eq!(
+        kept[&format!("http/routers/ap-{CID}/entryPoints/0")],
+        "apps"
+    );
+    assert!(
+        !kept.keys().any(|k| k.contains("-strip")),
+        "jupyter keeps its prefix"
+    );
+    c.app = "tensorboard".into();
+    let stripped = render_circuit(&w, &c);
+    assert_eq!(
+        stripped[&format!("http/middlewares/ap-{CID}-strip/stripPrefix/prefixes/0")],
+        prefix
+    );
+    // ForwardAuth first (it sees the whole path), then the strip.
+    assert_eq!(
+        stripped[&format!("http/routers/ap-{CID}/middlewares/0")],
+        format!("ap-{CID}-auth")
+    );
+    assert_eq!(
+        stripped[&format!("http/routers/ap-{CID}/middlewares/1")],
+        format!("ap-{CID}-strip")
+    );
+    assert_eq!(
+        group_of(&format!(
+            "http/middlewares/ap-{CID}-strip/stripPrefix/prefixes/0"
+        )),
+        Some(Group::Circuit(c.id))
+    );
+    // The shared setup router takes `/<id>/<app>/_appproxy/…` and strips the prefix.
+    let shared = render_shared(&w);
+    assert_eq!(shared["http/routers/ap-setup/rule"], names::PATH_SETUP_RULE);
+    assert_eq!(shared["http/routers/ap-setup/middlewares/0"], "ap-setup");
+    assert_eq!(
+        shared["http/middlewares/ap-setup/stripPrefixRegex/regex/0"],
+        names::PATH_PREFIX_REGEX
+    );
+    assert_eq!(shared["http/routers/ap-setup/entryPoints/0"], "apps");
+}
+
+#[test]
 fn subdomain_mode_public_with_allowlist_and_weights() {
     let w = worker(FrontendMode::Wildcard, Protocol::Http);
     let mut c = circuit(

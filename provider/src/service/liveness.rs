@@ -85,7 +85,7 @@ pub fn stranded_reason(c: &Circuit, worker: Option<&Worker>) -> Option<String> {
         None => Some("its worker is gone".into()),
         Some(w) if w.status != WorkerStatus::Alive => Some(format!(
             "worker {:?} is {} and no ALIVE worker can keep the URL {} (same wildcard domain, \
-             or same host with the port in range)",
+             same host and port in path mode, or same host with the port in range)",
             w.authority,
             w.status,
             c.url(w)

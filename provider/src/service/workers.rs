@@ -142,13 +142,14 @@ pub fn slots_of(w: &Worker, circuits: &[Circuit], in_use: Option<bool>) -> Vec<S
                 });
             }
         }
-        _ => {
+        (mode, _) => {
             for c in circuits {
                 slots.push(SlotResponse {
-                    frontend_mode: FrontendMode::Wildcard,
+                    frontend_mode: mode,
                     in_use: true,
                     port: None,
-                    subdomain: c.subdomain().map(str::to_string),
+                    // Path mode: the prefix is the slot.
+                    subdomain: c.subdomain().or(c.path_prefix()).map(str::to_string),
                     circuit_id: Some(c.id),
                 });
             }

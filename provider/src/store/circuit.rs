@@ -13,7 +13,7 @@ use super::{
 };
 use crate::domain::{
     AppMode, Balancing, Circuit, Endpoint, Frontend, FrontendMode, Protocol, Route, Worker,
-    lowest_free_port, subdomain_candidate,
+    lowest_free_port, path_candidate, path_prefix_of, subdomain_candidate,
 };
 
 /// How many times a create re-runs allocation after losing a unique-index race.
@@ -133,6 +133,23 @@ impl Store {
                 c.preferred_subdomain.as_deref(),
                 attempt,
             ))),
+            // `/<endpoint or session id>/<app>`; an endpoint's kept URL names its prefix.
+            FrontendMode::Path => Ok(Frontend::Path(
+                match c
+                    .preferred_subdomain
+                    .as_deref()
+                    .filter(|_| attempt == 0)
+                    .and_then(path_prefix_of)
+                {
+                    Some(p) => p,
+                    None => {
+                        let id = (c.endpoint_id)
+                            .or_else(|| c.routes.first().map(|r| r.session_id))
+                            .unwrap_or_else(Uuid::new_v4);
+                        path_candidate(id, &c.app, attempt)
+                    }
+                },
+            )),
         }
     }
 
@@ -146,7 +163,7 @@ impl Store {
         let now = now_ms();
         let (port, subdomain) = match frontend {
             Frontend::Port(p) => (Some(i64::from(*p)), None),
-            Frontend::Subdomain(s) => (None, Some(s.clone())),
+            Frontend::Subdomain(s) | Frontend::Path(s) => (None, Some(s.clone())),
         };
         let ips: Vec<String> = c.allowed_client_ips.iter().map(|n| n.to_string()).collect();
         let mut tx = self.pool.begin().await?;

@@ -15,7 +15,8 @@ use crate::domain::{
 pub(super) const WORKER_COLS: &str = "id, authority, frontend_mode, protocol, hostname, tls_listen, \
     tls_advertised, api_port, port_range_lo, port_range_hi, wildcard_domain, \
     wildcard_traffic_port, filtered_apps_only, traefik_last_used_marker_path, \
-    accepted_traffics, app_filters, authgate_url, cert_resolver, cert_domains, nodes, status, \
+    accepted_traffics, app_filters, authgate_url, cert_resolver, cert_domains, path_keep_prefix_apps, \
+    nodes, status, \
     last_heartbeat, created_at, updated_at";
 
 pub(super) const CIRCUIT_COLS: &str = "id, worker_id, app, protocol, app_mode, frontend_mode, port, \
@@ -110,6 +111,14 @@ fn app_filters(text: &str) -> Vec<crate::domain::AppFilter> {
     })
 }
 
+/// A comma-separated column as its items.
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 pub(super) fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
     let lo = opt_u16(row, "port_range_lo")?;
     let hi = opt_u16(row, "port_range_hi")?;
@@ -136,11 +145,8 @@ pub(super) fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
         app_filters: app_filters(&filters),
         authgate_url: get(row, "authgate_url")?,
         cert_resolver: get(row, "cert_resolver")?,
-        cert_domains: get::<String>(row, "cert_domains")?
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
+        cert_domains: list(&get::<String>(row, "cert_domains")?),
+        path_keep_prefix_apps: list(&get::<String>(row, "path_keep_prefix_apps")?),
     };
     Ok(Worker {
         id: parse(row, "id")?,
@@ -158,6 +164,7 @@ pub(super) fn circuit_from_row(row: &AnyRow) -> Result<Circuit, StoreError> {
     let subdomain: Option<String> = get(row, "subdomain")?;
     let frontend = match (port, subdomain) {
         (Some(p), _) => Frontend::Port(p),
+        (None, Some(s)) if s.starts_with('/') => Frontend::Path(s),
         (None, Some(s)) => Frontend::Subdomain(s),
         (None, None) => {
             return Err(corrupt(
