@@ -2,7 +2,9 @@
 # shellcheck shell=bash
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-RUN="$ROOT/.run"
+# State, logs and PIDs of deploy/up; APPPROXY_RUN_DIR runs a second stack elsewhere (the e2e
+# test of the dev stack does).
+RUN="${APPPROXY_RUN_DIR:-$ROOT/.run}"
 VENV="$ROOT/.venv"
 
 log() { printf '==> %s\n' "$*" >&2; }
