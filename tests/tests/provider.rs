@@ -1225,6 +1225,34 @@ async fn rate_limits_are_shared_by_replicas_and_answer_429_with_retry_after() {
     }
     let (s, retry, _) = get_limited(&one, &format!("{}/v2/circuits", urls[0]), Some(&token)).await;
     assert_eq!((s, retry.is_some()), (429, true));
+    // Real preflights on the real listener: the WebUI's launch routes answer any origin,
+    // the management API none (the default `[cors]`).
+    for (path, method, status) in [
+        ("/v2/proxy/auth?token=x", "GET", 204),
+        ("/v2/conf", "POST", 204),
+        ("/v2/circuits", "POST", 403),
+    ] {
+        let r = two
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", urls[0]))
+            .header("origin", "https://webui.example.com")
+            .header("access-control-request-method", method)
+            .header(
+                "access-control-request-headers",
+                "content-type, x-backendai-token",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let allow = r.headers().get("access-control-allow-origin");
+        assert_eq!(allow.is_some(), status == 204, "{path}");
+        if status == 204 {
+            let methods = r.headers()["access-control-allow-methods"]
+                .to_str()
+                .unwrap();
+            assert!(methods.contains(method), "{methods}");
+        }
+    }
     // Probes and metrics are never limited.
     for _ in 0..10 {
         let (s, _, _) = get_limited(&one, &format!("{}/health", urls[0]), None).await;
