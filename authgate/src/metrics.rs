@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Backend.AI's worker metrics: circuits of this worker by protocol.
     pub bai_alive_circuits: IntGaugeVec,
     pub bai_circuits_created: IntCounterVec,
+    /// Backend.AI's process metrics (CPU, memory, tasks), read at each scrape.
+    system: appproxy_common::metrics::SystemMetrics,
     /// Backend.AI's metric names, unprefixed.
     backendai: prometheus::Registry,
 }
@@ -109,6 +111,7 @@ impl Metrics {
                 &["result"],
             ),
             routes: appproxy_common::metrics::RouteMetrics::new(&r, &backendai),
+            system: appproxy_common::metrics::SystemMetrics::new(&backendai),
             bai_alive_circuits: reg(
                 &backendai,
                 IntGaugeVec::new(
@@ -134,6 +137,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        self.system.observe();
         appproxy_common::metrics::render_all(&[&self.registry, &self.backendai])
     }
 }

@@ -185,6 +185,81 @@ pub fn split_error_code(code: &str) -> (&str, &str, &str) {
     }
 }
 
+/// Backend.AI's process metrics (`SystemMetricObserver`), observed at each scrape:
+/// `backendai_cpu_usage_percent` (of one core, since the last scrape), `backendai_memory_used_rss`
+/// and `backendai_memory_used_vms` (bytes), `backendai_async_task_count` (live tokio tasks of
+/// the runtime that renders).
+#[derive(Clone)]
+pub struct SystemMetrics {
+    cpu: prometheus::Gauge,
+    rss: prometheus::IntGauge,
+    vms: prometheus::IntGauge,
+    tasks: prometheus::IntGauge,
+    last: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, f64)>>>,
+}
+
+impl SystemMetrics {
+    pub fn new(backendai: &Registry) -> SystemMetrics {
+        let int = |name: &str, help: &str| {
+            register(backendai, prometheus::IntGauge::new(name, help).expect("metric"))
+        };
+        SystemMetrics {
+            cpu: register(
+                backendai,
+                prometheus::Gauge::new("backendai_cpu_usage_percent", "CPU usage of the process")
+                    .expect("metric"),
+            ),
+            rss: int("backendai_memory_used_rss", "Memory used by the process in RSS"),
+            vms: int("backendai_memory_used_vms", "Memory used by the process in VMS"),
+            tasks: int("backendai_async_task_count", "Number of active async tasks"),
+            last: Default::default(),
+        }
+    }
+
+    /// Read the process's figures from `/proc/self` (Linux; elsewhere they stay 0).
+    pub fn observe(&self) {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            let kib = |key: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok())
+                    .map_or(0, |k| k * 1024)
+            };
+            self.rss.set(kib("VmRSS:"));
+            self.vms.set(kib("VmSize:"));
+        }
+        if let Some(cpu) = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .as_deref()
+            .and_then(cpu_seconds)
+        {
+            let now = std::time::Instant::now();
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, before)) = *last {
+                let wall = now.duration_since(at).as_secs_f64();
+                if wall > 0.0 {
+                    self.cpu.set(((cpu - before) / wall * 100.0).max(0.0));
+                }
+            }
+            *last = Some((now, cpu));
+        }
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            self.tasks.set(h.metrics().num_alive_tasks() as i64);
+        }
+    }
+}
+
+/// User + system CPU seconds from `/proc/self/stat` (fields 14 and 15, in `USER_HZ` = 100
+/// ticks per second, Linux's fixed user-space unit).
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces; fields after its `)` are plain.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((utime + stime) / 100.0)
+}
+
 /// The error code an error response carries, for `RouteMetrics` (set by the error mapping,
 /// read by the request middleware).
 #[derive(Debug, Clone, Copy)]
@@ -237,6 +312,27 @@ mod tests {
             ("api", "parsing", "invalid-parameters")
         );
         assert_eq!(split_error_code("E20008"), ("", "", "E20008"));
+    }
+
+    #[test]
+    fn process_metrics_are_read_from_proc() {
+        let stat = "1234 (a b) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
+        assert_eq!(cpu_seconds(stat), Some(3.0));
+        assert_eq!(cpu_seconds("garbage"), None);
+        let r = Registry::new();
+        let m = SystemMetrics::new(&r);
+        m.observe();
+        m.observe();
+        let text = render(&r);
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1.0)
+        };
+        assert!(value("backendai_memory_used_rss") > 0.0, "{text}");
+        assert!(value("backendai_memory_used_vms") >= value("backendai_memory_used_rss"));
+        assert!(value("backendai_cpu_usage_percent") >= 0.0, "{text}");
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub struct Metrics {
     backendai: Registry,
     /// Requests per route, ours and Backend.AI's (`backendai_api_request_*`).
     pub routes: RouteMetrics,
+    /// Backend.AI's process metrics (CPU, memory, tasks), read at each scrape.
+    system: appproxy_common::metrics::SystemMetrics,
     pub reconcile_passes: IntCounterVec,
     pub reconcile_seconds: Histogram,
     pub reconcile_kind: IntCounterVec,
@@ -155,6 +157,7 @@ impl Metrics {
                 &["scope"],
             ),
             routes: RouteMetrics::new(&r, &backendai),
+            system: appproxy_common::metrics::SystemMetrics::new(&backendai),
             backendai,
             registry: r.clone(),
         }
@@ -173,6 +176,7 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.system.observe();
         render_all(&[&self.registry, &self.backendai])
     }
 }

@@ -1769,6 +1769,8 @@ async fn metrics_carry_backendai_names_and_answer_only_allowed_readers() {
         "backendai_api_request_count{domain=\"\",endpoint=\"/auth/{circuit}\",error_detail=\"\",method=\"GET\",operation=\"\",status_code=\"200\"}",
         "backendai_api_request_duration_sec_bucket{domain=\"\",endpoint=\"/_appproxy/setup\"",
         "appproxy_authgate_http_request_seconds_bucket{method=\"GET\",route=\"/auth/{circuit}\"",
+        "backendai_memory_used_rss ",
+        "backendai_memory_used_vms ",
     ] {
         assert!(text.contains(series), "{series} in\n{text}");
     }

@@ -1304,6 +1304,9 @@ async fn metrics_carry_backendai_names_and_answer_only_allowed_readers() {
         "backendai_api_request_count{domain=\"api\",endpoint=\"/v2/circuits\",error_detail=\"unauthorized\",method=\"GET\",operation=\"access\",status_code=\"401\"} 1",
         "backendai_api_request_duration_sec_bucket{domain=\"\",endpoint=\"/v2/circuits\"",
         "appproxy_provider_http_request_seconds_bucket{method=\"GET\",route=\"/v2/circuits\"",
+        "backendai_memory_used_rss ",
+        "backendai_cpu_usage_percent ",
+        "backendai_async_task_count ",
     ] {
         assert!(text.contains(series), "{series} in\n{text}");
     }
