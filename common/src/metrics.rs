@@ -201,7 +201,10 @@ pub struct SystemMetrics {
 impl SystemMetrics {
     pub fn new(backendai: &Registry) -> SystemMetrics {
         let int = |name: &str, help: &str| {
-            register(backendai, prometheus::IntGauge::new(name, help).expect("metric"))
+            register(
+                backendai,
+                prometheus::IntGauge::new(name, help).expect("metric"),
+            )
         };
         SystemMetrics {
             cpu: register(
@@ -209,8 +212,14 @@ impl SystemMetrics {
                 prometheus::Gauge::new("backendai_cpu_usage_percent", "CPU usage of the process")
                     .expect("metric"),
             ),
-            rss: int("backendai_memory_used_rss", "Memory used by the process in RSS"),
-            vms: int("backendai_memory_used_vms", "Memory used by the process in VMS"),
+            rss: int(
+                "backendai_memory_used_rss",
+                "Memory used by the process in RSS",
+            ),
+            vms: int(
+                "backendai_memory_used_vms",
+                "Memory used by the process in VMS",
+            ),
             tasks: int("backendai_async_task_count", "Number of active async tasks"),
             last: Default::default(),
         }
