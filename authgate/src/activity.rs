@@ -3,7 +3,9 @@
 //! `circuit.<id>.last_access`, `session.<id>.last_access` (epoch seconds, TTL 2 days, never
 //! moved backwards) and `circuit.<id>.requests` (a counter).
 //!
-//! Sources: access-log events (one per finished request), authorized WebSocket upgrades (held
+//! Sources: requests ForwardAuth lets through to circuits counted there (`c=1`: their routers
+//! write no access log), access-log events (one per finished request of the other circuits;
+//! a WebSocket twin router's record only ends its socket), authorized WebSocket upgrades (held
 //! by their `Sec-WebSocket-Key` until any access-log record of that request arrives, whatever
 //! its status: an open socket keeps its circuit and sessions active, a refused upgrade is
 //! released by its own record), and Traefik's `traefik_open_connections` per port entrypoint for TCP
@@ -127,6 +129,16 @@ impl Activity {
         let mut s = self.lock();
         let c = s.entry(e.circuit, e.at_ms);
         c.last_ms = c.last_ms.max(e.at_ms);
+        c.pending += u64::from(e.counted);
+        c.dirty = true;
+    }
+
+    /// A request ForwardAuth let through to a circuit that is counted there (its router
+    /// writes no access-log record).
+    pub fn request(&self, circuit: Uuid, now_ms: i64) {
+        let mut s = self.lock();
+        let c = s.entry(circuit, now_ms);
+        c.last_ms = c.last_ms.max(now_ms);
         c.pending += 1;
         c.dirty = true;
     }
@@ -444,6 +456,7 @@ mod tests {
             circuit: c,
             at_ms: at,
             websocket_closed: ws,
+            counted: true,
         }
     }
 
@@ -554,5 +567,19 @@ mod tests {
         assert_eq!(open.get(&10206), Some(&0));
         a.tcp_connections(&open, 5_000);
         assert_eq!(a.take(6_000).circuits, vec![(c, 5_000, 0)]);
+    }
+
+    #[test]
+    fn forward_auth_requests_count_and_twin_records_only_move_the_clock() {
+        let a = Activity::new();
+        let c = Uuid::new_v4();
+        a.set_map(map_of(&[c]), 0);
+        a.request(c, 2_000);
+        a.request(c, 3_000);
+        let mut closed = ev(c, 9_000, true);
+        closed.counted = false;
+        a.apply(&closed);
+        let f = a.take(10_000);
+        assert_eq!(f.circuits, vec![(c, 9_000, 2)]);
     }
 }

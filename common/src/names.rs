@@ -39,6 +39,13 @@ pub fn ipallow_middleware(id: Uuid) -> String {
     format!("ap-{}-ipallow", id.as_hyphenated())
 }
 
+/// The twin router of a circuit behind ForwardAuth that takes its WebSocket upgrades and keeps
+/// the access log (the record of a closed socket ends its activity); the circuit's own router
+/// writes none (authgate counts its requests at ForwardAuth).
+pub fn websocket_router(id: Uuid) -> String {
+    format!("ap-{}-ws", id.as_hyphenated())
+}
+
 /// Path mode: the middleware that strips a circuit's prefix before its app.
 pub fn strip_middleware(id: Uuid) -> String {
     format!("ap-{}-strip", id.as_hyphenated())

@@ -1,4 +1,4 @@
-//! `GET /auth/{circuit}?g=&m=[&o=1][&rl=<n>/<s>][&p=<plugin>]`: Traefik's ForwardAuth. Only Traefik reaches
+//! `GET /auth/{circuit}?g=&m=[&c=1][&o=1][&rl=<n>/<s>][&p=<plugin>]`: Traefik's ForwardAuth. Only Traefik reaches
 //! it (the port is loopback and Traefik's setup router forwards nothing but `/_appproxy/*`).
 //! The decision is `decision::decide` (pure); this shell reads the request, runs the plugin
 //! stage and the endpoint's rate limit after an allow, records an authorized WebSocket and
@@ -142,8 +142,19 @@ pub(super) async fn auth(
         return refuse(&g, headers, e, "bad_address");
     };
     let plugin = q.as_mut().and_then(|q| q.remove("p"));
+    let counted_here = q
+        .as_ref()
+        .and_then(|q| q.get("c"))
+        .is_some_and(|c| c == "1");
     match decision::decide(&forwarded(headers), t, &g.keys, &g.revoked, &settings) {
-        Ok(a) => allowed(&g, t, headers, a, plugin.as_deref(), limit).await,
+        Ok(a) => {
+            let resp = allowed(&g, t, headers, a, plugin.as_deref(), limit).await;
+            // `c=1`: the circuit's router writes no access log; what is let through counts here.
+            if counted_here && resp.status() == StatusCode::OK {
+                g.activity.request(t.circuit, crate::activity::now_ms());
+            }
+            resp
+        }
         Err(d) => {
             let e = GateError::new(d.status(), d.code(), d.message());
             // A browser that lost its access (revoked, no or a bad cookie) gets the way back.

@@ -24,6 +24,9 @@ pub struct Event {
     pub at_ms: i64,
     /// A WebSocket that just closed.
     pub websocket_closed: bool,
+    /// Whether it counts as a request: not when it comes from a circuit's WebSocket twin
+    /// router (`ap-<id>-ws`), whose upgrade authgate already counted at ForwardAuth.
+    pub counted: bool,
 }
 
 /// Why a record was not applied.
@@ -193,7 +196,8 @@ pub fn event(r: &LogRecord, now_ms: i64) -> Result<Event, Reject> {
     classify(r, now_ms).event
 }
 
-/// The circuit of a router name `ap-<id>@etcd` (not its `-auth`/`-ipallow` helpers).
+/// The circuit of a router name `ap-<id>@etcd` or its WebSocket twin `ap-<id>-ws@etcd` (not
+/// its `-auth`/`-ipallow` helpers).
 fn circuit_of_router(router: &str) -> Option<Uuid> {
     let name = router.strip_suffix("@etcd")?;
     appproxy_common::names::circuit_of_object(name)
@@ -228,6 +232,7 @@ fn event_of(f: Fields, r: &LogRecord, now_ms: i64) -> Result<Event, Reject> {
         circuit,
         at_ms,
         websocket_closed,
+        counted: !router.ends_with("-ws@etcd"),
     })
 }
 
@@ -325,7 +330,8 @@ mod tests {
             Ok(Event {
                 circuit: c,
                 at_ms: 1_000,
-                websocket_closed: false
+                websocket_closed: false,
+                counted: true,
             })
         );
         assert_eq!(got[1], Err(Reject::NotForwarded));
@@ -334,7 +340,8 @@ mod tests {
             Ok(Event {
                 circuit: c,
                 at_ms: 1_000,
-                websocket_closed: true
+                websocket_closed: true,
+                counted: true,
             })
         );
         assert_eq!(got[3], Err(Reject::NotCircuit));
@@ -346,6 +353,29 @@ mod tests {
         assert_eq!(got[5].as_ref().unwrap().circuit, c);
         assert_eq!(got[6], Err(Reject::Malformed));
         assert_eq!(got[7], Err(Reject::Malformed));
+        // The WebSocket twin router of a circuit counted at ForwardAuth: its record ends the
+        // socket and counts no request (ForwardAuth counted the upgrade).
+        let twin = record(
+            vec![
+                router(&format!("ap-{c}-ws@etcd")),
+                kv("DownstreamStatus", Value::IntValue(0)),
+                kv("request_Upgrade", Value::StringValue("websocket".into())),
+                kv(WEBSOCKET_KEY_FIELD, Value::StringValue("k1".into())),
+            ],
+            None,
+            1_000,
+        );
+        let classified = classify(&twin, 5_000);
+        assert_eq!(
+            classified.event,
+            Ok(Event {
+                circuit: c,
+                at_ms: 1_000,
+                websocket_closed: true,
+                counted: false,
+            })
+        );
+        assert_eq!(classified.websocket_ended, Some((c, "k1".into())));
     }
 
     #[test]

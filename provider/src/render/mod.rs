@@ -228,7 +228,8 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         }
         mws.push(m);
     }
-    if !c.open_to_public || c.auth_plugin.is_some() || rate_limit(c).is_some() {
+    let forward_auth = !c.open_to_public || c.auth_plugin.is_some() || rate_limit(c).is_some();
+    if forward_auth {
         mws.push(render_forward_auth(&mut kv, worker, c));
     }
     let inference = c.app_mode == AppMode::Inference;
@@ -250,6 +251,9 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         kv.insert(format!("{r}/middlewares/{i}"), m.clone());
     }
     render_tls(&mut kv, &r, worker, true);
+    if forward_auth {
+        counted_at_forward_auth(&mut kv, &r, c);
+    }
     let s = format!("http/services/{name}/loadBalancer");
     render_servers(&mut kv, &s, c);
     if inference {
@@ -258,14 +262,39 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
     kv
 }
 
+/// A circuit behind ForwardAuth is counted there: authgate sees every request it lets through
+/// (`c=1` in the address), so the circuit's router writes no access-log record (exporting one
+/// per request halved Traefik's throughput, issue 19). Its WebSocket upgrades take a twin
+/// router (same entry points, middlewares, service and TLS; a longer rule, so it wins) that
+/// keeps the access log: the record of a closed socket is how authgate learns it ended.
+fn counted_at_forward_auth(kv: &mut Kv, r: &str, c: &Circuit) {
+    if c.protocol == Protocol::Http {
+        let ws = format!("http/routers/{}", names::websocket_router(c.id));
+        let own: Vec<(String, String)> = kv
+            .range(format!("{r}/")..)
+            .take_while(|(k, _)| k.starts_with(&format!("{r}/")))
+            .map(|(k, v)| (k[r.len()..].to_string(), v.clone()))
+            .collect();
+        for (suffix, v) in own {
+            let v = match suffix.as_str() {
+                "/rule" => format!("({v}) && HeaderRegexp(`Upgrade`, `(?i)^websocket$`)"),
+                _ => v,
+            };
+            kv.insert(format!("{ws}{suffix}"), v);
+        }
+    }
+    kv.insert(format!("{r}/observability/accessLogs"), "false".into());
+}
+
 /// The circuit's ForwardAuth middleware to authgate; returns its name.
 fn render_forward_auth(kv: &mut Kv, worker: &Worker, c: &Circuit) -> String {
     let m = names::auth_middleware(c.id);
     let fa = format!("http/middlewares/{m}/forwardAuth");
     // `p=<plugin>`: authgate runs that plugin (its config comes over the worker API, never
     // through etcd).
+    // `c=1`: authgate counts the requests it lets through (the router writes no access log).
     let mut address = format!(
-        "{}/auth/{}?g={}&m={}",
+        "{}/auth/{}?g={}&m={}&c=1",
         worker.authgate_base(),
         c.id.as_hyphenated(),
         c.generation,

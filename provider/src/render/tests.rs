@@ -72,17 +72,60 @@ fn port_mode_private_http() {
     check(
         &render_circuit(&w, &c),
         "
-        http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/address = http://127.0.0.1:10201/auth/0b6c2f7e-1111-4a2b-8c3d-1234567890ab?g=3&m=interactive
+        http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/address = http://127.0.0.1:10201/auth/0b6c2f7e-1111-4a2b-8c3d-1234567890ab?g=3&m=interactive&c=1
         http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/authResponseHeaders/0 = Cookie
         http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/authResponseHeaders/1 = Referer
         http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/maxResponseBodySize = 65536
         http/middlewares/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth/forwardAuth/trustForwardHeader = false
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-ws/entryPoints/0 = port_10206
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-ws/middlewares/0 = ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-ws/rule = (PathPrefix(`/`)) && HeaderRegexp(`Upgrade`, `(?i)^websocket$`)
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-ws/service = ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab
         http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/entryPoints/0 = port_10206
         http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/middlewares/0 = ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab-auth
+        http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/observability/accessLogs = false
         http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/rule = PathPrefix(`/`)
         http/routers/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/service = ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab
         http/services/ap-0b6c2f7e-1111-4a2b-8c3d-1234567890ab/loadBalancer/servers/0/url = http://10.0.0.5:8888
         ",
+    );
+}
+
+#[test]
+fn circuits_behind_forward_auth_log_only_their_websockets() {
+    let w = worker(FrontendMode::Wildcard, Protocol::Http);
+    let mut c = circuit(
+        Frontend::Subdomain("lab".into()),
+        Protocol::Http,
+        vec![route("10.0.0.5", 8888, 1.0, Protocol::Http)],
+    );
+    let kv = render_circuit(&w, &c);
+    let (r, ws) = (
+        format!("http/routers/ap-{CID}"),
+        format!("http/routers/ap-{CID}-ws"),
+    );
+    assert_eq!(kv[&format!("{r}/observability/accessLogs")], "false");
+    assert_eq!(
+        kv[&format!("{ws}/rule")],
+        "(Host(`lab.apps.example.com`)) && HeaderRegexp(`Upgrade`, `(?i)^websocket$`)"
+    );
+    assert!(!kv.contains_key(&format!("{ws}/observability/accessLogs")));
+    for k in ["service", "middlewares/0", "entryPoints/0"] {
+        assert_eq!(kv[&format!("{ws}/{k}")], kv[&format!("{r}/{k}")], "{k}");
+    }
+    assert_eq!(group_of(&format!("{ws}/rule")), Some(Group::Circuit(c.id)));
+    // gRPC has no WebSocket: no twin, still counted at ForwardAuth.
+    c.protocol = Protocol::Grpc;
+    let kv = render_circuit(&w, &c);
+    assert!(!kv.keys().any(|k| k.starts_with(&ws)));
+    assert_eq!(kv[&format!("{r}/observability/accessLogs")], "false");
+    // Public (no ForwardAuth): every request is logged, as before.
+    c.protocol = Protocol::Http;
+    c.open_to_public = true;
+    let kv = render_circuit(&w, &c);
+    assert!(
+        !kv.keys()
+            .any(|k| k.starts_with(&ws) || k.contains("observability"))
     );
 }
 
@@ -253,7 +296,8 @@ fn h2_and_grpc_use_h2c_and_inference_strips_authorization() {
         "Authorization"
     );
     assert!(
-        kv[&format!("http/middlewares/ap-{CID}-auth/forwardAuth/address")].ends_with("m=inference")
+        kv[&format!("http/middlewares/ap-{CID}-auth/forwardAuth/address")]
+            .ends_with("m=inference&c=1")
     );
 }
 
@@ -412,7 +456,7 @@ fn plugins_are_named_in_the_address_and_their_headers_listed() {
     });
     let kv = render_circuit(&w, &c);
     let fa = format!("http/middlewares/ap-{CID}-auth/forwardAuth");
-    assert!(kv[&format!("{fa}/address")].ends_with("&m=interactive&p=api-keys"));
+    assert!(kv[&format!("{fa}/address")].ends_with("&m=interactive&c=1&p=api-keys"));
     assert_eq!(
         kv[&format!("{fa}/authResponseHeadersRegex")],
         "(?i)^x[-_]plugin[-_]"
@@ -450,7 +494,7 @@ fn an_endpoint_rate_limit_puts_even_a_public_endpoint_behind_authgate() {
     });
     let kv = render_circuit(&w, &c);
     assert!(
-        kv[&fa].ends_with("&m=inference&o=1&rl=50/10"),
+        kv[&fa].ends_with("&m=inference&c=1&o=1&rl=50/10"),
         "{}",
         kv[&fa]
     );
@@ -459,7 +503,7 @@ fn an_endpoint_rate_limit_puts_even_a_public_endpoint_behind_authgate() {
         format!("ap-{CID}-auth")
     );
     c.open_to_public = false;
-    assert!(render_circuit(&w, &c)[&fa].ends_with("&m=inference&rl=50/10"));
+    assert!(render_circuit(&w, &c)[&fa].ends_with("&m=inference&c=1&rl=50/10"));
 }
 
 #[test]
