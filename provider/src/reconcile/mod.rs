@@ -19,8 +19,8 @@
 //! broadcast (`nudges`), so a write on a follower reaches the leader's reconciler at once.
 //!
 //! Whole circuits go into transactions of at most `max_txn_ops` operations. Passes start at
-//! once when idle, at most one per `min_interval`; nudges that arrive during a pass are served
-//! by the next one, so a burst of creates costs Traefik a few reloads instead of one per
+//! once when idle, two in a row at once, then at most one per `min_interval` (`pace::Spacing`);
+//! nudges that arrive during a pass are served by the next one, so a burst of creates costs Traefik a few reloads instead of one per
 //! circuit. A worker just written is left alone for as long as its Traefik needs to take the
 //! transactions in (`pace`): Traefik rebuilds its whole configuration per transaction.
 
@@ -338,10 +338,11 @@ impl Reconciler {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let watcher = tokio::spawn(self.clone().watch_foreign(shutdown.clone()));
         let mut backoff = Duration::from_millis(100);
-        let mut last_pass: Option<std::time::Instant> = None;
+        let mut spacing = pace::Spacing::new(self.min_interval);
         loop {
-            // Space passes: during a burst, the changes of one window go out together.
-            if let Some(wait) = last_pass.and_then(|t| self.min_interval.checked_sub(t.elapsed())) {
+            // Space passes: during a burst, the changes of one window go out together (the
+            // first two of a burst go at once: a change right after a pass is not held).
+            if let Some(wait) = spacing.wait(std::time::Instant::now()) {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => break,
@@ -362,7 +363,7 @@ impl Reconciler {
             };
             if !dirty.is_empty() {
                 let started = std::time::Instant::now();
-                last_pass = Some(started);
+                spacing.spend(started);
                 match self.pass(&dirty).await {
                     Ok(()) => {
                         backoff = Duration::from_millis(100);

@@ -18,6 +18,8 @@ pub(crate) struct Results {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_to_live: Option<Vec<Live>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_update: Option<RouteUpdate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<Burst>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_overhead: Option<AuthRuns>,
@@ -39,6 +41,18 @@ pub(crate) struct Results {
     pub https: Option<Https>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<Machine>,
+}
+
+/// The Manager's way to an inference endpoint: create it (no replicas yet), then
+/// `bulk/routes` at once; from the routes call until Traefik answers 200. Baseline: a create
+/// that carries its route, in the same run.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RouteUpdate {
+    pub update_ms: Vec<f64>,
+    pub create_ms: Vec<f64>,
+    pub update_p50: f64,
+    pub update_p99: f64,
+    pub create_p50: f64,
 }
 
 /// Create → live at one preload: provider samples against raw etcd transactions.
@@ -229,6 +243,12 @@ pub(crate) fn table(r: &Results) -> String {
     ];
     for c in r.create_to_live.iter().flatten() {
         rows.push(live_row(c));
+    }
+    if let Some(u) = &r.route_update {
+        rows.push(format!(
+            "| route update → live (endpoint create, then `bulk/routes` at once) | p50 {:.1} ms, p99 {:.1} ms | create with its route p50 {:.1} ms | report | — |",
+            u.update_p50, u.update_p99, u.create_p50
+        ));
     }
     if let Some(b) = &r.burst {
         rows.push(burst_row(b));

@@ -3,10 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::{
     Bench,
     probes::{ms, pct, raw_put, settle, until_200},
-    report::Live,
+    report::{Live, RouteUpdate},
 };
 
 pub(crate) async fn run(b: &mut Bench) {
@@ -45,4 +47,63 @@ pub(crate) async fn run(b: &mut Bench) {
         figure.push(Live::new(preload, prov, base));
     }
     b.results.create_to_live = Some(figure);
+    b.results.route_update = Some(route_update(b).await);
+}
+
+/// Endpoints created as the Manager does it: the endpoint first (no replicas: its URL serves
+/// nothing), then `bulk/routes` right away; timed from the routes call until Traefik answers
+/// 200. Alternated with creates that carry their route.
+async fn route_update(b: &mut Bench) -> RouteUpdate {
+    let (mut update, mut create) = (Vec::new(), Vec::new());
+    for i in 0..b.sz.samples {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let id = uuid::Uuid::new_v4();
+        let name = format!("ep{i}x{}", &id.simple().to_string()[..6]);
+        let body = json!({"deployment_id": id, "service_name": name, "open_to_public": true,
+                          "tags": {"session": {}, "endpoint": {"id": id}}});
+        let (s, v) = b
+            .stack
+            .manager(
+                reqwest::Method::POST,
+                &format!("/v2/endpoints/{id}"),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(s, 200, "endpoint create: {v}");
+        let routes = json!({"endpoints": [{"deployment_id": id, "routes": [{
+            "session_id": uuid::Uuid::new_v4(), "route_id": uuid::Uuid::new_v4(),
+            "kernel_host": "127.0.0.1", "kernel_port": b.echo.port, "traffic_ratio": 1.0}]}]});
+        let t = Instant::now();
+        let (s, v) = b
+            .stack
+            .manager(
+                reqwest::Method::POST,
+                "/v2/endpoints/bulk/routes",
+                Some(&routes),
+            )
+            .await;
+        assert_eq!(s, 200, "bulk/routes: {v}");
+        until_200(&b.http, b.apps, &format!("{name}.bench.test")).await;
+        update.push(ms(t.elapsed()));
+        b.loaded += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let sub = format!("withroute{i}");
+        let t = Instant::now();
+        b.stack.create(&b.create(sub.clone())).await;
+        until_200(&b.http, b.apps, &format!("{sub}.bench.test")).await;
+        create.push(ms(t.elapsed()));
+        b.loaded += 1;
+    }
+    let u = RouteUpdate {
+        update_p50: pct(&update, 0.5),
+        update_p99: pct(&update, 0.99),
+        create_p50: pct(&create, 0.5),
+        update_ms: update,
+        create_ms: create,
+    };
+    println!(
+        "route update→live: p50 {:.1} ms p99 {:.1} ms | create with its route p50 {:.1} ms",
+        u.update_p50, u.update_p99, u.create_p50
+    );
+    u
 }
