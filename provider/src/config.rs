@@ -549,6 +549,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most routes one circuit may carry.
     pub max_routes_per_circuit: usize,
+    /// Requests the API works on at once; more wait their turn (each holds SQL rows and JSON
+    /// while it runs, so this bounds the provider's memory under a flood).
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for Limits {
@@ -556,6 +559,7 @@ impl Default for Limits {
         Self {
             max_body_bytes: 256 * 1024,
             max_routes_per_circuit: 256,
+            max_concurrent_requests: 128,
         }
     }
 }
@@ -564,6 +568,9 @@ impl Limits {
     fn check(&self, errs: &mut Vec<String>) {
         if self.max_body_bytes < 1024 {
             errs.push("limits.max_body_bytes must be at least 1024".into());
+        }
+        if !(1..=65_536).contains(&self.max_concurrent_requests) {
+            errs.push("limits.max_concurrent_requests must be 1-65536".into());
         }
     }
 }

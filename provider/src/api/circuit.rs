@@ -1,6 +1,11 @@
 //! Circuits: Backend.AI's `/api/circuit*` and our `/v2/circuits`, `/v2/sessions` extensions.
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
 use serde_json::{Value, json};
 
 use super::{
@@ -98,22 +103,84 @@ pub(super) async fn delete_session(
     Ok(Json(json!({ "success": true, "deleted_circuit_ids": ids })))
 }
 
+/// Circuits per page of a listing: `GET /v2/circuits` streams its answer a page at a time,
+/// so listing 10k circuits holds one page in memory, not the whole list twice (rows and JSON).
+const LIST_PAGE: i64 = 256;
+
 pub(super) async fn list(
     State(state): State<AppState>,
     _: ManagerAuth,
     QueryParams(q): QueryParams<ListCircuitsQuery>,
-) -> Result<Json<CircuitList<CircuitResponse>>, ApiError> {
+) -> Result<Response, ApiError> {
     let listing = Listing {
         session_id: q.session_id,
         user_id: q.user_id,
         worker: q.worker,
     };
-    let found = state.circuits().list(&listing).await?;
-    let circuits = found
-        .iter()
-        .map(|(c, w)| circuit_response(c, w.as_ref()))
-        .collect();
-    Ok(Json(CircuitList { circuits }))
+    let Some((filter, workers)) = state.circuits().list_scope(&listing).await? else {
+        let none: CircuitList<CircuitResponse> = CircuitList {
+            circuits: Vec::new(),
+        };
+        return Ok(Json(none).into_response());
+    };
+    // The first page before the status: a failing database is still a proper error.
+    let first = state.circuits().list_page(&filter, None, LIST_PAGE).await?;
+    let pages = ListPages {
+        state,
+        filter,
+        workers,
+        page: Some(first),
+        started: false,
+    };
+    let body = axum::body::Body::from_stream(futures_util::stream::unfold(pages, ListPages::next));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The pages of a streamed listing: `{"circuits":[` … `]}`, a chunk per page. A database
+/// failure after the first page ends the body early (the client sees a truncated answer,
+/// never a wrong one).
+struct ListPages {
+    state: AppState,
+    filter: crate::store::CircuitFilter,
+    workers: Vec<crate::domain::Worker>,
+    page: Option<Vec<crate::domain::Circuit>>,
+    started: bool,
+}
+
+impl ListPages {
+    async fn next(mut self) -> Option<(Result<Vec<u8>, std::io::Error>, ListPages)> {
+        let page = self.page.take()?;
+        let mut buf = Vec::with_capacity(page.len() * 512 + 16);
+        if !self.started {
+            buf.extend_from_slice(b"{\"circuits\":[");
+        }
+        for c in &page {
+            if self.started {
+                buf.push(b',');
+            }
+            self.started = true;
+            let w = self.workers.iter().find(|w| w.id == c.worker_id);
+            if let Err(e) = serde_json::to_writer(&mut buf, &circuit_response(c, w)) {
+                return Some((Err(std::io::Error::other(e)), self));
+            }
+        }
+        self.started = true;
+        if (page.len() as i64) < LIST_PAGE {
+            buf.extend_from_slice(b"]}");
+            return Some((Ok(buf), self));
+        }
+        match (self.state.circuits())
+            .list_page(&self.filter, page.last(), LIST_PAGE)
+            .await
+        {
+            Ok(next) => self.page = Some(next),
+            Err(e) => {
+                tracing::warn!(error = %e, "Circuit listing ended early");
+                return Some((Err(std::io::Error::other(e.to_string())), self));
+            }
+        }
+        Some((Ok(buf), self))
+    }
 }
 
 pub(super) async fn create(

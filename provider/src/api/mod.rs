@@ -128,6 +128,10 @@ pub fn app(state: AppState) -> Router<()> {
         .fallback(|| async { ApiError::UrlNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
+        // One semaphore for every route (a per-route limit would multiply it).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            state.config.limits.max_concurrent_requests,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             common_headers,

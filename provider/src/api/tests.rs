@@ -572,3 +572,64 @@ async fn a_dead_redis_lets_api_requests_through_and_counts_them() {
         .get();
     assert_eq!(unchecked, 3);
 }
+
+#[tokio::test]
+async fn listings_stream_page_by_page_and_stay_whole() {
+    let api = api().await;
+    let spec = json!({
+        "authority": "wide", "frontend_mode": "wildcard", "protocol": "http",
+        "hostname": "apps.example.com", "api_port": 10201,
+        "wildcard_domain": ".apps.example.com",
+    });
+    let (s, v) = api.manager(Method::PUT, "/api/worker", Some(spec)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // More than two pages (256 each), so the stream joins three chunks.
+    let n = 2 * 256 + 7;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (s, v) = api
+            .manager(Method::POST, "/v2/circuits", Some(create_body("wide")))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let (s, v, h) = api
+        .call(Some(MANAGER), Method::GET, "/v2/circuits", None, &[])
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-type"], "application/json");
+    let listed: Vec<String> = v["circuits"]
+        .as_array()
+        .expect("a whole JSON document")
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, ids, "every circuit once, in creation order");
+    assert!(
+        v["circuits"][0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(".apps.example.com")
+    );
+    // An unknown worker lists nothing; a filter still applies across pages.
+    let (_, v, _) = api
+        .call(
+            Some(MANAGER),
+            Method::GET,
+            "/v2/circuits?worker=nope",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(v, json!({"circuits": []}));
+    let (_, v, _) = api
+        .call(
+            Some(MANAGER),
+            Method::GET,
+            "/v2/circuits?worker=wide",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(v["circuits"].as_array().unwrap().len(), n);
+}

@@ -131,11 +131,16 @@ impl<'a> Circuits<'a> {
     }
 
     /// Circuits matching `q`, each with its worker.
-    pub async fn list(&self, q: &Listing) -> Result<Vec<(Circuit, Option<Worker>)>, ApiError> {
+    /// What a listing reads: its SQL filter and the workers (for the circuits' URLs); `None`
+    /// when it names a worker that does not exist (nothing to list).
+    pub async fn list_scope(
+        &self,
+        q: &Listing,
+    ) -> Result<Option<(CircuitFilter, Vec<Worker>)>, ApiError> {
         let worker_id = match &q.worker {
             Some(a) => match self.store.worker_by_authority(a).await? {
                 Some(w) => Some(w.id),
-                None => return Ok(Vec::new()),
+                None => return Ok(None),
             },
             None => None,
         };
@@ -144,15 +149,18 @@ impl<'a> Circuits<'a> {
             user_id: q.user_id,
             worker_id,
         };
-        let circuits = self.store.list_circuits(&filter).await?;
-        let workers = self.store.list_workers().await?;
-        Ok(circuits
-            .into_iter()
-            .map(|c| {
-                let w = workers.iter().find(|w| w.id == c.worker_id).cloned();
-                (c, w)
-            })
-            .collect())
+        Ok(Some((filter, self.store.list_workers().await?)))
+    }
+
+    /// One page of a listing ([`Circuits::list_scope`]): at most `limit` circuits after
+    /// `after`.
+    pub async fn list_page(
+        &self,
+        filter: &CircuitFilter,
+        after: Option<&Circuit>,
+        limit: i64,
+    ) -> Result<Vec<Circuit>, ApiError> {
+        Ok(self.store.list_circuits_page(filter, after, limit).await?)
     }
 
     /// The worker for a new circuit: the named one (if it can take it) or the best ranked

@@ -265,17 +265,32 @@ impl Store {
     }
 
     pub async fn list_circuits(&self, f: &CircuitFilter) -> Result<Vec<Circuit>, StoreError> {
+        self.list_circuits_page(f, None, i64::MAX).await
+    }
+
+    /// Circuits matching `f` in (creation time, id) order, after `after` (the last one of the
+    /// previous page), at most `limit`: a listing read page by page holds one page at a time.
+    pub async fn list_circuits_page(
+        &self,
+        f: &CircuitFilter,
+        after: Option<&Circuit>,
+        limit: i64,
+    ) -> Result<Vec<Circuit>, StoreError> {
         self.measured("list_circuits", async move {
             // One optional filter per column; NULL parameters match everything.
             let rows = sqlx::query(q(format!(
                 "SELECT {CIRCUIT_COLS} FROM circuits c WHERE \
                  ($1 IS NULL OR c.worker_id = $1) AND ($2 IS NULL OR c.user_id = $2) AND \
-                 ($3 IS NULL OR EXISTS (SELECT 1 FROM routes r WHERE r.circuit_id = c.id AND r.session_id = $3)) \
-                 ORDER BY c.created_at, c.id"
+                 ($3 IS NULL OR EXISTS (SELECT 1 FROM routes r WHERE r.circuit_id = c.id AND r.session_id = $3)) AND \
+                 ($4 IS NULL OR c.created_at > $4 OR (c.created_at = $4 AND c.id > $5)) \
+                 ORDER BY c.created_at, c.id LIMIT $6"
             )))
             .bind(f.worker_id.map(|u| u.to_string()))
             .bind(f.user_id.map(|u| u.to_string()))
             .bind(f.session_id.map(|u| u.to_string()))
+            .bind(after.map(|c| c.created_at_ms))
+            .bind(after.map(|c| c.id.to_string()))
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
             self.attach_routes(rows).await
