@@ -196,8 +196,35 @@ pub(crate) fn wrk(url: &str, secs: u64, headers: &[(&str, &str)]) -> WrkRun {
 
 /// wrk for `secs` at `conns` connections: requests per second, p50/p99, non-2xx answers.
 pub(crate) fn wrk_c(url: &str, secs: u64, conns: u32, headers: &[(&str, &str)]) -> WrkRun {
-    let mut cmd = Command::new("wrk");
-    let threads = conns.clamp(1, 2);
+    wrk_on(None, url, secs, conns, headers)
+}
+
+/// Pin every thread of process `pid` to the CPUs in `list` (`taskset -a -c -p`); whether it
+/// worked.
+pub(crate) fn pin(pid: u32, list: &str) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-c", "-p", list, &pid.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// [`wrk_c`] with wrk itself on the CPUs in `cpus` (one thread) when given.
+pub(crate) fn wrk_on(
+    cpus: Option<&str>,
+    url: &str,
+    secs: u64,
+    conns: u32,
+    headers: &[(&str, &str)],
+) -> WrkRun {
+    let mut cmd = match cpus {
+        Some(list) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", list, "wrk"]);
+            c
+        }
+        None => Command::new("wrk"),
+    };
+    let threads = if cpus.is_some() { 1 } else { conns.clamp(1, 2) };
     cmd.args([
         &format!("-t{threads}"),
         &format!("-c{conns}"),

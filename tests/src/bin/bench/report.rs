@@ -25,6 +25,9 @@ pub(crate) struct Results {
     pub auth_overhead: Option<AuthRuns>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authgate_alone: Option<WrkRun>,
+    /// authgate alone with wrk (one thread) pinned to the last CPU and authgate to the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authgate_alone_pinned: Option<WrkRun>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<PluginFigure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -255,6 +258,14 @@ pub(crate) fn table(r: &Results) -> String {
     }
     if let Some(AuthRuns::Runs(runs)) = &r.auth_overhead {
         rows.extend(auth_rows(runs, r.authgate_alone.as_ref()));
+    }
+    if let Some(d) = &r.authgate_alone_pinned {
+        rows.push(format!(
+            "| authgate alone, `/auth`, wrk c=32 on its own CPU (`taskset`) | {} decisions/s, p99 {} ms | — | p99 ≤ 2 ms | {} |",
+            f(d.rps),
+            d.p99_ms.map_or("n/a".into(), |x| format!("{x:.3}")),
+            yes(d.p99_ms.is_some_and(|p| p <= 2.0))
+        ));
     }
     if let Some(i) = &r.ingestion {
         rows.push(format!(
