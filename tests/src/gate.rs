@@ -27,6 +27,9 @@ pub struct WorkerSpec {
     pub env: Vec<(String, String)>,
     /// Start authgate without `CAP_NET_ADMIN` (`setpriv --bounding-set=-net_admin`).
     pub without_net_admin: bool,
+    /// Start authgate on these CPUs only (`taskset -c`): it sizes its serving threads from
+    /// the CPUs it may use.
+    pub cpus: Option<String>,
     /// Its Traefik's extra `traefik-config` arguments and environment (HTTPS, ACME).
     pub traefik: crate::TraefikExtra,
 }
@@ -62,6 +65,7 @@ impl WorkerSpec {
             login_url: None,
             env: Vec::new(),
             without_net_admin: false,
+            cpus: None,
             traefik: crate::TraefikExtra::default(),
         }
     }
@@ -238,14 +242,16 @@ impl GatedWorker {
 
     /// Start authgate without waiting for anything (it may exit at once).
     fn spawn_authgate(&mut self) {
-        let bin = workspace_bin("appproxy-authgate");
-        let mut cmd = if self.spec.without_net_admin {
-            let mut c = Command::new("setpriv");
-            c.arg("--bounding-set=-net_admin").arg(bin);
-            c
-        } else {
-            Command::new(bin)
-        };
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(list) = &self.spec.cpus {
+            argv.extend(["taskset".into(), "-c".into(), list.into()]);
+        }
+        if self.spec.without_net_admin {
+            argv.extend(["setpriv".into(), "--bounding-set=-net_admin".into()]);
+        }
+        argv.push(workspace_bin("appproxy-authgate").into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.arg("serve")
             .envs(self.env.iter().cloned())
             .env("RUST_LOG", "info");

@@ -199,15 +199,6 @@ pub(crate) fn wrk_c(url: &str, secs: u64, conns: u32, headers: &[(&str, &str)]) 
     wrk_on(None, url, secs, conns, headers)
 }
 
-/// Pin every thread of process `pid` to the CPUs in `list` (`taskset -a -c -p`); whether it
-/// worked.
-pub(crate) fn pin(pid: u32, list: &str) -> bool {
-    Command::new("taskset")
-        .args(["-a", "-c", "-p", list, &pid.to_string()])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// [`wrk_c`] with wrk itself on the CPUs in `cpus` (one thread) when given.
 pub(crate) fn wrk_on(
     cpus: Option<&str>,

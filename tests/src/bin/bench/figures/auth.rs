@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::{
     Bench,
     probes::{
-        cpu_secs, pid_listening, pin, profiled, raw_forward_auth, settle, start_nginx,
+        cpu_secs, pid_listening, profiled, raw_forward_auth, settle, start_nginx,
         tcp_passive_opens, until_200, until_200_with, wrk, wrk_c, wrk_on,
     },
     report::{AUTH_ROUNDS, AuthRuns, PluginFigure, WrkRun},
@@ -68,7 +68,7 @@ pub(crate) async fn run(b: &mut Bench) {
         wrk(&auth_url(b, &private), b.sz.wrk_secs, &headers)
     });
     print(&runs, &direct, nginx.is_some());
-    let pinned = pinned_direct(b, &private);
+    let pinned = pinned_direct(b, &private).await;
     b.results.auth_overhead = Some(AuthRuns::Runs(runs));
     b.results.authgate_alone = Some(direct);
     b.results.authgate_alone_pinned = pinned;
@@ -242,19 +242,16 @@ fn print(runs: &BTreeMap<String, WrkRun>, direct: &WrkRun, nginx: bool) {
     );
 }
 
-/// authgate alone with the load generator kept off its CPUs: authgate's threads on every CPU
-/// but the last, wrk (one thread) on the last; affinity restored after. `None` on a single
-/// CPU or without `taskset`.
-fn pinned_direct(b: &Bench, p: &Private) -> Option<WrkRun> {
+/// authgate alone with the load generator kept off its CPUs: authgate restarted on every CPU
+/// but the last (it sizes its serving threads from them), wrk (one thread) on the last; then
+/// authgate restarted on all CPUs again. `None` on a single CPU.
+async fn pinned_direct(b: &mut Bench, p: &Private) -> Option<WrkRun> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
         return None;
     }
-    let gate = Some(pid_listening(b.w.port)).filter(|p| *p != 0)?;
     let (others, last) = (format!("0-{}", cpus - 2), (cpus - 1).to_string());
-    if !pin(gate, &others) {
-        return None;
-    }
+    restart_gate(b, Some(others.clone())).await;
     settle(&b.traefiks);
     let headers = [
         ("X-Forwarded-Method", "GET"),
@@ -263,12 +260,20 @@ fn pinned_direct(b: &Bench, p: &Private) -> Option<WrkRun> {
         ("Cookie", p.cookie.as_str()),
     ];
     let run = wrk_on(Some(&last), &auth_url(b, p), b.sz.wrk_secs, 32, &headers);
-    pin(gate, &format!("0-{}", cpus - 1));
+    restart_gate(b, None).await;
     println!(
-        "authgate alone, pinned (authgate on CPUs {others}, wrk on {last}): {:?} req/s, p99 {:?} ms",
+        "authgate alone, started on CPUs {others}, wrk on {last}: {:?} req/s, p99 {:?} ms",
         run.rps, run.p99_ms
     );
     Some(run)
+}
+
+/// Restart the bench worker's authgate on `cpus` (all when `None`) and wait until it serves.
+async fn restart_gate(b: &mut Bench, cpus: Option<String>) {
+    b.w.stop_authgate();
+    b.w.spec.cpus = cpus;
+    b.w.start_authgate();
+    b.w.wait_ready(&b.http).await;
 }
 
 /// Added decision time of a trivial plugin: `/auth` at c=1, the cookie decision against the
