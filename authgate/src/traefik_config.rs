@@ -235,9 +235,15 @@ pub fn render_static(s: &Settings) -> String {
                 "endpoint": endpoint,
                 "headers": headers,
             } },
+            // Only what ingest reads: Traefik formats every kept field into the record's body
+            // and again into its attributes, under one lock, for every request (issue 19).
             "fields": {
-                "defaultMode": "keep",
-                "names": { "RequestPath": "drop", "ClientUsername": "drop" },
+                "defaultMode": "drop",
+                "names": {
+                    "RouterName": "keep",
+                    "OriginStatus": "keep",
+                    "DownstreamStatus": "keep",
+                },
                 "headers": { "defaultMode": "drop", "names": {
                     "Upgrade": "keep",
                     "Sec-Websocket-Key": "keep",
@@ -525,7 +531,11 @@ mod tests {
         let kept = &v["accessLog"]["fields"]["headers"]["names"];
         assert_eq!(kept["Sec-Websocket-Key"], "keep");
         assert_eq!(kept["Upgrade"], "keep");
-        assert_eq!(v["accessLog"]["fields"]["names"]["RequestPath"], "drop");
+        // Only the fields ingest reads: nothing else (the path may hold a setup token) leaves.
+        assert_eq!(v["accessLog"]["fields"]["defaultMode"], "drop");
+        let names = v["accessLog"]["fields"]["names"].as_object().unwrap();
+        let kept: Vec<&str> = names.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["DownstreamStatus", "OriginStatus", "RouterName"]);
         assert!(v["accessLog"].get("filePath").is_none());
     }
 
