@@ -2,7 +2,8 @@
 //! set once per window), so two providers behind one balancer, or several authgates, count
 //! against one budget. The window arithmetic and the key layout are pure and unit-tested; the
 //! one Redis call is bounded in time, so a dead Redis costs a request at most
-//! [`REDIS_TIMEOUT`] and the caller decides (fail open or closed).
+//! [`REDIS_TIMEOUT`] — and for [`BACKOFF`] after a failure nothing at all — and the caller
+//! decides (fail open or closed).
 //!
 //! A fixed window lets up to twice the limit through around a window's edge; that is the price
 //! of one round trip per request and no script.
@@ -128,7 +129,13 @@ pub enum LimitError {
     Redis(#[from] redis::RedisError),
     #[error("Redis did not answer within {} ms", REDIS_TIMEOUT.as_millis())]
     Timeout,
+    #[error("Redis failed less than {} ms ago; not asked again yet", BACKOFF.as_millis())]
+    Backoff,
 }
+
+/// After a failed check, how long checks fail at once instead of each waiting on a dead or
+/// hung Redis (with fail-open callers, every request would otherwise pay the timeout).
+pub const BACKOFF: Duration = Duration::from_secs(1);
 
 /// The Redis shell: one multiplexed connection, made on first use and again after a failure.
 pub struct Limiter {
@@ -138,6 +145,8 @@ pub struct Limiter {
     /// When a failure was last logged (epoch seconds), so an outage under load logs once
     /// every 10 s instead of once per request.
     warned: std::sync::atomic::AtomicU64,
+    /// Epoch ms until which checks fail at once ([`BACKOFF`] after a failure).
+    down_until_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Limiter {
@@ -147,6 +156,7 @@ impl Limiter {
             namespace: namespace.into(),
             conn: tokio::sync::Mutex::new(None),
             warned: std::sync::atomic::AtomicU64::new(0),
+            down_until_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -166,9 +176,17 @@ impl Limiter {
 
     /// Count one request of `id` in `scope` against `limit` (which must be on).
     pub async fn check(&self, scope: &str, id: &str, limit: &Limit) -> Result<Verdict, LimitError> {
+        use std::sync::atomic::Ordering;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        if now_ms < self.down_until_ms.load(Ordering::Relaxed) {
+            return Err(LimitError::Backoff);
+        }
+        let failed = || {
+            self.down_until_ms
+                .store(now_ms + BACKOFF.as_millis() as u64, Ordering::Relaxed)
+        };
         let (index, retry_after) = window(now_ms, limit.window_seconds);
         let key = key(&self.namespace, scope, id, index);
         let work = async {
@@ -189,8 +207,12 @@ impl Limiter {
         };
         match tokio::time::timeout(REDIS_TIMEOUT, work).await {
             Ok(Ok((count,))) => Ok(verdict(count, limit, retry_after)),
-            Ok(Err(e)) => Err(e.into()),
+            Ok(Err(e)) => {
+                failed();
+                Err(e.into())
+            }
             Err(_) => {
+                failed();
                 *self.conn.lock().await = None;
                 Err(LimitError::Timeout)
             }
@@ -275,5 +297,22 @@ mod tests {
             window_seconds: 0,
         };
         assert!(bad.check("x").unwrap_err().contains("x.window_seconds"));
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_checks_fail_at_once_for_the_backoff() {
+        // Nothing listens on port 1.
+        let l = Limiter::new(redis::Client::open("redis://127.0.0.1:1").unwrap(), "t/");
+        let limit = Limit::per_minute(5);
+        assert!(matches!(
+            l.check("s", "a", &limit).await,
+            Err(LimitError::Redis(_) | LimitError::Timeout)
+        ));
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            l.check("s", "a", &limit).await,
+            Err(LimitError::Backoff)
+        ));
+        assert!(started.elapsed() < Duration::from_millis(50));
     }
 }

@@ -1,5 +1,7 @@
-//! `GET /auth/{circuit}?g=&m=[&c=1][&o=1][&rl=<n>/<s>][&p=<plugin>]`: Traefik's ForwardAuth. Only Traefik reaches
-//! it (the port is loopback and Traefik's setup router forwards nothing but `/_appproxy/*`).
+//! `GET /auth/{circuit}?g=&m=[&c=1][&o=1][&rl=<n>/<s>][&p=<plugin>]`: Traefik's ForwardAuth.
+//! Only Traefik reaches it (the port is loopback and Traefik's setup router forwards nothing
+//! but `/_appproxy/*`). `c=1`: the circuit is counted here, `o=1`: public (no credential),
+//! `rl`: the endpoint's rate limit, `p`: its plugin.
 //! The decision is `decision::decide` (pure); this shell reads the request, runs the plugin
 //! stage and the endpoint's rate limit after an allow, records an authorized WebSocket and
 //! writes the answer.
