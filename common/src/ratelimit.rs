@@ -73,10 +73,11 @@ pub fn window(now_ms: u64, window_seconds: u64) -> (u64, u64) {
     (index, left_ms.div_ceil(1000).max(1))
 }
 
-/// The counter of `id` in `scope` for window `index`. Ids are addresses or digests, never a
+/// The counter of `id` in `scope` for window `index`, beside the other keys of the namespace
+/// (`appproxy:<ns>:…`, as `auth::redis_keys`). Ids are addresses or digests, never a
 /// credential.
 pub fn key(namespace: &str, scope: &str, id: &str, index: u64) -> String {
-    format!("{namespace}ratelimit:{scope}:{id}:{index}")
+    format!("appproxy:{namespace}:ratelimit:{scope}:{id}:{index}")
 }
 
 /// A short digest that stands for a credential in a key (never the credential itself).
@@ -287,8 +288,8 @@ mod tests {
         assert_eq!(d.len(), 24);
         assert!(!key("ns/", "api-token", &d, 5).contains("secret"));
         assert_eq!(
-            key("ns/", "addr", "127.0.0.1", 5),
-            "ns/ratelimit:addr:127.0.0.1:5"
+            key("traefik", "addr", "127.0.0.1", 5),
+            "appproxy:traefik:ratelimit:addr:127.0.0.1:5"
         );
         assert!(Limit::per_minute(1).check("x").is_ok());
         assert!(Limit::OFF.check("x").is_ok());
