@@ -42,6 +42,13 @@ pub fn cookie_name(circuit: Uuid, tls: bool) -> String {
     if tls { format!("__Host-{base}") } else { base }
 }
 
+/// Constant-time equality of two secrets: every byte is compared whatever the first
+/// difference, so a secret cannot be guessed byte by byte from response times (only the
+/// length shows).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Whether a cookie name is one of ours (any circuit, with or without a prefix).
 pub fn is_our_cookie(name: &str) -> bool {
     let n = name

@@ -77,7 +77,7 @@ impl MetricsAccess {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .unwrap_or("");
-        constant_time_eq(presented.as_bytes(), token.as_bytes())
+        crate::auth::same_secret(presented.as_bytes(), token.as_bytes())
     }
 
     /// Configuration errors (`what`: the section's name).
@@ -86,10 +86,6 @@ impl MetricsAccess {
             errs.push(format!("{what}.token must be at least 16 characters"));
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Request metrics per matched route: ours (`<prefix>_http_request_seconds{route,method}`,

@@ -45,6 +45,12 @@ fn item(id: Uuid, name: &str, public: bool, hc: Option<Value>) -> Value {
     })
 }
 
+/// The backend that answered: `<name>` of the echo's `backend=<name> path=…`.
+fn backend_of(body: &str) -> String {
+    let first = body.split_whitespace().next().unwrap_or("");
+    first.trim_start_matches("backend=").to_string()
+}
+
 fn route(session: Uuid, port: u16, ratio: f64) -> Value {
     json!({"session_id": session, "route_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
            "kernel_port": port, "traffic_ratio": ratio})
@@ -150,12 +156,7 @@ impl Env {
                 tasks.push(tokio::spawn(async move {
                     match req.send().await {
                         Ok(r) if r.status() == 200 => {
-                            let body = r.text().await.unwrap_or_default();
-                            body.split_whitespace()
-                                .next()
-                                .unwrap_or("")
-                                .trim_start_matches("backend=")
-                                .to_string()
+                            backend_of(&r.text().await.unwrap_or_default())
                         }
                         Ok(r) => format!("!{}", r.status().as_u16()),
                         Err(_) => "!error".into(),
@@ -562,8 +563,11 @@ impl Env {
                 let mut seen = Vec::new();
                 for i in 0..each {
                     let (s, _, body) = e2e::http_get(&http, &format!("{url}/c{c}/{i}"), &[]).await;
-                    let name = body.split_whitespace().next().unwrap_or("").to_string();
-                    seen.push(if s == 200 { name } else { format!("!{s}") });
+                    seen.push(if s == 200 {
+                        backend_of(&body)
+                    } else {
+                        format!("!{s}")
+                    });
                 }
                 seen
             }));
@@ -571,8 +575,7 @@ impl Env {
         let mut out = BTreeMap::new();
         for t in tasks {
             for name in t.await.unwrap() {
-                *out.entry(name.trim_start_matches("backend=").to_string())
-                    .or_insert(0) += 1;
+                *out.entry(name).or_insert(0) += 1;
             }
         }
         out

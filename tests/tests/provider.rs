@@ -1145,23 +1145,17 @@ async fn expired_revocations_are_pruned_from_redis() {
     assert!(left.contains_key("u:kept"));
 }
 
-/// `(status, Retry-After, body)` of a GET with an optional manager token.
-async fn get_limited(
+/// GET with the manager token when given: status, headers, body.
+async fn get_as(
     http: &reqwest::Client,
     url: &str,
     token: Option<&str>,
-) -> (u16, Option<u64>, Value) {
-    let mut req = http.get(url);
-    if let Some(t) = token {
-        req = req.header("X-BackendAI-Token", t);
-    }
-    let r = req.send().await.expect("provider answers");
-    let status = r.status().as_u16();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    (status, retry, r.json().await.unwrap_or(Value::Null))
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let headers: Vec<(&str, &str)> = token
+        .map(|t| ("X-BackendAI-Token", t))
+        .into_iter()
+        .collect();
+    e2e::http_get(http, url, &headers).await
 }
 
 /// Rate limits as Backend.AI's webserver has them, shared by two provider replicas through
@@ -1194,7 +1188,7 @@ async fn rate_limits_are_shared_by_replicas_and_answer_429_with_retry_after() {
     // Six launch calls from one address, alternating replicas: answered (a bad token is a
     // 4xx of its own); the seventh, on either replica, is 429.
     for i in 0..6 {
-        let (s, _, v) = get_limited(
+        let (s, _, v) = get_as(
             &one,
             &format!("{}/v2/proxy/auth?token=x", urls[i % 2]),
             None,
@@ -1203,28 +1197,23 @@ async fn rate_limits_are_shared_by_replicas_and_answer_429_with_retry_after() {
         assert_ne!(s, 429, "call {i}: {v}");
     }
     for url in &urls {
-        let (s, retry, v) = get_limited(&one, &format!("{url}/v2/proxy/auth?token=x"), None).await;
-        assert_eq!(s, 429, "{v}");
-        assert!(matches!(retry, Some(1..=60)), "Retry-After {retry:?}");
-        assert_eq!(
-            v["type"],
-            "https://api.backend.ai/probs/rate-limit-exceeded"
-        );
+        let (s, h, body) = get_as(&one, &format!("{url}/v2/proxy/auth?token=x"), None).await;
+        e2e::assert_rate_limited(s, &h, &body);
+        let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error_code"], "api_access_unavailable");
     }
     // Another address has its own budget.
-    let (s, _, v) = get_limited(&two, &format!("{}/v2/proxy/auth?token=x", urls[1]), None).await;
+    let (s, _, v) = get_as(&two, &format!("{}/v2/proxy/auth?token=x", urls[1]), None).await;
     assert_ne!(s, 429, "{v}");
 
     // The management API per token, across replicas.
     let token = stack.manager_token.clone();
     for i in 0..5 {
-        let (s, _, v) =
-            get_limited(&two, &format!("{}/v2/circuits", urls[i % 2]), Some(&token)).await;
+        let (s, _, v) = get_as(&two, &format!("{}/v2/circuits", urls[i % 2]), Some(&token)).await;
         assert_eq!(s, 200, "call {i}: {v}");
     }
-    let (s, retry, _) = get_limited(&one, &format!("{}/v2/circuits", urls[0]), Some(&token)).await;
-    assert_eq!((s, retry.is_some()), (429, true));
+    let (s, h, body) = get_as(&one, &format!("{}/v2/circuits", urls[0]), Some(&token)).await;
+    e2e::assert_rate_limited(s, &h, &body);
     // Real preflights on the real listener: the WebUI's launch routes answer any origin,
     // the management API none (the default `[cors]`).
     for (path, method, status) in [
@@ -1255,7 +1244,7 @@ async fn rate_limits_are_shared_by_replicas_and_answer_429_with_retry_after() {
     }
     // Probes and metrics are never limited.
     for _ in 0..10 {
-        let (s, _, _) = get_limited(&one, &format!("{}/health", urls[0]), None).await;
+        let (s, _, _) = get_as(&one, &format!("{}/health", urls[0]), None).await;
         assert_eq!(s, 200);
     }
     let metrics = e2e::metrics_text(&one, &urls[0]).await;
@@ -1266,7 +1255,7 @@ async fn rate_limits_are_shared_by_replicas_and_answer_429_with_retry_after() {
 
     // Redis down: the API answers (fail open) and counts what it let through.
     stack.kill_redis();
-    let (s, _, v) = get_limited(&one, &format!("{}/v2/circuits", urls[0]), Some(&token)).await;
+    let (s, _, v) = get_as(&one, &format!("{}/v2/circuits", urls[0]), Some(&token)).await;
     assert_eq!(s, 200, "{v}");
     let metrics = e2e::metrics_text(&one, &urls[0]).await;
     assert!(

@@ -8,12 +8,9 @@ use axum::{
 };
 use std::sync::Arc;
 
-use super::Gate;
+use appproxy_common::auth::same_secret;
 
-/// Constant-time equality (the ingest secret must not be guessable byte by byte).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use super::Gate;
 
 /// Traefik's OTLP/HTTP access-log export: apply every record, count every one.
 pub(super) async fn ingest_logs(

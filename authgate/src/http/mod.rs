@@ -79,17 +79,18 @@ async fn measured(
 ) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
+    // A clone of the matched path shares its pattern (no allocation per request).
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+        .cloned();
     let resp = next.run(req).await;
     let code = resp
         .extensions()
         .get::<appproxy_common::metrics::ErrorCode>()
         .map(|c| c.0);
     g.metrics.routes.observe(
-        route.as_deref().unwrap_or(""),
+        route.as_ref().map_or("", |p| p.as_str()),
         method.as_str(),
         resp.status().as_u16(),
         code,

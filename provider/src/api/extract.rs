@@ -70,13 +70,9 @@ pub(super) fn presented(headers: &HeaderMap) -> Option<&str> {
     }
 }
 
-/// Constant-time equality so a token cannot be guessed byte by byte from timing.
+/// Constant-time equality of two secrets (`auth::same_secret`).
 pub(crate) fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    appproxy_common::auth::same_secret(a.as_bytes(), b.as_bytes())
 }
 
 /// Whether the request carries the manager token (for routes where it is optional).

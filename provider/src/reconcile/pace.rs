@@ -116,15 +116,14 @@ impl Spacing {
     }
 
     fn refill(&mut self, now: Instant) {
-        if let Some(at) = self.at
-            && !self.interval.is_zero()
-        {
-            let gained =
-                now.saturating_duration_since(at).as_secs_f64() / self.interval.as_secs_f64();
-            self.tokens = (self.tokens + gained).min(SPACING_BURST);
-        } else if self.interval.is_zero() {
-            self.tokens = SPACING_BURST;
-        }
+        let gained = match self.at {
+            _ if self.interval.is_zero() => SPACING_BURST,
+            Some(at) => {
+                now.saturating_duration_since(at).as_secs_f64() / self.interval.as_secs_f64()
+            }
+            None => 0.0,
+        };
+        self.tokens = (self.tokens + gained).min(SPACING_BURST);
         self.at = Some(now);
     }
 
