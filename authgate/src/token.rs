@@ -1,5 +1,6 @@
 //! Verifying provider tokens (Ed25519 public key) and minting/verifying session cookies
-//! (HMAC-SHA256 with authgate's own secret). One algorithm per kind, pinned: the token's own
+//! (HS256 with a key per circuit derived from authgate's own secret, `appproxy_gatecore::session`).
+//! One algorithm per kind, pinned: the token's own
 //! `alg` never chooses the key or the algorithm, and headers that point elsewhere for a key
 //! (`jku`, `jwk`, `x5u`, `x5c`) are refused outright.
 
@@ -7,7 +8,8 @@ use appproxy_common::auth::{
     AUTHGATE_ISSUER, InferenceClaims, PROVIDER_ISSUER, SessionClaims, SetupClaims, TYP_INFERENCE,
     TYP_SESSION, TYP_SETUP, audience,
 };
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use appproxy_gatecore::session;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::de::DeserializeOwned;
 use std::{
     collections::HashMap,
@@ -15,36 +17,15 @@ use std::{
 };
 use uuid::Uuid;
 
-/// Why a token was refused (kept coarse on the wire; precise in metrics and logs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("malformed token")]
-    Malformed,
-    #[error("bad signature or algorithm")]
-    Signature,
-    #[error("expired or not yet valid")]
-    Expired,
-    #[error("wrong claims")]
-    Claims,
-}
-
-impl TokenError {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenError::Malformed => "malformed",
-            TokenError::Signature => "signature",
-            TokenError::Expired => "expired",
-            TokenError::Claims => "claims",
-        }
-    }
-}
+pub use appproxy_gatecore::TokenError;
 
 /// authgate's keys.
 #[derive(Clone)]
 pub struct Keys {
     provider: DecodingKey,
-    cookie_enc: EncodingKey,
-    cookie_dec: DecodingKey,
+    /// authgate's cookie secret: each circuit's cookies are signed with a key derived from it
+    /// (`appproxy_gatecore::session::circuit_key`).
+    cookie_secret: Arc<[u8]>,
     leeway: u64,
     sessions: Arc<SessionCache>,
 }
@@ -71,10 +52,7 @@ impl SessionCache {
     ) -> Option<SessionClaims> {
         let entries = self.entries.lock().expect("session cache lock");
         let (c, g, claims) = entries.get(token)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(i64::MAX);
+        let now = unix_now();
         // jsonwebtoken's rule: expired once `exp < now - leeway`.
         (*c == circuit && *g == generation && claims.exp >= now - leeway as i64)
             .then(|| claims.clone())
@@ -87,6 +65,13 @@ impl SessionCache {
         }
         entries.insert(token.into(), (circuit, generation, claims.clone()));
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(i64::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +90,7 @@ impl Keys {
     ) -> Result<Keys, jsonwebtoken::errors::Error> {
         Ok(Keys {
             provider: DecodingKey::from_ed_pem(provider_pem)?,
-            cookie_enc: EncodingKey::from_secret(cookie_secret),
-            cookie_dec: DecodingKey::from_secret(cookie_secret),
+            cookie_secret: cookie_secret.into(),
             leeway,
             sessions: Arc::default(),
         })
@@ -193,12 +177,17 @@ impl Keys {
         if let Some(c) = self.sessions.get(token, circuit, generation, self.leeway) {
             return Ok(c);
         }
-        let aud = audience(circuit, generation);
-        let v = self.validation(Algorithm::HS256, AUTHGATE_ISSUER, Some(&aud));
-        let c: SessionClaims = self.decode(token, &self.cookie_dec, &v)?;
-        if c.typ != TYP_SESSION {
-            return Err(TokenError::Claims);
-        }
+        let now = unix_now();
+        let leeway = self.leeway as i64;
+        let key = self.cookie_key(circuit);
+        let c = match session::verify(token, &key, circuit, generation, now, leeway) {
+            // Cookies minted before keys were derived per circuit (signed with the secret
+            // itself) stay valid here until they expire; the fast path never accepts them.
+            Err(TokenError::Signature) => {
+                session::verify(token, &self.cookie_secret, circuit, generation, now, leeway)?
+            }
+            other => other?,
+        };
         self.sessions.put(token, circuit, generation, &c);
         Ok(c)
     }
@@ -230,7 +219,11 @@ impl Keys {
             nbf: now,
             exp: now + ttl,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.cookie_enc)
-            .expect("HMAC signing cannot fail")
+        session::sign(&self.cookie_key(setup.cid), &claims)
+    }
+
+    /// The key `circuit`'s cookies are signed with (what the fast-path plugin is given).
+    pub fn cookie_key(&self, circuit: Uuid) -> session::Key {
+        session::circuit_key(&self.cookie_secret, circuit)
     }
 }

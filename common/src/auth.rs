@@ -7,56 +7,23 @@
 //!   by authgate with the public key only; short-lived, use-bounded, bound to one circuit and
 //!   generation (`aud`), one user, one origin and one redirect path.
 //! - **session cookies** (`typ = ap-session`): minted and verified by authgate alone (HMAC-SHA256
-//!   with a secret the provider never sees), bound to circuit + generation + user + login
-//!   session.
+//!   with a key derived per circuit from a secret the provider never sees; the fast-path
+//!   plugin gets only the derived keys of its own circuits), bound to circuit + generation +
+//!   user + login session.
 //! - **inference tokens** (`typ = ap-inference`): signed by the provider (Ed25519), bound to one
 //!   circuit; sent as `Authorization: Bearer|BackendAI <jwt>`.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// `iss` of tokens the provider signs.
-pub const PROVIDER_ISSUER: &str = "appproxy-provider";
-/// `iss` of cookies authgate signs.
-pub const AUTHGATE_ISSUER: &str = "appproxy-authgate";
-pub const TYP_SETUP: &str = "ap-setup";
-pub const TYP_SESSION: &str = "ap-session";
-pub const TYP_INFERENCE: &str = "ap-inference";
+pub use appproxy_gatecore::names::{
+    AUTHGATE_ISSUER, COOKIE_PREFIX, PROVIDER_ISSUER, TYP_INFERENCE, TYP_SESSION, TYP_SETUP,
+    audience, cookie_name, is_our_cookie, same_secret,
+};
+pub use appproxy_gatecore::session::SessionClaims;
 
-/// Every cookie of ours starts with this (after an optional `__Host-`); authgate strips all of
-/// them (and Backend.AI's `appproxy_permit`) before a request reaches an app.
-pub const COOKIE_PREFIX: &str = "appproxy_";
 /// Path (under `/_appproxy/`) of the setup endpoint on every app origin.
 pub const SETUP_PATH: &str = "/_appproxy/setup";
-
-/// Audience of setup tokens and session cookies: circuit id and generation, so a cookie dies
-/// when its circuit is re-created or moved.
-pub fn audience(circuit: Uuid, generation: i64) -> String {
-    format!("{}.{generation}", circuit.as_hyphenated())
-}
-
-/// Name of the session cookie of a circuit. Per circuit, because in port mode every port of a
-/// host shares one cookie jar; `__Host-` under TLS (Secure, `Path=/`, no `Domain`).
-pub fn cookie_name(circuit: Uuid, tls: bool) -> String {
-    let base = format!("{COOKIE_PREFIX}{}", circuit.simple());
-    if tls { format!("__Host-{base}") } else { base }
-}
-
-/// Constant-time equality of two secrets: every byte is compared whatever the first
-/// difference, so a secret cannot be guessed byte by byte from response times (only the
-/// length shows).
-pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether a cookie name is one of ours (any circuit, with or without a prefix).
-pub fn is_our_cookie(name: &str) -> bool {
-    let n = name
-        .strip_prefix("__Host-")
-        .or_else(|| name.strip_prefix("__Secure-"))
-        .unwrap_or(name);
-    n.starts_with(COOKIE_PREFIX)
-}
 
 /// Claims of a setup token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,21 +57,6 @@ pub struct SetupClaims {
     pub exp: i64,
     /// Unique id: the key of the use counter.
     pub jti: String,
-}
-
-/// Claims of a session cookie.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SessionClaims {
-    pub typ: String,
-    pub iss: String,
-    pub sub: String,
-    pub aud: String,
-    #[serde(default)]
-    pub ls: String,
-    pub iat: i64,
-    pub nbf: i64,
-    pub exp: i64,
 }
 
 /// Claims of an inference API token (`POST /v2/endpoints/{id}/token`). `id` is the circuit id

@@ -20,7 +20,7 @@ pub const CLOSED: &str = "ap-closed";
 /// authgate's page for addresses no circuit serves (any more).
 pub const CLOSED_PATH: &str = "/_appproxy/closed";
 /// Path prefix served by authgate on every app origin.
-pub const SETUP_PATH_PREFIX: &str = "/_appproxy/";
+pub use appproxy_gatecore::names::SETUP_PATH_PREFIX;
 /// Entrypoint that carries every subdomain-mode (and path-mode) app of a worker.
 pub const APPS_ENTRYPOINT: &str = "apps";
 

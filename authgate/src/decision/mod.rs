@@ -1,216 +1,44 @@
-//! The ForwardAuth decision, pure: the forwarded request, the target the provider put into
-//! the forwardAuth address, authgate's keys and the revocation set in; allow (with the headers
-//! the app may see) or deny (with a reason) out. No I/O, no clock of its own.
+//! The ForwardAuth decision: [`appproxy_gatecore::decision`] (the same code the fast-path
+//! plugin runs inside Traefik) over authgate's [`Keys`] and [`Revocations`].
 
-use appproxy_common::wire::normalize_origin;
+pub use appproxy_gatecore::decision::{
+    Allow, Bearer, Credentials, Deny, Forwarded, Mode, Settings, Target,
+};
+use appproxy_gatecore::{TokenError, session::SessionClaims};
 use uuid::Uuid;
 
-use crate::{
-    cookie::{CookieError, Jar},
-    revocation::Revocations,
-    token::{Keys, TokenError},
-};
+use crate::{revocation::Revocations, token::Keys};
 
-/// Interactive (cookie) or inference (bearer token) circuit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Interactive,
-    Inference,
+/// authgate's keys and revocation set, as the decision asks for them.
+struct Gate<'a> {
+    keys: &'a Keys,
+    revoked: &'a Revocations,
 }
 
-/// From the forwardAuth address: `/auth/<circuit>?g=<generation>&m=<mode>`.
-#[derive(Debug, Clone, Copy)]
-pub struct Target {
-    pub circuit: Uuid,
-    pub generation: i64,
-    pub mode: Mode,
-    /// A public circuit (`o=1`, behind authgate for its plugin or its rate limit): no
-    /// credential is checked (a plugin replaces the built-in checks).
-    pub public: bool,
-}
-
-/// What Traefik forwarded (header values that are not valid UTF-8 arrive as `Err(())`).
-#[derive(Debug, Default)]
-pub struct Forwarded<'a> {
-    pub method: Vec<Result<&'a str, ()>>,
-    pub host: Vec<Result<&'a str, ()>>,
-    pub uri: Vec<Result<&'a str, ()>>,
-    pub cookies: Vec<Result<&'a str, ()>>,
-    pub authorization: Vec<Result<&'a str, ()>>,
-    pub referer: Vec<Result<&'a str, ()>>,
-    /// `X-Forwarded-Proto` (the scheme of the app's own origin).
-    pub proto: Vec<Result<&'a str, ()>>,
-    /// `Origin` and `Sec-Fetch-Site`: where a browser request comes from.
-    pub origin: Vec<Result<&'a str, ()>>,
-    pub fetch_site: Vec<Result<&'a str, ()>>,
-    /// `Access-Control-Request-Method` (a CORS preflight names the method it asks for).
-    pub preflight_method: Vec<Result<&'a str, ()>>,
-    /// `Sec-WebSocket-Key` (Traefik drops the hop-by-hop `Upgrade`, this one arrives).
-    pub websocket_key: Vec<Result<&'a str, ()>>,
-    /// `Content-Length` and `Transfer-Encoding`: whether the request carries a body.
-    pub content_length: Vec<Result<&'a str, ()>>,
-    pub transfer_encoding: Vec<Result<&'a str, ()>>,
-}
-
-/// Why a request was denied. Each maps to one status and one Backend.AI error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deny {
-    /// Missing/repeated/invalid `X-Forwarded-*`: not a request Traefik made.
-    BadForwarded,
-    /// Cookie header too large, too many candidates, or not UTF-8.
-    BadCookieHeader,
-    /// No cookie for this circuit (E20004).
-    NoCookie,
-    /// A cookie for this circuit that does not verify (E20005).
-    BadCookie(TokenError),
-    /// Valid credential of a revoked user or login session.
-    Revoked,
-    /// Inference: no `Authorization` (E20006).
-    NoToken,
-    /// Inference: a scheme other than Bearer/BackendAI (E20007).
-    BadScheme,
-    /// Inference: token does not verify (E20008).
-    BadToken(TokenError),
-    /// The revocation set was never loaded: fail closed.
-    NotReady,
-    /// A cookie-authorized unsafe request or WebSocket upgrade made by another origin's page.
-    CrossOrigin,
-}
-
-impl Deny {
-    pub fn status(self) -> u16 {
-        match self {
-            Deny::BadForwarded | Deny::BadCookieHeader => 400,
-            Deny::NotReady => 503,
-            Deny::CrossOrigin => 403,
-            _ => 401,
-        }
+impl Credentials for Gate<'_> {
+    fn session(
+        &self,
+        token: &str,
+        circuit: Uuid,
+        generation: i64,
+    ) -> Result<SessionClaims, TokenError> {
+        self.keys.verify_session(token, circuit, generation)
     }
 
-    /// Backend.AI worker error code where one exists.
-    pub fn code(self) -> &'static str {
-        match self {
-            Deny::NoCookie => "E20004",
-            Deny::BadCookie(_) | Deny::Revoked => "E20005",
-            Deny::NoToken => "E20006",
-            Deny::BadScheme => "E20007",
-            Deny::BadToken(TokenError::Claims) => "E20009",
-            Deny::BadToken(_) => "E20008",
-            Deny::BadForwarded | Deny::BadCookieHeader => "E20001",
-            Deny::NotReady => "E10001",
-            Deny::CrossOrigin => "E20011",
-        }
+    fn inference(&self, token: &str, circuit: Uuid) -> Result<Bearer, TokenError> {
+        let c = self.keys.verify_inference(token, circuit)?;
+        Ok(Bearer {
+            user: c.user.unwrap_or(c.sub),
+            iat: c.iat,
+        })
     }
 
-    /// What the client is told.
-    pub fn message(self) -> &'static str {
-        match self {
-            Deny::NoCookie | Deny::BadCookie(_) => "This browser has no valid access to this app.",
-            Deny::Revoked => "You were logged out: access to this app was revoked.",
-            Deny::NoToken => "Authorization header required.",
-            Deny::BadScheme => "Use Authorization: Bearer <token>.",
-            Deny::BadToken(_) => "Invalid API token.",
-            Deny::NotReady => "Auth service is starting; retry shortly.",
-            Deny::BadForwarded | Deny::BadCookieHeader => "Malformed request.",
-            Deny::CrossOrigin => "This request came from another site's page and was refused.",
-        }
+    fn is_revoked(&self, user: &str, ls: &str, iat: i64) -> bool {
+        self.revoked.is_revoked(user, ls, iat)
     }
 
-    /// Metric label.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Deny::BadForwarded => "bad_forwarded",
-            Deny::BadCookieHeader => "bad_cookie_header",
-            Deny::NoCookie => "no_cookie",
-            Deny::BadCookie(_) => "bad_cookie",
-            Deny::Revoked => "revoked",
-            Deny::NoToken => "no_token",
-            Deny::BadScheme => "bad_scheme",
-            Deny::BadToken(_) => "bad_token",
-            Deny::NotReady => "not_ready",
-            Deny::CrossOrigin => "cross_origin",
-        }
-    }
-}
-
-/// What the app gets on allow: exactly these values for the headers the provider listed in
-/// `authResponseHeaders` (`None` → Traefik deletes the header).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allow {
-    pub cookie: Option<String>,
-    /// The client's `Referer`, unless it points into `/_appproxy/` (a setup link).
-    pub referer: Option<String>,
-    pub authorization: Option<String>,
-    /// Who was let in (empty for preflight).
-    pub user: String,
-    /// The login session (hash) of the cookie that let it in (empty when none).
-    pub login_session: String,
-    /// An authorized WebSocket upgrade (`GET` with `Sec-WebSocket-Key`), by that key: it is
-    /// activity until the access-log record of the same request arrives.
-    pub websocket: Option<String>,
-    /// A CORS preflight let through without a credential (plugins are skipped too).
-    pub preflight: bool,
-}
-
-/// The only header value of a name, if exactly one valid one was sent.
-fn single<'a>(v: &[Result<&'a str, ()>]) -> Option<&'a str> {
-    match v {
-        [Ok(s)] if !s.is_empty() => Some(s),
-        _ => None,
-    }
-}
-
-/// An origin-form request target as Traefik sends it (`RequestURI()`): starts with `/`, no
-/// control characters, no spaces, bounded.
-fn valid_uri(u: &str) -> bool {
-    u.starts_with('/') && u.len() <= 16 * 1024 && !u.bytes().any(|b| b <= 0x20 || b == 0x7f)
-}
-
-pub struct Settings<'a> {
-    pub forward_inference_authorization: bool,
-    /// Origins besides the app's own whose pages may make unsafe requests and WebSocket
-    /// upgrades with the circuit's cookie (`scheme://host[:port]`, lowercase).
-    pub extra_origins: &'a [String],
-}
-
-/// A real CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method` and no
-/// body. Browsers send it without cookies, so it passes without a credential; any other
-/// `OPTIONS` needs one like every other method.
-fn is_preflight(f: &Forwarded<'_>, method: &str) -> bool {
-    let no_body = f.transfer_encoding.is_empty()
-        && match f.content_length.as_slice() {
-            [] => true,
-            [Ok(n)] => n.trim() == "0",
-            _ => false,
-        };
-    method == "OPTIONS"
-        && single(&f.origin).is_some()
-        && single(&f.preflight_method).is_some()
-        && no_body
-}
-
-/// Whether a cookie-authorized request may go on: safe methods always (top-level navigations
-/// and subresources); unsafe methods and WebSocket upgrades only from the app's own origin
-/// (or an extra allowed one) when the browser says where it comes from. Clients that send
-/// neither `Origin` nor `Sec-Fetch-Site` (curl, SDKs) are not browsers acting for a page.
-fn same_origin_or_allowed(f: &Forwarded<'_>, method: &str, host: &str, s: &Settings<'_>) -> bool {
-    let unsafe_method = !matches!(method, "GET" | "HEAD" | "OPTIONS");
-    if !unsafe_method && f.websocket_key.is_empty() {
-        return true;
-    }
-    if !f.origin.is_empty() {
-        let Some(origin) = single(&f.origin).and_then(normalize_origin) else {
-            // `Origin: null` (sandboxed frames, opaque redirects), repeated or garbled.
-            return false;
-        };
-        let proto = single(&f.proto).unwrap_or("http");
-        let own = normalize_origin(&format!("{proto}://{host}"));
-        return own.as_deref() == Some(origin.as_str()) || s.extra_origins.contains(&origin);
-    }
-    match f.fetch_site.as_slice() {
-        [] => true,
-        [Ok(site)] => matches!(site.trim(), "same-origin" | "none"),
-        _ => false,
+    fn ready(&self) -> bool {
+        self.revoked.synced()
     }
 }
 
@@ -222,114 +50,7 @@ pub fn decide(
     revoked: &Revocations,
     s: &Settings<'_>,
 ) -> Result<Allow, Deny> {
-    let method = single(&f.method).ok_or(Deny::BadForwarded)?;
-    let host = single(&f.host).ok_or(Deny::BadForwarded)?;
-    let uri = single(&f.uri).ok_or(Deny::BadForwarded)?;
-    if !valid_uri(uri) || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Deny::BadForwarded);
-    }
-    let lines: Vec<&str> = f
-        .cookies
-        .iter()
-        .map(|l| l.map_err(|_| Deny::BadCookieHeader))
-        .collect::<Result<_, _>>()?;
-    let jar = Jar::parse(&lines).map_err(|_: CookieError| Deny::BadCookieHeader)?;
-    // Counted only for a `GET` upgrade with one key: an `OPTIONS` or `POST` carrying the
-    // header is not a WebSocket, and its access-log record would never release the count.
-    let websocket = match (method, single(&f.websocket_key)) {
-        ("GET", Some(k)) => Some(k.trim().to_string()),
-        _ => None,
-    };
-    let preflight = is_preflight(f, method);
-    let allow = Allow {
-        cookie: jar.without_ours(),
-        referer: single(&f.referer)
-            .filter(|r| !r.contains(appproxy_common::names::SETUP_PATH_PREFIX))
-            .map(str::to_string),
-        authorization: None,
-        user: String::new(),
-        login_session: String::new(),
-        websocket,
-        preflight,
-    };
-    if t.public || preflight {
-        return Ok(allow);
-    }
-    if !revoked.synced() {
-        return Err(Deny::NotReady);
-    }
-    match t.mode {
-        Mode::Interactive => {
-            let (user, login_session) = by_cookie(&jar, t, keys, revoked)?;
-            if !same_origin_or_allowed(f, method, host, s) {
-                return Err(Deny::CrossOrigin);
-            }
-            Ok(Allow {
-                user,
-                login_session,
-                ..allow
-            })
-        }
-        Mode::Inference => {
-            let (user, raw) = by_token(f, t, keys, revoked)?;
-            let authorization = s.forward_inference_authorization.then(|| raw.to_string());
-            Ok(Allow {
-                user,
-                authorization,
-                ..allow
-            })
-        }
-    }
-}
-
-/// The user and login session of the first of the circuit's cookies that verifies and is not
-/// revoked; else why none did (a revoked or bad cookie says more than none at all).
-fn by_cookie(
-    jar: &Jar,
-    t: Target,
-    keys: &Keys,
-    revoked: &Revocations,
-) -> Result<(String, String), Deny> {
-    let candidates = jar
-        .candidates(t.circuit)
-        .map_err(|_| Deny::BadCookieHeader)?;
-    let mut last = Deny::NoCookie;
-    for value in candidates {
-        match keys.verify_session(value, t.circuit, t.generation) {
-            Ok(c) if revoked.is_revoked(&c.sub, &c.ls, c.iat) => last = Deny::Revoked,
-            Ok(c) => return Ok((c.sub, c.ls)),
-            Err(e) if last == Deny::NoCookie => last = Deny::BadCookie(e),
-            Err(_) => {}
-        }
-    }
-    Err(last)
-}
-
-/// The user of the request's inference token (`Authorization: Bearer|BackendAI <token>`) and
-/// the header as sent.
-fn by_token<'a>(
-    f: &Forwarded<'a>,
-    t: Target,
-    keys: &Keys,
-    revoked: &Revocations,
-) -> Result<(String, &'a str), Deny> {
-    let raw = match f.authorization.as_slice() {
-        [] => return Err(Deny::NoToken),
-        [Ok(v)] => v.trim(),
-        _ => return Err(Deny::BadToken(TokenError::Malformed)),
-    };
-    let (scheme, token) = raw.split_once(' ').ok_or(Deny::BadScheme)?;
-    if !(scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("backendai")) {
-        return Err(Deny::BadScheme);
-    }
-    let c = keys
-        .verify_inference(token.trim(), t.circuit)
-        .map_err(Deny::BadToken)?;
-    let user = c.user.clone().unwrap_or_else(|| c.sub.clone());
-    if revoked.is_revoked(&user, "", c.iat) {
-        return Err(Deny::Revoked);
-    }
-    Ok((user, raw))
+    appproxy_gatecore::decision::decide(f, t, &Gate { keys, revoked }, s)
 }
 
 #[cfg(test)]
