@@ -45,6 +45,20 @@ pub struct Config {
     /// runtime; 0 = one per core. The first also runs the background tasks.
     #[serde(default)]
     pub worker_threads: usize,
+    /// The fast path: cookie circuits decided inside Traefik (`[fast_path] dir`).
+    #[serde(default)]
+    pub fast_path: FastPathConfig,
+}
+
+/// The fast path: the worker's cookie circuits are decided by a plugin inside Traefik, which
+/// reads the state authgate keeps in `dir` (mounted read-only into the plugin; Traefik must
+/// run on this host). Activity then comes from the access log, so `[ingest]` is required.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FastPathConfig {
+    /// The state directory; none: every private circuit goes through ForwardAuth.
+    #[serde(default)]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// The access-log receiver: Traefik's OTLP/HTTP exporter posts `/v1/logs` here, on a listener
@@ -378,6 +392,15 @@ impl Config {
             );
         }
         self.tls.check(self.listen, &mut errs);
+        if self.worker.fast_path && self.fast_path.dir.is_none() {
+            errs.push("worker.fast_path follows [fast_path] dir: leave it out".into());
+        }
+        if self.fast_path.dir.is_some() && self.ingest.listen.is_none() {
+            errs.push(
+                "fast_path needs [ingest] listen: its circuits' activity comes from the access log"
+                    .into(),
+            );
+        }
         if self.keys.cookie_secret.len() < 32 {
             errs.push("keys.cookie_secret must be at least 32 bytes".into());
         }

@@ -2,11 +2,11 @@
 //! small HTML page that says how to get back in (never a redirect, so never a loop); API
 //! clients get a Backend.AI-style JSON error.
 
+use appproxy_gatecore::answer::{Refusal, wants_json};
 use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
 
 #[derive(Debug, Clone)]
 pub struct GateError {
@@ -54,63 +54,20 @@ impl GateError {
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        self.json = !accept.contains("text/html");
+        self.json = wants_json(accept);
         self
     }
 }
 
-fn html_escape(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '<' => "&lt;".into(),
-            '>' => "&gt;".into(),
-            '&' => "&amp;".into(),
-            '"' => "&quot;".into(),
-            '\'' => "&#39;".into(),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
 impl IntoResponse for GateError {
     fn into_response(self) -> Response {
-        let (ctype, body) = if self.json {
-            let kind = if self.status == StatusCode::TOO_MANY_REQUESTS {
-                "rate-limit-exceeded"
-            } else {
-                "appproxy/auth-failed"
-            };
-            let mut body = json!({
-                "type": format!("https://api.backend.ai/probs/{kind}"),
-                "title": self.msg,
-                "error_code": self.code,
-                "msg": format!("{}: {}", self.code, self.msg),
-            });
-            if let Some(l) = &self.link {
-                body["login_url"] = l.as_str().into();
-            }
-            ("application/problem+json", body.to_string())
-        } else {
-            (
-                "text/html; charset=utf-8",
-                format!(
-                    "<!doctype html><html><head><meta charset=\"utf-8\"><title>App access \
-                     denied</title></head><body><h1>{} {}</h1><p>{}</p><p>{}</p></body></html>\n",
-                    self.status.as_u16(),
-                    html_escape(self.status.canonical_reason().unwrap_or("")),
-                    html_escape(&self.msg),
-                    match &self.link {
-                        Some(l) => format!(
-                            "<a href=\"{}\">Sign in to the platform</a> and open the app again.",
-                            html_escape(l)
-                        ),
-                        None => "Go back to the platform and open the app again to get a fresh \
-                                 link."
-                            .to_string(),
-                    },
-                ),
-            )
-        };
+        let (ctype, body) = Refusal {
+            status: self.status.as_u16(),
+            code: self.code,
+            msg: &self.msg,
+            link: self.link.as_deref(),
+        }
+        .body(self.json);
         let mut resp = (self.status, body).into_response();
         resp.extensions_mut()
             .insert(appproxy_common::metrics::ErrorCode(self.code));

@@ -19,6 +19,7 @@ pub mod cookie;
 pub mod cut;
 pub mod decision;
 pub mod error;
+pub mod fastpath;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
@@ -165,12 +166,30 @@ async fn start(
         config.worker.protocol == appproxy_common::wire::Protocol::Tcp,
         shutdown.clone(),
     ));
+    let fast_path = match &config.fast_path.dir {
+        Some(dir) => {
+            let fp = Arc::new(fastpath::FastPath::new(
+                dir,
+                keys.clone(),
+                config.session.login_url.clone(),
+                config.session.leeway_seconds,
+            )?);
+            tokio::spawn(fastpath::writer(
+                fp.clone(),
+                revoked.clone(),
+                shutdown.clone(),
+            ));
+            Some(fp)
+        }
+        None => None,
+    };
     let role = worker::run(
         config.clone(),
         worker::provider_http(&config.provider)?,
         metrics.clone(),
         activity.clone(),
         cutter,
+        fast_path.clone(),
         shutdown.clone(),
     );
     let worker = tokio::spawn(async move {
@@ -195,6 +214,7 @@ async fn start(
         revoked,
         metrics,
         traefik,
+        fast_path,
     };
     Ok((
         Arc::new(gate),

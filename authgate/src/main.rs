@@ -98,6 +98,16 @@ struct TraefikArgs {
     /// Directory that receives `traefik.yml` (and `dynamic.yml`).
     #[arg(long)]
     out_dir: PathBuf,
+    /// The fast path: authgate's `[fast_path] dir` (mounted read-only into the plugin).
+    #[arg(long, requires = "fast_path_module")]
+    fast_path_dir: Option<String>,
+    /// The fast-path plugin (`appproxy-fastpath.wasm`), installed under `plugins-local/` of
+    /// `--traefik-workdir`.
+    #[arg(long, requires = "fast_path_dir")]
+    fast_path_module: Option<PathBuf>,
+    /// Traefik's working directory (where it looks for `plugins-local/`); default `--out-dir`.
+    #[arg(long)]
+    traefik_workdir: Option<PathBuf>,
     #[command(flatten)]
     https: HttpsArgs,
 }
@@ -272,6 +282,7 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         throttle_ms: a.throttle_ms,
         otlp_logs: a.otlp_logs.zip(a.otlp_secret),
         https,
+        fast_path_dir: a.fast_path_dir,
     };
     if let Err(e) = check_etcd(&s).and_then(|_| check_https(&s)) {
         eprintln!("{e}");
@@ -294,6 +305,14 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         .and_then(|_| write(a.out_dir.join("traefik.yml"), render_static(&s)))
         .and_then(|_| match render_dynamic(&s) {
             Some(text) => write(dynamic, text),
+            None => Ok(()),
+        })
+        .and_then(|_| match &a.fast_path_module {
+            Some(wasm) => {
+                let workdir = a.traefik_workdir.as_deref().unwrap_or(&a.out_dir);
+                appproxy_authgate::traefik_config::install_fast_path(workdir, wasm)
+                    .map_err(|e| format!("fast-path plugin {}: {e}", wasm.display()))
+            }
             None => Ok(()),
         });
     match result {

@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -22,6 +22,8 @@ pub struct Revocations {
     connected: AtomicBool,
     /// Revocations older than this many seconds are forgotten (0: kept forever).
     retention_secs: AtomicI64,
+    /// Bumped by every change (the fast path's state file follows it).
+    version: AtomicU64,
 }
 
 impl Revocations {
@@ -71,6 +73,17 @@ impl Revocations {
         self.len() == 0
     }
 
+    /// Counts changes: a different value means the set changed (or was first loaded).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// A copy of the set, with the version it is at.
+    pub fn snapshot(&self) -> (u64, HashMap<String, i64>) {
+        let map = self.map.read().expect("revocations lock");
+        (self.version(), map.clone())
+    }
+
     /// Apply one event `<field>=<epoch seconds>` (keeps the later time).
     pub fn apply_event(&self, msg: &str) -> bool {
         let Some((field, at)) = msg.rsplit_once('=') else {
@@ -85,6 +98,7 @@ impl Revocations {
         let mut map = self.map.write().expect("revocations lock");
         let e = map.entry(field.to_string()).or_insert(at);
         *e = (*e).max(at);
+        self.version.fetch_add(1, Ordering::AcqRel);
         true
     }
 
@@ -94,6 +108,7 @@ impl Revocations {
         all.retain(|_, at| *at >= cutoff);
         *self.map.write().expect("revocations lock") = all;
         self.synced.store(true, Ordering::Release);
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Forget revocations made before `cutoff` (epoch seconds): every credential they could
@@ -102,6 +117,9 @@ impl Revocations {
         let mut map = self.map.write().expect("revocations lock");
         let before = map.len();
         map.retain(|_, at| *at >= cutoff);
+        if map.len() != before {
+            self.version.fetch_add(1, Ordering::AcqRel);
+        }
         before - map.len()
     }
 }

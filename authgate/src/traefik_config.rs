@@ -14,6 +14,30 @@ pub enum Frontend {
     Wildcard { port: u16 },
 }
 
+/// The plugin's manifest (Traefik refuses a local plugin without `summary` and `import`).
+const FAST_PATH_MANIFEST: &str = "displayName: appproxy fast path
+type: middleware
+runtime: wasm
+wasmPath: plugin.wasm
+import: appproxy/fastpath
+summary: The auth decision of appproxy's cookie circuits, inside Traefik.
+testData:
+  circuit: 00000000-0000-0000-0000-000000000000
+  generation: \"0\"
+  mode: interactive
+";
+
+/// Install the fast-path plugin (`wasm`, built from `fastpath/` for `wasm32-wasip1`) where a
+/// Traefik started in `workdir` loads it from.
+pub fn install_fast_path(workdir: &std::path::Path, wasm: &std::path::Path) -> std::io::Result<()> {
+    let dir = workdir
+        .join("plugins-local/src")
+        .join(appproxy_common::names::FAST_PATH_MODULE);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(wasm, dir.join("plugin.wasm"))?;
+    std::fs::write(dir.join(".traefik.yml"), FAST_PATH_MANIFEST)
+}
+
 /// Everything the static configuration depends on.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -43,6 +67,8 @@ pub struct Settings {
     pub otlp_logs: Option<(String, String)>,
     /// HTTPS on the app entry points: what the worker serves and how it gets certificates.
     pub https: Https,
+    /// The fast path: authgate's `[fast_path] dir`, mounted read-only into the plugin.
+    pub fast_path_dir: Option<String>,
 }
 
 /// The worker's HTTPS (its apps' routers carry the `tls` keys the provider renders when the
@@ -217,6 +243,16 @@ pub fn render_static(s: &Settings) -> String {
         "log": log,
         "global": { "checkNewVersion": false, "sendAnonymousUsage": false },
     });
+    if let Some(dir) = &s.fast_path_dir {
+        // Loaded from `plugins-local/` under Traefik's working directory
+        // (`install_fast_path`); the state directory is its only view of the host.
+        doc["experimental"]["localPlugins"] = json!({
+            appproxy_common::names::FAST_PATH_PLUGIN: {
+                "moduleName": appproxy_common::names::FAST_PATH_MODULE,
+                "settings": { "mounts": [format!("{dir}:/appproxy:ro")] },
+            }
+        });
+    }
     if let Some(a) = &s.https.acme {
         doc["certificatesResolvers"] = json!({ a.name.clone(): { "acme": render_acme(a) } });
     }
@@ -228,7 +264,7 @@ pub fn render_static(s: &Settings) -> String {
         // are kept: `RequestPath` (it carries setup tokens in its query) and every header but
         // `Upgrade` and `Sec-WebSocket-Key` (which mark a WebSocket request and name it) are
         // dropped before export. The secret header proves the export comes from this Traefik.
-        doc["experimental"] = json!({ "otlpLogs": true });
+        doc["experimental"]["otlpLogs"] = json!(true);
         doc["accessLog"] = json!({
             "format": "json",
             "otlp": { "http": {
@@ -397,7 +433,35 @@ mod tests {
                 "s3cret-s3cret-s3cret-s3cret-s3cret".into(),
             )),
             https: Https::default(),
+            fast_path_dir: None,
         }
+    }
+
+    #[test]
+    fn the_fast_path_plugin_is_declared_with_its_state_mounted_read_only() {
+        let mut s = settings(Frontend::Wildcard { port: 8443 });
+        let v: Value = serde_json::from_str(&render_static(&s)).unwrap();
+        assert!(v["experimental"].get("localPlugins").is_none());
+        s.fast_path_dir = Some("/var/lib/appproxy/fast".into());
+        let v: Value = serde_json::from_str(&render_static(&s)).unwrap();
+        let p = &v["experimental"]["localPlugins"]["appproxy-fastpath"];
+        assert_eq!(p["moduleName"], "appproxy/fastpath");
+        assert_eq!(
+            p["settings"]["mounts"][0],
+            "/var/lib/appproxy/fast:/appproxy:ro"
+        );
+        // The access log's switch stays beside it.
+        assert_eq!(v["experimental"]["otlpLogs"], true);
+        let dir = std::env::temp_dir().join(format!("fp-install-{}", std::process::id()));
+        let wasm = dir.join("in.wasm");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&wasm, b"\0asm").unwrap();
+        install_fast_path(&dir, &wasm).unwrap();
+        let at = dir.join("plugins-local/src/appproxy/fastpath");
+        assert_eq!(std::fs::read(at.join("plugin.wasm")).unwrap(), b"\0asm");
+        let manifest = std::fs::read_to_string(at.join(".traefik.yml")).unwrap();
+        assert!(manifest.contains("runtime: wasm") && manifest.contains("summary:"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn acme(challenge: Challenge) -> Acme {

@@ -28,6 +28,7 @@ pub fn registration(cfg: &Config) -> WorkerSpec {
     WorkerSpec {
         api_port: cfg.api_port(),
         authgate_url: Some(cfg.authgate_url()),
+        fast_path: cfg.fast_path.dir.is_some(),
         ..cfg.worker.clone()
     }
 }
@@ -309,9 +310,11 @@ pub async fn run(
     metrics: Metrics,
     activity: Arc<Activity>,
     cutter: crate::cut::Cutter,
+    fast_path: Option<Arc<crate::fastpath::FastPath>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RegistrationRefused> {
     let mut role = Role::new(cfg, http, metrics, activity, cutter);
+    role.fast_path = fast_path;
     loop {
         let wait = match role.id.clone() {
             None => role.register().await?,
@@ -373,6 +376,8 @@ struct Role {
     cut: HashMap<Uuid, tokio::time::Instant>,
     /// Circuits of the last map (`None` before the first): new ones count as created.
     census: Option<HashSet<Uuid>>,
+    /// The fast path's state directory: the map's circuits have their keys there.
+    fast_path: Option<Arc<crate::fastpath::FastPath>>,
 }
 
 impl Role {
@@ -403,6 +408,7 @@ impl Role {
             cutter,
             cut: HashMap::new(),
             census: None,
+            fast_path: None,
         }
     }
 
@@ -482,6 +488,10 @@ impl Role {
                     (self.metrics.bai_circuits_created)
                         .with_label_values(&[p.as_str()])
                         .inc_by(created);
+                }
+                if let Some(fp) = &self.fast_path {
+                    let (fp, ids) = (fp.clone(), census.ids.clone());
+                    tokio::task::spawn_blocking(move || fp.sync_keys(&ids));
                 }
                 self.census = Some(census.ids);
                 let mut ended = self.activity.set_map(circuit_map(map.circuits), now_ms());

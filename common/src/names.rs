@@ -41,10 +41,25 @@ pub fn ipallow_middleware(id: Uuid) -> String {
 
 /// The twin router of a circuit behind ForwardAuth that takes its WebSocket upgrades and keeps
 /// the access log (the record of a closed socket ends its activity); the circuit's own router
-/// writes none (authgate counts its requests at ForwardAuth).
+/// writes none (authgate counts its requests at ForwardAuth). On a fast-path worker the twin
+/// is how upgrades still reach ForwardAuth (an open socket is activity, and a revoked login
+/// session's sockets are cut).
 pub fn websocket_router(id: Uuid) -> String {
     format!("ap-{}-ws", id.as_hyphenated())
 }
+
+/// The fast-path middleware of a cookie circuit on a fast-path worker (the plugin decides
+/// inside Traefik instead of ForwardAuth).
+pub fn fast_path_middleware(id: Uuid) -> String {
+    format!("ap-{}-fast", id.as_hyphenated())
+}
+
+/// Name of the fast-path plugin in Traefik's static config (`experimental.localPlugins`) and
+/// in a middleware's `plugin/<name>/…` keys.
+pub const FAST_PATH_PLUGIN: &str = "appproxy-fastpath";
+/// Its module name: the plugin lives in `plugins-local/src/<module>/` under Traefik's working
+/// directory.
+pub const FAST_PATH_MODULE: &str = "appproxy/fastpath";
 
 /// Path mode: the middleware that strips a circuit's prefix before its app.
 pub fn strip_middleware(id: Uuid) -> String {

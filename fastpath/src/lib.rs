@@ -1,1 +1,359 @@
-//! placeholder
+//! The fast path: the per-request decision of a cookie-authorized circuit, run inside Traefik
+//! as an http-wasm middleware instead of a ForwardAuth round trip to authgate. The decision is
+//! [`appproxy_gatecore::decision::decide`], the same code authgate runs; this crate adds what
+//! the plugin needs around it, pure and testable on the host:
+//!
+//! - [`Config`]: the middleware's dynamic config from etcd (circuit, generation, mode, extra
+//!   origins) — nothing secret.
+//! - The worker's state directory, which authgate writes and Traefik mounts read-only into the
+//!   plugin (`/appproxy`): `keys/<circuit>` (the circuit's derived cookie key, hex), `state.json`
+//!   (the revocation set, whether it is synced, the login URL; a version), `alive` (epoch
+//!   seconds and the state's version, rewritten every second). [`Gate`] reads the key once, and
+//!   `alive` at most once a second, the state again when its version moved. A missing or stale
+//!   `alive` (authgate gone for [`STALE_SECS`]) fails closed.
+//! - [`Gate::handle`]: a request in, [`Outcome`] out: the headers to set or remove and go on,
+//!   or the refusal to write.
+//!
+//! `src/main.rs` is the thin ABI shell for `wasm32-wasip1`.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use appproxy_gatecore::{
+    TokenError,
+    answer::{Refusal, wants_json},
+    decision::{self, Bearer, Credentials, Deny, Forwarded, Mode, Settings, Target},
+    session::{self, SessionClaims},
+};
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// `alive` older than this (authgate stopped writing): nothing private is let through.
+pub const STALE_SECS: i64 = 10;
+/// Where Traefik mounts the state directory in the guest.
+pub const MOUNT: &str = "/appproxy";
+/// A cached key that fails a signature is read again after this long (a rotated secret).
+const KEY_RELOAD_SECS: i64 = 5;
+
+/// A config value as Traefik hands it over: etcd gives strings, a file provider may give
+/// numbers.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Number(i64),
+}
+
+impl Scalar {
+    fn text(self) -> String {
+        match self {
+            Scalar::Text(s) => s,
+            Scalar::Number(n) => n.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfig {
+    circuit: Scalar,
+    generation: Scalar,
+    mode: Scalar,
+    #[serde(default)]
+    origins: Option<Scalar>,
+    #[serde(default)]
+    state_dir: Option<Scalar>,
+}
+
+/// The middleware's dynamic config: `circuit`, `generation`, `mode` (`interactive` only: the
+/// provider renders the fast path for cookie circuits), `origins` (extra allowed origins,
+/// comma-separated), `stateDir` (tests only; else [`MOUNT`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub target: Target,
+    pub origins: Vec<String>,
+    pub state_dir: PathBuf,
+}
+
+impl Config {
+    pub fn parse(json: &[u8]) -> Result<Config, String> {
+        let raw: RawConfig =
+            serde_json::from_slice(json).map_err(|e| format!("fast-path config: {e}"))?;
+        let circuit = Uuid::parse_str(&raw.circuit.text())
+            .map_err(|_| "fast-path config: circuit is not a UUID".to_string())?;
+        let generation = raw
+            .generation
+            .text()
+            .parse()
+            .map_err(|_| "fast-path config: generation is not a number".to_string())?;
+        let mode = match raw.mode.text().as_str() {
+            "interactive" => Mode::Interactive,
+            other => return Err(format!("fast-path config: mode {other:?} is not served")),
+        };
+        let origins = raw
+            .origins
+            .map(Scalar::text)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(appproxy_gatecore::origin::normalize_origin)
+            .collect();
+        Ok(Config {
+            target: Target {
+                circuit,
+                generation,
+                mode,
+                public: false,
+            },
+            origins,
+            state_dir: raw
+                .state_dir
+                .map_or_else(|| PathBuf::from(MOUNT), |d| PathBuf::from(d.text())),
+        })
+    }
+}
+
+/// `state.json`, as authgate writes it.
+#[derive(Debug, Default, Deserialize)]
+pub struct State {
+    pub version: u64,
+    /// The revocation set was loaded from Redis at least once.
+    pub synced: bool,
+    #[serde(default)]
+    pub login_url: Option<String>,
+    /// Seconds of clock skew allowed on a cookie's `nbf` and `exp`.
+    #[serde(default)]
+    pub leeway: i64,
+    /// `u:<user>` / `l:<login session hash>` → epoch seconds of the revocation.
+    #[serde(default)]
+    pub revocations: HashMap<String, i64>,
+}
+
+/// `alive`: `<epoch seconds> <state version>`.
+pub fn parse_alive(s: &str) -> Option<(i64, u64)> {
+    let (at, version) = s.trim().split_once(' ')?;
+    Some((at.parse().ok()?, version.parse().ok()?))
+}
+
+/// What the request comes with. Values that are not UTF-8 are `Err(())`.
+pub trait Request {
+    fn method(&self) -> String;
+    fn uri(&self) -> String;
+    fn header(&self, name: &str) -> Vec<Result<String, ()>>;
+}
+
+/// What to do with the request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Go on to the app with these request headers set (`Some`) or removed (`None`).
+    Allow(Vec<(&'static str, Option<String>)>),
+    /// Answer with this instead.
+    Refuse {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+    },
+}
+
+/// One plugin instance: its config and what it read from the state directory.
+pub struct Gate {
+    config: Config,
+    key: Option<(session::Key, i64)>,
+    state: State,
+    /// Epoch seconds of the last look at `alive`, and what it said.
+    checked_at: i64,
+    alive_at: Option<i64>,
+}
+
+/// What one decision checks against.
+struct Creds<'a> {
+    key: Option<session::Key>,
+    state: &'a State,
+    now: i64,
+    ready: bool,
+}
+
+impl Gate {
+    pub fn new(config: Config) -> Gate {
+        Gate {
+            config,
+            key: None,
+            state: State::default(),
+            checked_at: i64::MIN,
+            alive_at: None,
+        }
+    }
+
+    fn read(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.config.state_dir.join(rel)).ok()
+    }
+
+    /// Look at `alive` (at most once a second) and reload the state when its version moved.
+    fn refresh(&mut self, now: i64) {
+        if now == self.checked_at {
+            return;
+        }
+        self.checked_at = now;
+        let Some((at, version)) = self.read("alive").as_deref().and_then(parse_alive) else {
+            self.alive_at = None;
+            return;
+        };
+        self.alive_at = Some(at);
+        if version != self.state.version || !self.state.synced {
+            match self
+                .read("state.json")
+                .and_then(|s| serde_json::from_str::<State>(&s).ok())
+            {
+                Some(s) => self.state = s,
+                None => self.alive_at = None,
+            }
+        }
+    }
+
+    fn ready(&self, now: i64) -> bool {
+        self.state.synced && self.alive_at.is_some_and(|at| now - at <= STALE_SECS)
+    }
+
+    /// The circuit's key: read once; again after a failed signature once it is a few seconds
+    /// old.
+    fn key(&mut self, now: i64, reload: bool) -> Option<session::Key> {
+        let stale = self
+            .key
+            .is_none_or(|(_, at)| reload && now - at >= KEY_RELOAD_SECS);
+        if stale {
+            let name = format!("keys/{}", self.config.target.circuit.as_hyphenated());
+            if let Some(k) = self.read(&name).as_deref().and_then(session::key_from_hex) {
+                self.key = Some((k, now));
+            }
+        }
+        self.key.map(|(k, _)| k)
+    }
+
+    fn creds(&mut self, now: i64, reload_key: bool) -> Creds<'_> {
+        let key = self.key(now, reload_key);
+        Creds {
+            key,
+            ready: self.ready(now),
+            state: &self.state,
+            now,
+        }
+    }
+
+    /// Decide one request at `now` (epoch seconds).
+    pub fn handle(&mut self, req: &impl Request, now: i64) -> Outcome {
+        self.refresh(now);
+        let method = vec![Ok(req.method())];
+        let uri = vec![Ok(req.uri())];
+        let h = |n: &str| req.header(n);
+        let owned = [
+            h("host"),
+            h("cookie"),
+            h("authorization"),
+            h("referer"),
+            h("x-forwarded-proto"),
+            h("origin"),
+            h("sec-fetch-site"),
+            h("access-control-request-method"),
+            h("sec-websocket-key"),
+            h("content-length"),
+            h("transfer-encoding"),
+        ];
+        fn view(v: &[Result<String, ()>]) -> Vec<Result<&str, ()>> {
+            v.iter().map(|r| r.as_deref().map_err(|_| ())).collect()
+        }
+        let f = Forwarded {
+            method: view(&method),
+            uri: view(&uri),
+            host: view(&owned[0]),
+            cookies: view(&owned[1]),
+            authorization: view(&owned[2]),
+            referer: view(&owned[3]),
+            proto: view(&owned[4]),
+            origin: view(&owned[5]),
+            fetch_site: view(&owned[6]),
+            preflight_method: view(&owned[7]),
+            websocket_key: view(&owned[8]),
+            content_length: view(&owned[9]),
+            transfer_encoding: view(&owned[10]),
+        };
+        let target = self.config.target;
+        let origins = self.config.origins.clone();
+        let settings = Settings {
+            forward_inference_authorization: false,
+            extra_origins: &origins,
+        };
+        let mut verdict = decision::decide(&f, target, &self.creds(now, false), &settings);
+        if verdict == Err(Deny::BadCookie(TokenError::Signature)) {
+            verdict = decision::decide(&f, target, &self.creds(now, true), &settings);
+        }
+        match verdict {
+            Ok(a) => Outcome::Allow(vec![("Cookie", a.cookie), ("Referer", a.referer)]),
+            Err(d) => {
+                let lost = matches!(d, Deny::Revoked | Deny::NoCookie | Deny::BadCookie(_));
+                let link = self.state.login_url.as_deref().filter(|_| lost);
+                let accept: String = req
+                    .header("accept")
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let (ctype, body) = Refusal {
+                    status: d.status(),
+                    code: d.code(),
+                    msg: d.message(),
+                    link,
+                }
+                .body(wants_json(&accept));
+                let mut headers = vec![
+                    ("Content-Type", ctype.to_string()),
+                    ("Cache-Control", "no-store".to_string()),
+                    ("Referrer-Policy", "no-referrer".to_string()),
+                ];
+                if d.status() == 503 {
+                    headers.push(("Retry-After", "1".to_string()));
+                }
+                Outcome::Refuse {
+                    status: d.status(),
+                    headers,
+                    body,
+                }
+            }
+        }
+    }
+}
+
+impl Credentials for Creds<'_> {
+    fn session(
+        &self,
+        token: &str,
+        circuit: Uuid,
+        generation: i64,
+    ) -> Result<SessionClaims, TokenError> {
+        // No key file (authgate has not written it): no cookie of this circuit can verify.
+        let key = self.key.ok_or(TokenError::Signature)?;
+        session::verify(
+            token,
+            &key,
+            circuit,
+            generation,
+            self.now,
+            self.state.leeway,
+        )
+    }
+
+    fn inference(&self, _token: &str, _circuit: Uuid) -> Result<Bearer, TokenError> {
+        // Inference circuits keep ForwardAuth ([`Config::parse`] refuses the mode).
+        Err(TokenError::Claims)
+    }
+
+    fn is_revoked(&self, user: &str, ls: &str, iat: i64) -> bool {
+        let r = &self.state.revocations;
+        let hit = |field: String| r.get(&field).is_some_and(|at| iat <= *at);
+        (!user.is_empty() && hit(format!("u:{user}"))) || (!ls.is_empty() && hit(format!("l:{ls}")))
+    }
+
+    fn ready(&self) -> bool {
+        self.ready
+    }
+}
+
+#[cfg(test)]
+mod tests;

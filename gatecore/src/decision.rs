@@ -45,7 +45,7 @@ pub enum Mode {
 }
 
 /// From the forwardAuth address: `/auth/<circuit>?g=<generation>&m=<mode>`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     pub circuit: Uuid,
     pub generation: i64,

@@ -4,6 +4,7 @@
 //! [`decision::decide`], parse cookies with the same [`jar::Jar`] and verify session cookies
 //! with the same [`session::verify`], so the two paths cannot disagree.
 
+pub mod answer;
 pub mod decision;
 pub mod jar;
 pub mod names;

@@ -55,6 +55,24 @@ pub fn circuit_key(secret: &[u8], circuit: Uuid) -> Key {
     m.finalize().into_bytes().into()
 }
 
+/// A key as 64 lowercase hex digits (the fast path's key files).
+pub fn key_to_hex(k: &Key) -> String {
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A key from [`key_to_hex`]'s form (surrounding whitespace ignored).
+pub fn key_from_hex(s: &str) -> Option<Key> {
+    let s = s.trim();
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(k)
+}
+
 fn b64() -> &'static base64::engine::GeneralPurpose {
     &base64::engine::general_purpose::URL_SAFE_NO_PAD
 }

@@ -646,6 +646,7 @@ pub(crate) mod fixtures {
             cert_resolver: None,
             cert_domains: vec![],
             path_keep_prefix_apps: vec![],
+            fast_path: false,
         }
     }
 

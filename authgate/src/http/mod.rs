@@ -47,6 +47,9 @@ pub struct Gate {
     pub limiter: Arc<appproxy_common::ratelimit::Limiter>,
     pub metrics: Metrics,
     pub traefik: reqwest::Client,
+    /// The fast path's state directory (a circuit's key is written there before its first
+    /// cookie is minted).
+    pub fast_path: Option<Arc<crate::fastpath::FastPath>>,
 }
 
 /// The ForwardAuth/setup API (Traefik and, through `/_appproxy/`, browsers reach it).

@@ -148,6 +148,18 @@ async fn count_use(g: &Gate, c: &SetupClaims) -> Result<(), SetupRefusal> {
 fn session_cookie(g: &Gate, c: &SetupClaims) -> Response {
     let https = c.origin.starts_with("https://");
     let max_age = (g.cfg.session.cookie_ttl_seconds as i64).max(1);
+    // The fast path must be able to check the cookie before the browser has it.
+    if let Some(fp) = &g.fast_path
+        && let Err(e) = fp.ensure_key(c.cid)
+    {
+        tracing::error!(error = %e, circuit = %c.cid, "Fast-path key not written; setup refused");
+        return crate::error::GateError::new(
+            503,
+            "E10001",
+            "Auth service is starting; retry shortly.",
+        )
+        .into_response();
+    }
     let value = g.keys.mint_session(c, now(), max_age);
     g.metrics.setups.with_label_values(&["ok"]).inc();
     tracing::info!(circuit = %c.cid, generation = c.generation, "Session cookie set");

@@ -58,6 +58,7 @@ fn gate_with(revoked: Arc<Revocations>, extra: &str) -> Arc<Gate> {
         revoked,
         metrics: Metrics::new(),
         traefik: reqwest::Client::new(),
+        fast_path: None,
     })
 }
 

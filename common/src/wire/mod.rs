@@ -105,6 +105,10 @@ pub struct WorkerSpec {
     /// sends it in `X-Forwarded-Prefix`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path_keep_prefix_apps: Vec<String>,
+    /// Cookie circuits are decided inside Traefik by the fast-path plugin (set from
+    /// authgate's `[fast_path] dir`); their WebSocket upgrades still go through ForwardAuth.
+    #[serde(default)]
+    pub fast_path: bool,
     /// Take only requests matching `app_filters` (Backend.AI's dedicated workers).
     #[serde(default)]
     pub filtered_apps_only: bool,
@@ -380,6 +384,7 @@ mod tests {
             cert_resolver: None,
             cert_domains: Vec::new(),
             path_keep_prefix_apps: Vec::new(),
+            fast_path: false,
         }
     }
 

@@ -229,8 +229,16 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         mws.push(m);
     }
     let forward_auth = !c.open_to_public || c.auth_plugin.is_some() || rate_limit(c).is_some();
+    let fast = forward_auth && on_fast_path(worker, c);
+    // The auth middleware's place in the chain (ForwardAuth, or the fast path's plugin).
+    let auth_at = mws.len();
     if forward_auth {
-        mws.push(render_forward_auth(&mut kv, worker, c));
+        let fa = render_forward_auth(&mut kv, worker, c);
+        mws.push(if fast {
+            render_fast_path(&mut kv, c)
+        } else {
+            fa
+        });
     }
     let inference = c.app_mode == AppMode::Inference;
     if inference && worker.accepted_traffics.contains(&AppMode::Inference) {
@@ -252,7 +260,13 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
     }
     render_tls(&mut kv, &r, worker, true);
     if forward_auth {
-        counted_at_forward_auth(&mut kv, &r, c);
+        let twin_auth = fast.then(|| (auth_at, names::auth_middleware(c.id)));
+        websocket_twin(&mut kv, &r, c, twin_auth);
+        // Counted at ForwardAuth: no access-log record. The fast path's router keeps its log
+        // (authgate learns of its requests only from there).
+        if !fast {
+            kv.insert(format!("{r}/observability/accessLogs"), "false".into());
+        }
     }
     let s = format!("http/services/{name}/loadBalancer");
     render_servers(&mut kv, &s, c);
@@ -266,24 +280,54 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
 /// (`c=1` in the address), so the circuit's router writes no access-log record (exporting one
 /// per request halved Traefik's throughput, issue 19). Its WebSocket upgrades take a twin
 /// router (same entry points, middlewares, service and TLS; a longer rule, so it wins) that
-/// keeps the access log: the record of a closed socket is how authgate learns it ended.
-fn counted_at_forward_auth(kv: &mut Kv, r: &str, c: &Circuit) {
-    if c.protocol == Protocol::Http {
-        let ws = format!("http/routers/{}", names::websocket_router(c.id));
-        let own: Vec<(String, String)> = kv
-            .range(format!("{r}/")..)
-            .take_while(|(k, _)| k.starts_with(&format!("{r}/")))
-            .map(|(k, v)| (k[r.len()..].to_string(), v.clone()))
-            .collect();
-        for (suffix, v) in own {
-            let v = match suffix.as_str() {
-                "/rule" => format!("({v}) && HeaderRegexp(`Upgrade`, `(?i)^websocket$`)"),
-                _ => v,
-            };
-            kv.insert(format!("{ws}{suffix}"), v);
-        }
+/// keeps the access log: the record of a closed socket is how authgate learns it ended. On the
+/// fast path the twin has ForwardAuth at `auth`'s place instead of the plugin, so an upgrade
+/// is still held open as activity and known by its login session.
+fn websocket_twin(kv: &mut Kv, r: &str, c: &Circuit, auth: Option<(usize, String)>) {
+    if c.protocol != Protocol::Http {
+        return;
     }
-    kv.insert(format!("{r}/observability/accessLogs"), "false".into());
+    let ws = format!("http/routers/{}", names::websocket_router(c.id));
+    let own: Vec<(String, String)> = kv
+        .range(format!("{r}/")..)
+        .take_while(|(k, _)| k.starts_with(&format!("{r}/")))
+        .map(|(k, v)| (k[r.len()..].to_string(), v.clone()))
+        .collect();
+    let auth_key = auth.as_ref().map(|(i, _)| format!("/middlewares/{i}"));
+    for (suffix, v) in own {
+        let v = match suffix.as_str() {
+            "/rule" => format!("({v}) && HeaderRegexp(`Upgrade`, `(?i)^websocket$`)"),
+            s if Some(s) == auth_key.as_deref() => auth.as_ref().map_or(v, |(_, m)| m.clone()),
+            _ => v,
+        };
+        kv.insert(format!("{ws}{suffix}"), v);
+    }
+}
+
+/// Whether a circuit behind ForwardAuth is decided by the fast path instead: a cookie circuit
+/// (private, interactive, HTTP) with neither a plugin nor a rate limit, on a fast-path worker.
+fn on_fast_path(worker: &Worker, c: &Circuit) -> bool {
+    worker.fast_path
+        && !c.open_to_public
+        && c.app_mode == AppMode::Interactive
+        && c.protocol == Protocol::Http
+        && c.auth_plugin.is_none()
+        && rate_limit(c).is_none()
+}
+
+/// The circuit's fast-path middleware (its ForwardAuth stays, for the WebSocket twin):
+/// circuit, generation and extra origins, nothing secret (the plugin reads the circuit's key
+/// from authgate's state directory). Returns its name.
+fn render_fast_path(kv: &mut Kv, c: &Circuit) -> String {
+    let m = names::fast_path_middleware(c.id);
+    let p = format!("http/middlewares/{m}/plugin/{}", names::FAST_PATH_PLUGIN);
+    kv.insert(format!("{p}/circuit"), c.id.as_hyphenated().to_string());
+    kv.insert(format!("{p}/generation"), c.generation.to_string());
+    kv.insert(format!("{p}/mode"), c.app_mode.as_str().into());
+    if !c.allowed_origins.is_empty() {
+        kv.insert(format!("{p}/origins"), c.allowed_origins.join(","));
+    }
+    m
 }
 
 /// The circuit's ForwardAuth middleware to authgate; returns its name.

@@ -130,6 +130,70 @@ fn circuits_behind_forward_auth_log_only_their_websockets() {
 }
 
 #[test]
+fn a_fast_path_worker_decides_cookie_circuits_in_traefik_and_upgrades_at_forward_auth() {
+    let mut w = worker(FrontendMode::Wildcard, Protocol::Http);
+    w.spec.fast_path = true;
+    let mut c = circuit(
+        Frontend::Subdomain("lab".into()),
+        Protocol::Http,
+        vec![route("10.0.0.5", 8888, 1.0, Protocol::Http)],
+    );
+    c.allowed_origins = vec!["https://a.example".into(), "https://b.example".into()];
+    c.allowed_client_ips = vec!["10.1.0.0/16".parse().unwrap()];
+    let kv = render_circuit(&w, &c);
+    let (r, ws) = (
+        format!("http/routers/ap-{CID}"),
+        format!("http/routers/ap-{CID}-ws"),
+    );
+    let p = format!("http/middlewares/ap-{CID}-fast/plugin/appproxy-fastpath");
+    assert_eq!(kv[&format!("{p}/circuit")], CID);
+    assert_eq!(kv[&format!("{p}/generation")], c.generation.to_string());
+    assert_eq!(kv[&format!("{p}/mode")], "interactive");
+    assert_eq!(
+        kv[&format!("{p}/origins")],
+        "https://a.example,https://b.example"
+    );
+    // Nothing secret in the plugin's config.
+    assert_eq!(kv.keys().filter(|k| k.starts_with(&p)).count(), 4);
+    // The router: allow list, then the plugin; its access log on (activity comes from it).
+    assert_eq!(
+        kv[&format!("{r}/middlewares/0")],
+        format!("ap-{CID}-ipallow")
+    );
+    assert_eq!(kv[&format!("{r}/middlewares/1")], format!("ap-{CID}-fast"));
+    assert!(!kv.contains_key(&format!("{r}/observability/accessLogs")));
+    // The WebSocket twin: the same chain with ForwardAuth (`c=1`) in the plugin's place.
+    assert_eq!(
+        kv[&format!("{ws}/middlewares/0")],
+        format!("ap-{CID}-ipallow")
+    );
+    assert_eq!(kv[&format!("{ws}/middlewares/1")], format!("ap-{CID}-auth"));
+    assert!(kv[&format!("http/middlewares/ap-{CID}-auth/forwardAuth/address")].contains("&c=1"));
+    // Public, inference, plugin and gRPC circuits keep what they had.
+    for change in [
+        (|c: &mut Circuit| c.open_to_public = true) as fn(&mut Circuit),
+        |c| c.app_mode = AppMode::Inference,
+        |c| c.protocol = Protocol::Grpc,
+        |c| {
+            c.auth_plugin = Some(appproxy_common::wire::AuthPlugin {
+                name: "p".into(),
+                config: serde_json::json!({}),
+            })
+        },
+    ] {
+        let mut other = c.clone();
+        change(&mut other);
+        let kv = render_circuit(&w, &other);
+        assert!(!kv.keys().any(|k| k.contains("-fast")), "{other:?}");
+    }
+    // The same circuit on a worker without the fast path.
+    w.spec.fast_path = false;
+    let kv = render_circuit(&w, &c);
+    assert!(!kv.keys().any(|k| k.contains("-fast")));
+    assert_eq!(kv[&format!("{r}/middlewares/1")], format!("ap-{CID}-auth"));
+}
+
+#[test]
 fn path_mode_routes_by_prefix_strips_it_unless_the_app_keeps_it() {
     let mut w = worker(FrontendMode::Path, Protocol::Http);
     w.spec.path_keep_prefix_apps = vec!["jupyter".into()];

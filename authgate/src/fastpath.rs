@@ -1,0 +1,174 @@
+//! The fast path's state directory (`[fast_path] dir`): what the plugin inside Traefik reads,
+//! through a read-only mount, to decide cookie circuits without asking authgate.
+//!
+//! - `keys/<circuit>`: the circuit's derived cookie key (hex), written before authgate mints
+//!   the circuit's first cookie (at `/setup`) and for every circuit of the map; removed when
+//!   the circuit leaves it. Never the cookie secret itself.
+//! - `state.json`: the revocation set, whether it was ever loaded, the login URL and the
+//!   leeway, with the revocation set's version; rewritten within [`TICK`] of a change.
+//! - `alive`: `<epoch seconds> <version>`, rewritten every second. The plugin refuses
+//!   everything private once it is `appproxy_fastpath::STALE_SECS` (10 s) old: authgate gone means
+//!   fail closed, as with ForwardAuth.
+//!
+//! Every file is written to a temporary name and renamed, so a reader never sees half of one.
+
+use std::{
+    collections::HashSet,
+    io,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::json;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::{revocation::Revocations, token::Keys};
+
+/// How often the writer looks for a changed revocation set.
+pub const TICK: Duration = Duration::from_millis(200);
+
+pub struct FastPath {
+    dir: PathBuf,
+    keys: Keys,
+    login_url: Option<String>,
+    leeway: u64,
+    /// Circuits whose key file is written.
+    written: Mutex<HashSet<Uuid>>,
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename.
+fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn epoch_secs() -> i64 {
+    crate::activity::now_ms() / 1000
+}
+
+impl FastPath {
+    /// Create the directory (and `keys/`); keys left from an earlier run are rewritten as
+    /// circuits come (the secret may have changed).
+    pub fn new(
+        dir: &Path,
+        keys: Keys,
+        login_url: Option<String>,
+        leeway: u64,
+    ) -> io::Result<FastPath> {
+        std::fs::create_dir_all(dir.join("keys"))?;
+        Ok(FastPath {
+            dir: dir.to_path_buf(),
+            keys,
+            login_url,
+            leeway,
+            written: Mutex::default(),
+        })
+    }
+
+    fn key_path(&self, circuit: Uuid) -> PathBuf {
+        self.dir
+            .join("keys")
+            .join(circuit.as_hyphenated().to_string())
+    }
+
+    /// Make sure the plugin can check `circuit`'s cookies (before minting one).
+    pub fn ensure_key(&self, circuit: Uuid) -> io::Result<()> {
+        if self
+            .written
+            .lock()
+            .expect("fast path lock")
+            .contains(&circuit)
+        {
+            return Ok(());
+        }
+        let hex = appproxy_gatecore::session::key_to_hex(&self.keys.cookie_key(circuit));
+        replace(&self.key_path(circuit), hex.as_bytes())?;
+        self.written.lock().expect("fast path lock").insert(circuit);
+        Ok(())
+    }
+
+    /// The map's circuits have keys; circuits gone from it have none (nor any other file).
+    pub fn sync_keys(&self, circuits: &HashSet<Uuid>) {
+        for c in circuits {
+            if let Err(e) = self.ensure_key(*c) {
+                tracing::error!(error = %e, circuit = %c, "Fast-path key not written");
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.join("keys")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let keep = name
+                .to_str()
+                .and_then(|n| Uuid::parse_str(n).ok())
+                .is_some_and(|id| circuits.contains(&id));
+            if !keep {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        self.written
+            .lock()
+            .expect("fast path lock")
+            .retain(|c| circuits.contains(c));
+    }
+
+    fn write_state(&self, revoked: &Revocations) -> io::Result<u64> {
+        let (version, revocations) = revoked.snapshot();
+        let state = json!({
+            "version": version,
+            "synced": revoked.synced(),
+            "login_url": self.login_url,
+            "leeway": self.leeway,
+            "revocations": revocations,
+        });
+        replace(&self.dir.join("state.json"), state.to_string().as_bytes())?;
+        Ok(version)
+    }
+
+    fn write_alive(&self, version: u64) -> io::Result<()> {
+        replace(
+            &self.dir.join("alive"),
+            format!("{} {version}\n", epoch_secs()).as_bytes(),
+        )
+    }
+}
+
+/// Keep `state.json` and `alive` current until shutdown; then remove `alive`, so the plugin
+/// fails closed at once rather than after `appproxy_fastpath::STALE_SECS` (10 s).
+pub async fn writer(
+    fp: Arc<FastPath>,
+    revoked: Arc<Revocations>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut written: Option<(u64, bool)> = None;
+    let mut alive_at = i64::MIN;
+    loop {
+        let now = (revoked.version(), revoked.synced());
+        if written != Some(now) {
+            match fp.write_state(&revoked) {
+                Ok(v) => {
+                    written = Some((v, now.1));
+                    alive_at = i64::MIN;
+                }
+                Err(e) => tracing::error!(error = %e, "Fast-path state not written"),
+            }
+        }
+        if let Some((v, _)) = written
+            && epoch_secs() != alive_at
+        {
+            match fp.write_alive(v) {
+                Ok(()) => alive_at = epoch_secs(),
+                Err(e) => tracing::error!(error = %e, "Fast-path heartbeat not written"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = std::fs::remove_file(fp.dir.join("alive"));
+}
