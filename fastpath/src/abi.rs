@@ -4,9 +4,9 @@
 //! module owns for the duration of the call.
 #![allow(unsafe_code)]
 
-use std::sync::Mutex;
+use std::cell::Cell;
 
-use appproxy_fastpath::{Config, Gate, Outcome, Request};
+use crate::{Config, Gate, Outcome, Request};
 
 #[link(wasm_import_module = "http_handler")]
 unsafe extern "C" {
@@ -25,8 +25,12 @@ const REQUEST: u32 = 0;
 const RESPONSE: u32 = 1;
 const LOG_ERROR: i32 = 2;
 
-/// This instance's gate, or why its config was refused (then every request is refused).
-static GATE: Mutex<Option<Result<Gate, String>>> = Mutex::new(None);
+thread_local! {
+    /// This instance's gate (made at its first request), or why its config was refused (then
+    /// every request is refused). Taken out for a request and put back after it: an instance
+    /// that trapped mid-request starts over with a fresh one rather than a half-changed one.
+    static GATE: Cell<Option<Result<Gate, String>>> = const { Cell::new(None) };
+}
 
 /// Read a host value that `f` writes into a buffer of a given limit, returning its length
 /// (retried once with the exact size when the first buffer was too small).
@@ -50,14 +54,14 @@ fn error(msg: &str) {
     unsafe { log(LOG_ERROR, msg.as_ptr(), msg.len() as u32) }
 }
 
-pub(crate) fn init() {
+fn init() -> Result<Gate, String> {
     // SAFETY: the host writes at most `limit` bytes into the buffer it is given.
     let raw = read_with(|b, l| unsafe { get_config(b, l) });
     let gate = Config::parse(&raw).map(Gate::new);
     if let Err(e) = &gate {
         error(e);
     }
-    *GATE.lock().unwrap_or_else(|p| p.into_inner()) = Some(gate);
+    gate
 }
 
 /// The request as Traefik's host shows it.
@@ -120,15 +124,16 @@ fn now() -> i64 {
 /// handler (1) or to answer with what was written (0).
 #[unsafe(no_mangle)]
 pub(crate) extern "C" fn handle_request() -> i64 {
-    let mut slot = GATE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut slot = GATE.take().unwrap_or_else(init);
     let outcome = match slot.as_mut() {
-        Some(Ok(gate)) => gate.handle(&Host, now()),
+        Ok(gate) => gate.handle(&Host, now()),
         _ => Outcome::Refuse {
             status: 500,
             headers: vec![("Content-Type", "text/plain".into())],
             body: "The app proxy's fast path is misconfigured.\n".into(),
         },
     };
+    GATE.set(Some(slot));
     match outcome {
         Outcome::Allow(headers) => {
             for (name, value) in headers {
@@ -156,6 +161,52 @@ pub(crate) extern "C" fn handle_request() -> i64 {
             0
         }
     }
+}
+
+// wasi-libc's `memcpy`, `memmove` and `memset` use `memory.copy` / `memory.fill` above a
+// size; Traefik 3.7's wazero (v1.8.0) faults on `memory.copy` of 2,048 bytes or more (seen
+// here: a 2,047-byte copy passes, 2,048 traps "out of bounds memory access", whatever the
+// addresses). These plain loops take their place (the linker takes ours before the archive's);
+// volatile accesses keep the compiler from turning them back into those instructions.
+
+/// # Safety
+/// As C's `memcpy`.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller's contract: both ranges are valid and do not overlap.
+    unsafe { memmove(dest, src, n) }
+}
+
+/// # Safety
+/// As C's `memmove`.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller's contract: both ranges are valid for `n` bytes.
+    unsafe {
+        if (dest as usize) <= (src as usize) {
+            for i in 0..n {
+                dest.add(i).write_volatile(src.add(i).read_volatile());
+            }
+        } else {
+            for i in (0..n).rev() {
+                dest.add(i).write_volatile(src.add(i).read_volatile());
+            }
+        }
+    }
+    dest
+}
+
+/// # Safety
+/// As C's `memset`.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller's contract: the range is valid for `n` bytes.
+    unsafe {
+        for i in 0..n {
+            dest.add(i).write_volatile(c as u8);
+        }
+    }
+    dest
 }
 
 /// Called after the next handler when `handle_request` asked for it; this plugin never does.

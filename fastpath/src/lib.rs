@@ -14,7 +14,8 @@
 //! - [`Gate::handle`]: a request in, [`Outcome`] out: the headers to set or remove and go on,
 //!   or the refusal to write.
 //!
-//! `src/main.rs` is the thin ABI shell for `wasm32-wasip1`.
+//! `src/abi.rs` is the thin ABI shell, compiled for `wasm32-wasip1` only: the crate's `cdylib`
+//! is the plugin (a WASI reactor: Traefik runs its `_initialize`, then calls its exports).
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -28,7 +29,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 /// `alive` older than this (authgate stopped writing): nothing private is let through.
-pub const STALE_SECS: i64 = 10;
+pub const STALE_SECS: i64 = 3;
 /// Where Traefik mounts the state directory in the guest.
 pub const MOUNT: &str = "/appproxy";
 /// A cached key that fails a signature is read again after this long (a rotated secret).
@@ -114,7 +115,9 @@ impl Config {
 /// `state.json`, as authgate writes it.
 #[derive(Debug, Default, Deserialize)]
 pub struct State {
-    pub version: u64,
+    /// `<authgate's start, ms>-<revocation set version>`: never the same for two different
+    /// sets, across authgate restarts too.
+    pub version: String,
     /// The revocation set was loaded from Redis at least once.
     pub synced: bool,
     #[serde(default)]
@@ -128,9 +131,9 @@ pub struct State {
 }
 
 /// `alive`: `<epoch seconds> <state version>`.
-pub fn parse_alive(s: &str) -> Option<(i64, u64)> {
+pub fn parse_alive(s: &str) -> Option<(i64, &str)> {
     let (at, version) = s.trim().split_once(' ')?;
-    Some((at.parse().ok()?, version.parse().ok()?))
+    Some((at.parse().ok()?, version))
 }
 
 /// What the request comes with. Values that are not UTF-8 are `Err(())`.
@@ -186,13 +189,15 @@ impl Gate {
         std::fs::read_to_string(self.config.state_dir.join(rel)).ok()
     }
 
-    /// Look at `alive` (at most once a second) and reload the state when its version moved.
+    /// Look at `alive` (at most once a second while ready; on every request while not) and
+    /// reload the state when its version moved.
     fn refresh(&mut self, now: i64) {
-        if now == self.checked_at {
+        if now == self.checked_at && self.ready(now) {
             return;
         }
         self.checked_at = now;
-        let Some((at, version)) = self.read("alive").as_deref().and_then(parse_alive) else {
+        let alive = self.read("alive");
+        let Some((at, version)) = alive.as_deref().and_then(parse_alive) else {
             self.alive_at = None;
             return;
         };
@@ -354,6 +359,9 @@ impl Credentials for Creds<'_> {
         self.ready
     }
 }
+
+#[cfg(target_arch = "wasm32")]
+mod abi;
 
 #[cfg(test)]
 mod tests;

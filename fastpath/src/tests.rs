@@ -56,6 +56,7 @@ fn write_key(dir: &std::path::Path, circuit: Uuid, secret: &[u8]) {
 }
 
 fn write_state(dir: &std::path::Path, version: u64, revoked: &[(&str, i64)]) {
+    let version = format!("7-{version}");
     let revocations: HashMap<&str, i64> = revoked.iter().copied().collect();
     let s = serde_json::json!({"version": version, "synced": true, "leeway": 0,
         "login_url": "https://login.example/", "revocations": revocations});
@@ -63,7 +64,7 @@ fn write_state(dir: &std::path::Path, version: u64, revoked: &[(&str, i64)]) {
 }
 
 fn alive(dir: &std::path::Path, at: i64, version: u64) {
-    std::fs::write(dir.join("alive"), format!("{at} {version}\n")).unwrap();
+    std::fs::write(dir.join("alive"), format!("{at} 7-{version}\n")).unwrap();
 }
 
 fn cookie(circuit: Uuid, generation: i64, secret: &[u8], iat: i64) -> String {
@@ -146,12 +147,28 @@ fn without_a_fresh_heartbeat_nothing_passes() {
     assert_eq!(status(&g.handle(&ok(), NOW + STALE_SECS + 1)), 503);
     alive(&d.0, NOW + 11, 1);
     assert_eq!(status(&g.handle(&ok(), NOW + 12)), 200);
+    // A restarted authgate's state differs even where its counter repeats.
+    std::fs::write(d.0.join("alive"), format!("{} 8-1\n", NOW + 12)).unwrap();
+    write_state(&d.0, 1, &[("u:user-1", NOW)]);
+    std::fs::write(
+        d.0.join("state.json"),
+        std::fs::read_to_string(d.0.join("state.json"))
+            .unwrap()
+            .replace("7-1", "8-1"),
+    )
+    .unwrap();
+    assert_eq!(status(&g.handle(&ok(), NOW + 13)), 401);
+    // `alive` removed (authgate stopped): closed at once.
     std::fs::remove_file(d.0.join("alive")).unwrap();
-    assert_eq!(status(&g.handle(&ok(), NOW + 13)), 503);
-    // Not synced: closed too.
-    alive(&d.0, NOW + 14, 2);
-    std::fs::write(d.0.join("state.json"), r#"{"version":2,"synced":false}"#).unwrap();
     assert_eq!(status(&g.handle(&ok(), NOW + 14)), 503);
+    // Not synced: closed too.
+    alive(&d.0, NOW + 15, 2);
+    std::fs::write(
+        d.0.join("state.json"),
+        r#"{"version":"7-2","synced":false}"#,
+    )
+    .unwrap();
+    assert_eq!(status(&g.handle(&ok(), NOW + 15)), 503);
 }
 
 #[test]

@@ -32,6 +32,26 @@ pub struct WorkerSpec {
     pub cpus: Option<String>,
     /// Its Traefik's extra `traefik-config` arguments and environment (HTTPS, ACME).
     pub traefik: crate::TraefikExtra,
+    /// Cookie circuits decided by the fast-path plugin inside Traefik (authgate's
+    /// `[fast_path] dir`). Default: `APPPROXY_E2E_FAST_PATH=1` in the environment, so the auth
+    /// suites run on both paths.
+    pub fast_path: bool,
+}
+
+/// Whether workers start on the fast path unless a test says otherwise.
+pub(crate) fn fast_path_by_default() -> bool {
+    std::env::var("APPPROXY_E2E_FAST_PATH").is_ok_and(|v| v == "1")
+}
+
+/// The fast-path plugin, built by `deploy/test` (`build_fast_path`).
+pub(crate) fn fast_path_module() -> PathBuf {
+    let p = crate::stack::repo_root().join("target/wasm32-wasip1/release/appproxy_fastpath.wasm");
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build -p appproxy-fastpath --target wasm32-wasip1 --release`",
+        p.display()
+    );
+    p
 }
 
 impl WorkerSpec {
@@ -67,6 +87,7 @@ impl WorkerSpec {
             without_net_admin: false,
             cpus: None,
             traefik: crate::TraefikExtra::default(),
+            fast_path: fast_path_by_default(),
         }
     }
 }
@@ -99,8 +120,17 @@ impl Stack {
 
     /// Start Traefik and authgate for `spec` (with a credential enrolled for its authority,
     /// unless `spec.env` sets another); returns once authgate is started.
-    pub async fn launch_gated_worker(&self, spec: WorkerSpec) -> GatedWorker {
+    pub async fn launch_gated_worker(&self, mut spec: WorkerSpec) -> GatedWorker {
         let port = free_port();
+        let fast_dir = self.dir.path().join(format!("fast-path-{port}"));
+        if spec.fast_path {
+            spec.traefik.args.extend([
+                "--fast-path-dir".to_string(),
+                fast_dir.display().to_string(),
+                "--fast-path-module".to_string(),
+                fast_path_module().display().to_string(),
+            ]);
+        }
         let ingest_port = free_port();
         let ingest_secret = format!(
             "ingest-{}-{}",
@@ -194,6 +224,9 @@ impl Stack {
         if let Some(u) = &spec.login_url {
             env.push((format!("{p}SESSION__LOGIN_URL"), u.clone()));
         }
+        if spec.fast_path {
+            env.push((format!("{p}FAST_PATH__DIR"), fast_dir.display().to_string()));
+        }
         env.extend(spec.env.iter().cloned());
         let mut w = GatedWorker {
             authgate: None,
@@ -267,6 +300,23 @@ impl GatedWorker {
             (r.status() == 200).then_some(())
         })
         .await;
+    }
+
+    /// authgate's `[fast_path] dir`, if the worker runs the fast path.
+    pub fn fast_path_dir(&self) -> Option<PathBuf> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "APPPROXY_AUTHGATE__FAST_PATH__DIR")
+            .map(|(_, v)| PathBuf::from(v))
+    }
+
+    /// An `APPPROXY_AUTHGATE__*` setting authgate was started with.
+    pub fn setting(&self, name: &str) -> Option<String> {
+        let key = format!("APPPROXY_AUTHGATE__{name}");
+        self.env
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
     }
 
     /// Whether authgate has exited on its own, and its log.

@@ -821,22 +821,21 @@ async fn authgate_down_or_hung_fails_closed_and_redis_down_stops_setup() {
     let l = e.launch().await;
     let cookie = e.cookie(&l).await;
     assert_eq!(e.get(&l.url, &[("cookie", &cookie)]).await.0, 200);
-    let served = e.echo.count();
 
     e.worker.kill_authgate();
-    let (s, _, _) = e.get(&l.url, &[("cookie", &cookie)]).await;
-    assert!(s >= 500, "authgate down → {s}");
+    // ForwardAuth fails at once; the fast path once authgate's heartbeat is 3 s old.
+    closed_soon(&e, &l.url, &cookie, "authgate down").await;
     e.worker.start_authgate();
     e.worker.wait_ready(&e.stack.http).await;
-    assert_eq!(
-        e.get(&l.url, &[("cookie", &cookie)]).await.0,
-        200,
-        "cookies survive a restart"
-    );
-    let served = served + 1;
+    eventually("cookies survive a restart", patience(), || async {
+        (e.get(&l.url, &[("cookie", &cookie)]).await.0 == 200).then_some(())
+    })
+    .await;
 
-    // Hung authgate: the client never gets the app.
+    // Hung authgate: the client never gets the app (after the heartbeat's age, fast path).
     e.worker.signal_authgate("STOP");
+    closed_soon(&e, &l.url, &cookie, "authgate hung").await;
+    let served = e.echo.count();
     let quick = e2e::client_builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -847,7 +846,7 @@ async fn authgate_down_or_hung_fails_closed_and_redis_down_stops_setup() {
     assert_eq!(
         e.echo.count(),
         served,
-        "the app got a request while authgate was down"
+        "the app got a request while authgate was hung"
     );
 
     // Redis down: setup fails closed (503, no cookie); provider revocations answer 503.
@@ -878,6 +877,37 @@ async fn authgate_down_or_hung_fails_closed_and_redis_down_stops_setup() {
         || async { (e.get(&fresh.setup_url, &[]).await.0 == 302).then_some(()) },
     )
     .await;
+}
+
+/// Requests with a valid cookie are refused (5xx) within 5 s: at once through ForwardAuth,
+/// within the fast path's 3 s heartbeat age otherwise; and stay refused.
+async fn closed_soon(e: &Env, url: &str, cookie: &str, what: &str) {
+    let quick = e2e::client_builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let status = || async {
+        match quick.get(url).header("cookie", cookie).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 599,
+        }
+    };
+    let before = e.echo.count();
+    if e.worker.spec.fast_path {
+        eventually(what, Duration::from_secs(5), || async {
+            (status().await >= 500).then_some(())
+        })
+        .await;
+    } else {
+        let s = status().await;
+        assert!(s >= 500, "{what} → {s}");
+        assert_eq!(e.echo.count(), before, "{what}: the app got a request");
+    }
+    let served = e.echo.count();
+    for _ in 0..3 {
+        assert!(status().await >= 500, "{what}: a request got through again");
+    }
+    assert_eq!(e.echo.count(), served, "{what}: the app got a request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1736,6 +1766,8 @@ async fn setup_is_rate_limited_per_client_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_carry_backendai_names_and_answer_only_allowed_readers() {
     let mut spec = WorkerSpec::ports("gw-metrics", 2);
+    // authgate's own ForwardAuth route is among the series: requests must reach it.
+    spec.fast_path = false;
     let token = "metrics-reader-token-0123";
     spec.env.extend([
         (
@@ -1908,4 +1940,109 @@ async fn path_mode_serves_each_app_under_its_prefix_with_its_own_cookie() {
         )
         .await;
     assert_eq!(s, 410);
+}
+
+/// authgate's decision counter for allowed requests (`decisions_total{result="allow",…}`).
+async fn allowed_at_forward_auth(e: &Env) -> u64 {
+    let url = format!("http://127.0.0.1:{}/metrics", e.worker.port);
+    let (_, _, text) = e.get(&url, &[]).await;
+    text.lines()
+        .filter(|l| l.contains("decisions_total{") && l.contains("result=\"allow\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_decides_inside_traefik_with_per_circuit_keys_only() {
+    let mut spec = WorkerSpec::ports("gw-fast", 3);
+    spec.fast_path = true;
+    let e = env_with(spec).await;
+    let l = e.launch().await;
+    let cookie = e.cookie(&l).await;
+    assert_eq!(e.get(&l.url, &[("cookie", &cookie)]).await.0, 200);
+
+    // Traefik runs the plugin on the circuit's router; its WebSocket twin keeps ForwardAuth.
+    let api = format!(
+        "http://127.0.0.1:{}/api/http/routers",
+        e.worker.traefik.api_port
+    );
+    let (_, _, body) = e.get(&format!("{api}/ap-{}@etcd", l.id), &[]).await;
+    let router: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        router["middlewares"],
+        json!([format!("ap-{}-fast@etcd", l.id)]),
+        "{router}"
+    );
+    assert_eq!(router["status"], "enabled", "{router}");
+    let (_, _, body) = e.get(&format!("{api}/ap-{}-ws@etcd", l.id), &[]).await;
+    let twin: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        twin["middlewares"],
+        json!([format!("ap-{}-auth@etcd", l.id)])
+    );
+
+    // Requests are decided without authgate: its allow counter stands still.
+    let before = allowed_at_forward_auth(&e).await;
+    for _ in 0..20 {
+        assert_eq!(e.get(&l.url, &[("cookie", &cookie)]).await.0, 200);
+    }
+    assert_eq!(e.get(&l.url, &[]).await.0, 401);
+    assert_eq!(allowed_at_forward_auth(&e).await, before);
+    // A WebSocket upgrade goes through ForwardAuth (held open as activity).
+    let (status, echoed) = websocket(port_of(&l.url), Some(&cookie)).await;
+    assert!(status.contains("101"), "{status}");
+    assert_eq!(echoed.as_deref(), Some("hi over ws"));
+    assert_eq!(allowed_at_forward_auth(&e).await, before + 1);
+
+    // What the plugin can read: the circuit's derived key, never the cookie secret.
+    let dir = e.worker.fast_path_dir().expect("fast-path dir");
+    let secret = e.worker.setting("KEYS__COOKIE_SECRET").unwrap();
+    let key_file = dir.join("keys").join(l.id.to_string());
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(key.trim().len(), 64);
+    assert!(key.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+    for f in walk(&dir) {
+        let text = std::fs::read(&f).unwrap();
+        assert!(
+            !text.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} holds the cookie secret",
+            f.display()
+        );
+    }
+    // Nothing secret in etcd either: the plugin's config names the circuit only.
+    let dump = e.stack.etcd_dump().await;
+    let fast: Vec<(&String, &String)> = dump
+        .iter()
+        .filter(|(k, _)| k.contains(&format!("ap-{}-fast/", l.id)))
+        .collect();
+    assert!(!fast.is_empty());
+    assert!(
+        fast.iter().all(|(_, v)| !v.contains(key.trim())),
+        "{fast:?}"
+    );
+
+    // A deleted circuit's key leaves with it.
+    let (s, _) = e
+        .stack
+        .manager(Method::DELETE, &format!("/v2/circuits/{}", l.id), None)
+        .await;
+    assert_eq!(s, 200);
+    eventually("the key file is removed", patience(), || async {
+        (!key_file.exists()).then_some(())
+    })
+    .await;
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

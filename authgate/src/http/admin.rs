@@ -19,10 +19,13 @@ pub(super) async fn health(State(g): State<Arc<Gate>>) -> Response {
     } else {
         crate::setup::setup_router_loaded(&g.traefik, &g.cfg.traefik.api_url).await
     };
-    let ready = synced && setup_router;
+    // The fast path decides from the state file: ready once it carries the loaded set.
+    let fast_path = g.fast_path.as_ref().map(|fp| fp.synced_written());
+    let ready = synced && setup_router && fast_path != Some(false);
     let body = json!({
         "status": if ready { "ok" } else { "starting" },
         "revocations_synced": synced,
+        "fast_path_state_written": fast_path,
         "redis_connected": g.revoked.connected(),
         "revocations": g.revoked.len(),
         "traefik_setup_router": setup_router,
