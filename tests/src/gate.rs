@@ -103,6 +103,8 @@ pub struct GatedWorker {
     pub spec: WorkerSpec,
     env: Vec<(String, String)>,
     dir: PathBuf,
+    /// The fast path's state directory, when its Traefik loads the plugin.
+    fast_dir: Option<PathBuf>,
 }
 
 impl Stack {
@@ -228,6 +230,7 @@ impl Stack {
             env.push((format!("{p}FAST_PATH__DIR"), fast_dir.display().to_string()));
         }
         env.extend(spec.env.iter().cloned());
+        let spec_fast = spec.fast_path;
         let mut w = GatedWorker {
             authgate: None,
             traefik,
@@ -237,6 +240,7 @@ impl Stack {
             spec,
             env,
             dir: self.dir.path().to_path_buf(),
+            fast_dir: spec_fast.then_some(fast_dir),
         };
         w.spawn_authgate();
         w
@@ -266,6 +270,21 @@ impl Stack {
 
 impl GatedWorker {
     /// Start (or restart) authgate and wait until it listens.
+    /// Restart authgate with the fast path on or off (its Traefik must have been started with
+    /// the plugin: `spec.fast_path`); it registers again, and the provider renders its cookie
+    /// circuits with the plugin or with ForwardAuth.
+    pub async fn set_fast_path(&mut self, on: bool, http: &reqwest::Client) {
+        const KEY: &str = "APPPROXY_AUTHGATE__FAST_PATH__DIR";
+        let dir = self.fast_dir.clone().expect("a worker started with the fast path");
+        self.stop_authgate();
+        self.env.retain(|(k, _)| k != KEY);
+        if on {
+            self.env.push((KEY.into(), dir.display().to_string()));
+        }
+        self.start_authgate();
+        self.wait_ready(http).await;
+    }
+
     pub fn start_authgate(&mut self) {
         self.spawn_authgate();
         if let Some(p) = self.authgate.as_mut() {
@@ -304,10 +323,7 @@ impl GatedWorker {
 
     /// authgate's `[fast_path] dir`, if the worker runs the fast path.
     pub fn fast_path_dir(&self) -> Option<PathBuf> {
-        self.env
-            .iter()
-            .find(|(k, _)| k == "APPPROXY_AUTHGATE__FAST_PATH__DIR")
-            .map(|(_, v)| PathBuf::from(v))
+        self.setting("FAST_PATH__DIR").map(PathBuf::from)
     }
 
     /// An `APPPROXY_AUTHGATE__*` setting authgate was started with.

@@ -1956,7 +1956,7 @@ async fn allowed_at_forward_auth(e: &Env) -> u64 {
 async fn the_fast_path_decides_inside_traefik_with_per_circuit_keys_only() {
     let mut spec = WorkerSpec::ports("gw-fast", 3);
     spec.fast_path = true;
-    let e = env_with(spec).await;
+    let mut e = env_with(spec).await;
     let l = e.launch().await;
     let cookie = e.cookie(&l).await;
     assert_eq!(e.get(&l.url, &[("cookie", &cookie)]).await.0, 200);
@@ -2020,6 +2020,31 @@ async fn the_fast_path_decides_inside_traefik_with_per_circuit_keys_only() {
         fast.iter().all(|(_, v)| !v.contains(key.trim())),
         "{fast:?}"
     );
+
+    // The switch is per worker: off, its cookie circuits go back to ForwardAuth (the same
+    // cookie still works: authgate derives the same key); on again, back to the plugin.
+    let middlewares = |e: &Env| {
+        let url = format!("{api}/ap-{}@etcd", l.id);
+        let http = e.http.clone();
+        async move {
+            let (_, _, body) = e2e::http_get(&http, &url, &[]).await;
+            serde_json::from_str::<Value>(&body).unwrap()["middlewares"].clone()
+        }
+    };
+    e.worker.set_fast_path(false, &e.stack.http).await;
+    eventually("ForwardAuth again", patience(), || async {
+        (middlewares(&e).await == json!([format!("ap-{}-auth@etcd", l.id)])).then_some(())
+    })
+    .await;
+    let before = allowed_at_forward_auth(&e).await;
+    assert_eq!(e.get(&l.url, &[("cookie", &cookie)]).await.0, 200);
+    assert_eq!(allowed_at_forward_auth(&e).await, before + 1);
+    e.worker.set_fast_path(true, &e.stack.http).await;
+    eventually("the fast path again", patience(), || async {
+        (middlewares(&e).await == json!([format!("ap-{}-fast@etcd", l.id)])).then_some(())
+    })
+    .await;
+    assert_eq!(e.get(&l.url, &[("cookie", &cookie)]).await.0, 200);
 
     // A deleted circuit's key leaves with it.
     let (s, _) = e
