@@ -4,8 +4,9 @@
 //! - `keys/<circuit>`: the circuit's derived cookie key (hex), written before authgate mints
 //!   the circuit's first cookie (at `/setup`) and for every circuit of the map; removed when
 //!   the circuit leaves it. Never the cookie secret itself.
-//! - `state.json`: the revocation set, whether it was ever loaded, the login URL and the
-//!   leeway, with the revocation set's version; rewritten within [`TICK`] of a change.
+//! - `state.json`: the revocation set, whether it was ever loaded, the login URL, the leeway,
+//!   the provider's public key (inference tokens) and whether the app sees them, with the
+//!   revocation set's version; rewritten within [`TICK`] of a change.
 //! - `alive`: `<epoch seconds> <version>`, rewritten every second (the version is
 //!   `<authgate's start, ms>-<revocation set version>`). The plugin refuses
 //!   everything private once it is `appproxy_fastpath::STALE_SECS` (3 s) old: authgate gone means
@@ -33,8 +34,9 @@ pub const TICK: Duration = Duration::from_millis(200);
 pub struct FastPath {
     dir: PathBuf,
     keys: Keys,
-    login_url: Option<String>,
-    leeway: u64,
+    /// What `state.json` carries besides the revocations: the login URL, the leeway, the
+    /// provider's public key (hex) and whether inference tokens reach the app.
+    settings: Settings,
     /// Circuits whose key file is written.
     written: Mutex<HashSet<Uuid>>,
     /// When this authgate started (ms): the first half of every state version, so a
@@ -55,21 +57,43 @@ fn epoch_secs() -> i64 {
     crate::activity::now_ms() / 1000
 }
 
+/// The settings the plugin shares with authgate.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub login_url: Option<String>,
+    pub leeway: u64,
+    /// The provider's Ed25519 public key (raw), for inference tokens.
+    pub provider_key: Option<[u8; 32]>,
+    pub forward_authorization: bool,
+}
+
+/// The raw 32-byte key of an Ed25519 public key in PEM (SubjectPublicKeyInfo).
+pub fn ed25519_public_raw(pem: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    const SPKI_PREFIX: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .ok()?;
+    let key = der.strip_prefix(&SPKI_PREFIX[..])?;
+    key.try_into().ok()
+}
+
 impl FastPath {
     /// Create the directory (and `keys/`); keys left from an earlier run are rewritten as
     /// circuits come (the secret may have changed).
-    pub fn new(
-        dir: &Path,
-        keys: Keys,
-        login_url: Option<String>,
-        leeway: u64,
-    ) -> io::Result<FastPath> {
+    pub fn new(dir: &Path, keys: Keys, settings: Settings) -> io::Result<FastPath> {
         std::fs::create_dir_all(dir.join("keys"))?;
         Ok(FastPath {
             dir: dir.to_path_buf(),
             keys,
-            login_url,
-            leeway,
+            settings,
             written: Mutex::default(),
             epoch: crate::activity::now_ms(),
             synced_written: Default::default(),
@@ -135,8 +159,10 @@ impl FastPath {
         let state = json!({
             "version": format!("{}-{version}", self.epoch),
             "synced": revoked.synced(),
-            "login_url": self.login_url,
-            "leeway": self.leeway,
+            "login_url": self.settings.login_url,
+            "leeway": self.settings.leeway,
+            "provider_key": self.settings.provider_key.as_ref().map(appproxy_gatecore::session::key_to_hex),
+            "forward_authorization": self.settings.forward_authorization,
             "revocations": revocations,
         });
         replace(&self.dir.join("state.json"), state.to_string().as_bytes())?;
@@ -190,4 +216,23 @@ pub async fn writer(
         }
     }
     let _ = std::fs::remove_file(fp.dir.join("alive"));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_raw_key_comes_out_of_a_pem_public_key_and_nothing_else_does() {
+        let pem = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAwv4NvpdVm2hfnQPOS24NSaIw16e3tCnOWPkbJ3HIMGo=
+-----END PUBLIC KEY-----
+";
+        let raw = super::ed25519_public_raw(pem).unwrap();
+        assert_eq!(raw[0], 0xc2);
+        assert_eq!(raw[31], 0x6a);
+        assert!(
+            super::ed25519_public_raw("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----")
+                .is_none()
+        );
+        assert!(super::ed25519_public_raw("junk").is_none());
+    }
 }

@@ -168,12 +168,14 @@ async fn start(
     ));
     let fast_path = match &config.fast_path.dir {
         Some(dir) => {
-            let fp = Arc::new(fastpath::FastPath::new(
-                dir,
-                keys.clone(),
-                config.session.login_url.clone(),
-                config.session.leeway_seconds,
-            )?);
+            let pem = std::fs::read_to_string(&config.keys.provider_public_key_file)?;
+            let settings = fastpath::Settings {
+                login_url: config.session.login_url.clone(),
+                leeway: config.session.leeway_seconds,
+                provider_key: fastpath::ed25519_public_raw(&pem),
+                forward_authorization: config.session.forward_inference_authorization,
+            };
+            let fp = Arc::new(fastpath::FastPath::new(dir, keys.clone(), settings)?);
             tokio::spawn(fastpath::writer(
                 fp.clone(),
                 revoked.clone(),

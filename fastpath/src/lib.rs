@@ -4,10 +4,12 @@
 //! the plugin needs around it, pure and testable on the host:
 //!
 //! - [`Config`]: the middleware's dynamic config from etcd (circuit, generation, mode, extra
-//!   origins) — nothing secret.
+//!   origins) — nothing secret. Cookie circuits check their cookie (the circuit's own key),
+//!   inference circuits their bearer token (the provider's public key, `bearer.rs`).
 //! - The worker's state directory, which authgate writes and Traefik mounts read-only into the
 //!   plugin (`/appproxy`): `keys/<circuit>` (the circuit's derived cookie key, hex), `state.json`
-//!   (the revocation set, whether it is synced, the login URL; a version), `alive` (epoch
+//!   (the revocation set, whether it is synced, the login URL, the provider's public key; a
+//!   version), `alive` (epoch
 //!   seconds and the state's version, rewritten every second). [`Gate`] reads the key once, and
 //!   `alive` at most once a second, the state again when its version moved. A missing or stale
 //!   `alive` (authgate gone for [`STALE_SECS`]) fails closed.
@@ -17,7 +19,7 @@
 //! `src/abi.rs` is the thin ABI shell, compiled for `wasm32-wasip1` only: the crate's `cdylib`
 //! is the plugin (a WASI reactor: Traefik runs its `_initialize`, then calls its exports).
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{cell::RefCell, collections::HashMap, path::PathBuf};
 
 use appproxy_gatecore::{
     TokenError,
@@ -65,9 +67,9 @@ struct RawConfig {
     state_dir: Option<Scalar>,
 }
 
-/// The middleware's dynamic config: `circuit`, `generation`, `mode` (`interactive` only: the
-/// provider renders the fast path for cookie circuits), `origins` (extra allowed origins,
-/// comma-separated), `stateDir` (tests only; else [`MOUNT`]).
+/// The middleware's dynamic config: `circuit`, `generation`, `mode` (`interactive`: cookies,
+/// `inference`: bearer tokens), `origins` (extra allowed origins, comma-separated),
+/// `stateDir` (tests only; else [`MOUNT`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub target: Target,
@@ -88,6 +90,7 @@ impl Config {
             .map_err(|_| "fast-path config: generation is not a number".to_string())?;
         let mode = match raw.mode.text().as_str() {
             "interactive" => Mode::Interactive,
+            "inference" => Mode::Inference,
             other => return Err(format!("fast-path config: mode {other:?} is not served")),
         };
         let origins = raw
@@ -122,9 +125,15 @@ pub struct State {
     pub synced: bool,
     #[serde(default)]
     pub login_url: Option<String>,
-    /// Seconds of clock skew allowed on a cookie's `nbf` and `exp`.
+    /// Seconds of clock skew allowed on a credential's `nbf` and `exp`.
     #[serde(default)]
     pub leeway: i64,
+    /// The provider's Ed25519 public key (hex): inference tokens are checked against it.
+    #[serde(default)]
+    pub provider_key: Option<String>,
+    /// authgate's `[session] forward_inference_authorization`: the app sees the token.
+    #[serde(default)]
+    pub forward_authorization: bool,
     /// `u:<user>` / `l:<login session hash>` → epoch seconds of the revocation.
     #[serde(default)]
     pub revocations: HashMap<String, i64>,
@@ -164,12 +173,24 @@ pub struct Gate {
     /// Epoch seconds of the last look at `alive`, and what it said.
     checked_at: i64,
     alive_at: Option<i64>,
+    /// The provider's key, decoded from the state.
+    provider_key: Option<[u8; 32]>,
+    bearers: RefCell<bearer::Bearers>,
+    /// Cookies verified lately (value → claims) with the key they verified under, so a
+    /// browser's repeated requests skip base64, HMAC and JSON; expiry is checked on every hit.
+    sessions: RefCell<HashMap<String, (session::Key, SessionClaims)>>,
 }
+
+/// Most cookies one instance remembers before it starts over.
+const SESSIONS_MAX: usize = 64;
 
 /// What one decision checks against.
 struct Creds<'a> {
     key: Option<session::Key>,
     state: &'a State,
+    provider_key: Option<[u8; 32]>,
+    bearers: &'a RefCell<bearer::Bearers>,
+    sessions: &'a RefCell<HashMap<String, (session::Key, SessionClaims)>>,
     now: i64,
     ready: bool,
 }
@@ -182,6 +203,9 @@ impl Gate {
             state: State::default(),
             checked_at: i64::MIN,
             alive_at: None,
+            provider_key: None,
+            bearers: RefCell::default(),
+            sessions: RefCell::default(),
         }
     }
 
@@ -207,7 +231,10 @@ impl Gate {
                 .read("state.json")
                 .and_then(|s| serde_json::from_str::<State>(&s).ok())
             {
-                Some(s) => self.state = s,
+                Some(s) => {
+                    self.provider_key = s.provider_key.as_deref().and_then(session::key_from_hex);
+                    self.state = s;
+                }
                 None => self.alive_at = None,
             }
         }
@@ -238,6 +265,9 @@ impl Gate {
             key,
             ready: self.ready(now),
             state: &self.state,
+            provider_key: self.provider_key,
+            bearers: &self.bearers,
+            sessions: &self.sessions,
             now,
         }
     }
@@ -282,7 +312,7 @@ impl Gate {
         let target = self.config.target;
         let origins = self.config.origins.clone();
         let settings = Settings {
-            forward_inference_authorization: false,
+            forward_inference_authorization: self.state.forward_authorization,
             extra_origins: &origins,
         };
         let mut verdict = decision::decide(&f, target, &self.creds(now, false), &settings);
@@ -290,7 +320,15 @@ impl Gate {
             verdict = decision::decide(&f, target, &self.creds(now, true), &settings);
         }
         match verdict {
-            Ok(a) => Outcome::Allow(vec![("Cookie", a.cookie), ("Referer", a.referer)]),
+            Ok(a) => {
+                // As ForwardAuth's `authResponseHeaders`: these replace the client's (or are
+                // removed); `Authorization` only on inference circuits.
+                let mut set = vec![("Cookie", a.cookie), ("Referer", a.referer)];
+                if target.mode == Mode::Inference {
+                    set.push(("Authorization", a.authorization));
+                }
+                Outcome::Allow(set)
+            }
             Err(d) => {
                 let lost = matches!(d, Deny::Revoked | Deny::NoCookie | Deny::BadCookie(_));
                 let link = self.state.login_url.as_deref().filter(|_| lost);
@@ -334,19 +372,34 @@ impl Credentials for Creds<'_> {
     ) -> Result<SessionClaims, TokenError> {
         // No key file (authgate has not written it): no cookie of this circuit can verify.
         let key = self.key.ok_or(TokenError::Signature)?;
-        session::verify(
+        let leeway = self.state.leeway;
+        // The audience was checked when the cookie was (this instance serves one circuit and
+        // generation; the key is the circuit's own).
+        if let Some((k, c)) = self.sessions.borrow().get(token)
+            && *k == key
+        {
+            return match c.exp < self.now - leeway || c.nbf > self.now + leeway {
+                true => Err(TokenError::Expired),
+                false => Ok(c.clone()),
+            };
+        }
+        let c = session::verify(token, &key, circuit, generation, self.now, leeway)?;
+        let mut cache = self.sessions.borrow_mut();
+        if cache.len() >= SESSIONS_MAX {
+            cache.clear();
+        }
+        cache.insert(token.to_string(), (key, c.clone()));
+        Ok(c)
+    }
+
+    fn inference(&self, token: &str, circuit: Uuid) -> Result<Bearer, TokenError> {
+        self.bearers.borrow_mut().verify(
             token,
-            &key,
+            self.provider_key.as_ref(),
             circuit,
-            generation,
             self.now,
             self.state.leeway,
         )
-    }
-
-    fn inference(&self, _token: &str, _circuit: Uuid) -> Result<Bearer, TokenError> {
-        // Inference circuits keep ForwardAuth ([`Config::parse`] refuses the mode).
-        Err(TokenError::Claims)
     }
 
     fn is_revoked(&self, user: &str, ls: &str, iat: i64) -> bool {
@@ -362,6 +415,7 @@ impl Credentials for Creds<'_> {
 
 #[cfg(target_arch = "wasm32")]
 mod abi;
+mod bearer;
 
 #[cfg(test)]
 mod tests;

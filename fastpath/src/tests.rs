@@ -55,11 +55,20 @@ fn write_key(dir: &std::path::Path, circuit: Uuid, secret: &[u8]) {
     std::fs::write(dir.join(format!("keys/{circuit}")), k).unwrap();
 }
 
+/// Test-only Ed25519 key of "the provider".
+const PROVIDER_SEED: [u8; 32] = [7; 32];
+
+fn provider_key_hex() -> String {
+    let k = ed25519_dalek::SigningKey::from_bytes(&PROVIDER_SEED);
+    session::key_to_hex(&k.verifying_key().to_bytes())
+}
+
 fn write_state(dir: &std::path::Path, version: u64, revoked: &[(&str, i64)]) {
     let version = format!("7-{version}");
     let revocations: HashMap<&str, i64> = revoked.iter().copied().collect();
     let s = serde_json::json!({"version": version, "synced": true, "leeway": 0,
-        "login_url": "https://login.example/", "revocations": revocations});
+        "login_url": "https://login.example/", "revocations": revocations,
+        "provider_key": provider_key_hex(), "forward_authorization": false});
     std::fs::write(dir.join("state.json"), s.to_string()).unwrap();
 }
 
@@ -225,6 +234,30 @@ fn another_origins_page_cannot_post_or_open_a_socket() {
 }
 
 #[test]
+fn a_remembered_cookie_still_expires_and_dies_with_a_rotated_key() {
+    let c = Uuid::new_v4();
+    let (d, mut g) = setup(c, SECRET);
+    let req = get(cookie(c, 4, SECRET, NOW));
+    assert_eq!(status(&g.handle(&req, NOW)), 200);
+    assert_eq!(status(&g.handle(&req, NOW)), 200);
+    alive(&d.0, NOW + 601, 1);
+    assert_eq!(status(&g.handle(&req, NOW + 601)), 401);
+    // Same cookie, key rotated (read again after 5 s): the remembered one no longer counts.
+    let (d, mut g) = setup(c, SECRET);
+    assert_eq!(status(&g.handle(&req, NOW)), 200);
+    write_key(&d.0, c, b"a-rotated-secret-of-thirty-two-bytes!!!!");
+    alive(&d.0, NOW + 5, 1);
+    let other = get(cookie(
+        c,
+        4,
+        b"a-rotated-secret-of-thirty-two-bytes!!!!",
+        NOW,
+    ));
+    assert_eq!(status(&g.handle(&other, NOW + 5)), 200);
+    assert_eq!(status(&g.handle(&req, NOW + 5)), 401);
+}
+
+#[test]
 fn a_rotated_key_is_read_again() {
     let c = Uuid::new_v4();
     let (d, mut g) = setup(c, SECRET);
@@ -244,7 +277,7 @@ fn config_is_strict_about_what_it_serves() {
     for bad in [
         r#"{"circuit":"x","generation":"1","mode":"interactive"}"#.to_string(),
         format!(r#"{{"circuit":"{c}","generation":"one","mode":"interactive"}}"#),
-        format!(r#"{{"circuit":"{c}","generation":"1","mode":"inference"}}"#),
+        format!(r#"{{"circuit":"{c}","generation":"1","mode":"tcp"}}"#),
         "{}".into(),
     ] {
         assert!(Config::parse(bad.as_bytes()).is_err(), "{bad}");
@@ -257,4 +290,135 @@ fn config_is_strict_about_what_it_serves() {
     assert_eq!(ok.target.generation, 7);
     assert_eq!(ok.origins, ["https://a.example"]);
     assert_eq!(ok.state_dir, PathBuf::from(MOUNT));
+}
+
+fn eddsa(claims: &serde_json::Value, header: &str) -> String {
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+    let b = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let signing = format!(
+        "{}.{}",
+        b(header.as_bytes()),
+        b(claims.to_string().as_bytes())
+    );
+    let k = ed25519_dalek::SigningKey::from_bytes(&PROVIDER_SEED);
+    format!("{signing}.{}", b(&k.sign(signing.as_bytes()).to_bytes()))
+}
+
+fn inference_gate(circuit: Uuid) -> (Dir, Gate) {
+    let (d, _) = setup(circuit, SECRET);
+    let config = format!(
+        r#"{{"circuit":"{circuit}","generation":"1","mode":"inference","stateDir":"{}"}}"#,
+        d.0.display()
+    );
+    (d, Gate::new(Config::parse(config.as_bytes()).unwrap()))
+}
+
+fn token(circuit: Uuid, user: &str, iat: i64, exp: i64) -> String {
+    let claims = serde_json::json!({"typ": "ap-inference", "iss": "appproxy-provider",
+        "sub": "endpoint-owner", "aud": circuit.to_string(), "id": circuit, "user": user,
+        "iat": iat, "nbf": iat, "exp": exp});
+    eddsa(&claims, r#"{"typ":"JWT","alg":"EdDSA"}"#)
+}
+
+fn call(auth: &str) -> Req {
+    Req(
+        vec![
+            ("host", "model.apps.test".into()),
+            ("authorization", auth.into()),
+        ],
+        "POST",
+    )
+}
+
+#[test]
+fn bearer_tokens_of_this_circuit_pass_and_never_reach_the_app() {
+    let c = Uuid::new_v4();
+    let (d, mut g) = inference_gate(c);
+    let t = token(c, "user-9", NOW, NOW + 60);
+    for scheme in ["Bearer", "BackendAI", "bearer"] {
+        let o = g.handle(&call(&format!("{scheme} {t}")), NOW);
+        assert_eq!(
+            o,
+            Outcome::Allow(vec![
+                ("Cookie", None),
+                ("Referer", None),
+                ("Authorization", None)
+            ]),
+            "{scheme}"
+        );
+    }
+    // The cached token expires like a fresh one.
+    alive(&d.0, NOW + 61, 1);
+    assert_eq!(
+        status(&g.handle(&call(&format!("Bearer {t}")), NOW + 61)),
+        401
+    );
+}
+
+#[test]
+fn foreign_expired_forged_and_revoked_tokens_are_refused() {
+    let c = Uuid::new_v4();
+    let (d, mut g) = inference_gate(c);
+    let other = token(Uuid::new_v4(), "user-9", NOW, NOW + 60);
+    let code = |g: &mut Gate, auth: &str, now: i64| match g.handle(&call(auth), now) {
+        Outcome::Refuse { status, body, .. } => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (status, v["error_code"].as_str().unwrap().to_string())
+        }
+        Outcome::Allow(_) => (200, String::new()),
+    };
+    assert_eq!(
+        code(&mut g, &format!("Bearer {other}"), NOW),
+        (401, "E20009".into())
+    );
+    let old = token(c, "user-9", NOW - 120, NOW - 60);
+    assert_eq!(
+        code(&mut g, &format!("Bearer {old}"), NOW),
+        (401, "E20008".into())
+    );
+    let t = token(c, "user-9", NOW, NOW + 60);
+    let (h, rest) = t.split_once('.').unwrap();
+    let _ = h;
+    let none = format!("eyJhbGciOiJub25lIn0.{rest}");
+    assert_eq!(code(&mut g, &format!("Bearer {none}"), NOW).0, 401);
+    let hs = eddsa(
+        &serde_json::json!({"typ": "ap-inference"}),
+        r#"{"alg":"EdDSA","jku":"http://evil"}"#,
+    );
+    assert_eq!(code(&mut g, &format!("Bearer {hs}"), NOW).0, 401);
+    assert_eq!(code(&mut g, "Basic abc", NOW), (401, "E20007".into()));
+    assert_eq!(code(&mut g, "", NOW).0, 401);
+    // Revoked user: refused once the state says so.
+    assert_eq!(code(&mut g, &format!("Bearer {t}"), NOW).0, 200);
+    write_state(&d.0, 2, &[("u:user-9", NOW)]);
+    alive(&d.0, NOW + 1, 2);
+    assert_eq!(
+        code(&mut g, &format!("Bearer {t}"), NOW + 1),
+        (401, "E20005".into())
+    );
+}
+
+#[test]
+fn the_token_reaches_the_app_only_when_authgate_forwards_it() {
+    let c = Uuid::new_v4();
+    let (d, mut g) = inference_gate(c);
+    let s = std::fs::read_to_string(d.0.join("state.json"))
+        .unwrap()
+        .replace(
+            r#""forward_authorization":false"#,
+            r#""forward_authorization":true"#,
+        )
+        .replace("7-1", "7-3");
+    std::fs::write(d.0.join("state.json"), s).unwrap();
+    alive(&d.0, NOW, 3);
+    let t = format!("Bearer {}", token(c, "u", NOW, NOW + 60));
+    assert_eq!(
+        g.handle(&call(&t), NOW),
+        Outcome::Allow(vec![
+            ("Cookie", None),
+            ("Referer", None),
+            ("Authorization", Some(t.clone()))
+        ])
+    );
 }

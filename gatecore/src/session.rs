@@ -89,6 +89,19 @@ pub fn sign(key: &[u8], claims: &SessionClaims) -> String {
     token
 }
 
+/// A compact JWT's header, payload and signature (still base64url), or `Malformed`: longer
+/// than [`MAX_TOKEN_BYTES`] or not three parts.
+pub fn split_jwt(token: &str) -> Result<(&str, &str, &str), TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed);
+    }
+    let mut parts = token.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(p), Some(s), None) => Ok((h, p, s)),
+        _ => Err(TokenError::Malformed),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JwtHeader {
@@ -109,15 +122,7 @@ pub fn verify(
     now: i64,
     leeway: i64,
 ) -> Result<SessionClaims, TokenError> {
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(TokenError::Malformed);
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::Malformed);
-    };
+    let (h, p, s) = split_jwt(token)?;
     let header = b64().decode(h).map_err(|_| TokenError::Malformed)?;
     // A header naming a key source (`jku`, `jwk`, `x5u`, `x5c`, `kid`) or another algorithm
     // is refused before any key is used.

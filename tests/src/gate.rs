@@ -275,7 +275,10 @@ impl GatedWorker {
     /// circuits with the plugin or with ForwardAuth.
     pub async fn set_fast_path(&mut self, on: bool, http: &reqwest::Client) {
         const KEY: &str = "APPPROXY_AUTHGATE__FAST_PATH__DIR";
-        let dir = self.fast_dir.clone().expect("a worker started with the fast path");
+        let dir = self
+            .fast_dir
+            .clone()
+            .expect("a worker started with the fast path");
         self.stop_authgate();
         self.env.retain(|(k, _)| k != KEY);
         if on {

@@ -249,6 +249,21 @@ async fn weighted_replicas_health_ejection_and_tokens() {
     )
     .await;
     assert_eq!(s, 200);
+    // On the fast path the token was checked inside Traefik: the router carries the plugin.
+    if e.worker.spec.fast_path {
+        let circuit = circuit_of(&e, id).await;
+        let api = format!(
+            "http://127.0.0.1:{}/api/http/routers/ap-{circuit}@etcd",
+            e.worker.traefik.api_port
+        );
+        let (_, _, body) = e2e::http_get(&e.http, &api, &[]).await;
+        let router: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            router["middlewares"][0],
+            format!("ap-{circuit}-fast@etcd"),
+            "{router}"
+        );
+    }
 
     // 1:1:2 over 2,000 requests, within ±10 % of the expected share.
     eventually("all replicas healthy", patience(), || async {

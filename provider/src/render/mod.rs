@@ -304,15 +304,10 @@ fn websocket_twin(kv: &mut Kv, r: &str, c: &Circuit, auth: Option<(usize, String
     }
 }
 
-/// Whether a circuit behind ForwardAuth is decided by the fast path instead: a cookie circuit
-/// (private, interactive, HTTP) with neither a plugin nor a rate limit, on a fast-path worker.
+/// Whether a circuit behind ForwardAuth is decided by the fast path instead: a private circuit
+/// (cookie or bearer token) with neither a plugin nor a rate limit, on a fast-path worker.
 fn on_fast_path(worker: &Worker, c: &Circuit) -> bool {
-    worker.fast_path
-        && !c.open_to_public
-        && c.app_mode == AppMode::Interactive
-        && c.protocol == Protocol::Http
-        && c.auth_plugin.is_none()
-        && rate_limit(c).is_none()
+    worker.fast_path && !c.open_to_public && c.auth_plugin.is_none() && rate_limit(c).is_none()
 }
 
 /// The circuit's fast-path middleware (its ForwardAuth stays, for the WebSocket twin):

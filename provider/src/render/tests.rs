@@ -169,11 +169,14 @@ fn a_fast_path_worker_decides_cookie_circuits_in_traefik_and_upgrades_at_forward
     );
     assert_eq!(kv[&format!("{ws}/middlewares/1")], format!("ap-{CID}-auth"));
     assert!(kv[&format!("http/middlewares/ap-{CID}-auth/forwardAuth/address")].contains("&c=1"));
-    // Public, inference, plugin and gRPC circuits keep what they had.
+    // Inference circuits check their bearer token there too.
+    let mut inference = c.clone();
+    inference.app_mode = AppMode::Inference;
+    let kv = render_circuit(&w, &inference);
+    assert_eq!(kv[&format!("{p}/mode")], "inference");
+    // Public circuits and circuits with a plugin keep what they had.
     for change in [
         (|c: &mut Circuit| c.open_to_public = true) as fn(&mut Circuit),
-        |c| c.app_mode = AppMode::Inference,
-        |c| c.protocol = Protocol::Grpc,
         |c| {
             c.auth_plugin = Some(appproxy_common::wire::AuthPlugin {
                 name: "p".into(),

@@ -144,9 +144,13 @@ impl Bench {
                 "APPPROXY_AUTHGATE__PLUGINS__DIR".into(),
                 concat!(env!("CARGO_MANIFEST_DIR"), "/../authgate/plugins").into(),
             )],
+            // Its Traefik loads the fast-path plugin; authgate runs without it until the auth
+            // figure's fast-path phase.
+            fast_path: true,
             ..WorkerSpec::wildcard("bench", apps, ".bench.test")
         };
-        let w = stack.start_gated_worker(spec).await;
+        let mut w = stack.start_gated_worker(spec).await;
+        w.set_fast_path(false, &stack.http).await;
         // Idle: a registered worker, no circuits yet.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let idle = Rss {

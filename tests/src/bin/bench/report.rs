@@ -258,6 +258,7 @@ pub(crate) fn table(r: &Results) -> String {
     }
     if let Some(AuthRuns::Runs(runs)) = &r.auth_overhead {
         rows.extend(auth_rows(runs, r.authgate_alone.as_ref()));
+        rows.extend(data_plane_rows(runs));
     }
     if let Some(d) = &r.authgate_alone_pinned {
         rows.push(format!(
@@ -444,6 +445,67 @@ fn auth_rows(runs: &BTreeMap<String, WrkRun>, alone: Option<&WrkRun>) -> Vec<Str
             yes(rps >= 40_000.0 && p99 <= 2.0)
         ),
     ]
+}
+
+/// The data plane as deployed against a bare Traefik (no access log, no metrics, no auth),
+/// each route as a share of the bare one measured beside it: the public route and the private
+/// route through ForwardAuth in the auth rounds, the private route through the fast path in
+/// the fast-path rounds (`*_fp`). CPU per request of Traefik and authgate: medians over rounds.
+fn data_plane_rows(runs: &BTreeMap<String, WrkRun>) -> Vec<String> {
+    let rounds = |k: &str| -> Vec<&WrkRun> {
+        (0..AUTH_ROUNDS)
+            .filter_map(|i| runs.get(&format!("{k}_{i}")))
+            .collect()
+    };
+    let best = |k: &str| rounds(k).iter().filter_map(|r| r.rps).fold(0.0, f64::max);
+    let cpu = |k: &str, auth: bool| {
+        let v: Vec<f64> = rounds(k)
+            .iter()
+            .filter_map(|r| match auth {
+                true => r.auth_cpu_us_per_req,
+                false => r.traefik_cpu_us_per_req,
+            })
+            .collect();
+        if v.is_empty() { f64::NAN } else { pct(&v, 0.5) }
+    };
+    let row = |what: &str, k: &str, bare: &str, target: f64| {
+        let (x, of) = (best(k), best(bare));
+        if x <= 0.0 || of <= 0.0 {
+            return None;
+        }
+        let share = 100.0 * x / of;
+        Some(format!(
+            "| {what}, worker's Traefik as deployed (access log and metrics on), wrk c=32 | {x:.0} req/s = {share:.0} % of bare; CPU per request: Traefik {:.0} µs, authgate {:.0} µs | bare Traefik (no log, metrics, auth) {of:.0} req/s; Traefik {:.0} µs | ≥ {target:.0} % of bare | {} |",
+            cpu(k, false),
+            cpu(k, true),
+            cpu(bare, false),
+            yes(share >= target),
+        ))
+    };
+    [
+        row("public route", "no_auth", "raw_no_auth", 85.0),
+        row(
+            "private route through ForwardAuth",
+            "authgate",
+            "raw_no_auth",
+            33.0,
+        ),
+        row(
+            "private route through the fast path",
+            "fast_path",
+            "raw_no_auth_fp",
+            80.0,
+        ),
+        row(
+            "public route (fast-path rounds)",
+            "no_auth_fp",
+            "raw_no_auth_fp",
+            85.0,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Write the results (`latest.json`, or `partial.json` / `quick.json`) and, for a full run,

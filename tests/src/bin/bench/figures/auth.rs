@@ -56,7 +56,8 @@ pub(crate) async fn run(b: &mut Bench) {
         });
         return;
     }
-    let runs = scenarios(b, &private, nginx.as_ref().map(|(p, _)| p.pid())).await;
+    let mut runs = scenarios(b, &private, nginx.as_ref().map(|(p, _)| p.pid())).await;
+    runs.extend(fast_path_scenarios(b, &private).await);
     settle(&b.traefiks);
     let direct = profiled("direct", Some("authgate-w"), || {
         let headers = [
@@ -122,20 +123,32 @@ async fn private_circuit(b: &Bench) -> Private {
     }
 }
 
+/// The worker's and the raw Traefik's base URLs, and the pids of authgate and both Traefiks.
+fn endpoints(b: &Bench) -> (String, String, u32, u32, u32) {
+    (
+        format!("http://127.0.0.1:{}/", b.apps),
+        format!("http://127.0.0.1:{}/", b.raw_port),
+        pid_listening(b.w.port),
+        b.w.traefik.proc.pid(),
+        b.raw.proc.pid(),
+    )
+}
+
 /// Every scenario, alternated, `AUTH_ROUNDS` times each. Every scenario sends the same
 /// request, session cookie included: Traefik copies a request's headers into the ForwardAuth
 /// call and to the backend, so a floor measured without the cookie would be a lighter
 /// request, not a cheaper auth server.
 async fn scenarios(b: &Bench, p: &Private, nginx: Option<u32>) -> BTreeMap<String, WrkRun> {
-    let base = format!("http://127.0.0.1:{}/", b.apps);
-    let raw_base = format!("http://127.0.0.1:{}/", b.raw_port);
-    let (gate, worker_traefik, raw_traefik) = (
-        pid_listening(b.w.port),
-        b.w.traefik.proc.pid(),
-        b.raw.proc.pid(),
-    );
+    let (base, raw_base, gate, worker_traefik, raw_traefik) = endpoints(b);
     let mut list: Vec<Scenario> = vec![
-        ("no_auth", &base, "pre0.bench.test", worker_traefik, None),
+        // authgate's CPU here is the access-log ingestion of the public route's records.
+        (
+            "no_auth",
+            &base,
+            "pre0.bench.test",
+            worker_traefik,
+            Some(gate),
+        ),
         (
             "authgate",
             &base,
@@ -169,8 +182,19 @@ async fn scenarios(b: &Bench, p: &Private, nginx: Option<u32>) -> BTreeMap<Strin
             ),
         ]);
     }
+    alternated(b, &list, AUTH_ROUNDS, &p.cookie)
+}
+
+/// `rounds` rounds of every scenario, forwards then backwards (`<name>_<round>`); the first
+/// round profiled.
+fn alternated(
+    b: &Bench,
+    list: &[Scenario],
+    rounds: usize,
+    cookie: &str,
+) -> BTreeMap<String, WrkRun> {
     let mut runs = BTreeMap::new();
-    for round in 0..AUTH_ROUNDS {
+    for round in 0..rounds {
         let order: Vec<&Scenario> = if round % 2 == 0 {
             list.iter().collect()
         } else {
@@ -180,10 +204,73 @@ async fn scenarios(b: &Bench, p: &Private, nginx: Option<u32>) -> BTreeMap<Strin
             settle(&b.traefiks);
             runs.insert(
                 format!("{}_{round}", s.0),
-                measure(b, s, &p.cookie, round == 0),
+                measure(b, s, cookie, round == 0),
             );
         }
     }
+    runs
+}
+
+/// Rounds of the fast-path phase (each: the worker's public route, the private route through
+/// the plugin, the bare Traefik).
+const FAST_ROUNDS: usize = 3;
+
+/// The same private circuit decided by the fast-path plugin inside the worker's Traefik: the
+/// worker's authgate restarted with its `[fast_path] dir` (the provider renders the plugin on
+/// the circuit's router), then `fast_path` rounds beside the worker's public route and the bare
+/// Traefik, alternated (`*_fp_<round>`); authgate restarted without it after.
+async fn fast_path_scenarios(b: &mut Bench, p: &Private) -> BTreeMap<String, WrkRun> {
+    let mut runs = BTreeMap::new();
+    b.w.set_fast_path(true, &b.stack.http).await;
+    let router = format!(
+        "http://127.0.0.1:{}/api/http/routers/ap-{}@etcd",
+        b.w.traefik.api_port, p.id
+    );
+    let fast = format!("ap-{}-fast@etcd", p.id);
+    let mut on = false;
+    for _ in 0..300 {
+        if let Ok(r) = b.http.get(&router).send().await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+            && v["middlewares"] == json!([fast])
+        {
+            on = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cookie = [("Cookie", p.cookie.as_str())];
+    if !on {
+        println!("fast path: the router never carried the plugin; row skipped");
+    } else {
+        until_200_with(&b.http, b.apps, "priv.bench.test", &cookie).await;
+        let (base, raw_base, gate, worker_traefik, raw_traefik) = endpoints(b);
+        let list: Vec<Scenario> = vec![
+            (
+                "no_auth_fp",
+                &base,
+                "pre0.bench.test",
+                worker_traefik,
+                Some(gate),
+            ),
+            (
+                "fast_path",
+                &base,
+                "priv.bench.test",
+                worker_traefik,
+                Some(gate),
+            ),
+            (
+                "raw_no_auth_fp",
+                &raw_base,
+                "pre0.raw.test",
+                raw_traefik,
+                None,
+            ),
+        ];
+        runs = alternated(b, &list, FAST_ROUNDS, &p.cookie);
+    }
+    b.w.set_fast_path(false, &b.stack.http).await;
+    until_200_with(&b.http, b.apps, "priv.bench.test", &cookie).await;
     runs
 }
 
