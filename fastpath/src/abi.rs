@@ -13,6 +13,7 @@ unsafe extern "C" {
     fn get_config(buf: *mut u8, limit: u32) -> u32;
     fn get_method(buf: *mut u8, limit: u32) -> u32;
     fn get_uri(buf: *mut u8, limit: u32) -> u32;
+    fn get_header_names(kind: u32, buf: *mut u8, limit: u32) -> u64;
     fn get_header_values(kind: u32, name: *const u8, len: u32, buf: *mut u8, limit: u32) -> u64;
     fn set_header_value(kind: u32, name: *const u8, len: u32, value: *const u8, vlen: u32);
     fn remove_header(kind: u32, name: *const u8, len: u32);
@@ -32,17 +33,42 @@ thread_local! {
     static GATE: Cell<Option<Result<Gate, String>>> = const { Cell::new(None) };
 }
 
-/// Read a host value that `f` writes into a buffer of a given limit, returning its length
-/// (retried once with the exact size when the first buffer was too small).
-fn read_with(f: impl Fn(*mut u8, u32) -> u32) -> Vec<u8> {
-    let mut buf = vec![0u8; 2048];
-    let n = f(buf.as_mut_ptr(), buf.len() as u32) as usize;
-    if n > buf.len() {
-        buf = vec![0u8; n];
-        f(buf.as_mut_ptr(), n as u32);
+thread_local! {
+    /// The buffer the host writes request values into, kept for the instance's life: a fresh
+    /// zeroed buffer per value cost more than the whole decision. Taken out for a call and put
+    /// back after it (a trap in between leaves an empty one, grown again on the next call).
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Scratch size; a longer value grows it once.
+const SCRATCH_BYTES: usize = 16 * 1024;
+
+/// Let the host write into the scratch buffer (`f(buf, limit)` answers the byte count it
+/// needs, in the low 32 bits; `0` in the high 32 bits means none), again once with room
+/// enough when it did not fit, and hand what it wrote to `g`.
+fn from_host<T>(f: impl Fn(*mut u8, u32) -> u64, g: impl FnOnce(&[u8], u64) -> T) -> T {
+    let mut buf = SCRATCH.take();
+    if buf.len() < SCRATCH_BYTES {
+        buf = vec![0u8; SCRATCH_BYTES];
     }
-    buf.truncate(n);
-    buf
+    let mut cl = f(buf.as_mut_ptr(), buf.len() as u32);
+    let need = (cl & 0xffff_ffff) as usize;
+    if need > buf.len() {
+        buf = vec![0u8; need];
+        cl = f(buf.as_mut_ptr(), buf.len() as u32);
+    }
+    let len = ((cl & 0xffff_ffff) as usize).min(buf.len());
+    let out = g(&buf[..len], cl >> 32);
+    SCRATCH.set(buf);
+    out
+}
+
+/// A single value (config, method, URI): the count is one.
+fn read_with(f: impl Fn(*mut u8, u32) -> u32) -> Vec<u8> {
+    from_host(
+        |b, l| (1 << 32) | u64::from(f(b, l)),
+        |bytes, _| bytes.to_vec(),
+    )
 }
 
 fn text(v: Vec<u8>) -> Result<String, ()> {
@@ -64,8 +90,25 @@ fn init() -> Result<Gate, String> {
     gate
 }
 
-/// The request as Traefik's host shows it.
-struct Host;
+/// The request as Traefik's host shows it: the names of its headers are read once (lowercase),
+/// so a header it does not carry costs no call.
+struct Host {
+    names: Vec<String>,
+}
+
+impl Host {
+    fn new() -> Host {
+        // SAFETY: the buffer is live for the call; the host writes at most the limit.
+        let read = |b, l| unsafe { get_header_names(REQUEST, b, l) };
+        let names = from_host(read, |bytes, count| {
+            (bytes.split(|b| *b == 0))
+                .take(count as usize)
+                .map(|n| String::from_utf8_lossy(n).to_ascii_lowercase())
+                .collect()
+        });
+        Host { names }
+    }
+}
 
 impl Request for Host {
     fn method(&self) -> String {
@@ -79,25 +122,20 @@ impl Request for Host {
     }
 
     fn header(&self, name: &str) -> Vec<Result<String, ()>> {
-        let (p, n) = (name.as_ptr(), name.len() as u32);
-        let mut buf = vec![0u8; 1024];
-        // SAFETY: `name` and `buf` are live for the call; the host writes at most the limit.
-        let mut cl = unsafe { get_header_values(REQUEST, p, n, buf.as_mut_ptr(), 1024) };
-        let len = (cl & 0xffff_ffff) as usize;
-        if cl >> 32 == 0 {
+        if !self.names.iter().any(|n| n == name) {
             return Vec::new();
         }
-        if len > buf.len() {
-            buf = vec![0u8; len];
-            // SAFETY: as above, with a buffer of the size the host asked for.
-            cl = unsafe { get_header_values(REQUEST, p, n, buf.as_mut_ptr(), len as u32) };
-        }
-        let len = ((cl & 0xffff_ffff) as usize).min(buf.len());
-        buf[..len]
-            .split(|b| *b == 0)
-            .take((cl >> 32) as usize)
-            .map(|v| text(v.to_vec()))
-            .collect()
+        let (p, n) = (name.as_ptr(), name.len() as u32);
+        // SAFETY: `name` and the buffer are live for the call; the host writes at most the
+        // limit.
+        let read = |b, l| unsafe { get_header_values(REQUEST, p, n, b, l) };
+        from_host(read, |bytes, count| {
+            bytes
+                .split(|b| *b == 0)
+                .take(count as usize)
+                .map(|v| text(v.to_vec()))
+                .collect()
+        })
     }
 }
 
@@ -125,9 +163,10 @@ fn now() -> i64 {
 #[unsafe(no_mangle)]
 pub(crate) extern "C" fn handle_request() -> i64 {
     let mut slot = GATE.take().unwrap_or_else(init);
+    let host = Host::new();
     let outcome = match slot.as_mut() {
-        Ok(gate) => gate.handle(&Host, now()),
-        _ => Outcome::Refuse {
+        Ok(gate) => gate.handle(&host, now()),
+        Err(_) => Outcome::Refuse {
             status: 500,
             headers: vec![("Content-Type", "text/plain".into())],
             body: "The app proxy's fast path is misconfigured.\n".into(),
@@ -139,6 +178,8 @@ pub(crate) extern "C" fn handle_request() -> i64 {
             for (name, value) in headers {
                 match value {
                     Some(v) => set_header(REQUEST, name, &v),
+                    // Nothing to remove from a request that does not carry it.
+                    None if !host.names.iter().any(|n| n.eq_ignore_ascii_case(name)) => {}
                     // SAFETY: `name` is live for the call.
                     None => unsafe { remove_header(REQUEST, name.as_ptr(), name.len() as u32) },
                 }
@@ -181,15 +222,25 @@ pub(crate) unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) 
 /// As C's `memmove`.
 #[unsafe(no_mangle)]
 pub(crate) unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller's contract: both ranges are valid for `n` bytes.
+    const W: usize = size_of::<u64>();
+    let words = (dest as usize % W == 0 && src as usize % W == 0) as usize * (n / W);
+    // SAFETY: the caller's contract: both ranges are valid for `n` bytes; words only when
+    // both are aligned for them.
     unsafe {
+        let (dw, sw) = (dest.cast::<u64>(), src.cast::<u64>());
         if (dest as usize) <= (src as usize) {
-            for i in 0..n {
+            for i in 0..words {
+                dw.add(i).write_volatile(sw.add(i).read_volatile());
+            }
+            for i in words * W..n {
                 dest.add(i).write_volatile(src.add(i).read_volatile());
             }
         } else {
-            for i in (0..n).rev() {
+            for i in (words * W..n).rev() {
                 dest.add(i).write_volatile(src.add(i).read_volatile());
+            }
+            for i in (0..words).rev() {
+                dw.add(i).write_volatile(sw.add(i).read_volatile());
             }
         }
     }
@@ -200,9 +251,15 @@ pub(crate) unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize)
 /// As C's `memset`.
 #[unsafe(no_mangle)]
 pub(crate) unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
-    // SAFETY: the caller's contract: the range is valid for `n` bytes.
+    const W: usize = size_of::<u64>();
+    let words = (dest as usize % W == 0) as usize * (n / W);
+    let word = u64::from_ne_bytes([c as u8; W]);
+    // SAFETY: the caller's contract: the range is valid for `n` bytes; words only when aligned.
     unsafe {
-        for i in 0..n {
+        for i in 0..words {
+            dest.cast::<u64>().add(i).write_volatile(word);
+        }
+        for i in words * W..n {
             dest.add(i).write_volatile(c as u8);
         }
     }
