@@ -223,7 +223,8 @@ pub(crate) unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) 
 #[unsafe(no_mangle)]
 pub(crate) unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     const W: usize = size_of::<u64>();
-    let words = (dest as usize % W == 0 && src as usize % W == 0) as usize * (n / W);
+    let words =
+        ((dest as usize).is_multiple_of(W) && (src as usize).is_multiple_of(W)) as usize * (n / W);
     // SAFETY: the caller's contract: both ranges are valid for `n` bytes; words only when
     // both are aligned for them.
     unsafe {
@@ -252,7 +253,7 @@ pub(crate) unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize)
 #[unsafe(no_mangle)]
 pub(crate) unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
     const W: usize = size_of::<u64>();
-    let words = (dest as usize % W == 0) as usize * (n / W);
+    let words = (dest as usize).is_multiple_of(W) as usize * (n / W);
     let word = u64::from_ne_bytes([c as u8; W]);
     // SAFETY: the caller's contract: the range is valid for `n` bytes; words only when aligned.
     unsafe {
