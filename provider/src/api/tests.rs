@@ -477,9 +477,12 @@ async fn the_request_span_names_the_route_not_the_path() {
         .with_max_level(tracing::Level::DEBUG)
         .with_ansi(false)
         .finish();
+    // A global subscriber interested in every callsite (it records nothing): without one, a
+    // parallel test's thread can cache "nobody wants this" for the request span's callsite
+    // while no scoped subscriber exists, and this test's subscriber never sees the span (seen
+    // once in a full run even with the interest cache rebuilt).
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
     let _guard = tracing::subscriber::set_default(subscriber);
-    // Another test's thread may have cached "no subscriber wants this" for the request span's
-    // callsite before this scoped subscriber existed (a race between parallel tests).
     tracing::callsite::rebuild_interest_cache();
     let grant = Uuid::new_v4();
     let path = format!(
