@@ -136,10 +136,21 @@ impl Activity {
     /// A request ForwardAuth let through to a circuit that is counted there (its router
     /// writes no access-log record).
     pub fn request(&self, circuit: Uuid, now_ms: i64) {
+        self.requests(circuit, 1, now_ms);
+    }
+
+    /// Requests of `circuit` not yet flushed.
+    #[cfg(test)]
+    pub(crate) fn pending(&self, circuit: Uuid) -> u64 {
+        self.lock().circuits.get(&circuit).map_or(0, |c| c.pending)
+    }
+
+    /// `n` requests of `circuit`, the last at `at_ms` (the fast path's counts).
+    pub fn requests(&self, circuit: Uuid, n: u64, at_ms: i64) {
         let mut s = self.lock();
-        let c = s.entry(circuit, now_ms);
-        c.last_ms = c.last_ms.max(now_ms);
-        c.pending += 1;
+        let c = s.entry(circuit, at_ms);
+        c.last_ms = c.last_ms.max(at_ms);
+        c.pending += n;
         c.dirty = true;
     }
 

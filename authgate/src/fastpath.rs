@@ -12,10 +12,15 @@
 //!   everything private once it is `appproxy_fastpath::STALE_SECS` (3 s) old: authgate gone means
 //!   fail closed, as with ForwardAuth.
 //!
-//! Every file is written to a temporary name and renamed, so a reader never sees half of one.
+//! - `counts/` (read-write for the plugin): one file per plugin instance,
+//!   `<circuit>.<instance>`, one byte per request it let through; [`counter`] adds each file's
+//!   growth to the circuit's activity (the circuit's router writes no access-log record).
+//!
+//! Every file authgate writes goes to a temporary name and is renamed, so a reader never sees
+//! half of one.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -90,6 +95,7 @@ impl FastPath {
     /// circuits come (the secret may have changed).
     pub fn new(dir: &Path, keys: Keys, settings: Settings) -> io::Result<FastPath> {
         std::fs::create_dir_all(dir.join("keys"))?;
+        std::fs::create_dir_all(dir.join("counts"))?;
         Ok(FastPath {
             dir: dir.to_path_buf(),
             keys,
@@ -177,6 +183,109 @@ impl FastPath {
     }
 }
 
+/// A count file unchanged this long is taken away (its instance is gone: Traefik drops idle
+/// instances within a few of Go's forced collections, every two minutes).
+pub const COUNT_IDLE: Duration = Duration::from_secs(600);
+/// A taken file is read a last time and deleted after this long (an instance notices within a
+/// second that its file was taken and opens a new one).
+const TAKEN_GRACE: Duration = Duration::from_secs(3);
+
+/// What the counter knows of one count file.
+struct Seen {
+    len: u64,
+    changed_ms: i64,
+    /// When it was renamed to `…taken`.
+    taken_ms: Option<i64>,
+}
+
+/// The circuit of a count file's name (`<circuit>.<instance>[.taken]`).
+fn circuit_of(name: &str) -> Option<Uuid> {
+    Uuid::parse_str(name.split('.').next()?).ok()
+}
+
+/// One look at `counts/`: the growth of every file since the last look goes to its circuit
+/// (the last write's time as its last access); idle files are taken away, taken ones deleted
+/// after [`TAKEN_GRACE`]. `first`: files already there count from their present length (an
+/// earlier authgate counted what they hold).
+fn count_once(
+    dir: &Path,
+    seen: &mut HashMap<String, Seen>,
+    activity: &crate::activity::Activity,
+    now_ms: i64,
+    first: bool,
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut present = HashSet::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let (Some(circuit), Ok(meta)) = (circuit_of(&name), e.metadata()) else {
+            continue;
+        };
+        present.insert(name.clone());
+        let len = meta.len();
+        let at_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(now_ms, |d| d.as_millis() as i64);
+        let s = seen.entry(name.clone()).or_insert(Seen {
+            len: if first { len } else { 0 },
+            changed_ms: now_ms,
+            taken_ms: name.ends_with(".taken").then_some(now_ms),
+        });
+        if len > s.len {
+            activity.requests(circuit, len - s.len, at_ms.min(now_ms));
+            s.len = len;
+            s.changed_ms = now_ms;
+        }
+        match s.taken_ms {
+            Some(t) if now_ms - t >= TAKEN_GRACE.as_millis() as i64 => {
+                let _ = std::fs::remove_file(e.path());
+                present.remove(&name);
+            }
+            None if now_ms - s.changed_ms >= COUNT_IDLE.as_millis() as i64 => {
+                let taken = format!("{name}.taken");
+                if std::fs::rename(e.path(), dir.join(&taken)).is_ok() {
+                    let len = s.len;
+                    present.insert(taken.clone());
+                    seen.insert(
+                        taken,
+                        Seen {
+                            len,
+                            changed_ms: now_ms,
+                            taken_ms: Some(now_ms),
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    seen.retain(|name, _| present.contains(name));
+}
+
+/// Count the fast path's requests every second until shutdown (a last look then).
+pub async fn counter(
+    fp: Arc<FastPath>,
+    activity: Arc<crate::activity::Activity>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let dir = fp.dir.join("counts");
+    let mut seen = HashMap::new();
+    let mut first = true;
+    loop {
+        count_once(&dir, &mut seen, &activity, crate::activity::now_ms(), first);
+        first = false;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    count_once(&dir, &mut seen, &activity, crate::activity::now_ms(), false);
+}
+
 /// Keep `state.json` and `alive` current until shutdown; then remove `alive`, so the plugin
 /// fails closed at once rather than after `appproxy_fastpath::STALE_SECS` (3 s).
 pub async fn writer(
@@ -220,6 +329,39 @@ pub async fn writer(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn count_files_grow_into_requests_and_idle_ones_are_taken_then_deleted() {
+        let dir = std::env::temp_dir().join(format!("counts-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let a = dir.join(format!("{c}.01"));
+        std::fs::write(&a, b"\n\n").unwrap();
+        std::fs::write(dir.join("junk"), b"\n").unwrap();
+        let activity = crate::activity::Activity::new();
+        let mut seen = HashMap::new();
+        // At start: what is there was counted before.
+        count_once(&dir, &mut seen, &activity, 1_000, true);
+        assert_eq!(activity.pending(c), 0);
+        std::fs::write(&a, b"\n\n\n\n\n").unwrap();
+        std::fs::write(dir.join(format!("{other}.02")), b"\n").unwrap();
+        count_once(&dir, &mut seen, &activity, 2_000, false);
+        assert_eq!((activity.pending(c), activity.pending(other)), (3, 1));
+        // Idle for COUNT_IDLE: taken; a late write is still counted; then deleted.
+        let idle = 2_000 + COUNT_IDLE.as_millis() as i64;
+        count_once(&dir, &mut seen, &activity, idle, false);
+        let taken = dir.join(format!("{c}.01.taken"));
+        assert!(taken.exists() && !a.exists());
+        std::fs::write(&taken, b"\n\n\n\n\n\n").unwrap();
+        count_once(&dir, &mut seen, &activity, idle + 1_000, false);
+        assert_eq!(activity.pending(c), 4);
+        count_once(&dir, &mut seen, &activity, idle + 3_000, false);
+        assert!(!taken.exists());
+        assert!(dir.join("junk").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn the_raw_key_comes_out_of_a_pem_public_key_and_nothing_else_does() {
         let pem = "-----BEGIN PUBLIC KEY-----

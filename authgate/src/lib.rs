@@ -181,6 +181,11 @@ async fn start(
                 revoked.clone(),
                 shutdown.clone(),
             ));
+            tokio::spawn(fastpath::counter(
+                fp.clone(),
+                activity.clone(),
+                shutdown.clone(),
+            ));
             Some(fp)
         }
         None => None,

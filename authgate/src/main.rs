@@ -312,7 +312,7 @@ fn traefik_config(a: TraefikArgs) -> ExitCode {
                 let workdir = a.traefik_workdir.as_deref().unwrap_or(&a.out_dir);
                 // The mount must exist when Traefik starts (authgate fills it later).
                 let state = a.fast_path_dir.as_deref().unwrap_or_default();
-                std::fs::create_dir_all(state)
+                std::fs::create_dir_all(std::path::Path::new(state).join("counts"))
                     .and_then(|_| {
                         appproxy_authgate::traefik_config::install_fast_path(workdir, wasm)
                     })

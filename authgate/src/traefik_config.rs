@@ -245,11 +245,15 @@ pub fn render_static(s: &Settings) -> String {
     });
     if let Some(dir) = &s.fast_path_dir {
         // Loaded from `plugins-local/` under Traefik's working directory
-        // (`install_fast_path`); the state directory is its only view of the host.
+        // (`install_fast_path`); the state directory (read-only) and its `counts/` (where it
+        // counts the requests it lets through) are its only view of the host.
         doc["experimental"]["localPlugins"] = json!({
             appproxy_common::names::FAST_PATH_PLUGIN: {
                 "moduleName": appproxy_common::names::FAST_PATH_MODULE,
-                "settings": { "mounts": [format!("{dir}:/appproxy:ro")] },
+                "settings": { "mounts": [
+                    format!("{dir}:/appproxy:ro"),
+                    format!("{dir}/counts:/appproxy-counts"),
+                ] },
             }
         });
     }

@@ -32,8 +32,10 @@ use uuid::Uuid;
 
 /// `alive` older than this (authgate stopped writing): nothing private is let through.
 pub const STALE_SECS: i64 = 3;
-/// Where Traefik mounts the state directory in the guest.
+/// Where Traefik mounts the state directory in the guest (read-only).
 pub const MOUNT: &str = "/appproxy";
+/// Where Traefik mounts the counts directory in the guest (read-write, `count.rs`).
+pub const COUNTS_MOUNT: &str = "/appproxy-counts";
 /// A cached key that fails a signature is read again after this long (a rotated secret).
 const KEY_RELOAD_SECS: i64 = 5;
 
@@ -65,16 +67,20 @@ struct RawConfig {
     origins: Option<Scalar>,
     #[serde(default)]
     state_dir: Option<Scalar>,
+    #[serde(default)]
+    counts_dir: Option<Scalar>,
 }
 
 /// The middleware's dynamic config: `circuit`, `generation`, `mode` (`interactive`: cookies,
 /// `inference`: bearer tokens), `origins` (extra allowed origins, comma-separated),
-/// `stateDir` (tests only; else [`MOUNT`]).
+/// `stateDir` and `countsDir` (tests only; else [`MOUNT`] and [`COUNTS_MOUNT`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub target: Target,
     pub origins: Vec<String>,
     pub state_dir: PathBuf,
+    /// Where each allowed request is counted (read-write).
+    pub counts_dir: PathBuf,
 }
 
 impl Config {
@@ -108,6 +114,9 @@ impl Config {
                 public: false,
             },
             origins,
+            counts_dir: raw
+                .counts_dir
+                .map_or_else(|| PathBuf::from(COUNTS_MOUNT), |d| PathBuf::from(d.text())),
             state_dir: raw
                 .state_dir
                 .map_or_else(|| PathBuf::from(MOUNT), |d| PathBuf::from(d.text())),
@@ -179,6 +188,7 @@ pub struct Gate {
     /// Cookies verified lately (value → claims) with the key they verified under, so a
     /// browser's repeated requests skip base64, HMAC and JSON; expiry is checked on every hit.
     sessions: RefCell<HashMap<String, (session::Key, SessionClaims)>>,
+    counter: count::Counter,
 }
 
 /// Most cookies one instance remembers before it starts over.
@@ -198,6 +208,7 @@ struct Creds<'a> {
 impl Gate {
     pub fn new(config: Config) -> Gate {
         Gate {
+            counter: count::Counter::new(&config.counts_dir, config.target.circuit),
             config,
             key: None,
             state: State::default(),
@@ -319,6 +330,11 @@ impl Gate {
         if verdict == Err(Deny::BadCookie(TokenError::Signature)) {
             verdict = decision::decide(&f, target, &self.creds(now, true), &settings);
         }
+        // What is let through is counted here (the router writes no access-log record for
+        // it); a request that cannot be counted is not let through.
+        if verdict.is_ok() && !self.counter.count(now) {
+            verdict = Err(Deny::NotReady);
+        }
         match verdict {
             Ok(a) => {
                 // As ForwardAuth's `authResponseHeaders`: these replace the client's (or are
@@ -416,6 +432,7 @@ impl Credentials for Creds<'_> {
 #[cfg(target_arch = "wasm32")]
 mod abi;
 mod bearer;
+mod count;
 
 #[cfg(test)]
 mod tests;

@@ -39,11 +39,12 @@ impl Drop for Dir {
 fn setup(circuit: Uuid, secret: &[u8]) -> (Dir, Gate) {
     let dir = std::env::temp_dir().join(format!("fastpath-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(dir.join("keys")).unwrap();
+    std::fs::create_dir_all(dir.join("counts")).unwrap();
     write_key(&dir, circuit, secret);
     write_state(&dir, 1, &[]);
     alive(&dir, NOW, 1);
     let config = format!(
-        r#"{{"circuit":"{circuit}","generation":"4","mode":"interactive","origins":"https://ok.example","stateDir":"{}"}}"#,
+        r#"{{"circuit":"{circuit}","generation":"4","mode":"interactive","origins":"https://ok.example","stateDir":"{0}","countsDir":"{0}/counts"}}"#,
         dir.display()
     );
     let gate = Gate::new(Config::parse(config.as_bytes()).unwrap());
@@ -308,7 +309,7 @@ fn eddsa(claims: &serde_json::Value, header: &str) -> String {
 fn inference_gate(circuit: Uuid) -> (Dir, Gate) {
     let (d, _) = setup(circuit, SECRET);
     let config = format!(
-        r#"{{"circuit":"{circuit}","generation":"1","mode":"inference","stateDir":"{}"}}"#,
+        r#"{{"circuit":"{circuit}","generation":"1","mode":"inference","stateDir":"{0}","countsDir":"{0}/counts"}}"#,
         d.0.display()
     );
     (d, Gate::new(Config::parse(config.as_bytes()).unwrap()))
@@ -420,5 +421,56 @@ fn the_token_reaches_the_app_only_when_authgate_forwards_it() {
             ("Referer", None),
             ("Authorization", Some(t.clone()))
         ])
+    );
+}
+
+/// Requests counted in `dir/counts` for `circuit`: the bytes of its files.
+fn counted(dir: &std::path::Path, circuit: Uuid) -> u64 {
+    std::fs::read_dir(dir.join("counts"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&circuit.to_string())
+        })
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn every_request_let_through_is_counted_once_and_nothing_else() {
+    let c = Uuid::new_v4();
+    let (d, mut g) = setup(c, SECRET);
+    for _ in 0..5 {
+        assert_eq!(status(&g.handle(&get(cookie(c, 4, SECRET, NOW)), NOW)), 200);
+    }
+    assert_eq!(status(&g.handle(&get("a=1".into()), NOW)), 401);
+    assert_eq!(counted(&d.0, c), 5);
+    // authgate takes an idle file away (renames it, reads it a last time): the instance
+    // opens a new one at its next second, and nothing is lost in between.
+    let file = std::fs::read_dir(d.0.join("counts"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap();
+    let away = d.0.join("taken");
+    std::fs::rename(file.path(), &away).unwrap();
+    assert_eq!(status(&g.handle(&get(cookie(c, 4, SECRET, NOW)), NOW)), 200);
+    alive(&d.0, NOW + 1, 1);
+    assert_eq!(
+        status(&g.handle(&get(cookie(c, 4, SECRET, NOW)), NOW + 1)),
+        200
+    );
+    assert_eq!(
+        std::fs::metadata(&away).unwrap().len() + counted(&d.0, c),
+        7
+    );
+    // A request that cannot be counted is not let through.
+    std::fs::remove_dir_all(d.0.join("counts")).unwrap();
+    alive(&d.0, NOW + 2, 1);
+    assert_eq!(
+        status(&g.handle(&get(cookie(c, 4, SECRET, NOW)), NOW + 2)),
+        503
     );
 }

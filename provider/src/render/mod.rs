@@ -262,11 +262,8 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
     if forward_auth {
         let twin_auth = fast.then(|| (auth_at, names::auth_middleware(c.id)));
         websocket_twin(&mut kv, &r, c, twin_auth);
-        // Counted at ForwardAuth: no access-log record. The fast path's router keeps its log
-        // (authgate learns of its requests only from there).
-        if !fast {
-            kv.insert(format!("{r}/observability/accessLogs"), "false".into());
-        }
+        // Counted at ForwardAuth, or by the fast path's plugin: no access-log record.
+        kv.insert(format!("{r}/observability/accessLogs"), "false".into());
     }
     let s = format!("http/services/{name}/loadBalancer");
     render_servers(&mut kv, &s, c);

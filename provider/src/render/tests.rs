@@ -155,13 +155,14 @@ fn a_fast_path_worker_decides_cookie_circuits_in_traefik_and_upgrades_at_forward
     );
     // Nothing secret in the plugin's config.
     assert_eq!(kv.keys().filter(|k| k.starts_with(&p)).count(), 4);
-    // The router: allow list, then the plugin; its access log on (activity comes from it).
+    // The router: allow list, then the plugin; no access log (the plugin counts requests).
     assert_eq!(
         kv[&format!("{r}/middlewares/0")],
         format!("ap-{CID}-ipallow")
     );
     assert_eq!(kv[&format!("{r}/middlewares/1")], format!("ap-{CID}-fast"));
-    assert!(!kv.contains_key(&format!("{r}/observability/accessLogs")));
+    assert_eq!(kv[&format!("{r}/observability/accessLogs")], "false");
+    assert!(!kv.contains_key(&format!("{ws}/observability/accessLogs")));
     // The WebSocket twin: the same chain with ForwardAuth (`c=1`) in the plugin's place.
     assert_eq!(
         kv[&format!("{ws}/middlewares/0")],
