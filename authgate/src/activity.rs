@@ -4,7 +4,8 @@
 //! moved backwards) and `circuit.<id>.requests` (a counter).
 //!
 //! Sources: requests ForwardAuth lets through to circuits counted there (`c=1`: their routers
-//! write no access log), access-log events (one per finished request of the other circuits;
+//! write no access log), requests the fast-path plugin counted (`fastpath::counter`),
+//! access-log events (one per finished request of the other circuits;
 //! a WebSocket twin router's record only ends its socket), authorized WebSocket upgrades (held
 //! by their `Sec-WebSocket-Key` until any access-log record of that request arrives, whatever
 //! its status: an open socket keeps its circuit and sessions active, a refused upgrade is
