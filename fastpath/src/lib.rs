@@ -179,8 +179,8 @@ pub struct Gate {
     config: Config,
     key: Option<(session::Key, i64)>,
     state: State,
-    /// Epoch seconds of the last look at `alive`, and what it said.
-    checked_at: i64,
+    /// The modification time and size of the `alive` last read, and the time it said.
+    alive_stamp: Option<(Option<std::time::SystemTime>, u64)>,
     alive_at: Option<i64>,
     /// The provider's key, decoded from the state.
     provider_key: Option<[u8; 32]>,
@@ -212,7 +212,7 @@ impl Gate {
             config,
             key: None,
             state: State::default(),
-            checked_at: i64::MIN,
+            alive_stamp: None,
             alive_at: None,
             provider_key: None,
             bearers: RefCell::default(),
@@ -224,13 +224,18 @@ impl Gate {
         std::fs::read_to_string(self.config.state_dir.join(rel)).ok()
     }
 
-    /// Look at `alive` (at most once a second while ready; on every request while not) and
-    /// reload the state when its version moved.
-    fn refresh(&mut self, now: i64) {
-        if now == self.checked_at && self.ready(now) {
+    /// Look at `alive` on every request (its time and size: one call) and read it when it was
+    /// replaced (authgate writes a new one every second, after `state.json`), then the state
+    /// when its version moved. Every instance sees a revocation from the first request after
+    /// authgate wrote it: none lets through what another already refused.
+    fn refresh(&mut self) {
+        let stamp = std::fs::metadata(self.config.state_dir.join("alive"))
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()));
+        if stamp.is_some() && stamp == self.alive_stamp && self.state.synced {
             return;
         }
-        self.checked_at = now;
+        self.alive_stamp = stamp;
         let alive = self.read("alive");
         let Some((at, version)) = alive.as_deref().and_then(parse_alive) else {
             self.alive_at = None;
@@ -285,7 +290,7 @@ impl Gate {
 
     /// Decide one request at `now` (epoch seconds).
     pub fn handle(&mut self, req: &impl Request, now: i64) -> Outcome {
-        self.refresh(now);
+        self.refresh();
         let method = vec![Ok(req.method())];
         let uri = vec![Ok(req.uri())];
         let h = |n: &str| req.header(n);

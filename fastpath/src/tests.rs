@@ -187,10 +187,12 @@ fn revocations_apply_once_the_version_moves() {
     let (d, mut g) = setup(c, SECRET);
     let req = get(cookie(c, 4, SECRET, NOW));
     assert_eq!(status(&g.handle(&req, NOW)), 200);
+    // The state alone changes nothing until authgate replaces `alive` (it writes the state
+    // first); then the very next request sees it, in the same second too.
     write_state(&d.0, 2, &[("l:ls-1", NOW)]);
-    // Same second: `alive` is not read again; the next second it is.
-    alive(&d.0, NOW + 1, 2);
     assert_eq!(status(&g.handle(&req, NOW)), 200);
+    alive(&d.0, NOW, 2);
+    assert_eq!(status(&g.handle(&req, NOW)), 401);
     assert_eq!(status(&g.handle(&req, NOW + 1)), 401);
     // A cookie issued after the revocation passes.
     let later = get(cookie(c, 4, SECRET, NOW + 1));
