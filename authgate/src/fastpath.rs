@@ -42,8 +42,8 @@ pub struct FastPath {
     /// What `state.json` carries besides the revocations: the login URL, the leeway, the
     /// provider's public key (hex) and whether inference tokens reach the app.
     settings: Settings,
-    /// Circuits whose key file is written.
-    written: Mutex<HashSet<Uuid>>,
+    /// Circuits whose key file is written, and when.
+    written: Mutex<HashMap<Uuid, std::time::Instant>>,
     /// When this authgate started (ms): the first half of every state version, so a
     /// restarted authgate's state is never taken for the one before.
     epoch: i64,
@@ -51,12 +51,23 @@ pub struct FastPath {
     synced_written: std::sync::atomic::AtomicBool,
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename.
+/// Write `bytes` to `path` through a temporary file of its own (`<path>.<n>.tmp`: two
+/// writers of one file never share one) and a rename.
 fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{n}.tmp"));
+    let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
+
+/// A key written this recently stays even when the map does not list its circuit yet (a
+/// circuit created after the map was fetched gets its key at `/setup`).
+const KEY_GRACE: Duration = Duration::from_secs(60);
 
 fn epoch_secs() -> i64 {
     crate::activity::now_ms() / 1000
@@ -120,44 +131,51 @@ impl FastPath {
 
     /// Make sure the plugin can check `circuit`'s cookies (before minting one).
     pub fn ensure_key(&self, circuit: Uuid) -> io::Result<()> {
-        if self
-            .written
-            .lock()
-            .expect("fast path lock")
-            .contains(&circuit)
-        {
+        let written = self.written.lock().expect("fast path lock");
+        if written.contains_key(&circuit) {
             return Ok(());
         }
+        drop(written);
         let hex = appproxy_gatecore::session::key_to_hex(&self.keys.cookie_key(circuit));
         replace(&self.key_path(circuit), hex.as_bytes())?;
-        self.written.lock().expect("fast path lock").insert(circuit);
+        let now = std::time::Instant::now();
+        self.written
+            .lock()
+            .expect("fast path lock")
+            .insert(circuit, now);
         Ok(())
     }
 
-    /// The map's circuits have keys; circuits gone from it have none (nor any other file).
+    /// The map's circuits have keys; circuits gone from it lose theirs (unless written in the
+    /// last [`KEY_GRACE`]: newer than the map).
     pub fn sync_keys(&self, circuits: &HashSet<Uuid>) {
         for c in circuits {
             if let Err(e) = self.ensure_key(*c) {
                 tracing::error!(error = %e, circuit = %c, "Fast-path key not written");
             }
         }
+        let recent: HashSet<Uuid> = {
+            let mut written = self.written.lock().expect("fast path lock");
+            written.retain(|c, at| circuits.contains(c) || at.elapsed() < KEY_GRACE);
+            written.keys().copied().collect()
+        };
         let Ok(entries) = std::fs::read_dir(self.dir.join("keys")) else {
             return;
         };
         for e in entries.flatten() {
             let name = e.file_name();
-            let keep = name
-                .to_str()
-                .and_then(|n| Uuid::parse_str(n).ok())
-                .is_some_and(|id| circuits.contains(&id));
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            // Another writer's temporary file: its rename is its own business.
+            if name.ends_with(".tmp") {
+                continue;
+            }
+            let keep = Uuid::parse_str(name).is_ok_and(|id| recent.contains(&id));
             if !keep {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        self.written
-            .lock()
-            .expect("fast path lock")
-            .retain(|c| circuits.contains(c));
     }
 
     fn write_state(&self, revoked: &Revocations) -> io::Result<u64> {
@@ -359,6 +377,43 @@ mod tests {
         count_once(&dir, &mut seen, &activity, idle + 3_000, false);
         assert!(!taken.exists());
         assert!(dir.join("junk").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn keys_follow_the_map_but_a_fresh_one_outlives_an_older_map() {
+        let dir = std::env::temp_dir().join(format!("fp-keys-{}", Uuid::new_v4().simple()));
+        let keys = crate::token::Keys::new(
+            crate::decision::tests::PROVIDER_PUBLIC.as_bytes(),
+            crate::decision::tests::COOKIE_SECRET,
+            0,
+        )
+        .unwrap();
+        let fp = FastPath::new(&dir, keys.clone(), Settings::default()).unwrap();
+        let (mapped, fresh, gone) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        // A key left by an earlier run for a circuit no map lists any more.
+        std::fs::write(dir.join(format!("keys/{gone}")), "00").unwrap();
+        // Set up a moment ago, not in the map this poll fetched.
+        fp.ensure_key(fresh).unwrap();
+        fp.sync_keys(&HashSet::from([mapped]));
+        let read = |c: Uuid| std::fs::read_to_string(dir.join(format!("keys/{c}"))).ok();
+        assert_eq!(
+            read(mapped).as_deref(),
+            Some(appproxy_gatecore::session::key_to_hex(&keys.cookie_key(mapped)).as_str())
+        );
+        assert!(read(fresh).is_some() && read(gone).is_none());
+        // Two writers of one key never trip over each other's temporary file.
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| replace(&dir.join("keys/x"), b"v").unwrap());
+            }
+        });
+        assert!(
+            std::fs::read_dir(dir.join("keys"))
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -10,8 +10,9 @@
 //!   plugin (`/appproxy`): `keys/<circuit>` (the circuit's derived cookie key, hex), `state.json`
 //!   (the revocation set, whether it is synced, the login URL, the provider's public key; a
 //!   version), `alive` (epoch
-//!   seconds and the state's version, rewritten every second). [`Gate`] reads the key once, and
-//!   `alive` at most once a second, the state again when its version moved. A missing or stale
+//!   seconds and the state's version, rewritten every second). [`Gate`] reads the key once, looks
+//!   at `alive` on every request (reads it when replaced), the state again when its version
+//!   moved. A missing or stale
 //!   `alive` (authgate gone for [`STALE_SECS`]) fails closed.
 //! - [`Gate::handle`]: a request in, [`Outcome`] out: the headers to set or remove and go on,
 //!   or the refusal to write.

@@ -103,6 +103,10 @@ impl EtcdCluster {
                 "--initial-advertise-peer-urls={s}://127.0.0.1:{}",
                 m.peer_port
             ));
+        // Experiments with larger transactions (etcd's default is 128 operations).
+        if let Ok(n) = std::env::var("APPPROXY_E2E_ETCD_MAX_TXN_OPS") {
+            cmd.arg(format!("--max-txn-ops={n}"));
+        }
         if let Some((ca, cert, key)) = &self.tls {
             for side in ["", "peer-"] {
                 cmd.arg(format!("--{side}cert-file={}", cert.display()))
