@@ -198,12 +198,17 @@ impl Image {
     }
 }
 
+/// etcd's default `--max-txn-ops`: transactions are never made smaller than this.
+const ETCD_DEFAULT_MAX_TXN_OPS: usize = 128;
+
 /// Shared handle; clone the `Arc`.
 pub struct Reconciler {
     store: Store,
     kv: Kv,
     namespace: String,
-    max_ops: usize,
+    /// Most operations per transaction: the configured figure, halved (down to etcd's
+    /// default, 128) while etcd refuses transactions that large (its `--max-txn-ops`).
+    max_ops: std::sync::atomic::AtomicUsize,
     resync: Duration,
     min_interval: Duration,
     metrics: Metrics,
@@ -244,7 +249,7 @@ impl Reconciler {
             store,
             kv,
             namespace,
-            max_ops: cfg.max_txn_ops,
+            max_ops: std::sync::atomic::AtomicUsize::new(cfg.max_txn_ops),
             resync: Duration::from_secs(cfg.resync_seconds),
             min_interval: Duration::from_millis(cfg.min_interval_ms),
             pacer: Mutex::new(pace::Pacer::new(Duration::from_millis(
@@ -476,7 +481,7 @@ impl Reconciler {
         drop(circuits);
         let root = self.root_key(&w.authority);
         let actual = self.kv.get_prefix(&format!("{root}/")).await?;
-        let batches = plan(&root, &desired, &actual, self.max_ops);
+        let batches = plan(&root, &desired, &actual, self.max_ops());
         drop(actual);
         let txns = self.apply(batches).await?;
         self.metrics
@@ -506,7 +511,7 @@ impl Reconciler {
             desired.insert(Group::Circuit(c.id), render::render_circuit(w, c));
         }
         let actual = image.actual_for(&prefix, &desired);
-        let batches = plan(&root, &desired, &actual, self.max_ops);
+        let batches = plan(&root, &desired, &actual, self.max_ops());
         let txns = self.apply(batches).await?;
         self.metrics
             .reconcile_kind
@@ -516,6 +521,26 @@ impl Reconciler {
             image.set(*group, kv);
         }
         Ok((image, txns))
+    }
+
+    fn max_ops(&self) -> usize {
+        self.max_ops.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// etcd refused a transaction of `size` operations for its size: write smaller ones from
+    /// the next pass on (the pass that failed is retried in full).
+    fn too_many_ops(&self, size: usize) {
+        let now = self.max_ops();
+        let next = (size.min(now) / 2).max(ETCD_DEFAULT_MAX_TXN_OPS).min(now);
+        if next < now {
+            self.max_ops
+                .store(next, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                refused = size,
+                now_at_most = next,
+                "etcd refuses transactions this large (its --max-txn-ops); writing smaller ones"
+            );
+        }
     }
 
     /// Write `batches`, one fenced transaction each; how many were written.
@@ -530,6 +555,10 @@ impl Reconciler {
                 Err(KvError::Fenced) => {
                     self.metrics.etcd_fenced.inc();
                     return Err(KvError::Fenced.into());
+                }
+                Err(KvError::Etcd(e)) if e.to_string().contains("too many operations") => {
+                    self.too_many_ops(ops.len());
+                    return Err(KvError::Etcd(e).into());
                 }
                 other => other?,
             };

@@ -389,6 +389,30 @@ pub(crate) fn settle(pids: &[u32]) {
     settle_within(pids, Duration::from_secs(120));
 }
 
+/// When `pid` went quiet, measured from `since`: sampled every 100 ms, a sample with more than
+/// 10 ms of CPU (a tenth of a core) is busy; the answer is the end of the last busy sample
+/// once 2 s have passed without one (or `limit`). Finer than [`settle_within`], which counts
+/// whole quiet seconds and so adds one to every figure.
+pub(crate) fn quiet_since(pid: u32, since: Instant, limit: Duration) -> Duration {
+    const STEP: Duration = Duration::from_millis(100);
+    let deadline = Instant::now() + limit;
+    let mut last_busy = since.elapsed();
+    let mut quiet = Duration::ZERO;
+    let mut before = cpu_secs(pid);
+    while quiet < Duration::from_secs(2) && Instant::now() < deadline {
+        std::thread::sleep(STEP);
+        let now = cpu_secs(pid);
+        if now - before > 0.010 {
+            last_busy = since.elapsed();
+            quiet = Duration::ZERO;
+        } else {
+            quiet += STEP;
+        }
+        before = now;
+    }
+    last_busy
+}
+
 pub(crate) fn settle_within(pids: &[u32], limit: Duration) {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

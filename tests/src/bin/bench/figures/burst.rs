@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use crate::{
     Bench,
     probes::{
-        Profile, all_live, cpu_secs, ms, pct, pid_listening, provider_metrics, raw_put, settle,
-        settle_within,
+        Profile, all_live, cpu_secs, ms, pct, pid_listening, provider_metrics, quiet_since,
+        raw_put, settle, settle_within,
     },
     report::Burst,
 };
@@ -40,8 +40,7 @@ pub(crate) async fn run(b: &mut Bench) {
     println!("  provider after the burst: {reconcile_metrics}");
     // Traefik's CPU for the burst includes the reloads it still runs after the last
     // circuit answered; so does the time until it is idle again.
-    settle_within(&b.traefiks, Duration::from_secs(600));
-    let idle_provider = ms(t.elapsed());
+    let idle_provider = ms(quiet_since(traefik_pid, t, Duration::from_secs(600)));
     let burst_cpu = cpu_secs(traefik_pid) - cpu0;
     let raw_pid = b.raw.proc.pid();
     let raw_hosts = hosts("raw.test");
@@ -53,8 +52,8 @@ pub(crate) async fn run(b: &mut Bench) {
     let acked_raw = ms(t.elapsed());
     all_live(&b.http, b.raw_port, raw_hosts).await;
     let burst_raw = ms(t.elapsed());
+    let idle_raw = ms(quiet_since(raw_pid, t, Duration::from_secs(600)));
     settle_within(&b.traefiks, Duration::from_secs(600));
-    let idle_raw = ms(t.elapsed());
     let burst_raw_cpu = cpu_secs(raw_pid) - cpu0;
     let result = Burst {
         circuits: b.sz.burst,
