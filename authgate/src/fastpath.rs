@@ -204,6 +204,8 @@ impl FastPath {
 /// A count file unchanged this long is taken away (its instance is gone: Traefik drops idle
 /// instances within a few of Go's forced collections, every two minutes).
 pub const COUNT_IDLE: Duration = Duration::from_secs(600);
+/// A count file this large is taken too (one byte per request: a million requests).
+pub const COUNT_ROTATE_BYTES: u64 = 1 << 20;
 /// A taken file is read a last time and deleted after this long (an instance notices within a
 /// second that its file was taken and opens a new one).
 const TAKEN_GRACE: Duration = Duration::from_secs(3);
@@ -222,8 +224,8 @@ fn circuit_of(name: &str) -> Option<Uuid> {
 }
 
 /// One look at `counts/`: the growth of every file since the last look goes to its circuit
-/// (the last write's time as its last access); idle files are taken away, taken ones deleted
-/// after [`TAKEN_GRACE`]. `first`: files already there count from their present length (an
+/// (the last write's time as its last access); idle and large files are taken away, taken ones
+/// deleted after [`TAKEN_GRACE`]. `first`: files already there count from their present length (an
 /// earlier authgate counted what they hold).
 fn count_once(
     dir: &Path,
@@ -263,7 +265,11 @@ fn count_once(
                 let _ = std::fs::remove_file(e.path());
                 present.remove(&name);
             }
-            None if now_ms - s.changed_ms >= COUNT_IDLE.as_millis() as i64 => {
+            // Idle (its instance is gone), or large (a busy circuit's file would grow without
+            // end): taken; its instance opens a new one within a second.
+            None if now_ms - s.changed_ms >= COUNT_IDLE.as_millis() as i64
+                || s.len >= COUNT_ROTATE_BYTES =>
+            {
                 let taken = format!("{name}.taken");
                 if std::fs::rename(e.path(), dir.join(&taken)).is_ok() {
                     let len = s.len;
@@ -376,6 +382,12 @@ mod tests {
         assert_eq!(activity.pending(c), 4);
         count_once(&dir, &mut seen, &activity, idle + 3_000, false);
         assert!(!taken.exists());
+        // A busy circuit's file is taken once large, counted to its last byte.
+        let big = dir.join(format!("{other}.02"));
+        std::fs::write(&big, vec![b'\n'; COUNT_ROTATE_BYTES as usize]).unwrap();
+        count_once(&dir, &mut seen, &activity, idle + 4_000, false);
+        assert!(!big.exists() && dir.join(format!("{other}.02.taken")).exists());
+        assert_eq!(activity.pending(other), 1 + COUNT_ROTATE_BYTES);
         assert!(dir.join("junk").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
