@@ -389,9 +389,10 @@ pub(crate) fn settle(pids: &[u32]) {
     settle_within(pids, Duration::from_secs(120));
 }
 
-/// When `pid` went quiet, measured from `since`: sampled every 100 ms, a sample with more than
-/// 10 ms of CPU (a tenth of a core) is busy; the answer is the end of the last busy sample
-/// once 2 s have passed without one (or `limit`). Finer than [`settle_within`], which counts
+/// When `pid` went quiet, measured from `since`: sampled every 100 ms from the call on, a
+/// sample with more than 10 ms of CPU (a tenth of a core) is busy; the answer is the end of the
+/// last busy sample once 2 s have passed without one (or `limit`), or the call's own time when
+/// none was busy. Busy tenths are printed (when few) to show where the tail goes. Finer than [`settle_within`], which counts
 /// whole quiet seconds and so adds one to every figure.
 pub(crate) fn quiet_since(pid: u32, since: Instant, limit: Duration) -> Duration {
     const STEP: Duration = Duration::from_millis(100);
@@ -399,16 +400,28 @@ pub(crate) fn quiet_since(pid: u32, since: Instant, limit: Duration) -> Duration
     let mut last_busy = since.elapsed();
     let mut quiet = Duration::ZERO;
     let mut before = cpu_secs(pid);
+    let mut timeline = Vec::new();
     while quiet < Duration::from_secs(2) && Instant::now() < deadline {
         std::thread::sleep(STEP);
         let now = cpu_secs(pid);
         if now - before > 0.010 {
             last_busy = since.elapsed();
             quiet = Duration::ZERO;
+            timeline.push(format!(
+                "{:.1}s:{:.0}ms",
+                last_busy.as_secs_f64(),
+                (now - before) * 1e3
+            ));
         } else {
             quiet += STEP;
         }
         before = now;
+    }
+    if timeline.len() <= 40 {
+        println!(
+            "  busy tenths of pid {pid} after the start: {}",
+            timeline.join(" ")
+        );
     }
     last_busy
 }

@@ -30,6 +30,10 @@ pub(crate) async fn run(b: &mut Bench) {
     };
     all_live(&b.http, b.apps, hosts("bench.test")).await;
     let burst_provider = ms(t.elapsed());
+    // Traefik's CPU for the burst includes the reloads it still runs after the last
+    // circuit answered; so does the time until it is idle again, watched from now on (the
+    // profile's report below takes a second of its own).
+    let idle_provider = ms(quiet_since(traefik_pid, t, Duration::from_secs(600)));
     let burst_profile = profile.and_then(|p| p.finish(Some("provider-w")));
     let prefixes = [
         "appproxy_provider_reconcile",
@@ -38,9 +42,6 @@ pub(crate) async fn run(b: &mut Bench) {
     ];
     let reconcile_metrics = provider_metrics(&b.http, &b.stack, &prefixes).await;
     println!("  provider after the burst: {reconcile_metrics}");
-    // Traefik's CPU for the burst includes the reloads it still runs after the last
-    // circuit answered; so does the time until it is idle again.
-    let idle_provider = ms(quiet_since(traefik_pid, t, Duration::from_secs(600)));
     let burst_cpu = cpu_secs(traefik_pid) - cpu0;
     let raw_pid = b.raw.proc.pid();
     let raw_hosts = hosts("raw.test");
