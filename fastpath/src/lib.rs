@@ -180,8 +180,9 @@ pub struct Gate {
     config: Config,
     key: Option<(session::Key, i64)>,
     state: State,
-    /// The modification time and size of the `alive` last read, and the time it said.
+    /// The modification time and size of the `alive` last read.
     alive_stamp: Option<(Option<std::time::SystemTime>, u64)>,
+    /// The epoch seconds that `alive` said (`None`: missing or unreadable).
     alive_at: Option<i64>,
     /// The provider's key, decoded from the state.
     provider_key: Option<[u8; 32]>,
