@@ -201,6 +201,31 @@ impl FastPath {
     }
 }
 
+/// With `[fast_path] dir`: the state directory and its two tasks (the writer of `state.json`
+/// and `alive`, the counter of `counts/`), stopped with `shutdown`.
+pub fn start(
+    config: &crate::config::Config,
+    keys: &Keys,
+    revoked: &Arc<Revocations>,
+    activity: &Arc<crate::activity::Activity>,
+    shutdown: &watch::Receiver<bool>,
+) -> io::Result<Option<Arc<FastPath>>> {
+    let Some(dir) = &config.fast_path.dir else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(&config.keys.provider_public_key_file)?;
+    let settings = Settings {
+        login_url: config.session.login_url.clone(),
+        leeway: config.session.leeway_seconds,
+        provider_key: ed25519_public_raw(&pem),
+        forward_authorization: config.session.forward_inference_authorization,
+    };
+    let fp = Arc::new(FastPath::new(dir, keys.clone(), settings)?);
+    tokio::spawn(writer(fp.clone(), revoked.clone(), shutdown.clone()));
+    tokio::spawn(counter(fp.clone(), activity.clone(), shutdown.clone()));
+    Ok(Some(fp))
+}
+
 /// A count file unchanged this long is taken away (its instance is gone: Traefik drops idle
 /// instances within a few of Go's forced collections, every two minutes).
 pub const COUNT_IDLE: Duration = Duration::from_secs(600);

@@ -166,30 +166,7 @@ async fn start(
         config.worker.protocol == appproxy_common::wire::Protocol::Tcp,
         shutdown.clone(),
     ));
-    let fast_path = match &config.fast_path.dir {
-        Some(dir) => {
-            let pem = std::fs::read_to_string(&config.keys.provider_public_key_file)?;
-            let settings = fastpath::Settings {
-                login_url: config.session.login_url.clone(),
-                leeway: config.session.leeway_seconds,
-                provider_key: fastpath::ed25519_public_raw(&pem),
-                forward_authorization: config.session.forward_inference_authorization,
-            };
-            let fp = Arc::new(fastpath::FastPath::new(dir, keys.clone(), settings)?);
-            tokio::spawn(fastpath::writer(
-                fp.clone(),
-                revoked.clone(),
-                shutdown.clone(),
-            ));
-            tokio::spawn(fastpath::counter(
-                fp.clone(),
-                activity.clone(),
-                shutdown.clone(),
-            ));
-            Some(fp)
-        }
-        None => None,
-    };
+    let fast_path = fastpath::start(&config, &keys, &revoked, &activity, shutdown)?;
     let role = worker::run(
         config.clone(),
         worker::provider_http(&config.provider)?,

@@ -50,9 +50,7 @@ impl Revocations {
     /// Whether a credential of `user` / login session `ls`, issued at `iat`, is revoked.
     pub fn is_revoked(&self, user: &str, ls: &str, iat: i64) -> bool {
         let map = self.map.read().expect("revocations lock");
-        let hit = |field: String| map.get(&field).is_some_and(|at| iat <= *at);
-        (!user.is_empty() && hit(redis_keys::user_field(user)))
-            || (!ls.is_empty() && hit(redis_keys::login_field(ls)))
+        appproxy_gatecore::revocation::is_revoked(|f| map.get(f).copied(), user, ls, iat)
     }
 
     /// True once the whole set was loaded at least once; until then nothing is allowed.

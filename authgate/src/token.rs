@@ -8,13 +8,10 @@ use appproxy_common::auth::{
     AUTHGATE_ISSUER, InferenceClaims, PROVIDER_ISSUER, SessionClaims, SetupClaims, TYP_INFERENCE,
     TYP_SESSION, TYP_SETUP, audience,
 };
-use appproxy_gatecore::session;
+use appproxy_gatecore::{remembered::Remembered, session};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::de::DeserializeOwned;
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 pub use appproxy_gatecore::TokenError;
@@ -34,9 +31,16 @@ pub struct Keys {
 /// claims it was verified for, so a browser's repeat requests skip base64, HMAC and JSON.
 /// Only successful verifications are kept; a hit still checks circuit, generation and expiry
 /// (revocation is checked by the caller on every request). Bounded: cleared when full.
-#[derive(Default)]
 struct SessionCache {
-    entries: Mutex<HashMap<Box<str>, (Uuid, i64, SessionClaims)>>,
+    entries: Mutex<Remembered<(Uuid, i64, SessionClaims)>>,
+}
+
+impl Default for SessionCache {
+    fn default() -> Self {
+        SessionCache {
+            entries: Mutex::new(Remembered::new(SESSION_CACHE_MAX)),
+        }
+    }
 }
 
 /// Most cookies the session cache holds before it starts over.
@@ -53,17 +57,15 @@ impl SessionCache {
         let entries = self.entries.lock().expect("session cache lock");
         let (c, g, claims) = entries.get(token)?;
         let now = unix_now();
-        // jsonwebtoken's rule: expired once `exp < now - leeway`.
-        (*c == circuit && *g == generation && claims.exp >= now - leeway as i64)
-            .then(|| claims.clone())
+        (*c == circuit
+            && *g == generation
+            && session::within(claims.nbf, claims.exp, now, leeway as i64).is_ok())
+        .then(|| claims.clone())
     }
 
     fn put(&self, token: &str, circuit: Uuid, generation: i64, claims: &SessionClaims) {
         let mut entries = self.entries.lock().expect("session cache lock");
-        if entries.len() >= SESSION_CACHE_MAX {
-            entries.clear();
-        }
-        entries.insert(token.into(), (circuit, generation, claims.clone()));
+        entries.put(token, (circuit, generation, claims.clone()));
     }
 }
 

@@ -165,14 +165,7 @@ pub mod redis_keys {
     pub fn setup_uses(ns: &str, jti: &str) -> String {
         format!("appproxy:{ns}:setup:{jti}")
     }
-    /// Revocation field for a user.
-    pub fn user_field(user: &str) -> String {
-        format!("u:{user}")
-    }
-    /// Revocation field for a login session hash.
-    pub fn login_field(ls_hash: &str) -> String {
-        format!("l:{ls_hash}")
-    }
+    pub use appproxy_gatecore::revocation::{login_field, user_field};
 }
 
 #[cfg(test)]

@@ -4,12 +4,12 @@
 //! `nbf`/`exp` with leeway. A verified token is remembered (bounded) so a client's repeated
 //! calls cost a lookup, not a signature check.
 
-use std::collections::HashMap;
-
 use appproxy_gatecore::{
     TokenError,
     decision::Bearer,
     names::{PROVIDER_ISSUER, TYP_INFERENCE},
+    remembered::Remembered,
+    session,
 };
 use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -52,9 +52,16 @@ struct Verified {
     exp: i64,
 }
 
-#[derive(Default)]
 pub(crate) struct Bearers {
-    cache: HashMap<String, Verified>,
+    cache: Remembered<Verified>,
+}
+
+impl Default for Bearers {
+    fn default() -> Self {
+        Bearers {
+            cache: Remembered::new(CACHE_MAX),
+        }
+    }
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, TokenError> {
@@ -76,10 +83,8 @@ impl Bearers {
         let live = |v: &Verified| {
             if v.circuit != circuit {
                 Err(TokenError::Claims)
-            } else if v.exp < now - leeway || v.nbf > now + leeway {
-                Err(TokenError::Expired)
             } else {
-                Ok(v.bearer.clone())
+                session::within(v.nbf, v.exp, now, leeway).map(|()| v.bearer.clone())
             }
         };
         if let Some(v) = self.cache.get(token) {
@@ -87,10 +92,7 @@ impl Bearers {
         }
         let v = verify(token, key.ok_or(TokenError::Signature)?)?;
         let answer = live(&v);
-        if self.cache.len() >= CACHE_MAX {
-            self.cache.clear();
-        }
-        self.cache.insert(token.to_string(), v);
+        self.cache.put(token, v);
         answer
     }
 }

@@ -25,7 +25,9 @@ use std::{cell::RefCell, collections::HashMap, path::PathBuf};
 use appproxy_gatecore::{
     TokenError,
     answer::{Refusal, wants_json},
-    decision::{self, Bearer, Credentials, Deny, Forwarded, Mode, Settings, Target},
+    decision::{self, Allow, Bearer, Credentials, Deny, Forwarded, Mode, Settings, Target},
+    remembered::Remembered,
+    revocation,
     session::{self, SessionClaims},
 };
 use serde::Deserialize;
@@ -189,7 +191,7 @@ pub struct Gate {
     bearers: RefCell<bearer::Bearers>,
     /// Cookies verified lately (value → claims) with the key they verified under, so a
     /// browser's repeated requests skip base64, HMAC and JSON; expiry is checked on every hit.
-    sessions: RefCell<HashMap<String, (session::Key, SessionClaims)>>,
+    sessions: RefCell<Remembered<(session::Key, SessionClaims)>>,
     counter: count::Counter,
 }
 
@@ -202,7 +204,7 @@ struct Creds<'a> {
     state: &'a State,
     provider_key: Option<[u8; 32]>,
     bearers: &'a RefCell<bearer::Bearers>,
-    sessions: &'a RefCell<HashMap<String, (session::Key, SessionClaims)>>,
+    sessions: &'a RefCell<Remembered<(session::Key, SessionClaims)>>,
     now: i64,
     ready: bool,
 }
@@ -218,7 +220,7 @@ impl Gate {
             alive_at: None,
             provider_key: None,
             bearers: RefCell::default(),
-            sessions: RefCell::default(),
+            sessions: RefCell::new(Remembered::new(SESSIONS_MAX)),
         }
     }
 
@@ -277,9 +279,14 @@ impl Gate {
         self.key.map(|(k, _)| k)
     }
 
-    fn creds(&mut self, now: i64, reload_key: bool) -> Creds<'_> {
-        let key = self.key(now, reload_key);
-        Creds {
+    /// The decision with the circuit's `key` (the config's origins borrowed, not copied).
+    fn decide(
+        &self,
+        f: &Forwarded<'_>,
+        key: Option<session::Key>,
+        now: i64,
+    ) -> Result<Allow, Deny> {
+        let creds = Creds {
             key,
             ready: self.ready(now),
             state: &self.state,
@@ -287,7 +294,12 @@ impl Gate {
             bearers: &self.bearers,
             sessions: &self.sessions,
             now,
-        }
+        };
+        let settings = Settings {
+            forward_inference_authorization: self.state.forward_authorization,
+            extra_origins: &self.config.origins,
+        };
+        decision::decide(f, self.config.target, &creds, &settings)
     }
 
     /// Decide one request at `now` (epoch seconds).
@@ -328,14 +340,11 @@ impl Gate {
             transfer_encoding: view(&owned[10]),
         };
         let target = self.config.target;
-        let origins = self.config.origins.clone();
-        let settings = Settings {
-            forward_inference_authorization: self.state.forward_authorization,
-            extra_origins: &origins,
-        };
-        let mut verdict = decision::decide(&f, target, &self.creds(now, false), &settings);
+        let key = self.key(now, false);
+        let mut verdict = self.decide(&f, key, now);
         if verdict == Err(Deny::BadCookie(TokenError::Signature)) {
-            verdict = decision::decide(&f, target, &self.creds(now, true), &settings);
+            let key = self.key(now, true);
+            verdict = self.decide(&f, key, now);
         }
         // What is let through is counted here (the router writes no access-log record for
         // it); a request that cannot be counted is not let through.
@@ -343,15 +352,7 @@ impl Gate {
             verdict = Err(Deny::NotReady);
         }
         match verdict {
-            Ok(a) => {
-                // As ForwardAuth's `authResponseHeaders`: these replace the client's (or are
-                // removed); `Authorization` only on inference circuits.
-                let mut set = vec![("Cookie", a.cookie), ("Referer", a.referer)];
-                if target.mode == Mode::Inference {
-                    set.push(("Authorization", a.authorization));
-                }
-                Outcome::Allow(set)
-            }
+            Ok(a) => Outcome::Allow(a.into_app_headers(target.mode)),
             Err(d) => {
                 let lost = matches!(d, Deny::Revoked | Deny::NoCookie | Deny::BadCookie(_));
                 let link = self.state.login_url.as_deref().filter(|_| lost);
@@ -401,17 +402,10 @@ impl Credentials for Creds<'_> {
         if let Some((k, c)) = self.sessions.borrow().get(token)
             && *k == key
         {
-            return match c.exp < self.now - leeway || c.nbf > self.now + leeway {
-                true => Err(TokenError::Expired),
-                false => Ok(c.clone()),
-            };
+            return session::within(c.nbf, c.exp, self.now, leeway).map(|()| c.clone());
         }
         let c = session::verify(token, &key, circuit, generation, self.now, leeway)?;
-        let mut cache = self.sessions.borrow_mut();
-        if cache.len() >= SESSIONS_MAX {
-            cache.clear();
-        }
-        cache.insert(token.to_string(), (key, c.clone()));
+        self.sessions.borrow_mut().put(token, (key, c.clone()));
         Ok(c)
     }
 
@@ -426,9 +420,8 @@ impl Credentials for Creds<'_> {
     }
 
     fn is_revoked(&self, user: &str, ls: &str, iat: i64) -> bool {
-        let r = &self.state.revocations;
-        let hit = |field: String| r.get(&field).is_some_and(|at| iat <= *at);
-        (!user.is_empty() && hit(format!("u:{user}"))) || (!ls.is_empty() && hit(format!("l:{ls}")))
+        let set = &self.state.revocations;
+        revocation::is_revoked(|f| set.get(f).copied(), user, ls, iat)
     }
 
     fn ready(&self) -> bool {

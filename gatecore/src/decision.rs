@@ -178,6 +178,27 @@ pub struct Allow {
     pub preflight: bool,
 }
 
+/// The request headers an allow decides for the app (ForwardAuth's `authResponseHeaders`):
+/// each replaces what the client sent, or removes it. `Authorization` only on inference
+/// circuits (the bearer token; an interactive app gets the client's own).
+pub fn app_headers(mode: Mode) -> &'static [&'static str] {
+    match mode {
+        Mode::Interactive => &["Cookie", "Referer"],
+        Mode::Inference => &["Cookie", "Referer", "Authorization"],
+    }
+}
+
+impl Allow {
+    /// [`app_headers`] with their values (`None`: removed).
+    pub fn into_app_headers(self, mode: Mode) -> Vec<(&'static str, Option<String>)> {
+        let mut values = [self.cookie, self.referer, self.authorization].into_iter();
+        app_headers(mode)
+            .iter()
+            .map(|name| (*name, values.next().flatten()))
+            .collect()
+    }
+}
+
 /// The only header value of a name, if exactly one valid one was sent.
 fn single<'a>(v: &[Result<&'a str, ()>]) -> Option<&'a str> {
     match v {
@@ -348,4 +369,34 @@ fn by_token<'a>(
         return Err(Deny::Revoked);
     }
     Ok((b.user, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allow_names_every_header_the_app_gets_and_authorization_only_for_inference() {
+        let allow = || Allow {
+            cookie: Some("a=1".into()),
+            referer: None,
+            authorization: Some("Bearer t".into()),
+            user: "u".into(),
+            login_session: String::new(),
+            websocket: None,
+            preflight: false,
+        };
+        assert_eq!(
+            allow().into_app_headers(Mode::Interactive),
+            [("Cookie", Some("a=1".into())), ("Referer", None)]
+        );
+        assert_eq!(
+            allow().into_app_headers(Mode::Inference),
+            [
+                ("Cookie", Some("a=1".into())),
+                ("Referer", None),
+                ("Authorization", Some("Bearer t".into()))
+            ]
+        );
+    }
 }

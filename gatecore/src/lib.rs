@@ -9,6 +9,8 @@ pub mod decision;
 pub mod jar;
 pub mod names;
 pub mod origin;
+pub mod remembered;
+pub mod revocation;
 pub mod session;
 
 /// Why a token was refused (kept coarse on the wire; precise in metrics and logs).

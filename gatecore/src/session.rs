@@ -55,6 +55,15 @@ pub fn circuit_key(secret: &[u8], circuit: Uuid) -> Key {
     m.finalize().into_bytes().into()
 }
 
+/// A credential valid from `nbf` to `exp` (epoch seconds) at `now`, `leeway` seconds either way
+/// (expired once `exp < now - leeway`, as jsonwebtoken has it).
+pub fn within(nbf: i64, exp: i64, now: i64, leeway: i64) -> Result<(), TokenError> {
+    match exp < now - leeway || nbf > now + leeway {
+        true => Err(TokenError::Expired),
+        false => Ok(()),
+    }
+}
+
 /// A key as 64 lowercase hex digits (the fast path's key files).
 pub fn key_to_hex(k: &Key) -> String {
     k.iter().map(|b| format!("{b:02x}")).collect()
@@ -144,9 +153,7 @@ pub fn verify(
             TokenError::Malformed
         }
     })?;
-    if c.exp < now - leeway || c.nbf > now + leeway {
-        return Err(TokenError::Expired);
-    }
+    within(c.nbf, c.exp, now, leeway)?;
     if c.typ != TYP_SESSION || c.iss != AUTHGATE_ISSUER || c.aud != audience(circuit, generation) {
         return Err(TokenError::Claims);
     }

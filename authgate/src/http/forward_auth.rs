@@ -203,12 +203,12 @@ async fn allowed(
     g.metrics.decisions.with_label_values(&["allow", how]).inc();
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
-    for (name, value) in [
-        (header::COOKIE, a.cookie),
-        (header::REFERER, a.referer),
-        (header::AUTHORIZATION, a.authorization),
-    ] {
-        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+    // What Traefik copies over the client's headers; one it does not get, it removes.
+    for (name, value) in a.into_app_headers(t.mode) {
+        if let (Ok(name), Some(Ok(v))) = (
+            axum::http::HeaderName::try_from(name),
+            value.map(|v| HeaderValue::from_str(&v)),
+        ) {
             h.insert(name, v);
         }
     }

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 pub const PLUGIN_HEADERS_REGEX: &str = "(?i)^x[-_]plugin[-_]";
 
 use appproxy_common::names;
+use appproxy_gatecore::decision::{Mode, app_headers};
 use uuid::Uuid;
 
 use crate::domain::{AppMode, Circuit, Frontend, FrontendMode, LoadBalancing, Protocol, Worker};
@@ -359,11 +360,11 @@ fn render_forward_auth(kv: &mut Kv, worker: &Worker, c: &Circuit) -> String {
     // Traefik replaces these request headers with authgate's answer (or deletes them when
     // authgate omits them): our cookie never reaches the app, nor a Referer that carries a
     // setup link, nor a bearer token for inference.
-    let mut headers = vec!["Cookie", "Referer"];
-    if c.app_mode == AppMode::Inference {
-        headers.push("Authorization");
-    }
-    for (i, h) in headers.iter().enumerate() {
+    let mode = match c.app_mode {
+        AppMode::Inference => Mode::Inference,
+        AppMode::Interactive => Mode::Interactive,
+    };
+    for (i, h) in app_headers(mode).iter().enumerate() {
         kv.insert(format!("{fa}/authResponseHeaders/{i}"), (*h).into());
     }
     kv.insert(format!("{fa}/maxResponseBodySize"), "65536".into());

@@ -362,16 +362,33 @@ fn burst_row(b: &Burst) -> String {
     )
 }
 
+/// A scenario's rounds (`<k>_<round>`).
+fn rounds<'a>(runs: &'a BTreeMap<String, WrkRun>, k: &str) -> impl Iterator<Item = &'a WrkRun> {
+    (0..AUTH_ROUNDS).filter_map(move |i| runs.get(&format!("{k}_{i}")))
+}
+
+/// A scenario's best throughput over its rounds (0 without any).
+fn best_rps(runs: &BTreeMap<String, WrkRun>, k: &str) -> f64 {
+    rounds(runs, k).filter_map(|r| r.rps).fold(0.0, f64::max)
+}
+
+/// A scenario's CPU per request, median over its rounds: its auth server's or its Traefik's.
+fn median_cpu(runs: &BTreeMap<String, WrkRun>, k: &str, auth: bool) -> f64 {
+    let v: Vec<f64> = rounds(runs, k)
+        .filter_map(|r| match auth {
+            true => r.auth_cpu_us_per_req,
+            false => r.traefik_cpu_us_per_req,
+        })
+        .collect();
+    pct(&v, 0.5)
+}
+
 /// The auth rows: authgate against the nginx floor on the raw Traefik (the verdict: the
 /// median over rounds of authgate / nginx within a round, the two runs being adjacent), the
 /// worker's own Traefik, and authgate alone.
 fn auth_rows(runs: &BTreeMap<String, WrkRun>, alone: Option<&WrkRun>) -> Vec<String> {
     let round = |k: &str, i: usize| runs.get(&format!("{k}_{i}"));
-    let best = |k: &str| {
-        (0..AUTH_ROUNDS)
-            .filter_map(|i| round(k, i)?.rps)
-            .fold(0.0, f64::max)
-    };
+    let best = |k: &str| best_rps(runs, k);
     let (open, gated) = (best("no_auth"), best("authgate"));
     let (raw_open, nginx, raw_gate) = (best("raw_no_auth"), best("nginx"), best("authgate_raw"));
     let pct_of = |x: f64, of: f64| if of > 0.0 { 100.0 * x / of } else { f64::NAN };
@@ -403,19 +420,7 @@ fn auth_rows(runs: &BTreeMap<String, WrkRun>, alone: Option<&WrkRun>) -> Vec<Str
         pairs.last().copied().unwrap_or(f64::NAN),
     );
     // CPU per request of a scenario's auth server and Traefik, median over the rounds.
-    let cpu = |name: &str, auth: bool| {
-        let v: Vec<f64> = (0..AUTH_ROUNDS)
-            .filter_map(|i| {
-                let r = round(name, i)?;
-                if auth {
-                    r.auth_cpu_us_per_req
-                } else {
-                    r.traefik_cpu_us_per_req
-                }
-            })
-            .collect();
-        pct(&v, 0.5)
-    };
+    let cpu = |name: &str, auth: bool| median_cpu(runs, name, auth);
     let rps = alone.and_then(|d| d.rps).unwrap_or(0.0);
     let p99 = alone.and_then(|d| d.p99_ms).unwrap_or(f64::INFINITY);
     vec![
@@ -452,22 +457,8 @@ fn auth_rows(runs: &BTreeMap<String, WrkRun>, alone: Option<&WrkRun>) -> Vec<Str
 /// route through ForwardAuth in the auth rounds, the private route through the fast path in
 /// the fast-path rounds (`*_fp`). CPU per request of Traefik and authgate: medians over rounds.
 fn data_plane_rows(runs: &BTreeMap<String, WrkRun>) -> Vec<String> {
-    let rounds = |k: &str| -> Vec<&WrkRun> {
-        (0..AUTH_ROUNDS)
-            .filter_map(|i| runs.get(&format!("{k}_{i}")))
-            .collect()
-    };
-    let best = |k: &str| rounds(k).iter().filter_map(|r| r.rps).fold(0.0, f64::max);
-    let cpu = |k: &str, auth: bool| {
-        let v: Vec<f64> = rounds(k)
-            .iter()
-            .filter_map(|r| match auth {
-                true => r.auth_cpu_us_per_req,
-                false => r.traefik_cpu_us_per_req,
-            })
-            .collect();
-        if v.is_empty() { f64::NAN } else { pct(&v, 0.5) }
-    };
+    let best = |k: &str| best_rps(runs, k);
+    let cpu = |k: &str, auth: bool| median_cpu(runs, k, auth);
     let row = |what: &str, k: &str, bare: &str, target: f64| {
         let (x, of) = (best(k), best(bare));
         if x <= 0.0 || of <= 0.0 {
