@@ -4,16 +4,16 @@
 //! the plugin needs around it, pure and testable on the host:
 //!
 //! - [`Config`]: the middleware's dynamic config from etcd (circuit, generation, mode, extra
-//!   origins) — nothing secret. Cookie circuits check their cookie (the circuit's own key),
-//!   inference circuits their bearer token (the provider's public key, `bearer.rs`).
+//!   origins, public) — nothing secret. Cookie circuits check their cookie (the circuit's own
+//!   key), inference circuits their bearer token (the provider's public key, `bearer.rs`);
+//!   public circuits are only counted (their routers then export no access-log record either).
 //! - The worker's state directory, which authgate writes and Traefik mounts read-only into the
 //!   plugin (`/appproxy`): `keys/<circuit>` (the circuit's derived cookie key, hex), `state.json`
 //!   (the revocation set, whether it is synced, the login URL, the provider's public key; a
-//!   version), `alive` (epoch
-//!   seconds and the state's version, rewritten every second). [`Gate`] reads the key once, looks
-//!   at `alive` on every request (reads it when replaced), the state again when its version
-//!   moved. A missing or stale
-//!   `alive` (authgate gone for [`STALE_SECS`]) fails closed.
+//!   version), `alive` (epoch seconds and the state's version, rewritten every second).
+//!   [`Gate`] reads the key once, looks at `alive` on every request (reads it when replaced),
+//!   the state again when its version moved. A missing or stale `alive` (authgate gone for
+//!   [`STALE_SECS`]) fails closed.
 //! - [`Gate::handle`]: a request in, [`Outcome`] out: the headers to set or remove and go on,
 //!   or the refusal to write.
 //!
@@ -43,12 +43,13 @@ pub const COUNTS_MOUNT: &str = "/appproxy-counts";
 const KEY_RELOAD_SECS: i64 = 5;
 
 /// A config value as Traefik hands it over: etcd gives strings, a file provider may give
-/// numbers.
+/// numbers and booleans.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Scalar {
     Text(String),
     Number(i64),
+    Flag(bool),
 }
 
 impl Scalar {
@@ -56,6 +57,7 @@ impl Scalar {
         match self {
             Scalar::Text(s) => s,
             Scalar::Number(n) => n.to_string(),
+            Scalar::Flag(b) => b.to_string(),
         }
     }
 }
@@ -69,13 +71,16 @@ struct RawConfig {
     #[serde(default)]
     origins: Option<Scalar>,
     #[serde(default)]
+    public: Option<Scalar>,
+    #[serde(default)]
     state_dir: Option<Scalar>,
     #[serde(default)]
     counts_dir: Option<Scalar>,
 }
 
 /// The middleware's dynamic config: `circuit`, `generation`, `mode` (`interactive`: cookies,
-/// `inference`: bearer tokens), `origins` (extra allowed origins, comma-separated),
+/// `inference`: bearer tokens), `origins` (extra allowed origins, comma-separated), `public`
+/// (`true`: a public circuit, only counted — nothing is checked, no header changed),
 /// `stateDir` and `countsDir` (tests only; else [`MOUNT`] and [`COUNTS_MOUNT`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -109,12 +114,17 @@ impl Config {
             .split(',')
             .filter_map(appproxy_gatecore::origin::normalize_origin)
             .collect();
+        let public = match raw.public.map(Scalar::text).as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(format!("fast-path config: public {other:?} is not a bool")),
+        };
         Ok(Config {
             target: Target {
                 circuit,
                 generation,
                 mode,
-                public: false,
+                public,
             },
             origins,
             counts_dir: raw
@@ -304,6 +314,9 @@ impl Gate {
 
     /// Decide one request at `now` (epoch seconds).
     pub fn handle(&mut self, req: &impl Request, now: i64) -> Outcome {
+        if self.config.target.public {
+            return self.count_only(req, now);
+        }
         self.refresh();
         let method = vec![Ok(req.method())];
         let uri = vec![Ok(req.uri())];
@@ -353,36 +366,53 @@ impl Gate {
         }
         match verdict {
             Ok(a) => Outcome::Allow(a.into_app_headers(target.mode)),
-            Err(d) => {
-                let lost = matches!(d, Deny::Revoked | Deny::NoCookie | Deny::BadCookie(_));
-                let link = self.state.login_url.as_deref().filter(|_| lost);
-                let accept: String = req
-                    .header("accept")
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let (ctype, body) = Refusal {
-                    status: d.status(),
-                    code: d.code(),
-                    msg: d.message(),
-                    link,
-                }
-                .body(wants_json(&accept));
-                let mut headers = vec![
-                    ("Content-Type", ctype.to_string()),
-                    ("Cache-Control", "no-store".to_string()),
-                    ("Referrer-Policy", "no-referrer".to_string()),
-                ];
-                if d.status() == 503 {
-                    headers.push(("Retry-After", "1".to_string()));
-                }
-                Outcome::Refuse {
-                    status: d.status(),
-                    headers,
-                    body,
-                }
-            }
+            Err(d) => self.refuse(d, req),
+        }
+    }
+
+    /// A public circuit: let through as it came (no credential, no header changed, so the app
+    /// sees what a public route without the plugin shows it) and counted. Nothing of authgate's
+    /// state is looked at: a public route stays up while authgate is down, its requests
+    /// counted in the files authgate reads when it is back. Only a request that cannot be
+    /// counted is refused, as on private circuits.
+    fn count_only(&mut self, req: &impl Request, now: i64) -> Outcome {
+        if self.counter.count(now) {
+            Outcome::Allow(Vec::new())
+        } else {
+            self.refuse(Deny::NotReady, req)
+        }
+    }
+
+    /// The answer to a denied request (JSON or HTML as the client accepts; a login link when
+    /// the browser's access is gone).
+    fn refuse(&self, d: Deny, req: &impl Request) -> Outcome {
+        let lost = matches!(d, Deny::Revoked | Deny::NoCookie | Deny::BadCookie(_));
+        let link = self.state.login_url.as_deref().filter(|_| lost);
+        let accept: String = req
+            .header("accept")
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(",");
+        let (ctype, body) = Refusal {
+            status: d.status(),
+            code: d.code(),
+            msg: d.message(),
+            link,
+        }
+        .body(wants_json(&accept));
+        let mut headers = vec![
+            ("Content-Type", ctype.to_string()),
+            ("Cache-Control", "no-store".to_string()),
+            ("Referrer-Policy", "no-referrer".to_string()),
+        ];
+        if d.status() == 503 {
+            headers.push(("Retry-After", "1".to_string()));
+        }
+        Outcome::Refuse {
+            status: d.status(),
+            headers,
+            body,
         }
     }
 }

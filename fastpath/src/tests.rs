@@ -476,3 +476,38 @@ fn every_request_let_through_is_counted_once_and_nothing_else() {
         503
     );
 }
+
+#[test]
+fn a_public_circuit_is_only_counted_and_needs_nothing_of_authgate() {
+    let c = Uuid::new_v4();
+    let dir = std::env::temp_dir().join(format!("fastpath-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(dir.join("counts")).unwrap();
+    let d = Dir(dir);
+    // No key, no state, no `alive`: authgate is gone.
+    let config = format!(
+        r#"{{"circuit":"{c}","generation":"2","mode":"inference","public":"true","stateDir":"{0}","countsDir":"{0}/counts"}}"#,
+        d.0.display()
+    );
+    let mut g = Gate::new(Config::parse(config.as_bytes()).unwrap());
+    let req = Req(
+        vec![
+            ("host", "api.apps.test".into()),
+            ("authorization", "Bearer the-apps-own".into()),
+            ("cookie", format!("{}=x", cookie_name(c, false))),
+        ],
+        "POST",
+    );
+    for _ in 0..3 {
+        // Let through as it came: no header set or removed (the app's own credentials too).
+        assert_eq!(g.handle(&req, NOW), Outcome::Allow(Vec::new()));
+    }
+    assert_eq!(counted(&d.0, c), 3);
+    // Only a request that cannot be counted is refused.
+    std::fs::remove_dir_all(d.0.join("counts")).unwrap();
+    assert_eq!(status(&g.handle(&req, NOW + 1)), 503);
+    for bad in ["yes", "1"] {
+        let config =
+            format!(r#"{{"circuit":"{c}","generation":"2","mode":"inference","public":"{bad}"}}"#);
+        assert!(Config::parse(config.as_bytes()).is_err(), "{bad}");
+    }
+}

@@ -10,6 +10,7 @@ use std::{
 
 use e2e::{Db, GatedWorker, Stack, WorkerSpec, backends::HttpEcho, eventually, patience};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use redis::AsyncCommands;
 use reqwest::{Method, header::HeaderMap};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -2056,6 +2057,73 @@ async fn the_fast_path_decides_inside_traefik_with_per_circuit_keys_only() {
         (!key_file.exists()).then_some(())
     })
     .await;
+
+    // A public circuit: the plugin only counts (its router exports no access-log record), lets
+    // the request through as it came, and needs nothing of authgate's.
+    let v = e
+        .stack
+        .create_circuit(
+            &e.worker.spec.authority,
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            e.echo.port,
+            &json!({"open_to_public": true}),
+        )
+        .await;
+    let (public, url) = (v["id"].as_str().unwrap(), v["url"].as_str().unwrap());
+    e2e::wait_status(&e.http, url, &[], 200).await;
+    let (_, _, body) = e.get(&format!("{api}/ap-{public}@etcd"), &[]).await;
+    let router: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        router["middlewares"],
+        json!([format!("ap-{public}-fast@etcd")]),
+        "{router}"
+    );
+    let (s, _, _) = e
+        .get(
+            &format!("{url}/own"),
+            &[("authorization", "Bearer the-apps-own")],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let seen = e.echo.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.uri, "/own");
+    assert!(
+        seen.headers
+            .contains(&("authorization".into(), "Bearer the-apps-own".into())),
+        "{seen:?}"
+    );
+    let requests = || async {
+        let v: Option<String> = e
+            .stack
+            .redis()
+            .await
+            .get(format!("circuit.{public}.requests"))
+            .await
+            .unwrap();
+        v.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    eventually("the public requests are counted", patience(), || async {
+        (requests().await >= 2).then_some(())
+    })
+    .await;
+    // A WebSocket takes the twin router (the same plugin, and the access log for its end):
+    // counted once, by the plugin; the record of its end is not a second request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = requests().await;
+    let (status, echoed) = websocket(port_of(url), None).await;
+    assert!(status.contains("101"), "{status}");
+    assert_eq!(echoed.as_deref(), Some("hi over ws"));
+    eventually("the upgrade is counted", patience(), || async {
+        (requests().await == settled + 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(requests().await, settled + 1);
+    e.worker.stop_authgate();
+    for _ in 0..5 {
+        assert_eq!(e.get(url, &[]).await.0, 200);
+    }
 }
 
 /// Every file under `dir`.

@@ -231,6 +231,8 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
     }
     let forward_auth = !c.open_to_public || c.auth_plugin.is_some() || rate_limit(c).is_some();
     let fast = forward_auth && on_fast_path(worker, c);
+    // A public circuit with nothing to decide, on a fast-path worker: the plugin only counts.
+    let count_only = !forward_auth && worker.fast_path;
     // The auth middleware's place in the chain (ForwardAuth, or the fast path's plugin).
     let auth_at = mws.len();
     if forward_auth {
@@ -240,6 +242,8 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         } else {
             fa
         });
+    } else if count_only {
+        mws.push(render_fast_path(&mut kv, c));
     }
     let inference = c.app_mode == AppMode::Inference;
     if inference && worker.accepted_traffics.contains(&AppMode::Inference) {
@@ -260,7 +264,7 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         kv.insert(format!("{r}/middlewares/{i}"), m.clone());
     }
     render_tls(&mut kv, &r, worker, true);
-    if forward_auth {
+    if forward_auth || count_only {
         let twin_auth = fast.then(|| (auth_at, names::auth_middleware(c.id)));
         websocket_twin(&mut kv, &r, c, twin_auth);
         // Counted at ForwardAuth, or by the fast path's plugin: no access-log record.
@@ -280,7 +284,8 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
 /// router (same entry points, middlewares, service and TLS; a longer rule, so it wins) that
 /// keeps the access log: the record of a closed socket is how authgate learns it ended. On the
 /// fast path the twin has ForwardAuth at `auth`'s place instead of the plugin, so an upgrade
-/// is still held open as activity and known by its login session.
+/// is still held open as activity and known by its login session. A public circuit's twin
+/// keeps the counting plugin: the upgrade is counted there, the record marks the socket's end.
 fn websocket_twin(kv: &mut Kv, r: &str, c: &Circuit, auth: Option<(usize, String)>) {
     if c.protocol != Protocol::Http {
         return;
@@ -310,13 +315,17 @@ fn on_fast_path(worker: &Worker, c: &Circuit) -> bool {
 
 /// The circuit's fast-path middleware (its ForwardAuth stays, for the WebSocket twin):
 /// circuit, generation and extra origins, nothing secret (the plugin reads the circuit's key
-/// from authgate's state directory). Returns its name.
+/// from authgate's state directory); `public` for a public circuit, which the plugin only
+/// counts. Returns its name.
 fn render_fast_path(kv: &mut Kv, c: &Circuit) -> String {
     let m = names::fast_path_middleware(c.id);
     let p = format!("http/middlewares/{m}/plugin/{}", names::FAST_PATH_PLUGIN);
     kv.insert(format!("{p}/circuit"), c.id.as_hyphenated().to_string());
     kv.insert(format!("{p}/generation"), c.generation.to_string());
     kv.insert(format!("{p}/mode"), c.app_mode.as_str().into());
+    if c.open_to_public {
+        kv.insert(format!("{p}/public"), "true".into());
+    }
     if !c.allowed_origins.is_empty() {
         kv.insert(format!("{p}/origins"), c.allowed_origins.join(","));
     }

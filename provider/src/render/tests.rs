@@ -175,21 +175,29 @@ fn a_fast_path_worker_decides_cookie_circuits_in_traefik_and_upgrades_at_forward
     inference.app_mode = AppMode::Inference;
     let kv = render_circuit(&w, &inference);
     assert_eq!(kv[&format!("{p}/mode")], "inference");
-    // Public circuits and circuits with a plugin keep what they had.
-    for change in [
-        (|c: &mut Circuit| c.open_to_public = true) as fn(&mut Circuit),
-        |c| {
-            c.auth_plugin = Some(appproxy_common::wire::AuthPlugin {
-                name: "p".into(),
-                config: serde_json::json!({}),
-            })
-        },
-    ] {
+    // Circuits with a plugin keep ForwardAuth (public ones too).
+    for public in [false, true] {
         let mut other = c.clone();
-        change(&mut other);
+        other.open_to_public = public;
+        other.auth_plugin = Some(appproxy_common::wire::AuthPlugin {
+            name: "p".into(),
+            config: serde_json::json!({}),
+        });
         let kv = render_circuit(&w, &other);
         assert!(!kv.keys().any(|k| k.contains("-fast")), "{other:?}");
     }
+    // A public circuit is only counted by the plugin (no access-log record per request); its
+    // WebSocket twin keeps the plugin (the upgrade is counted) and the log (the socket's end).
+    let mut public = c.clone();
+    public.open_to_public = true;
+    let kv = render_circuit(&w, &public);
+    assert_eq!(kv[&format!("{p}/public")], "true");
+    assert_eq!(kv[&format!("{r}/middlewares/1")], format!("ap-{CID}-fast"));
+    assert_eq!(kv[&format!("{r}/observability/accessLogs")], "false");
+    assert_eq!(kv[&format!("{ws}/middlewares/1")], format!("ap-{CID}-fast"));
+    assert!(!kv.contains_key(&format!("{ws}/middlewares/2")));
+    assert!(!kv.contains_key(&format!("{ws}/observability/accessLogs")));
+    assert!(!kv.keys().any(|k| k.contains("-auth")), "{kv:?}");
     // The same circuit on a worker without the fast path.
     w.spec.fast_path = false;
     let kv = render_circuit(&w, &c);
