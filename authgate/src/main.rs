@@ -41,6 +41,9 @@ struct ServeArgs {
     /// Validate the configuration, print the problems, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Log lines as `text` or `json` (one object a line).
+    #[arg(long, value_enum, default_value_t, env = "APPPROXY_LOG_FORMAT")]
+    log_format: appproxy_common::startup::LogFormat,
 }
 
 #[derive(clap::Args)]
@@ -206,7 +209,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(status) => return status,
     };
-    startup::init_logging("info");
+    startup::init_logging("info", a.log_format);
     // One serving thread per core unless configured: each has a listener and a
     // single-threaded runtime (see `serve`); this one also runs the background tasks.
     let threads = match config.worker_threads {

@@ -29,14 +29,30 @@ pub fn load_config<C>(
     }
 }
 
-/// Log to stderr with `RUST_LOG`, or `default_filter` when it is unset.
-pub fn init_logging(default_filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .init();
+/// How log lines are written: `text` for people, `json` (one object a line, with the
+/// request's span — request id, method, matched route — on every line logged inside it) for
+/// log collectors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Log to stderr with `RUST_LOG`, or `default_filter` when it is unset, in `format`.
+pub fn init_logging(default_filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// The exit status of a finished run; an error is logged as `what stopped with an error`.

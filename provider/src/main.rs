@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use appproxy_common::startup;
 use clap::Parser;
 
 /// mimalloc (tuned by `appproxy_common::alloc`): glibc's malloc kept large freed snapshots
@@ -19,10 +20,12 @@ struct Cli {
     /// Validate the configuration, print the problems, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Log lines as `text` or `json` (one object a line).
+    #[arg(long, value_enum, default_value_t, env = "APPPROXY_LOG_FORMAT")]
+    log_format: startup::LogFormat,
 }
 
 fn main() -> ExitCode {
-    use appproxy_common::startup;
     appproxy_common::alloc::reexec_with_allocator_settings();
     let cli = Cli::parse();
     let path = cli.config.as_deref();
@@ -33,7 +36,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(status) => return status,
     };
-    startup::init_logging("info,sqlx=warn");
+    startup::init_logging("info,sqlx=warn", cli.log_format);
     // Named threads: profiles (`perf report --sort comm`) tell the processes apart.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

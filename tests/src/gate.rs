@@ -375,6 +375,14 @@ impl GatedWorker {
             .unwrap_or_default()
     }
 
+    /// authgate's whole log.
+    pub fn authgate_log_all(&self) -> String {
+        self.authgate
+            .as_ref()
+            .map(|p| p.log_tail(usize::MAX))
+            .unwrap_or_default()
+    }
+
     /// authgate's pid (to freeze it with SIGSTOP, as a hung worker).
     pub fn authgate_pid(&self) -> u32 {
         self.authgate.as_ref().expect("authgate running").pid()

@@ -577,6 +577,15 @@ impl Stack {
         self.provider_log_at(0)
     }
 
+    /// The first provider's whole log.
+    pub fn provider_log_all(&self) -> String {
+        self.providers[0]
+            .proc
+            .as_ref()
+            .map(|p| p.log_tail(usize::MAX))
+            .unwrap_or_default()
+    }
+
     pub fn provider_log_at(&self, i: usize) -> String {
         self.providers[i]
             .proc

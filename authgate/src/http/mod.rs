@@ -74,12 +74,16 @@ pub fn app(gate: Arc<Gate>) -> Router {
         .with_state(gate)
 }
 
-/// Every answer into the per-route request metrics (the route pattern, never the path).
+/// Every answer into the per-route request metrics (the route pattern, never the path) and,
+/// inside the request's span (request id, method, matched route), one log line
+/// (`appproxy_common::requests`). ForwardAuth's span and line are debug: one per proxied
+/// request would cost every request of every app a formatted span.
 async fn measured(
     axum::extract::State(g): axum::extract::State<Arc<Gate>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    use appproxy_common::requests::{X_REQUEST_ID, log_request, request_id};
     let started = std::time::Instant::now();
     let method = req.method().clone();
     // A clone of the matched path shares its pattern (no allocation per request).
@@ -87,18 +91,31 @@ async fn measured(
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .cloned();
-    let resp = next.run(req).await;
+    let pattern = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let span = if pattern == "/auth/{circuit}" {
+        tracing::debug_span!("request", request_id = tracing::field::Empty, %method, route = pattern)
+    } else {
+        tracing::info_span!("request", request_id = tracing::field::Empty, %method, route = pattern)
+    };
+    // Only a span that is written gets an id (none is minted per ForwardAuth request).
+    let id = (!span.is_disabled()).then(|| request_id(req.headers()));
+    if let Some(id) = &id {
+        span.record("request_id", id.as_str());
+    }
+    let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let code = resp
         .extensions()
         .get::<appproxy_common::metrics::ErrorCode>()
         .map(|c| c.0);
-    g.metrics.routes.observe(
-        route.as_ref().map_or("", |p| p.as_str()),
-        method.as_str(),
-        resp.status().as_u16(),
-        code,
-        started.elapsed().as_secs_f64(),
-    );
+    let (status, secs) = (resp.status().as_u16(), started.elapsed().as_secs_f64());
+    let matched = route.as_ref().map_or("", |p| p.as_str());
+    g.metrics
+        .routes
+        .observe(matched, method.as_str(), status, code, secs);
+    span.in_scope(|| log_request(pattern, status, code, secs));
+    if let Some(v) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
+    }
     resp
 }
 

@@ -2,9 +2,9 @@
 //!
 //! Handlers stay short: authenticate (extractor), parse (extractor), call one service
 //! (`crate::service`), map the answer. Every failure is an `ApiError`. Each request runs in a
-//! span named by its matched route (never the raw path, which may hold a grant id) and a
-//! request id (`x-request-id`, taken when the caller sends a sane one, else minted, and
-//! echoed on the response).
+//! span with its matched route (never the raw path, which may hold a grant id) and a request
+//! id (`x-request-id`, taken when the caller sends a sane one, else minted, and echoed on the
+//! response), and ends with one log line (`appproxy_common::requests`).
 
 mod auth;
 mod circuit;
@@ -243,7 +243,7 @@ async fn common_headers(
 ) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let id = request_id(req.headers());
+    let id = appproxy_common::requests::request_id(req.headers());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -259,7 +259,8 @@ async fn common_headers(
         .and_then(|v| v.to_str().ok());
     let allow = cors::allowed_origin(origins, origin);
     let preflight = cors::is_preflight(req.method(), req.headers());
-    let span = tracing::info_span!("request", id = %id, method = %req.method(), route = %route);
+    let span =
+        tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route);
     let mut resp = if preflight {
         match &allow {
             Some(a) => {
@@ -278,7 +279,7 @@ async fn common_headers(
             .get::<axum::extract::ConnectInfo<appproxy_common::tls::PeerAddr>>()
             .map(|c| c.0.0);
         match ratelimit::admit(&state, &route, req.headers(), peer).await {
-            Ok(()) => tracing::Instrument::instrument(next.run(req), span).await,
+            Ok(()) => tracing::Instrument::instrument(next.run(req), span.clone()).await,
             Err(e) => span.in_scope(|| axum::response::IntoResponse::into_response(e)),
         }
     };
@@ -293,13 +294,12 @@ async fn common_headers(
         .get::<appproxy_common::metrics::ErrorCode>()
         .map(|c| c.0);
     let matched = if route == "unmatched" { "" } else { &route };
-    state.metrics.routes.observe(
-        matched,
-        method.as_str(),
-        status,
-        code,
-        started.elapsed().as_secs_f64(),
-    );
+    let secs = started.elapsed().as_secs_f64();
+    state
+        .metrics
+        .routes
+        .observe(matched, method.as_str(), status, code, secs);
+    span.in_scope(|| appproxy_common::requests::log_request(&route, status, code, secs));
     let h = resp.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("BackendAI"));
     if let Some(a) = &allow
@@ -308,7 +308,7 @@ async fn common_headers(
         cors::set_origin(a, h);
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
-        h.insert(X_REQUEST_ID, v);
+        h.insert(appproxy_common::requests::X_REQUEST_ID, v);
     }
     resp
 }
@@ -321,20 +321,4 @@ fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
-}
-
-const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-
-/// The caller's `x-request-id` when it is short and plain (1-64 of `[A-Za-z0-9._-]`, so it
-/// cannot forge log lines), else a fresh one.
-fn request_id(headers: &axum::http::HeaderMap) -> String {
-    headers
-        .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=64).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        })
-        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string)
 }

@@ -304,6 +304,7 @@ impl<'a> Circuits<'a> {
     /// nudge the reconciler for every worker they lived on.
     pub fn settle(&self, gone: &[Circuit]) {
         for c in gone {
+            tracing::info!(circuit = %c.id, worker = %c.worker_id, app = %c.app, "Circuit removed");
             self.reconciler.nudge_circuit(c.worker_id, c.id);
         }
         self.metrics.circuits_deleted.inc_by(gone.len() as u64);

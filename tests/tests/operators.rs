@@ -1,0 +1,141 @@
+//! What an operator works with, end to end: JSON logs (a request id and the matched route on
+//! every request line, a line per state change, never a credential).
+
+use e2e::{Db, Stack, WorkerSpec, backends::HttpEcho};
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Every line of a JSON log, parsed; panics on a line that is not one JSON object.
+fn json_lines(log: &str, what: &str) -> Vec<Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| panic!("{what}: not a JSON line: {l}"))
+        })
+        .collect()
+}
+
+/// The lines whose message is `msg`.
+fn with_message<'a>(lines: &'a [Value], msg: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["message"] == msg).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_request_and_route_and_state_changes_and_never_a_credential() {
+    let json_env = || vec![("APPPROXY_LOG_FORMAT".to_string(), "json".to_string())];
+    let stack = Stack::start_with(Db::Sqlite, json_env()).await;
+    let mut spec = WorkerSpec::ports("ops-logs", 2);
+    spec.env.extend(json_env());
+    let w = stack.start_gated_worker(spec).await;
+    let echo = HttpEcho::start("app").await;
+    let http = e2e::no_redirect_client();
+    let user = Uuid::new_v4();
+    let v = stack
+        .create_circuit(
+            &w.spec.authority,
+            user,
+            Uuid::new_v4(),
+            echo.port,
+            &json!({"login_session_token": "webui-session-secret"}),
+        )
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let (url, setup) = (v["url"].as_str().unwrap(), v["setup_url"].as_str().unwrap());
+    let cookie = e2e::setup_cookie(&http, setup).await;
+    e2e::wait_status(&http, url, &[("cookie", &cookie)], 200).await;
+    // A call with the caller's request id: the same id on its log line and its answer.
+    let resp = stack
+        .http
+        .get(format!("{}/v2/circuits/{id}", stack.provider_url()))
+        .header("X-BackendAI-Token", &stack.manager_token)
+        .header("x-request-id", "ops-req-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "ops-req-1");
+    let (s, _) = stack
+        .manager(
+            Method::POST,
+            "/v2/revocations",
+            Some(&json!({"user_id": user})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = stack
+        .manager(Method::DELETE, &format!("/v2/circuits/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+
+    let provider = json_lines(&stack.provider_log_all(), "provider");
+    let mine: Vec<&Value> = with_message(&provider, "Request")
+        .into_iter()
+        .filter(|l| l["span"]["request_id"] == "ops-req-1")
+        .collect();
+    assert_eq!(mine.len(), 1, "{provider:?}");
+    assert_eq!(mine[0]["span"]["route"], "/v2/circuits/{circuit_id}");
+    assert_eq!(mine[0]["span"]["method"], "GET");
+    assert_eq!(mine[0]["status"], 200);
+    assert_eq!(mine[0]["level"], "INFO");
+    // Every request line carries an id and a route.
+    for l in with_message(&provider, "Request") {
+        assert!(
+            l["span"]["request_id"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{l}"
+        );
+        assert!(l["span"]["route"].is_string(), "{l}");
+    }
+    // State changes, one line each, with the circuit's id where it has one.
+    for msg in ["Worker registered", "Circuit created", "Circuit removed"] {
+        let lines = with_message(&provider, msg);
+        assert!(!lines.is_empty(), "no {msg:?} line");
+        if msg.starts_with("Circuit") {
+            assert!(lines.iter().any(|l| l["circuit"] == id.as_str()), "{msg}");
+        }
+    }
+    assert_eq!(with_message(&provider, "Access revoked").len(), 1);
+
+    let authgate = json_lines(&w.authgate_log_all(), "authgate");
+    let setup_lines: Vec<&Value> = with_message(&authgate, "Request")
+        .into_iter()
+        .filter(|l| l["span"]["route"] == "/_appproxy/setup" || l["span"]["route"] == "/setup")
+        .collect();
+    assert!(!setup_lines.is_empty(), "{authgate:?}");
+    for l in setup_lines {
+        assert!(
+            l["span"]["request_id"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{l}"
+        );
+    }
+
+    // No credential in either log: the setup token, the cookie, the login session.
+    let token = setup
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let cookie_value = cookie.split_once('=').unwrap().1;
+    for (name, log) in [
+        ("provider", stack.provider_log_all()),
+        ("authgate", w.authgate_log_all()),
+    ] {
+        for secret in [
+            token,
+            cookie_value,
+            "webui-session-secret",
+            &stack.manager_token,
+        ] {
+            assert!(!log.contains(secret), "{name} logged a credential");
+        }
+    }
+}
