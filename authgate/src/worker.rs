@@ -29,6 +29,8 @@ pub fn registration(cfg: &Config) -> WorkerSpec {
         api_port: cfg.api_port(),
         authgate_url: Some(cfg.authgate_url()),
         fast_path: cfg.fast_path.dir.is_some(),
+        fast_path_interactive: cfg.fast_path.dir.is_some()
+            && cfg.fast_path.scope == crate::config::FastPathScope::All,
         ..cfg.worker.clone()
     }
 }

@@ -647,6 +647,7 @@ pub(crate) mod fixtures {
             cert_domains: vec![],
             path_keep_prefix_apps: vec![],
             fast_path: false,
+            fast_path_interactive: false,
         }
     }
 

@@ -32,9 +32,9 @@ pub struct WorkerSpec {
     pub cpus: Option<String>,
     /// Its Traefik's extra `traefik-config` arguments and environment (HTTPS, ACME).
     pub traefik: crate::TraefikExtra,
-    /// Cookie circuits decided by the fast-path plugin inside Traefik (authgate's
-    /// `[fast_path] dir`). Default: `APPPROXY_E2E_FAST_PATH=1` in the environment, so the auth
-    /// suites run on both paths.
+    /// Circuits decided by the fast-path plugin inside Traefik (authgate's `[fast_path] dir`,
+    /// with `scope = "all"` unless `env` says otherwise). Default: `APPPROXY_E2E_FAST_PATH=1`
+    /// in the environment, so the auth suites run on both paths.
     pub fast_path: bool,
 }
 
@@ -229,6 +229,9 @@ impl Stack {
         if spec.fast_path {
             env.push((format!("{p}FAST_PATH__DIR"), fast_dir.display().to_string()));
         }
+        // Cookie circuits too (the suites' circuits are mostly interactive); a test that wants
+        // the default scope sets it in `spec.env`, which comes later and wins.
+        env.push((format!("{p}FAST_PATH__SCOPE"), "all".into()));
         env.extend(spec.env.iter().cloned());
         let spec_fast = spec.fast_path;
         let mut w = GatedWorker {

@@ -832,3 +832,94 @@ async fn wildcard_endpoints_take_service_name_as_subdomain_and_keep_their_url() 
     again["tags"]["endpoint"]["existing_url"] = json!(url);
     assert_eq!(e.create(id, &again).await, url);
 }
+
+/// The fast path's default scope: a worker's inference endpoints take the plugin (the private
+/// one decided by it, the public one only counted, neither writing an access-log record per
+/// request), its interactive circuits keep ForwardAuth or the access log (Traefik builds one
+/// plugin instance per router that uses it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_the_fast_path_takes_inference_circuits_only() {
+    let stack = Stack::start(Db::Sqlite).await;
+    let mut spec = WorkerSpec::ports("inf-scope", 4);
+    spec.fast_path = true;
+    spec.env.push((
+        "APPPROXY_AUTHGATE__FAST_PATH__SCOPE".into(),
+        "inference".into(),
+    ));
+    let e = Env {
+        worker: stack.start_gated_worker(spec).await,
+        stack,
+        http: e2e::no_redirect_client(),
+    };
+    let echo = HttpEcho::start("app").await;
+    let routers = format!(
+        "http://127.0.0.1:{}/api/http/routers",
+        e.worker.traefik.api_port
+    );
+    let middlewares = |circuit: String| {
+        let (http, url) = (e.http.clone(), format!("{routers}/ap-{circuit}@etcd"));
+        async move {
+            let (_, _, body) = e2e::http_get(&http, &url, &[]).await;
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            let names: Vec<String> = (v["middlewares"].as_array().into_iter().flatten())
+                .filter_map(|m| m.as_str().map(str::to_string))
+                .collect();
+            let exists = v["name"].is_string();
+            (names, v["observability"]["accessLogs"].clone(), exists)
+        }
+    };
+    let session = Uuid::new_v4();
+    for public in [false, true] {
+        let id = Uuid::new_v4();
+        let url = e.create(id, &item(id, "scoped", public, None)).await;
+        let r = e
+            .routes("routes", id, json!([route(session, echo.port, 1.0)]))
+            .await;
+        assert_eq!(r["success"], true, "{r}");
+        let circuit = circuit_of(&e, id).await;
+        let auth = if public {
+            None
+        } else {
+            let exp = 4_000_000_000u64;
+            Some(format!("Bearer {}", e.token(id, Uuid::new_v4(), exp).await))
+        };
+        e.wait_status("served", &url, auth.as_deref(), 200).await;
+        let (names, logs, _) = middlewares(circuit.clone()).await;
+        assert_eq!(
+            names.first(),
+            Some(&format!("ap-{circuit}-fast@etcd")),
+            "{names:?}"
+        );
+        assert_eq!(
+            logs,
+            json!(false),
+            "{public}: no access-log record per request"
+        );
+        if !public {
+            e.wait_status("no token", &url, None, 401).await;
+        }
+    }
+    for public in [false, true] {
+        let v = e
+            .stack
+            .create_circuit(
+                &e.worker.spec.authority,
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                echo.port,
+                &json!({"open_to_public": public}),
+            )
+            .await;
+        let circuit = v["id"].as_str().unwrap().to_string();
+        eventually("the router", patience(), || async {
+            let (names, _, exists) = middlewares(circuit.clone()).await;
+            let expected: Vec<String> = if public {
+                vec![]
+            } else {
+                vec![format!("ap-{circuit}-auth@etcd")]
+            };
+            (exists && names == expected).then_some(())
+        })
+        .await;
+    }
+}

@@ -105,10 +105,16 @@ pub struct WorkerSpec {
     /// sends it in `X-Forwarded-Prefix`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path_keep_prefix_apps: Vec<String>,
-    /// Cookie circuits are decided inside Traefik by the fast-path plugin (set from
-    /// authgate's `[fast_path] dir`); their WebSocket upgrades still go through ForwardAuth.
+    /// Inference circuits are decided (private) or counted (public) inside Traefik by the
+    /// fast-path plugin (set from authgate's `[fast_path] dir`); WebSocket upgrades of private
+    /// ones still go through ForwardAuth.
     #[serde(default)]
     pub fast_path: bool,
+    /// Interactive (cookie) circuits too (authgate's `[fast_path] scope = "all"`): Traefik
+    /// builds a plugin instance per router that uses it, so this is for workers with few
+    /// circuits.
+    #[serde(default)]
+    pub fast_path_interactive: bool,
     /// Take only requests matching `app_filters` (Backend.AI's dedicated workers).
     #[serde(default)]
     pub filtered_apps_only: bool,
@@ -385,6 +391,7 @@ mod tests {
             cert_domains: Vec::new(),
             path_keep_prefix_apps: Vec::new(),
             fast_path: false,
+            fast_path_interactive: false,
         }
     }
 

@@ -230,9 +230,11 @@ fn render_http(worker: &Worker, c: &Circuit) -> Kv {
         mws.push(m);
     }
     let forward_auth = !c.open_to_public || c.auth_plugin.is_some() || rate_limit(c).is_some();
-    let fast = forward_auth && on_fast_path(worker, c);
-    // A public circuit with nothing to decide, on a fast-path worker: the plugin only counts.
-    let count_only = !forward_auth && worker.fast_path;
+    let on_plugin = on_fast_path(worker, c);
+    // A private circuit decided by the plugin instead of ForwardAuth.
+    let fast = forward_auth && on_plugin;
+    // A public circuit with nothing to decide: the plugin only counts.
+    let count_only = !forward_auth && on_plugin;
     // The auth middleware's place in the chain (ForwardAuth, or the fast path's plugin).
     let auth_at = mws.len();
     if forward_auth {
@@ -307,10 +309,13 @@ fn websocket_twin(kv: &mut Kv, r: &str, c: &Circuit, auth: Option<(usize, String
     }
 }
 
-/// Whether a circuit behind ForwardAuth is decided by the fast path instead: a private circuit
-/// (cookie or bearer token) with neither a plugin nor a rate limit, on a fast-path worker.
+/// Whether a circuit takes the fast path's plugin: one with neither a plugin nor a rate limit,
+/// on a fast-path worker, in its scope (inference circuits; interactive ones too when the
+/// worker says so). Private ones are decided by it instead of ForwardAuth, public ones
+/// counted. Traefik builds a plugin instance per router that uses it (`FastPathScope`).
 fn on_fast_path(worker: &Worker, c: &Circuit) -> bool {
-    worker.fast_path && !c.open_to_public && c.auth_plugin.is_none() && rate_limit(c).is_none()
+    let in_scope = c.app_mode == AppMode::Inference || worker.fast_path_interactive;
+    worker.fast_path && in_scope && c.auth_plugin.is_none() && rate_limit(c).is_none()
 }
 
 /// The circuit's fast-path middleware (its ForwardAuth stays, for the WebSocket twin):

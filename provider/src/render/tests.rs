@@ -133,6 +133,7 @@ fn circuits_behind_forward_auth_log_only_their_websockets() {
 fn a_fast_path_worker_decides_cookie_circuits_in_traefik_and_upgrades_at_forward_auth() {
     let mut w = worker(FrontendMode::Wildcard, Protocol::Http);
     w.spec.fast_path = true;
+    w.spec.fast_path_interactive = true;
     let mut c = circuit(
         Frontend::Subdomain("lab".into()),
         Protocol::Http,
@@ -198,6 +199,21 @@ fn a_fast_path_worker_decides_cookie_circuits_in_traefik_and_upgrades_at_forward
     assert!(!kv.contains_key(&format!("{ws}/middlewares/2")));
     assert!(!kv.contains_key(&format!("{ws}/observability/accessLogs")));
     assert!(!kv.keys().any(|k| k.contains("-auth")), "{kv:?}");
+    // By default a fast-path worker puts only its inference circuits on the plugin (Traefik
+    // builds an instance per router): interactive ones keep ForwardAuth, or the access log.
+    w.spec.fast_path_interactive = false;
+    for public in [false, true] {
+        let mut interactive = c.clone();
+        interactive.open_to_public = public;
+        let kv = render_circuit(&w, &interactive);
+        assert!(!kv.keys().any(|k| k.contains("-fast")), "{kv:?}");
+        let mut inference = interactive.clone();
+        inference.app_mode = AppMode::Inference;
+        let kv = render_circuit(&w, &inference);
+        assert_eq!(kv[&format!("{r}/middlewares/1")], format!("ap-{CID}-fast"));
+        assert_eq!(kv.contains_key(&format!("{p}/public")), public);
+    }
+    w.spec.fast_path_interactive = true;
     // The same circuit on a worker without the fast path.
     w.spec.fast_path = false;
     let kv = render_circuit(&w, &c);

@@ -16,7 +16,7 @@ pub(super) const WORKER_COLS: &str = "id, authority, frontend_mode, protocol, ho
     tls_advertised, api_port, port_range_lo, port_range_hi, wildcard_domain, \
     wildcard_traffic_port, filtered_apps_only, traefik_last_used_marker_path, \
     accepted_traffics, app_filters, authgate_url, cert_resolver, cert_domains, path_keep_prefix_apps, \
-    fast_path, nodes, status, \
+    fast_path, fast_path_interactive, nodes, status, \
     last_heartbeat, created_at, updated_at";
 
 pub(super) const CIRCUIT_COLS: &str = "id, worker_id, app, protocol, app_mode, frontend_mode, port, \
@@ -148,6 +148,7 @@ pub(super) fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
         cert_domains: list(&get::<String>(row, "cert_domains")?),
         path_keep_prefix_apps: list(&get::<String>(row, "path_keep_prefix_apps")?),
         fast_path: flag(row, "fast_path")?,
+        fast_path_interactive: flag(row, "fast_path_interactive")?,
     };
     Ok(Worker {
         id: parse(row, "id")?,

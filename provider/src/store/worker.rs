@@ -27,15 +27,16 @@ impl Store {
                  wildcard_domain=$10, wildcard_traffic_port=$11, filtered_apps_only=$12, \
                  traefik_last_used_marker_path=$13, accepted_traffics=$14, app_filters=$15, \
                  authgate_url=$16, nodes=nodes+1, status='ALIVE', last_heartbeat=$17, updated_at=$17, \
-                 cert_resolver=$18, cert_domains=$19, path_keep_prefix_apps=$20, fast_path=$21 WHERE id=$1"
+                 cert_resolver=$18, cert_domains=$19, path_keep_prefix_apps=$20, fast_path=$21, \
+                 fast_path_interactive=$22 WHERE id=$1"
             } else {
                 "INSERT INTO workers (id, frontend_mode, protocol, hostname, tls_listen, \
                  tls_advertised, api_port, port_range_lo, port_range_hi, wildcard_domain, \
                  wildcard_traffic_port, filtered_apps_only, traefik_last_used_marker_path, \
                  accepted_traffics, app_filters, authgate_url, last_heartbeat, created_at, \
-                 updated_at, cert_resolver, cert_domains, path_keep_prefix_apps, fast_path, authority, \
-                 nodes, status) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$17,\
-                 $17,$18,$19,$20,$21,$22,1,'ALIVE')"
+                 updated_at, cert_resolver, cert_domains, path_keep_prefix_apps, fast_path, \
+                 fast_path_interactive, authority, nodes, status) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,\
+                 $10,$11,$12,$13,$14,$15,$16,$17,$17,$17,$18,$19,$20,$21,$22,$23,1,'ALIVE')"
             };
             let mut query = sqlx::query(sql)
                 .bind(id.to_string())
@@ -58,7 +59,8 @@ impl Store {
                 .bind(r.cert_resolver.clone())
                 .bind(r.cert_domains.join(","))
                 .bind(r.path_keep_prefix_apps.join(","))
-                .bind(i64::from(r.fast_path));
+                .bind(i64::from(r.fast_path))
+                .bind(i64::from(r.fast_path_interactive));
             if existing.is_none() {
                 query = query.bind(r.authority.clone());
             }

@@ -140,10 +140,18 @@ impl Bench {
         let stack = Stack::start(Db::Sqlite).await;
         let apps = e2e::free_port();
         let spec = WorkerSpec {
-            env: vec![(
-                "APPPROXY_AUTHGATE__PLUGINS__DIR".into(),
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../authgate/plugins").into(),
-            )],
+            env: vec![
+                (
+                    "APPPROXY_AUTHGATE__PLUGINS__DIR".into(),
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../authgate/plugins").into(),
+                ),
+                // The default scope (inference circuits): the 10k preloaded interactive
+                // circuits stay off the plugin (Traefik builds an instance per router).
+                (
+                    "APPPROXY_AUTHGATE__FAST_PATH__SCOPE".into(),
+                    "inference".into(),
+                ),
+            ],
             // Its Traefik loads the fast-path plugin; authgate runs without it until the auth
             // figure's fast-path phase.
             fast_path: true,

@@ -482,13 +482,13 @@ fn data_plane_rows(runs: &BTreeMap<String, WrkRun>) -> Vec<String> {
             33.0,
         ),
         row(
-            "private route through the fast path",
+            "private route through the fast path (bearer token)",
             "fast_path",
             "raw_no_auth_fp",
             80.0,
         ),
         row(
-            "public route (fast-path rounds)",
+            "public route counted by the fast path",
             "no_auth_fp",
             "raw_no_auth_fp",
             85.0,

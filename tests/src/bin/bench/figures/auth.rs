@@ -57,7 +57,7 @@ pub(crate) async fn run(b: &mut Bench) {
         return;
     }
     let mut runs = scenarios(b, &private, nginx.as_ref().map(|(p, _)| p.pid())).await;
-    runs.extend(fast_path_scenarios(b, &private).await);
+    runs.extend(fast_path_scenarios(b).await);
     settle(&b.traefiks);
     let direct = profiled("direct", Some("authgate-w"), || {
         let headers = [
@@ -182,7 +182,7 @@ async fn scenarios(b: &Bench, p: &Private, nginx: Option<u32>) -> BTreeMap<Strin
             ),
         ]);
     }
-    alternated(b, &list, AUTH_ROUNDS, &p.cookie)
+    alternated(b, &list, AUTH_ROUNDS, ("Cookie", &p.cookie))
 }
 
 /// `rounds` rounds of every scenario, forwards then backwards (`<name>_<round>`); the first
@@ -191,7 +191,7 @@ fn alternated(
     b: &Bench,
     list: &[Scenario],
     rounds: usize,
-    cookie: &str,
+    credential: (&str, &str),
 ) -> BTreeMap<String, WrkRun> {
     let mut runs = BTreeMap::new();
     for round in 0..rounds {
@@ -204,7 +204,7 @@ fn alternated(
             settle(&b.traefiks);
             runs.insert(
                 format!("{}_{round}", s.0),
-                measure(b, s, cookie, round == 0),
+                measure(b, s, credential, round == 0),
             );
         }
     }
@@ -215,29 +215,81 @@ fn alternated(
 /// the plugin, the bare Traefik).
 const FAST_ROUNDS: usize = 3;
 
-/// The same private circuit decided by the fast-path plugin inside the worker's Traefik: the
-/// worker's authgate restarted with its `[fast_path] dir` (the provider renders the plugin on
-/// the circuit's router), then `fast_path` rounds beside the worker's public route and the bare
-/// Traefik, alternated (`*_fp_<round>`); authgate restarted without it after.
-async fn fast_path_scenarios(b: &mut Bench, p: &Private) -> BTreeMap<String, WrkRun> {
+/// An inference endpoint on the bench worker (one replica, the echo server): its host.
+async fn endpoint(b: &Bench, name: &str, public: bool) -> (uuid::Uuid, String) {
+    let id = uuid::Uuid::new_v4();
+    let item = json!({
+        "deployment_id": id, "version": "v2", "service_name": name, "open_to_public": public,
+        "tags": {"session": {"user_uuid": uuid::Uuid::new_v4(), "group_id": uuid::Uuid::new_v4(),
+                             "domain_name": "default"},
+                 "endpoint": {"id": id, "runtime_variant": "custom", "existing_url": null}},
+    });
+    let (s, v) = b
+        .stack
+        .manager(
+            reqwest::Method::POST,
+            &format!("/v2/endpoints/{id}"),
+            Some(&item),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["endpoint"].as_str().expect("endpoint URL").to_string();
+    let route = json!({"session_id": uuid::Uuid::new_v4(), "route_id": uuid::Uuid::new_v4(),
+        "kernel_host": "127.0.0.1", "kernel_port": b.echo.port, "traffic_ratio": 1.0});
+    let body = json!({"endpoints": [{"deployment_id": id, "routes": [route]}]});
+    let (s, v) = b
+        .stack
+        .manager(
+            reqwest::Method::POST,
+            "/v2/endpoints/bulk/routes",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split([':', '/']).next())
+        .expect("endpoint host")
+        .to_string();
+    (id, host)
+}
+
+/// The fast path, in its default scope (inference circuits; `FastPathScope`): the worker's
+/// authgate restarted with its `[fast_path] dir`, a private inference endpoint (its bearer
+/// token decided by the plugin) and a public one (counted by it, no access-log record), then
+/// `FAST_ROUNDS` rounds beside the bare Traefik, alternated (`*_fp_<round>`); authgate
+/// restarted without it after. Every scenario sends the same bearer token.
+async fn fast_path_scenarios(b: &mut Bench) -> BTreeMap<String, WrkRun> {
     let mut runs = BTreeMap::new();
     b.w.set_fast_path(true, &b.stack.http).await;
-    // Both routers measured (the private circuit's, checked by the plugin, and the public
-    // `pre0`'s, counted by it) carry their plugin: every middleware of theirs is a `-fast` one.
+    let (private, private_host) = endpoint(b, "fpriv", false).await;
+    let (_, public_host) = endpoint(b, "fpub", true).await;
+    let (s, v) = b
+        .stack
+        .manager(
+            reqwest::Method::POST,
+            &format!("/v2/endpoints/{private}/token"),
+            Some(&json!({"user_uuid": uuid::Uuid::new_v4(), "exp": 4_000_000_000u64})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let bearer = format!("Bearer {}", v["token"].as_str().expect("token"));
+    // Both routers carry the plugin first (then Traefik's retry of inference circuits).
     let routers = format!(
         "http://127.0.0.1:{}/api/http/routers?search=",
         b.w.traefik.api_port
     );
     let on_plugin = |v: &serde_json::Value| {
-        v["middlewares"].as_array().is_some_and(|m| {
-            m.len() == 1 && m[0].as_str().is_some_and(|n| n.ends_with("-fast@etcd"))
-        })
+        v["middlewares"][0]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-fast@etcd"))
     };
     let mut on = false;
     for _ in 0..600 {
         let mut both = 0;
-        for search in [format!("ap-{}@etcd", p.id), "`pre0.bench.test`".to_string()] {
-            if let Ok(r) = b.http.get(format!("{routers}{search}")).send().await
+        for host in [&private_host, &public_host] {
+            if let Ok(r) = b.http.get(format!("{routers}`{host}`")).send().await
                 && let Ok(v) = r.json::<Vec<serde_json::Value>>().await
                 && v.iter()
                     .filter(|r| r["name"].as_str().is_some_and(|n| !n.ends_with("-ws@etcd")))
@@ -252,24 +304,25 @@ async fn fast_path_scenarios(b: &mut Bench, p: &Private) -> BTreeMap<String, Wrk
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cookie = [("Cookie", p.cookie.as_str())];
     if !on {
         println!("fast path: the routers never carried the plugin; rows skipped");
     } else {
-        until_200_with(&b.http, b.apps, "priv.bench.test", &cookie).await;
+        let auth = [("Authorization", bearer.as_str())];
+        until_200_with(&b.http, b.apps, &private_host, &auth).await;
+        until_200(&b.http, b.apps, &public_host).await;
         let (base, raw_base, gate, worker_traefik, raw_traefik) = endpoints(b);
         let list: Vec<Scenario> = vec![
             (
                 "no_auth_fp",
                 &base,
-                "pre0.bench.test",
+                &public_host,
                 worker_traefik,
                 Some(gate),
             ),
             (
                 "fast_path",
                 &base,
-                "priv.bench.test",
+                &private_host,
                 worker_traefik,
                 Some(gate),
             ),
@@ -281,10 +334,9 @@ async fn fast_path_scenarios(b: &mut Bench, p: &Private) -> BTreeMap<String, Wrk
                 None,
             ),
         ];
-        runs = alternated(b, &list, FAST_ROUNDS, &p.cookie);
+        runs = alternated(b, &list, FAST_ROUNDS, ("Authorization", &bearer));
     }
     b.w.set_fast_path(false, &b.stack.http).await;
-    until_200_with(&b.http, b.apps, "priv.bench.test", &cookie).await;
     runs
 }
 
@@ -292,9 +344,9 @@ async fn fast_path_scenarios(b: &mut Bench, p: &Private) -> BTreeMap<String, Wrk
 /// (from `/proc`: far steadier than throughput here) and the connections accepted per
 /// request (the ForwardAuth client's new connections; wrk's and the backend's are kept alive).
 /// The first round is profiled (CPU share per process).
-fn measure(b: &Bench, s: &Scenario, cookie: &str, profile: bool) -> WrkRun {
+fn measure(b: &Bench, s: &Scenario, credential: (&str, &str), profile: bool) -> WrkRun {
     let &(name, url, host, traefik, auth) = s;
-    let headers = [("Host", host), ("Cookie", cookie)];
+    let headers = [("Host", host), credential];
     let (traefik0, auth0) = (cpu_secs(traefik), auth.map(cpu_secs));
     let opens0 = tcp_passive_opens();
     let run = || wrk(url, b.sz.wrk_secs, &headers);
