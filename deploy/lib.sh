@@ -30,6 +30,8 @@ install_deps() {
     [ -x /usr/bin/chromedriver ] || pkgs+=(chromium-driver)
     # certutil: a browser test's own NSS database that trusts the test's ACME CA.
     command -v certutil >/dev/null || pkgs+=(libnss3-tools)
+    # promtool checks deploy/monitoring/alerts.yml (tests/tests/operators.rs).
+    command -v promtool >/dev/null || pkgs+=(prometheus)
     if [ "${#pkgs[@]}" -gt 0 ]; then
         log "installing Debian packages: ${pkgs[*]}"
         local sudo=""

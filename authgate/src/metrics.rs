@@ -22,6 +22,10 @@ pub struct Metrics {
     pub ingest_records: IntCounterVec,
     /// OTLP export requests by result (`ok`/`undecodable`).
     pub ingest_exports: IntCounterVec,
+    /// How old an applied access-log record was when it arrived.
+    pub ingest_lag: Histogram,
+    /// When activity was last written to Redis (epoch seconds; set at each scrape).
+    pub activity_flushed: IntGauge,
     /// Plugin calls by plugin and outcome (allow, deny, timeout, trap, bad_answer, busy, …).
     pub plugin_calls: IntCounterVec,
     /// Time spent inside plugins (instantiate + call).
@@ -53,7 +57,7 @@ impl Metrics {
             )
         };
         let gauge = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("metric"));
-        Metrics {
+        let m = Metrics {
             decisions: counters(
                 "decisions_total",
                 "ForwardAuth decisions.",
@@ -110,6 +114,21 @@ impl Metrics {
                 "OTLP log export requests.",
                 &["result"],
             ),
+            ingest_lag: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ingest_lag_seconds",
+                        "Age of an applied access-log record when it arrived (the request's end to its export).",
+                    )
+                    .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+                )
+                .expect("metric"),
+            ),
+            activity_flushed: gauge(
+                "activity_flushed_timestamp_seconds",
+                "When activity was last written to Redis (epoch seconds; 0: never).",
+            ),
             routes: appproxy_common::metrics::RouteMetrics::new(&r, &backendai),
             system: appproxy_common::metrics::SystemMetrics::new(&backendai),
             bai_alive_circuits: reg(
@@ -133,7 +152,22 @@ impl Metrics {
             ),
             backendai,
             registry: r.clone(),
+        };
+        m.exported_at_zero();
+        m
+    }
+
+    /// Series that alerts and dashboards divide or compare, exported at 0 from the start (a
+    /// missing series reads as "no data", not "none").
+    fn exported_at_zero(&self) {
+        self.decisions.with_label_values(&["allow", "credential"]);
+        self.decisions.with_label_values(&["deny", "no_cookie"]);
+        for result in ["ok", "undecodable"] {
+            self.ingest_exports.with_label_values(&[result]);
         }
+        self.ingest_records.with_label_values(&["applied", ""]);
+        self.setups.with_label_values(&["ok"]);
+        self.connections_cut.with_label_values(&["ok"]);
     }
 
     pub fn render(&self) -> String {

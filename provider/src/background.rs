@@ -176,6 +176,9 @@ async fn liveness(state: AppState, shutdown: watch::Receiver<bool>) {
         First::AfterInterval,
         shutdown,
         || async {
+            if let Err(e) = state.workers().count_by_status().await {
+                tracing::warn!(error = %e, "Counting workers by status failed");
+            }
             if started.elapsed() < timeout {
                 return;
             }

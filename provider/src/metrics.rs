@@ -19,6 +19,12 @@ pub struct Metrics {
     pub reconcile_kind: IntCounterVec,
     pub reconcile_image_bytes: IntGauge,
     pub etcd_txns: IntCounter,
+    /// etcd transactions that failed (not the fenced ones).
+    pub etcd_txn_errors: IntCounter,
+    /// A circuit's change in SQL to its keys in etcd (incremental passes).
+    pub publish_seconds: Histogram,
+    /// Workers by status (set at each liveness sweep of the leader).
+    pub workers_by_status: prometheus::IntGaugeVec,
     pub etcd_ops: IntCounter,
     pub foreign_changes: IntCounter,
     pub reconcile_held: IntCounter,
@@ -66,6 +72,14 @@ impl Metrics {
         for outcome in ["ok", "error"] {
             reconcile_passes.with_label_values(&[outcome]);
         }
+        let bai_events = counters(
+            "bai_events_total",
+            "Backend.AI session events by result (applied, ended_none, ignored, junk, failed).",
+            &["result"],
+        );
+        for result in ["applied", "ended_none", "ignored", "junk", "failed"] {
+            bai_events.with_label_values(&[result]);
+        }
         Metrics {
             reconcile_passes,
             reconcile_seconds: register(
@@ -90,6 +104,35 @@ impl Metrics {
             ),
             etcd_txns: counter("etcd_txns_total", "etcd transactions applied."),
             etcd_ops: counter("etcd_ops_total", "etcd operations applied."),
+            etcd_txn_errors: counter(
+                "etcd_txn_errors_total",
+                "etcd transactions that failed (fenced ones are etcd_fenced_total).",
+            ),
+            publish_seconds: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "publish_seconds",
+                        "From a circuit's change in SQL (create, routes, generation) to its keys in etcd.",
+                    )
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                )
+                .expect("metric"),
+            ),
+            workers_by_status: {
+                let g = register(
+                    &r,
+                    prometheus::IntGaugeVec::new(
+                        Opts::new("workers_by_status", "Workers by status (the leader's view)."),
+                        &["status"],
+                    )
+                    .expect("metric"),
+                );
+                for s in ["ALIVE", "LOST", "TERMINATED"] {
+                    g.with_label_values(&[s]);
+                }
+                g
+            },
             reconcile_held: counter(
                 "reconcile_held_total",
                 "Times the reconciler held a worker's changes for a later pass: its Traefik was still taking in the last transactions.",
@@ -115,11 +158,7 @@ impl Metrics {
                 "workers_lost_total",
                 "Workers marked LOST after their heartbeat stopped.",
             ),
-            bai_events: counters(
-                "bai_events_total",
-                "Backend.AI session events by result (applied, ended_none, ignored, junk, failed).",
-                &["result"],
-            ),
+            bai_events,
             bai_events_connected: gauge(
                 "bai_events_connected",
                 "1 while subscribed to Backend.AI's event bus.",

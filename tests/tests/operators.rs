@@ -139,3 +139,117 @@ async fn json_logs_name_request_and_route_and_state_changes_and_never_a_credenti
         }
     }
 }
+
+/// The metric names a text uses: every `appproxy_…` and `backendai_…` word.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for prefix in ["appproxy_", "backendai_"] {
+        for (at, _) in text.match_indices(prefix) {
+            let before = text[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            out.insert(name);
+        }
+    }
+    out
+}
+
+/// The metric families of a `/metrics` text (`# TYPE <name> <kind>`), with their kinds.
+fn families(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let (name, kind) = l.split_once(' ')?;
+            Some((name.to_string(), kind.to_string()))
+        })
+        .collect()
+}
+
+fn monitoring(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/monitoring")
+        .join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_dashboard_check_and_use_only_exported_metrics() {
+    let rules = monitoring("alerts.yml");
+    let dashboard = monitoring("grafana/appproxy.json");
+    // promtool (Debian's prometheus; deploy/lib.sh installs it) checks the rules.
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/monitoring/alerts.yml"),
+        )
+        .output()
+        .expect("promtool (Debian package prometheus; deploy/lib.sh installs it)");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The dashboard: JSON, every panel's queries against the `datasource` variable.
+    let d: Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    let panels = d["panels"].as_array().unwrap();
+    let queries: Vec<&Value> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .collect();
+    assert!(queries.len() >= 20, "{}", queries.len());
+    for q in &queries {
+        assert!(q["expr"].as_str().is_some_and(|e| !e.is_empty()), "{q}");
+        assert_eq!(q["datasource"]["uid"], "${datasource}");
+    }
+
+    // A worker with a plugin circuit (plugin metrics), one request of each kind.
+    let stack = Stack::start(Db::Sqlite).await;
+    let mut spec = WorkerSpec::ports("ops-metrics", 3);
+    spec.env.push((
+        "APPPROXY_AUTHGATE__PLUGINS__DIR".into(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../authgate/plugins").into(),
+    ));
+    let w = stack.start_gated_worker(spec).await;
+    let echo = HttpEcho::start("app").await;
+    let http = e2e::no_redirect_client();
+    let v = stack
+        .create_circuit(
+            &w.spec.authority,
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            echo.port,
+            &json!({"open_to_public": true,
+                    "auth_plugin": {"name": "api-keys", "config": {"keys": ["k-1"]}}}),
+        )
+        .await;
+    let url = v["url"].as_str().unwrap();
+    e2e::wait_status(&http, url, &[("x-api-key", "k-1")], 200).await;
+    let scrape = |url: String| {
+        let http = http.clone();
+        async move { e2e::metrics_text(&http, &url).await }
+    };
+    let exported: std::collections::BTreeMap<String, String> =
+        families(&(scrape(stack.provider_url()).await + &scrape(w.base()).await));
+    let used = metric_names(&(rules + &dashboard));
+    assert!(used.len() >= 20, "{used:?}");
+    for name in &used {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                let base = name.strip_suffix(s)?;
+                (exported.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+            })
+            .unwrap_or(name);
+        assert!(
+            exported.contains_key(family),
+            "{name} is used by an alert or the dashboard but not exported"
+        );
+    }
+}

@@ -66,6 +66,12 @@ pub(super) async fn metrics(
             .into_response();
     }
     g.metrics.revocations.set(g.revoked.len() as i64);
+    g.metrics.activity_flushed.set(
+        g.activity
+            .last_flush_ok_ms
+            .load(std::sync::atomic::Ordering::Acquire)
+            / 1000,
+    );
     g.metrics
         .revocations_connected
         .set(i64::from(g.revoked.connected()));

@@ -49,6 +49,7 @@ pub(super) async fn ingest_logs(
         match c.event {
             Ok(e) => {
                 g.activity.apply(&e);
+                m.ingest_lag.observe((now - e.at_ms).max(0) as f64 / 1000.0);
                 m.ingest_records.with_label_values(&["applied", ""]).inc();
             }
             Err(reason) => {

@@ -162,17 +162,21 @@ impl Image {
             }
         }
         for (group, kv) in desired {
-            let same = self.groups.get(group).is_some_and(|keys| {
-                keys.len() == kv.len()
-                    && keys
-                        .iter()
-                        .zip(kv.iter())
-                        .all(|((k, h), (rel, v))| **k == **rel && *h == value_hash(v))
-            });
-            if !same {
+            if !self.holds(*group, kv) {
                 self.set(*group, kv);
             }
         }
+    }
+
+    /// Whether the image holds exactly `kv` for `group`.
+    fn holds(&self, group: Group, kv: &render::Kv) -> bool {
+        self.groups.get(&group).is_some_and(|keys| {
+            keys.len() == kv.len()
+                && keys
+                    .iter()
+                    .zip(kv.iter())
+                    .all(|((k, h), (rel, v))| **k == **rel && *h == value_hash(v))
+        })
     }
 
     /// etcd's content for `desired`'s groups in `plan`'s terms (full keys → values): a key
@@ -507,12 +511,24 @@ impl Reconciler {
             .iter()
             .map(|id| (Group::Circuit(*id), render::Kv::new()))
             .collect();
+        // When each circuit whose keys change was changed in SQL (create → etcd, below).
+        let mut changed_at = Vec::new();
         for c in circuits.iter().filter(|c| c.worker_id == w.id) {
-            desired.insert(Group::Circuit(c.id), render::render_circuit(w, c));
+            let kv = render::render_circuit(w, c);
+            if !image.holds(Group::Circuit(c.id), &kv) {
+                changed_at.push(c.updated_at_ms);
+            }
+            desired.insert(Group::Circuit(c.id), kv);
         }
         let actual = image.actual_for(&prefix, &desired);
         let batches = plan(&root, &desired, &actual, self.max_ops());
         let txns = self.apply(batches).await?;
+        let now = crate::store::now_ms();
+        for at in changed_at {
+            self.metrics
+                .publish_seconds
+                .observe((now - at).max(0) as f64 / 1000.0);
+        }
         self.metrics
             .reconcile_kind
             .with_label_values(&["incremental"])
@@ -556,11 +572,15 @@ impl Reconciler {
                     self.metrics.etcd_fenced.inc();
                     return Err(KvError::Fenced.into());
                 }
-                Err(KvError::Etcd(e)) if e.to_string().contains("too many operations") => {
-                    self.too_many_ops(ops.len());
-                    return Err(KvError::Etcd(e).into());
+                Err(e) => {
+                    self.metrics.etcd_txn_errors.inc();
+                    if matches!(&e, KvError::Etcd(e) if e.to_string().contains("too many operations"))
+                    {
+                        self.too_many_ops(ops.len());
+                    }
+                    return Err(e.into());
                 }
-                other => other?,
+                Ok(rev) => rev,
             };
             self.metrics.etcd_txns.inc();
             self.metrics.etcd_ops.inc_by(ops.len() as u64);

@@ -28,6 +28,24 @@ impl Workers<'_> {
         Ok(())
     }
 
+    /// Export how many workers are in each status (and registered at all).
+    pub async fn count_by_status(&self) -> Result<(), StoreError> {
+        let workers = self.store.list_workers().await?;
+        for status in [
+            WorkerStatus::Alive,
+            WorkerStatus::Lost,
+            WorkerStatus::Terminated,
+        ] {
+            let n = workers.iter().filter(|w| w.status == status).count();
+            self.metrics
+                .workers_by_status
+                .with_label_values(&[status.as_str()])
+                .set(n as i64);
+        }
+        self.metrics.workers.set(workers.len() as i64);
+        Ok(())
+    }
+
     /// Move the lost worker's inference circuits to workers that can keep their URLs.
     async fn relocate(&self, lost: &Worker) -> Result<(), StoreError> {
         let circuits = self.store.circuits_of_worker(lost.id).await?;
