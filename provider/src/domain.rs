@@ -22,6 +22,8 @@ pub struct Worker {
     pub spec: WorkerSpec,
     pub nodes: i64,
     pub status: WorkerStatus,
+    /// Set by the operator: no new circuits, existing ones kept.
+    pub draining: bool,
     pub last_heartbeat_ms: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -658,6 +660,7 @@ pub(crate) mod fixtures {
             spec,
             nodes: 1,
             status: WorkerStatus::Alive,
+            draining: false,
             last_heartbeat_ms: 0,
             created_at_ms: 0,
             updated_at_ms: 0,

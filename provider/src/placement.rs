@@ -36,6 +36,9 @@ pub fn filter_match(w: &Worker, props: &[(String, String)]) -> bool {
 
 /// Why a named worker cannot take the circuit, if it cannot.
 pub fn refuse_named(w: &Worker, protocol: Protocol) -> Option<&'static str> {
+    if w.draining {
+        return Some("worker is draining: it takes no new circuits");
+    }
     (w.status != WorkerStatus::Alive || !serves(w, protocol))
         .then_some("worker is not alive or does not serve this protocol")
 }
@@ -50,6 +53,7 @@ pub fn rank_workers<'w>(
         .iter()
         .filter(|w| {
             w.status == WorkerStatus::Alive
+                && !w.draining
                 && serves(w, ask.protocol)
                 && w.accepted_traffics.contains(&ask.mode)
                 && (!w.filtered_apps_only || filter_match(w, ask.props))

@@ -1,7 +1,7 @@
 //! What an operator works with, end to end: JSON logs (a request id and the matched route on
 //! every request line, a line per state change, never a credential).
 
-use e2e::{Db, Stack, WorkerSpec, backends::HttpEcho};
+use e2e::{Db, Stack, WorkerSpec, backends::HttpEcho, eventually, patience};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -115,6 +115,13 @@ async fn json_logs_name_request_and_route_and_state_changes_and_never_a_credenti
             "{l}"
         );
     }
+    // ForwardAuth's requests (one per proxied request) are not logged at info.
+    assert!(
+        !authgate
+            .iter()
+            .any(|l| l["span"]["route"] == "/auth/{circuit}" && l["level"] == "INFO"),
+        "ForwardAuth logged at info"
+    );
 
     // No credential in either log: the setup token, the cookie, the login session.
     let token = setup
@@ -252,4 +259,288 @@ async fn alerts_and_dashboard_check_and_use_only_exported_metrics() {
             "{name} is used by an alert or the dashboard but not exported"
         );
     }
+}
+
+/// `appproxyctl` with the stack's provider `i` and manager token; (exit code, stdout, stderr).
+fn ctl(stack: &Stack, i: usize, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(e2e::workspace_bin("appproxyctl"))
+        .args(args)
+        .env("APPPROXY_PROVIDER_URL", stack.provider_url_at(i))
+        .env("APPPROXY_MANAGER_TOKEN", &stack.manager_token)
+        .env_remove("APPPROXY_CTL_CONFIG")
+        .output()
+        .expect("run appproxyctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `ctl` that must succeed; its stdout.
+fn ctl_ok(stack: &Stack, i: usize, args: &[&str]) -> String {
+    let (code, out, err) = ctl(stack, i, args);
+    assert_eq!(code, 0, "appproxyctl {args:?}: {out}{err}");
+    out
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appproxyctl_runs_every_command_and_doctor_finds_drift_made_behind_the_providers_back() {
+    // Two providers (one leads and repairs etcd; the follower answers the API while the
+    // leader is frozen), a long lease so the follower does not take over meanwhile.
+    let stack = Stack::start_opts(e2e::Opts {
+        providers: 2,
+        provider_extra_env: vec![(
+            "APPPROXY_PROVIDER__HA__LEASE_TTL_SECONDS".into(),
+            "60".into(),
+        )],
+        ..e2e::Opts::new(Db::Postgres)
+    })
+    .await;
+    let w = stack
+        .start_gated_worker(WorkerSpec::ports("ops-ctl", 4))
+        .await;
+    let echo = HttpEcho::start("app").await;
+    let authority = w.spec.authority.clone();
+
+    // Usage and settings errors: exit 2, and a clear message.
+    let out = std::process::Command::new(e2e::workspace_bin("appproxyctl"))
+        .args(["workers", "list"])
+        .env_remove("APPPROXY_PROVIDER_URL")
+        .env_remove("APPPROXY_MANAGER_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no provider URL"));
+
+    // Workers: list (table and JSON), show.
+    let table = ctl_ok(&stack, 0, &["workers", "list"]);
+    assert!(table.starts_with("AUTHORITY"), "{table}");
+    assert!(table.contains(&authority), "{table}");
+    let list: Value =
+        serde_json::from_str(&ctl_ok(&stack, 0, &["--json", "workers", "list"])).unwrap();
+    assert_eq!(list[0]["authority"], authority.as_str());
+    assert_eq!(list[0]["status"], "ALIVE");
+    let show = ctl_ok(&stack, 0, &["workers", "show", &authority]);
+    assert!(show.contains("TRAEFIK ROOT KEY:"), "{show}");
+    let (code, _, err) = ctl(&stack, 0, &["workers", "show", "nobody"]);
+    assert_eq!((code, err.contains("no worker nobody")), (1, true), "{err}");
+
+    // Circuits: list with filters, show, delete.
+    let user = Uuid::new_v4();
+    let v = stack
+        .create_circuit(&authority, user, Uuid::new_v4(), echo.port, &json!({}))
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let mine = ctl_ok(
+        &stack,
+        0,
+        &[
+            "circuits",
+            "list",
+            "--worker",
+            &authority,
+            "--user",
+            &user.to_string(),
+        ],
+    );
+    assert!(mine.contains(&id), "{mine}");
+    let none = ctl_ok(
+        &stack,
+        0,
+        &[
+            "--json",
+            "circuits",
+            "list",
+            "--user",
+            &Uuid::new_v4().to_string(),
+        ],
+    );
+    assert_eq!(serde_json::from_str::<Value>(&none).unwrap(), json!([]));
+    let shown: Value =
+        serde_json::from_str(&ctl_ok(&stack, 0, &["--json", "circuits", "show", &id])).unwrap();
+    assert_eq!(shown["id"], id.as_str());
+
+    // Drain: no new circuits on the worker, the existing one kept; undo.
+    let drained: Value = serde_json::from_str(&ctl_ok(
+        &stack,
+        0,
+        &["--json", "workers", "drain", &authority],
+    ))
+    .unwrap();
+    assert_eq!(drained["draining"], true);
+    let (s, body) = stack
+        .manager(
+            Method::POST,
+            "/v2/circuits",
+            Some(
+                &json!({"app": "jupyter", "user_id": Uuid::new_v4(), "worker": authority,
+                         "routes": [{"session_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
+                                     "kernel_port": echo.port}]}),
+            ),
+        )
+        .await;
+    assert!(s >= 400, "a draining worker took a circuit: {s} {body}");
+    assert_eq!(
+        stack
+            .manager(Method::GET, &format!("/v2/circuits/{id}"), None)
+            .await
+            .0,
+        200
+    );
+    ctl_ok(&stack, 0, &["workers", "drain", &authority, "--undo"]);
+    let again = stack
+        .create_circuit(&authority, user, Uuid::new_v4(), echo.port, &json!({}))
+        .await;
+    let second = again["id"].as_str().unwrap().to_string();
+
+    // Endpoints: list, show with routes and their health.
+    let ep = Uuid::new_v4();
+    let (s, v) = stack
+        .manager(
+            Method::POST,
+            &format!("/v2/endpoints/{ep}"),
+            Some(&json!({"service_name": "llm", "open_to_public": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = stack
+        .manager(
+            Method::POST,
+            "/v2/endpoints/bulk/routes",
+            Some(&json!({"endpoints": [{"deployment_id": ep, "routes": [
+                {"session_id": Uuid::new_v4(), "route_id": Uuid::new_v4(),
+                 "kernel_host": "127.0.0.1", "kernel_port": echo.port}]}]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let eps = ctl_ok(&stack, 0, &["endpoints", "list"]);
+    assert!(
+        eps.contains(&ep.to_string()) && eps.contains("REPLICAS"),
+        "{eps}"
+    );
+    let one = ctl_ok(&stack, 0, &["endpoints", "show", &ep.to_string()]);
+    assert!(
+        one.contains("HEALTH") && one.contains(&echo.port.to_string()),
+        "{one}"
+    );
+
+    // Revoke; enrol a worker, list and revoke its credential.
+    ctl_ok(&stack, 0, &["revoke", "--user", &user.to_string()]);
+    let (code, _, err) = ctl(&stack, 0, &["revoke"]);
+    assert_eq!(code, 2, "{err}");
+    let cred: Value = serde_json::from_str(&ctl_ok(
+        &stack,
+        0,
+        &["--json", "workers", "enrol", "ops-new"],
+    ))
+    .unwrap();
+    assert!(cred["credential"].as_str().is_some_and(|c| !c.is_empty()));
+    let cid = cred["id"].as_str().unwrap();
+    assert!(ctl_ok(&stack, 0, &["credentials", "list"]).contains(cid));
+    ctl_ok(&stack, 0, &["credentials", "revoke", cid]);
+
+    // Doctor: all agree.
+    let etcd = stack.etcd.endpoints().join(",");
+    let traefik = format!("{authority}=http://127.0.0.1:{}", w.traefik.api_port);
+    let redis = stack.redis_url();
+    let doctor = |i: usize| {
+        ctl(
+            &stack,
+            i,
+            &[
+                "doctor",
+                "--etcd",
+                &etcd,
+                "--traefik-api",
+                &traefik,
+                "--redis",
+                &redis,
+            ],
+        )
+    };
+    let (code, out, err) = doctor(0);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no problems found"), "{out}");
+
+    // Drift behind the providers' back: the leader frozen (no repair), a circuit's router
+    // deleted from etcd; the follower answers the doctor.
+    let mut leader = None;
+    for i in 0..2 {
+        if stack
+            .provider_status(i)
+            .await
+            .is_some_and(|s| s["leader"] == true)
+        {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.expect("a leader");
+    let follower = 1 - leader;
+    signal(stack.provider_pid(leader), "-STOP");
+    let root = stack.root_key(&authority);
+    let mut etcd_client = stack.etcd_client().await;
+    etcd_client
+        .delete(
+            // The router and its WebSocket twin (`ap-<id>-ws`).
+            format!("{root}/http/routers/ap-{second}"),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let (code, out, err) = doctor(follower);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("[missing_in_etcd]") && l.contains(&second)),
+        "{out}"
+    );
+    let (code, out, _) = ctl(
+        &stack,
+        follower,
+        &[
+            "--json",
+            "doctor",
+            "--etcd",
+            &etcd,
+            "--traefik-api",
+            &traefik,
+        ],
+    );
+    signal(stack.provider_pid(leader), "-CONT");
+    assert_eq!(code, 3);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "missing_in_etcd")
+    );
+    // The leader, back, repairs what it did not write; the doctor agrees again.
+    eventually("the leader repairs etcd", patience(), || async {
+        (doctor(0).0 == 0).then_some(())
+    })
+    .await;
+
+    // Delete through the CLI.
+    ctl_ok(&stack, 0, &["circuits", "delete", &id]);
+    assert_eq!(
+        stack
+            .manager(Method::GET, &format!("/v2/circuits/{id}"), None)
+            .await
+            .0,
+        404
+    );
+    let (code, _, err) = ctl(&stack, 0, &["circuits", "delete", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
 }

@@ -201,6 +201,7 @@ fn manager_routes() -> Router<AppState> {
             "/v2/workers/credentials/{credential_id}",
             delete(credentials::revoke),
         )
+        .route("/v2/workers/{authority}/drain", post(worker::drain))
         .route("/v2/sessions/{session_id}", delete(circuit::delete_session))
         .route(
             "/v2/endpoints/bulk",

@@ -11,13 +11,37 @@ use serde_json::{Value, json};
 
 use super::{
     AppState,
-    extract::{IdPath, JsonBody, QueryParams, WorkerAuth},
+    extract::{IdPath, JsonBody, ManagerAuth, QueryParams, WorkerAuth},
 };
 use crate::{
     error::ApiError,
     models::{CircuitList, SlotsQuery, WorkerResponse, WorkerSpec, circuit_response, map_entry},
 };
 use appproxy_common::wire::{Heartbeat, RouteHealthReport, WorkerMap};
+
+/// `POST /v2/workers/{authority}/drain {"drain": bool}` (default true): the manager drains a
+/// worker (no new circuits; existing ones kept) or stops draining it.
+pub(super) async fn drain(
+    State(state): State<AppState>,
+    _: ManagerAuth,
+    axum::extract::Path(authority): axum::extract::Path<String>,
+    JsonBody(req): JsonBody<DrainRequest>,
+) -> Result<Json<WorkerResponse>, ApiError> {
+    let workers = state.workers();
+    let w = workers.drain(&authority, req.drain).await?;
+    Ok(Json(workers.describe(&w, false).await?))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DrainRequest {
+    #[serde(default = "yes")]
+    drain: bool,
+}
+
+fn yes() -> bool {
+    true
+}
 
 pub(super) async fn register(
     State(state): State<AppState>,

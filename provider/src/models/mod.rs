@@ -41,12 +41,40 @@ pub struct WorkerResponse {
     pub occupied_slots: i64,
     pub nodes: i64,
     pub status: WorkerStatus,
+    /// No new circuits (`POST /v2/workers/{authority}/drain`); existing ones kept.
+    pub draining: bool,
     pub traefik_root_key: String,
     pub last_heartbeat: String,
     pub created_at: String,
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slots: Option<Vec<SlotResponse>>,
+    /// The worker's last report of its activity ingestion (from its heartbeat).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestResponse>,
+}
+
+/// A worker's activity ingestion, as its last heartbeat reported it.
+#[derive(Debug, Serialize)]
+pub struct IngestResponse {
+    pub reported_at: String,
+    /// Whether authgate reached Redis at its last flush.
+    pub redis_ok: bool,
+    /// When authgate last wrote activity to Redis.
+    pub last_flush_at: String,
+    /// Seconds since then, at the time of this answer.
+    pub flush_age_seconds: i64,
+}
+
+impl IngestResponse {
+    pub fn new(r: &crate::store::IngestReport, now_ms: i64) -> IngestResponse {
+        IngestResponse {
+            reported_at: iso(r.reported_ms),
+            redis_ok: r.redis_ok,
+            last_flush_at: iso(r.last_flush_ms),
+            flush_age_seconds: (now_ms - r.last_flush_ms).max(0) / 1000,
+        }
+    }
 }
 
 pub fn iso(ms: i64) -> String {
@@ -68,11 +96,13 @@ impl WorkerResponse {
             occupied_slots: occupied,
             nodes: w.nodes,
             status: w.status,
+            draining: w.draining,
             traefik_root_key: root_key,
             last_heartbeat: iso(w.last_heartbeat_ms),
             created_at: iso(w.created_at_ms),
             updated_at: iso(w.updated_at_ms),
             slots: None,
+            ingest: None,
         }
     }
 }

@@ -51,7 +51,10 @@ impl Workers<'_> {
         let circuits = self.store.circuits_of_worker(lost.id).await?;
         let alive: Vec<Worker> = (self.store.list_workers().await?.into_iter())
             .filter(|w| {
-                w.id != lost.id && w.status == WorkerStatus::Alive && serves(w, Protocol::Http)
+                w.id != lost.id
+                    && w.status == WorkerStatus::Alive
+                    && !w.draining
+                    && serves(w, Protocol::Http)
             })
             .collect();
         let interactive = circuits

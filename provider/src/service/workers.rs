@@ -8,9 +8,9 @@ use crate::{
     domain::{Circuit, FrontendMode, Worker, WorkerSpec, WorkerStatus},
     error::ApiError,
     metrics::Metrics,
-    models::{SlotResponse, WorkerResponse},
+    models::{IngestResponse, SlotResponse, WorkerResponse},
     reconcile::Reconciler,
-    store::Store,
+    store::{Store, now_ms},
 };
 use appproxy_common::wire::SpecError;
 
@@ -90,6 +90,8 @@ impl Workers<'_> {
         if with_slots {
             resp.slots = Some(slots_of(w, &circuits, None));
         }
+        let reports = self.store.ingest_reports().await?;
+        resp.ingest = (reports.get(&w.id)).map(|r| IngestResponse::new(r, now_ms()));
         Ok(resp)
     }
 
@@ -101,13 +103,33 @@ impl Workers<'_> {
             workers.retain(|w| w.authority == mine);
         }
         let counts = self.store.occupied_counts().await?;
+        let reports = self.store.ingest_reports().await?;
+        let now = now_ms();
         Ok(workers
             .iter()
             .map(|w| {
                 let used = counts.get(&w.id).copied().unwrap_or(0);
-                WorkerResponse::new(w, used, self.reconciler.root_key(&w.authority))
+                let mut r = WorkerResponse::new(w, used, self.reconciler.root_key(&w.authority));
+                r.ingest = (reports.get(&w.id)).map(|i| IngestResponse::new(i, now));
+                r
             })
             .collect())
+    }
+
+    /// Drain the worker `authority` (no new circuits; existing ones kept) or stop draining it.
+    pub async fn drain(&self, authority: &str, on: bool) -> Result<Worker, ApiError> {
+        let w = self
+            .store
+            .worker_by_authority(authority)
+            .await?
+            .ok_or(ApiError::NotFound("worker"))?;
+        let w = (self.store.set_draining(w.id, on).await?).ok_or(ApiError::NotFound("worker"))?;
+        if on {
+            tracing::info!(authority = %w.authority, "Worker draining: no new circuits");
+        } else {
+            tracing::info!(authority = %w.authority, "Worker no longer draining");
+        }
+        Ok(w)
     }
 
     /// The slots of the worker `authority` (`in_use` filters).

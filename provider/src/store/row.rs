@@ -16,7 +16,7 @@ pub(super) const WORKER_COLS: &str = "id, authority, frontend_mode, protocol, ho
     tls_advertised, api_port, port_range_lo, port_range_hi, wildcard_domain, \
     wildcard_traffic_port, filtered_apps_only, traefik_last_used_marker_path, \
     accepted_traffics, app_filters, authgate_url, cert_resolver, cert_domains, path_keep_prefix_apps, \
-    fast_path, fast_path_interactive, nodes, status, \
+    fast_path, fast_path_interactive, nodes, status, draining, \
     last_heartbeat, created_at, updated_at";
 
 pub(super) const CIRCUIT_COLS: &str = "id, worker_id, app, protocol, app_mode, frontend_mode, port, \
@@ -155,6 +155,7 @@ pub(super) fn worker_from_row(row: &AnyRow) -> Result<Worker, StoreError> {
         spec,
         nodes: get(row, "nodes")?,
         status: parse::<WorkerStatus>(row, "status")?,
+        draining: flag(row, "draining")?,
         last_heartbeat_ms: get(row, "last_heartbeat")?,
         created_at_ms: get(row, "created_at")?,
         updated_at_ms: get(row, "updated_at")?,

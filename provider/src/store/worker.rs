@@ -141,6 +141,29 @@ impl Store {
         .await
     }
 
+    /// Set or clear a worker's `draining` flag; the worker as it is now (`None`: no such
+    /// worker).
+    pub async fn set_draining(
+        &self,
+        id: Uuid,
+        draining: bool,
+    ) -> Result<Option<Worker>, StoreError> {
+        self.measured("set_draining", async move {
+            sqlx::query("UPDATE workers SET draining=$2, updated_at=$3 WHERE id=$1")
+                .bind(id.to_string())
+                .bind(i64::from(draining))
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+            let row = sqlx::query(q(format!("SELECT {WORKER_COLS} FROM workers WHERE id=$1")))
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(worker_from_row).transpose()
+        })
+        .await
+    }
+
     /// Mark `LOST` every `ALIVE` worker whose last heartbeat is older than `cutoff_ms`; its
     /// node count drops to 0 (a crashed process never deregisters). Returns those marked. A
     /// heartbeat that lands between the read and the update wins (the update re-checks).
