@@ -174,6 +174,8 @@ struct Seen {
     sql: BTreeSet<Uuid>,
     etcd: BTreeSet<Uuid>,
     traefik: Option<Served>,
+    /// Why its Traefik could not be asked, if it could not.
+    unreachable: Option<String>,
 }
 
 /// Gather and compare; drift is looked at a second time before it is reported.
@@ -230,6 +232,13 @@ pub async fn run(api: &Api, s: &Settings, args: &DoctorArgs) -> Result<Report, F
                 drift = compare(authority, &seen.sql, &seen.etcd, seen.traefik.as_ref());
             }
             report.findings.extend(drift);
+            if let Some(why) = seen.unreachable {
+                report.findings.push(Finding {
+                    worker: Some(authority.to_string()),
+                    kind: "traefik",
+                    detail: why,
+                });
+            }
             report.workers.push(seen.view);
         }
     }
@@ -315,13 +324,15 @@ async fn gather(
         .filter_map(|kv| kv.key_str().ok().map(str::to_string))
         .collect();
     let etcd_ids = circuits_in_keys(root, keys.iter().map(String::as_str));
-    let traefik = match traefik_api {
-        Some(url) => Some(
-            served(api.http(), url)
-                .await
-                .map_err(|e| Failure::Other(format!("{authority}'s Traefik at {url}: {e}")))?,
-        ),
-        None => None,
+    let (traefik, unreachable) = match traefik_api {
+        Some(url) => match served(api.http(), url).await {
+            Ok(s) => (Some(s), None),
+            Err(e) => (
+                None,
+                Some(format!("its Traefik at {url} does not answer: {e}")),
+            ),
+        },
+        None => (None, None),
     };
     Ok(Seen {
         view: WorkerView {
@@ -334,6 +345,7 @@ async fn gather(
         sql,
         etcd: etcd_ids,
         traefik,
+        unreachable,
     })
 }
 

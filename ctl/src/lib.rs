@@ -358,10 +358,23 @@ const CIRCUIT_COLS: &[(&str, &str)] = &[
     ("APP", "app"),
     ("MODE", "app_mode"),
     ("PUBLIC", "open_to_public"),
-    ("WORKER", "worker"),
+    ("WORKER", "worker_authority"),
     ("GEN", "generation"),
     ("URL", "url"),
 ];
+
+/// Each circuit's worker by its authority too (`worker_authority`; the API names its id).
+async fn with_authorities(api: &Api, circuits: &mut [Value]) -> Result<(), Failure> {
+    let workers = api.get("/api/worker").await?;
+    let names: BTreeMap<&str, &Value> = (workers["workers"].as_array().into_iter().flatten())
+        .filter_map(|w| Some((w["id"].as_str()?, &w["authority"])))
+        .collect();
+    for c in circuits {
+        let name = c["worker"].as_str().and_then(|id| names.get(id)).cloned();
+        c["worker_authority"] = name.cloned().unwrap_or(Value::Null);
+    }
+    Ok(())
+}
 
 async fn circuits(api: &Api, out: &Out, c: &CircuitsCmd) -> Result<u8, Failure> {
     match c {
@@ -384,15 +397,18 @@ async fn circuits(api: &Api, out: &Out, c: &CircuitsCmd) -> Result<u8, Failure> 
             }
             let path = format!("/v2/circuits?{}", q.join("&"));
             let v = api.get(&path).await?;
-            let rows: Vec<Value> = (v["circuits"].as_array().into_iter().flatten())
+            let mut rows: Vec<Value> = (v["circuits"].as_array().into_iter().flatten())
                 .filter(|c| app.as_ref().is_none_or(|a| c["app"] == a.as_str()))
                 .filter(|c| !endpoints || !c["endpoint_id"].is_null())
                 .cloned()
                 .collect();
+            with_authorities(api, &mut rows).await?;
             out.list(&rows, CIRCUIT_COLS);
         }
         CircuitsCmd::Show { id } => {
-            let v = api.get(&format!("/v2/circuits/{id}")).await?;
+            let mut v = [api.get(&format!("/v2/circuits/{id}")).await?];
+            with_authorities(api, &mut v).await?;
+            let [v] = v;
             let mut fields = CIRCUIT_COLS.to_vec();
             fields.extend([
                 ("USER", "user_id"),

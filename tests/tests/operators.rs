@@ -353,6 +353,11 @@ async fn appproxyctl_runs_every_command_and_doctor_finds_drift_made_behind_the_p
         ],
     );
     assert!(mine.contains(&id), "{mine}");
+    // The table names the worker by its authority.
+    assert!(
+        mine.lines().nth(1).is_some_and(|l| l.contains(&authority)),
+        "{mine}"
+    );
     let none = ctl_ok(
         &stack,
         0,
@@ -470,6 +475,18 @@ async fn appproxyctl_runs_every_command_and_doctor_finds_drift_made_behind_the_p
     let (code, out, err) = doctor(0);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("no problems found"), "{out}");
+    // A worker's Traefik that does not answer is a finding, not the end of the check.
+    let gone = format!("{authority}=http://127.0.0.1:{}", e2e::free_port());
+    let (code, out, err) = ctl(
+        &stack,
+        0,
+        &["doctor", "--etcd", &etcd, "--traefik-api", &gone],
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("[traefik]") && out.contains("does not answer"),
+        "{out}"
+    );
 
     // Drift behind the providers' back: the leader frozen (no repair), a circuit's router
     // deleted from etcd; the follower answers the doctor.
