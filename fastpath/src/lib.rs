@@ -365,7 +365,23 @@ impl Gate {
             verdict = Err(Deny::NotReady);
         }
         match verdict {
-            Ok(a) => Outcome::Allow(a.into_app_headers(target.mode)),
+            Ok(a) => {
+                // Only what changes: each set or removal is a call into Traefik.
+                let sent = |name: &str| match name {
+                    "Cookie" => Some(owned[1].as_slice()),
+                    "Authorization" => Some(owned[2].as_slice()),
+                    "Referer" => Some(owned[3].as_slice()),
+                    _ => None,
+                };
+                let changes = (a.into_app_headers(target.mode).into_iter())
+                    .filter(|(name, value)| match (value, sent(name)) {
+                        (None, Some([])) => false,
+                        (Some(v), Some([Ok(was)])) => v != was,
+                        _ => true,
+                    })
+                    .collect();
+                Outcome::Allow(changes)
+            }
             Err(d) => self.refuse(d, req),
         }
     }
