@@ -166,6 +166,10 @@ mod tests {
         w.status = WorkerStatus::Lost;
         w
     }
+    fn draining(mut w: Worker) -> Worker {
+        w.draining = true;
+        w
+    }
     fn only(mut w: Worker, mode: AppMode) -> Worker {
         w.spec.accepted_traffics = vec![mode];
         w
@@ -201,6 +205,8 @@ mod tests {
             ("one alive port worker", vec![port("a")], vec![0], Http, Interactive, vec![], Some("a")),
             ("dead workers are skipped", vec![dead(port("a")), port("b")], vec![0, 4], Http, Interactive, vec![], Some("b")),
             ("only dead workers", vec![dead(port("a"))], vec![0], Http, Interactive, vec![], None),
+            ("draining workers are skipped", vec![draining(wildcard("a")), port("b")], vec![0, 4], Http, Interactive, vec![], Some("b")),
+            ("only draining workers", vec![draining(port("a"))], vec![0], Http, Interactive, vec![], None),
             ("most free ports wins", vec![port("a"), port("b")], vec![3, 1], Http, Interactive, vec![], Some("b")),
             ("a full port worker is never chosen", vec![port("a")], vec![5], Http, Interactive, vec![], None),
             ("wildcard before port", vec![port("a"), wildcard("b")], vec![0, 100], Http, Interactive, vec![], Some("b")),
@@ -242,6 +248,10 @@ mod tests {
         assert!(refuse_named(&port("a"), Protocol::Tcp).is_some());
         assert!(refuse_named(&tcp("t"), Protocol::H2).is_some());
         assert!(refuse_named(&dead(port("a")), Protocol::Http).is_some());
+        assert!(
+            refuse_named(&draining(port("a")), Protocol::Http)
+                .is_some_and(|r| r.contains("draining"))
+        );
     }
 
     #[test]
