@@ -66,6 +66,15 @@ where
     }
 }
 
+/// Send `sig` (`-STOP`, `-CONT`, …) to `pid`; the test fails if it cannot.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
 /// How long propagation may take before a test fails (override: `APPPROXY_E2E_PATIENCE_SECS`).
 pub fn patience() -> Duration {
     let secs = std::env::var("APPPROXY_E2E_PATIENCE_SECS")

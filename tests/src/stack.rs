@@ -9,7 +9,7 @@ use std::{
 };
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     etcd::EtcdCluster,
@@ -648,6 +648,19 @@ impl Stack {
             .clone()
             .unwrap_or_else(|| self.manager_token.clone());
         self.call(Some(&token), method, path, body).await
+    }
+
+    /// Give inference endpoint `ep` exactly one replica, `127.0.0.1:<port>` of `session`
+    /// (`POST /v2/endpoints/bulk/routes`, as the Manager does); fails the test unless the
+    /// provider takes it.
+    pub async fn add_replica(&self, ep: uuid::Uuid, session: uuid::Uuid, port: u16) {
+        let body = json!({"endpoints": [{"deployment_id": ep, "routes": [
+            {"session_id": session, "route_id": uuid::Uuid::new_v4(), "kernel_host": "127.0.0.1",
+             "kernel_port": port}]}]});
+        let (s, v) = self
+            .manager(Method::POST, "/v2/endpoints/bulk/routes", Some(&body))
+            .await;
+        assert_eq!(s, 200, "bulk/routes: {v}");
     }
 
     /// `POST /v2/circuits`: app `app` of `user` on `worker`, one route to `127.0.0.1:<port>` of

@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeSet,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -113,14 +112,6 @@ async fn served(stack: &Stack, port: u64) -> bool {
         .send()
         .await
         .is_ok_and(|r| r.status() == 200)
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -310,7 +301,7 @@ async fn a_leader_paused_past_its_lease_never_writes_again() {
     let before = metrics_text(&stack.http, &stack.provider_url_at(l)).await;
     let txns_before = metric(&before, "appproxy_provider_etcd_txns_total");
 
-    signal(stack.provider_pid(l), "-STOP");
+    e2e::signal(stack.provider_pid(l), "-STOP");
     let paused = Instant::now();
     eventually(
         "the follower leads",
@@ -349,7 +340,7 @@ async fn a_leader_paused_past_its_lease_never_writes_again() {
     };
     tokio::time::sleep(Duration::from_secs(TTL).saturating_sub(paused.elapsed())).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    signal(stack.provider_pid(l), "-CONT");
+    e2e::signal(stack.provider_pid(l), "-CONT");
     assert_eq!(pending.await.unwrap(), 201, "a follower still takes writes");
     eventually("the old leader follows", e2e::patience(), || async {
         let s = stack.provider_status(l).await?;

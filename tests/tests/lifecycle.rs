@@ -1,9 +1,9 @@
 //! Lifecycles that end: workers that stop heartbeating become LOST and come back; inference
 //! endpoints of a lost worker move to a worker that keeps their URL.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use e2e::{Db, GatedWorker, Stack, TraefikFrontend, WorkerSpec, backends::HttpEcho, eventually};
+use e2e::{Db, Stack, TraefikFrontend, WorkerSpec, backends::HttpEcho, eventually};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -19,15 +19,6 @@ fn liveness_env() -> Vec<(String, String)> {
 /// Well past timeout + sweep interval + the start-up grace.
 fn liveness_patience() -> Duration {
     Duration::from_secs(20)
-}
-
-fn signal(w: &GatedWorker, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &w.authgate_pid().to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill {sig}");
 }
 
 async fn status_of(stack: &Stack, authority: &str) -> String {
@@ -67,13 +58,7 @@ async fn create_endpoint(stack: &Stack, id: Uuid, name: &str, backend: u16) -> S
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let routes = json!({"endpoints": [{"deployment_id": id, "routes": [
-        {"session_id": Uuid::new_v4(), "route_id": Uuid::new_v4(), "kernel_host": "127.0.0.1",
-         "kernel_port": backend}]}]});
-    let (s, r) = stack
-        .manager(Method::POST, "/v2/endpoints/bulk/routes", Some(&routes))
-        .await;
-    assert_eq!(s, 200, "{r}");
+    stack.add_replica(id, Uuid::new_v4(), backend).await;
     v["endpoint"].as_str().unwrap().to_string()
 }
 
@@ -122,7 +107,7 @@ async fn a_frozen_worker_is_lost_gets_nothing_new_and_comes_back() {
     let ep = Uuid::new_v4();
     create_endpoint(&stack, ep, "stuck", echo.port).await;
 
-    signal(&w, "-STOP");
+    e2e::signal(w.authgate_pid(), "-STOP");
     wait_status(&stack, "frozen", "LOST").await;
     let body = json!({"app": "x", "worker": "frozen", "user_id": user,
                       "routes": [{"session_id": session, "kernel_host": "127.0.0.1", "kernel_port": echo.port}]});
@@ -153,7 +138,7 @@ async fn a_frozen_worker_is_lost_gets_nothing_new_and_comes_back() {
         "{health}"
     );
 
-    signal(&w, "-CONT");
+    e2e::signal(w.authgate_pid(), "-CONT");
     wait_status(&stack, "frozen", "ALIVE").await;
     let c2 = stack
         .create_circuit("frozen", user, session, echo.port, &extra)
@@ -189,7 +174,7 @@ async fn an_endpoint_of_a_lost_worker_moves_to_a_worker_of_the_same_domain() {
     assert_eq!(endpoints_health(&stack, ep).await["worker"], "wild-a");
     let _b = stack.start_gated_worker(wildcard("wild-b", port_b)).await;
 
-    signal(&a, "-STOP");
+    e2e::signal(a.authgate_pid(), "-STOP");
     wait_status(&stack, "wild-a", "LOST").await;
     // B serves the same host name now, as a new generation.
     wait_served(&http, port_b, "llm.models.test", "m").await;
@@ -209,7 +194,7 @@ async fn an_endpoint_of_a_lost_worker_moves_to_a_worker_of_the_same_domain() {
         metrics.contains("appproxy_provider_circuits_moved_total 1"),
         "{metrics}"
     );
-    signal(&a, "-CONT");
+    e2e::signal(a.authgate_pid(), "-CONT");
 }
 
 /// A public circuit of `authority` to `backend`, once Traefik serves it: (answer, URL).
@@ -337,12 +322,7 @@ async fn ended_backendai_sessions_remove_their_circuits() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let routes = json!({"endpoints": [{"deployment_id": ep, "routes": [
-        {"session_id": s1, "route_id": Uuid::new_v4(), "kernel_host": "127.0.0.1", "kernel_port": 9}]}]});
-    let (s, _) = stack
-        .manager(Method::POST, "/v2/endpoints/bulk/routes", Some(&routes))
-        .await;
-    assert_eq!(s, 200);
+    stack.add_replica(ep, s1, 9).await;
     assert_eq!(circuits_of(&stack, s1).await, 3);
 
     publish(scheduling(s1, "TERMINATED")).await;

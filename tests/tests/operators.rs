@@ -284,14 +284,6 @@ fn ctl_ok(stack: &Stack, i: usize, args: &[&str]) -> String {
     out
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appproxyctl_runs_every_command_and_doctor_finds_drift_made_behind_the_providers_back() {
     // Two providers (one leads and repairs etcd; the follower answers the API while the
@@ -417,16 +409,7 @@ async fn appproxyctl_runs_every_command_and_doctor_finds_drift_made_behind_the_p
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let (s, _) = stack
-        .manager(
-            Method::POST,
-            "/v2/endpoints/bulk/routes",
-            Some(&json!({"endpoints": [{"deployment_id": ep, "routes": [
-                {"session_id": Uuid::new_v4(), "route_id": Uuid::new_v4(),
-                 "kernel_host": "127.0.0.1", "kernel_port": echo.port}]}]})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    stack.add_replica(ep, Uuid::new_v4(), echo.port).await;
     let eps = ctl_ok(&stack, 0, &["endpoints", "list"]);
     assert!(
         eps.contains(&ep.to_string()) && eps.contains("REPLICAS"),
@@ -502,7 +485,7 @@ async fn appproxyctl_runs_every_command_and_doctor_finds_drift_made_behind_the_p
     }
     let leader = leader.expect("a leader");
     let follower = 1 - leader;
-    signal(stack.provider_pid(leader), "-STOP");
+    e2e::signal(stack.provider_pid(leader), "-STOP");
     let root = stack.root_key(&authority);
     let mut etcd_client = stack.etcd_client().await;
     etcd_client
@@ -532,7 +515,7 @@ async fn appproxyctl_runs_every_command_and_doctor_finds_drift_made_behind_the_p
             &traefik,
         ],
     );
-    signal(stack.provider_pid(leader), "-CONT");
+    e2e::signal(stack.provider_pid(leader), "-CONT");
     assert_eq!(code, 3);
     let report: Value = serde_json::from_str(&out).unwrap();
     assert!(

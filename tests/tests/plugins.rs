@@ -49,16 +49,7 @@ async fn example_plugins_through_traefik_and_failures_deny() {
         .await;
     assert_eq!(s, 200, "{v}");
     let url = v["endpoint"].as_str().unwrap().to_string();
-    let (s, _) = stack
-        .manager(
-            Method::POST,
-            "/v2/endpoints/bulk/routes",
-            Some(&json!({"endpoints": [{"deployment_id": ep, "routes": [
-                {"session_id": Uuid::new_v4(), "route_id": Uuid::new_v4(),
-                 "kernel_host": "127.0.0.1", "kernel_port": echo.port}]}]})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    stack.add_replica(ep, Uuid::new_v4(), echo.port).await;
     e2e::wait_status(&http, &url, &[("x-api-key", "k-2")], 200).await;
     let before = echo.count();
     for (key, want) in [(None, 401), (Some("k-3"), 401), (Some("k-1,k-2"), 401)] {

@@ -234,18 +234,9 @@ async fn endpoint(b: &Bench, name: &str, public: bool) -> (uuid::Uuid, String) {
         .await;
     assert_eq!(s, 200, "{v}");
     let url = v["endpoint"].as_str().expect("endpoint URL").to_string();
-    let route = json!({"session_id": uuid::Uuid::new_v4(), "route_id": uuid::Uuid::new_v4(),
-        "kernel_host": "127.0.0.1", "kernel_port": b.echo.port, "traffic_ratio": 1.0});
-    let body = json!({"endpoints": [{"deployment_id": id, "routes": [route]}]});
-    let (s, v) = b
-        .stack
-        .manager(
-            reqwest::Method::POST,
-            "/v2/endpoints/bulk/routes",
-            Some(&body),
-        )
+    b.stack
+        .add_replica(id, uuid::Uuid::new_v4(), b.echo.port)
         .await;
-    assert_eq!(s, 200, "{v}");
     let host = url
         .split("://")
         .nth(1)

@@ -70,19 +70,10 @@ async fn route_update(b: &mut Bench) -> RouteUpdate {
             )
             .await;
         assert_eq!(s, 200, "endpoint create: {v}");
-        let routes = json!({"endpoints": [{"deployment_id": id, "routes": [{
-            "session_id": uuid::Uuid::new_v4(), "route_id": uuid::Uuid::new_v4(),
-            "kernel_host": "127.0.0.1", "kernel_port": b.echo.port, "traffic_ratio": 1.0}]}]});
         let t = Instant::now();
-        let (s, v) = b
-            .stack
-            .manager(
-                reqwest::Method::POST,
-                "/v2/endpoints/bulk/routes",
-                Some(&routes),
-            )
+        b.stack
+            .add_replica(id, uuid::Uuid::new_v4(), b.echo.port)
             .await;
-        assert_eq!(s, 200, "bulk/routes: {v}");
         until_200(&b.http, b.apps, &format!("{name}.bench.test")).await;
         update.push(ms(t.elapsed()));
         b.loaded += 1;
