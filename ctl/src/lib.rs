@@ -282,6 +282,15 @@ impl Out {
         }
     }
 
+    /// What a command did: `json` for scripts, `text` for people.
+    fn done(&self, json: Value, text: &str) {
+        if self.json {
+            println!("{json}");
+        } else {
+            println!("{text}");
+        }
+    }
+
     fn doctor(&self, r: &doctor::Report) {
         if self.json {
             println!("{}", serde_json::to_value(r).unwrap_or_default());
@@ -422,11 +431,7 @@ async fn circuits(api: &Api, out: &Out, c: &CircuitsCmd) -> Result<u8, Failure> 
         }
         CircuitsCmd::Delete { id } => {
             api.delete(&format!("/v2/circuits/{id}")).await?;
-            if out.json {
-                println!("{}", json!({"deleted": id}));
-            } else {
-                println!("circuit {id} deleted");
-            }
+            out.done(json!({"deleted": id}), &format!("circuit {id} deleted"));
         }
     }
     Ok(0)
@@ -518,11 +523,7 @@ async fn credentials(api: &Api, out: &Out, c: &CredentialsCmd) -> Result<u8, Fai
         }
         CredentialsCmd::Revoke { id } => {
             api.delete(&format!("/v2/workers/credentials/{id}")).await?;
-            if out.json {
-                println!("{}", json!({"revoked": id}));
-            } else {
-                println!("credential {id} revoked");
-            }
+            out.done(json!({"revoked": id}), &format!("credential {id} revoked"));
         }
     }
     Ok(0)
