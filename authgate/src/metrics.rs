@@ -2,8 +2,8 @@
 //! names beside them (`backendai_api_request_*`, `appproxy_alive_circuits`,
 //! `appproxy_circuits_created`).
 
-use appproxy_common::metrics::{register as reg, registry};
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use appproxy_common::metrics::{histogram, register as reg, registry};
+use prometheus::{Histogram, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -85,17 +85,7 @@ impl Metrics {
                 "WebAssembly plugin calls by outcome; anything but allow denies.",
                 &["plugin", "result"],
             ),
-            plugin_seconds: reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "plugin_seconds",
-                        "Time inside WebAssembly plugins (fresh instance + call).",
-                    )
-                    .buckets(vec![1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1]),
-                )
-                .expect("metric"),
-            ),
+            plugin_seconds: histogram(&r, "plugin_seconds", "Time inside WebAssembly plugins (fresh instance + call).", &[1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1]),
             closed_pages: reg(
                 &r,
                 prometheus::IntCounter::new(
@@ -114,17 +104,7 @@ impl Metrics {
                 "OTLP log export requests.",
                 &["result"],
             ),
-            ingest_lag: reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "ingest_lag_seconds",
-                        "Age of an applied access-log record when it arrived (the request's end to its export).",
-                    )
-                    .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
-                )
-                .expect("metric"),
-            ),
+            ingest_lag: histogram(&r, "ingest_lag_seconds", "Age of an applied access-log record when it arrived (the request's end to its export).", &[0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
             activity_flushed: gauge(
                 "activity_flushed_timestamp_seconds",
                 "When activity was last written to Redis (epoch seconds; 0: never).",

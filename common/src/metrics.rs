@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
     core::Collector,
 };
 use serde::Deserialize;
@@ -21,6 +21,15 @@ pub fn registry(prefix: &str) -> Registry {
 pub fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+/// A histogram with these bucket bounds, registered with `r`.
+pub fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    register(
+        r,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+            .expect("metric"),
+    )
 }
 
 /// Prometheus text exposition of everything in `r`.

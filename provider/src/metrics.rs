@@ -1,8 +1,8 @@
 //! Every metric the provider exports, declared in one place with a `appproxy_provider_` prefix,
 //! and Backend.AI's `backendai_api_request_*` beside them (`RouteMetrics`).
 
-use appproxy_common::metrics::{RouteMetrics, register, registry, render_all};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use appproxy_common::metrics::{RouteMetrics, histogram, register, registry, render_all};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Cheap-to-clone handles (prometheus metrics are `Arc`s inside).
 #[derive(Clone)]
@@ -82,16 +82,11 @@ impl Metrics {
         }
         Metrics {
             reconcile_passes,
-            reconcile_seconds: register(
+            reconcile_seconds: histogram(
                 &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "reconcile_seconds",
-                        "Duration of successful reconcile passes.",
-                    )
-                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
-                )
-                .expect("metric"),
+                "reconcile_seconds",
+                "Duration of successful reconcile passes.",
+                &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
             ),
             reconcile_kind: counters(
                 "reconcile_workers_total",
@@ -108,22 +103,20 @@ impl Metrics {
                 "etcd_txn_errors_total",
                 "etcd transactions that failed (fenced ones are etcd_fenced_total).",
             ),
-            publish_seconds: register(
+            publish_seconds: histogram(
                 &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "publish_seconds",
-                        "From a circuit's change in SQL (create, routes, generation) to its keys in etcd.",
-                    )
-                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
-                )
-                .expect("metric"),
+                "publish_seconds",
+                "From a circuit's change in SQL (create, routes, generation) to its keys in etcd.",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
             ),
             workers_by_status: {
                 let g = register(
                     &r,
                     prometheus::IntGaugeVec::new(
-                        Opts::new("workers_by_status", "Workers by status (the leader's view)."),
+                        Opts::new(
+                            "workers_by_status",
+                            "Workers by status (the leader's view).",
+                        ),
                         &["status"],
                     )
                     .expect("metric"),
