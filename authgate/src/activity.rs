@@ -51,6 +51,9 @@ struct CircuitState {
 /// long before it is taken for a circuit that no longer exists.
 const UNMAPPED_GRACE_MS: i64 = 60_000;
 
+/// How long one flush may wait for Redis (connecting, then writing the counts).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Most open WebSocket keys remembered per circuit (the key comes from the client).
 const MAX_WEBSOCKETS_PER_CIRCUIT: usize = 65_536;
 
@@ -415,15 +418,15 @@ pub async fn flusher(
         let f = activity.take(now);
         if con.is_none() {
             con = tokio::time::timeout(
-                Duration::from_secs(2),
-                redis::aio::ConnectionManager::new(redis.clone()),
+                FLUSH_TIMEOUT,
+                appproxy_common::redis_conn::manager(&redis, FLUSH_TIMEOUT),
             )
             .await
             .ok()
             .and_then(Result::ok);
         }
         let result = match con.as_mut() {
-            Some(c) => match tokio::time::timeout(Duration::from_secs(2), write(c, &f)).await {
+            Some(c) => match tokio::time::timeout(FLUSH_TIMEOUT, write(c, &f)).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err("timed out".to_string()),
             },

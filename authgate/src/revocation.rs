@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use appproxy_common::auth::redis_keys;
+use appproxy_common::{auth::redis_keys, redis_conn};
 use tokio::sync::watch;
 
 /// Field (`u:<user>` / `l:<login session hash>`) → epoch seconds of the revocation.
@@ -155,6 +155,9 @@ pub async fn sync(
 /// Called with each revocation event applied (`<field>=<epoch seconds>`, e.g. `u:<user>=…`).
 pub type OnRevoked = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// How long loading the revocation set may wait for Redis (then the sync starts over).
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn sync_once(
     client: &redis::Client,
     namespace: &str,
@@ -166,7 +169,7 @@ async fn sync_once(
     pubsub
         .subscribe(redis_keys::revocations_channel(namespace))
         .await?;
-    let mut con = client.get_multiplexed_async_connection().await?;
+    let mut con = redis_conn::multiplexed(client, LOAD_TIMEOUT).await?;
     let all: HashMap<String, i64> = redis::cmd("HGETALL")
         .arg(redis_keys::revocations(namespace))
         .query_async(&mut con)

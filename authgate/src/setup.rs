@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use appproxy_common::{auth::redis_keys, names};
+use appproxy_common::{auth::redis_keys, names, redis_conn};
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 use tokio::sync::OnceCell;
@@ -170,6 +170,9 @@ pub enum SetupIoError {
     NotLoaded,
 }
 
+/// How long counting a link's use may wait for Redis before the setup is refused (503).
+pub const USE_COUNT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Redis access for use counting: connects on first use, reconnects by itself afterwards.
 pub struct UseCounter {
     client: redis::Client,
@@ -191,7 +194,7 @@ impl UseCounter {
         let work = async {
             let con = self
                 .con
-                .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
+                .get_or_try_init(|| redis_conn::manager(&self.client, USE_COUNT_TIMEOUT))
                 .await?;
             let mut con = con.clone();
             let key = redis_keys::setup_uses(&self.namespace, jti);
@@ -207,7 +210,7 @@ impl UseCounter {
                 .await?;
             Ok::<i64, redis::RedisError>(n)
         };
-        match tokio::time::timeout(Duration::from_secs(2), work).await {
+        match tokio::time::timeout(USE_COUNT_TIMEOUT, work).await {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(SetupIoError::Redis(e.to_string())),
             Err(_) => Err(SetupIoError::Redis("timed out".into())),

@@ -7,6 +7,7 @@
 //! - `shutdown`: the signal-driven shutdown channel and periodic work both binaries run;
 //! - `startup`: the start-up path both mains share; `metrics`: registry and exposition;
 //! - `ratelimit`: fixed-window limits counted in Redis, shared by every replica;
+//! - `redis_conn`: Redis connections with the caller's own response deadline;
 //! - `requests`: the request id and the one log line per request;
 //! - `tls`: TLS files, the HTTPS listener and the Redis client for the internal links;
 //! - `wire`: the typed worker API.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod metrics;
 pub mod names;
 pub mod ratelimit;
+pub mod redis_conn;
 pub mod requests;
 pub mod shutdown;
 pub mod startup;

@@ -1,9 +1,10 @@
 //! Rate limits shared by every replica: fixed windows counted in Redis (`INCR`, and an expiry
 //! set once per window), so two providers behind one balancer, or several authgates, count
 //! against one budget. The window arithmetic and the key layout are pure and unit-tested; the
-//! one Redis call is bounded in time, so a dead Redis costs a request at most
-//! [`REDIS_TIMEOUT`] — and for [`BACKOFF`] after a failure nothing at all — and the caller
-//! decides (fail open or closed).
+//! one Redis call is bounded in time by the caller's [`Policy`]: a caller that lets the request
+//! through when Redis cannot answer waits at most [`REDIS_TIMEOUT`] — and for [`BACKOFF`]
+//! after a failure not at all — while a caller that refuses waits up to
+//! [`FAIL_CLOSED_TIMEOUT`], so a stall it could have waited out does not refuse anybody.
 //!
 //! A fixed window lets up to twice the limit through around a window's edge; that is the price
 //! of one round trip per request and no script.
@@ -13,8 +14,32 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// How long one check may wait for Redis before the caller's failure policy applies.
+/// How long a fail-open check may wait for Redis before the request is let through.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// How long a fail-closed check may wait for Redis before the request is refused.
+pub const FAIL_CLOSED_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the caller does with a request whose check could not be made, which sets how long
+/// the check waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Let it through: wait at most [`REDIS_TIMEOUT`], and not at all for [`BACKOFF`] after a
+    /// failure (every let-through request would otherwise pay the wait on a dead Redis).
+    FailOpen,
+    /// Refuse it: wait up to [`FAIL_CLOSED_TIMEOUT`], back-off or not (a human's setup is rare
+    /// and worth the wait; refusing it for a short stall is an outage of its own).
+    FailClosed,
+}
+
+impl Policy {
+    fn timeout(self) -> Duration {
+        match self {
+            Policy::FailOpen => REDIS_TIMEOUT,
+            Policy::FailClosed => FAIL_CLOSED_TIMEOUT,
+        }
+    }
+}
 
 /// `requests` per `window_seconds`; `requests = 0` turns the limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -128,8 +153,8 @@ pub fn client_addr(
 pub enum LimitError {
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("Redis did not answer within {} ms", REDIS_TIMEOUT.as_millis())]
-    Timeout,
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
     #[error("Redis failed less than {} ms ago; not asked again yet", BACKOFF.as_millis())]
     Backoff,
 }
@@ -175,13 +200,20 @@ impl Limiter {
                 .is_ok()
     }
 
-    /// Count one request of `id` in `scope` against `limit` (which must be on).
-    pub async fn check(&self, scope: &str, id: &str, limit: &Limit) -> Result<Verdict, LimitError> {
+    /// Count one request of `id` in `scope` against `limit` (which must be on), waiting for
+    /// Redis as `policy` says.
+    pub async fn check(
+        &self,
+        scope: &str,
+        id: &str,
+        limit: &Limit,
+        policy: Policy,
+    ) -> Result<Verdict, LimitError> {
         use std::sync::atomic::Ordering;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        if now_ms < self.down_until_ms.load(Ordering::Relaxed) {
+        if policy == Policy::FailOpen && now_ms < self.down_until_ms.load(Ordering::Relaxed) {
             return Err(LimitError::Backoff);
         }
         let failed = || {
@@ -206,7 +238,7 @@ impl Limiter {
             }
             counted
         };
-        match tokio::time::timeout(REDIS_TIMEOUT, work).await {
+        match tokio::time::timeout(policy.timeout(), work).await {
             Ok(Ok((count,))) => Ok(verdict(count, limit, retry_after)),
             Ok(Err(e)) => {
                 failed();
@@ -215,7 +247,7 @@ impl Limiter {
             Err(_) => {
                 failed();
                 *self.conn.lock().await = None;
-                Err(LimitError::Timeout)
+                Err(LimitError::Timeout(policy.timeout()))
             }
         }
     }
@@ -225,7 +257,7 @@ impl Limiter {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = self.client.get_multiplexed_async_connection().await?;
+        let c = crate::redis_conn::multiplexed(&self.client, FAIL_CLOSED_TIMEOUT).await?;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -306,14 +338,19 @@ mod tests {
         let l = Limiter::new(redis::Client::open("redis://127.0.0.1:1").unwrap(), "t/");
         let limit = Limit::per_minute(5);
         assert!(matches!(
-            l.check("s", "a", &limit).await,
-            Err(LimitError::Redis(_) | LimitError::Timeout)
+            l.check("s", "a", &limit, Policy::FailOpen).await,
+            Err(LimitError::Redis(_) | LimitError::Timeout(_))
         ));
         let started = std::time::Instant::now();
         assert!(matches!(
-            l.check("s", "a", &limit).await,
+            l.check("s", "a", &limit, Policy::FailOpen).await,
             Err(LimitError::Backoff)
         ));
         assert!(started.elapsed() < Duration::from_millis(50));
+        // A fail-closed check asks Redis anyway (and finds it down).
+        assert!(matches!(
+            l.check("s", "a", &limit, Policy::FailClosed).await,
+            Err(LimitError::Redis(_))
+        ));
     }
 }

@@ -410,16 +410,19 @@ async fn connect_etcd(endpoints: &[String], s: &Settings) -> Result<etcd_client:
         .map_err(|e| format!("{}: {e}", endpoints.join(",")))
 }
 
+/// How long the Redis check waits for `PING`.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn ping_redis(url: &str) -> Result<(), String> {
     let client = redis::Client::open(url).map_err(|e| e.to_string())?;
     let ping = async {
-        let mut con = client.get_multiplexed_async_connection().await?;
+        let mut con = appproxy_common::redis_conn::multiplexed(&client, PING_TIMEOUT).await?;
         redis::cmd("PING").query_async::<String>(&mut con).await
     };
-    match tokio::time::timeout(Duration::from_secs(3), ping).await {
+    match tokio::time::timeout(PING_TIMEOUT, ping).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer within 3 s".into()),
+        Err(_) => Err(format!("no answer within {PING_TIMEOUT:?}")),
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use appproxy_common::redis_conn;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -16,6 +17,9 @@ use crate::{
     domain::{AppMode, Circuit, WorkerStatus},
     store::{IngestReport, Store, now_ms},
 };
+
+/// How long reading activity (connect, then one `MGET` of every circuit asked) may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whether a worker's activity data can be trusted at `now`, from its last ingest report
 /// (kept in SQL: heartbeats reach any provider, the leader reaps): a report within
@@ -70,9 +74,7 @@ impl ActivityStore {
         let c = self.client.as_ref().ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Client, "no [redis] url configured"))
         })?;
-        match tokio::time::timeout(Duration::from_secs(3), c.get_multiplexed_async_connection())
-            .await
-        {
+        match tokio::time::timeout(READ_TIMEOUT, redis_conn::multiplexed(c, READ_TIMEOUT)).await {
             Ok(r) => r,
             Err(_) => Err(redis::RedisError::from((
                 redis::ErrorKind::Io,
@@ -99,7 +101,7 @@ impl ActivityStore {
                     .collect(),
             )
         };
-        match tokio::time::timeout(Duration::from_secs(3), work).await {
+        match tokio::time::timeout(READ_TIMEOUT, work).await {
             Ok(r) => r,
             Err(_) => Err(redis::RedisError::from((
                 redis::ErrorKind::Io,

@@ -23,10 +23,15 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use appproxy_common::redis_conn;
+
 use crate::service::Circuits;
 
 /// The pub/sub channel of Backend.AI's broadcast events.
 pub const CHANNEL: &str = "events_all";
+
+/// How long one catch-up read (an `MGET` of up to 500 sessions' last events) may wait for Redis.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What an event means for us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +186,7 @@ impl Listener {
         use futures_util::StreamExt;
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(CHANNEL).await?;
-        let mut con = client.get_multiplexed_async_connection().await?;
+        let mut con = redis_conn::multiplexed(client, CATCH_UP_TIMEOUT).await?;
         self.state.metrics.bai_events_connected.set(1);
         tracing::info!("Following Backend.AI's session events");
         self.catch_up(&mut con).await?;

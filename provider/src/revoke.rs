@@ -3,7 +3,13 @@
 
 use std::time::Duration;
 
-use appproxy_common::auth::redis_keys;
+use appproxy_common::{auth::redis_keys, redis_conn};
+
+/// How long recording a revocation may wait for Redis before the API answers an error.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long one pruning script may run (it walks the whole revocation hash).
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whom to revoke.
 #[derive(Debug, Clone)]
@@ -44,7 +50,7 @@ impl Revoker {
                 redis.call('HDEL', KEYS[1], all[i]) n = n + 1 end end return n";
         let client = self.client.as_ref().ok_or(RevokeError::NotConfigured)?;
         let work = async {
-            let mut con = client.get_multiplexed_async_connection().await?;
+            let mut con = redis_conn::multiplexed(client, PRUNE_TIMEOUT).await?;
             redis::cmd("EVAL")
                 .arg(PRUNE)
                 .arg(1)
@@ -53,10 +59,12 @@ impl Revoker {
                 .query_async::<u64>(&mut con)
                 .await
         };
-        match tokio::time::timeout(Duration::from_secs(10), work).await {
+        match tokio::time::timeout(PRUNE_TIMEOUT, work).await {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(RevokeError::Redis(e.to_string())),
-            Err(_) => Err(RevokeError::Redis("timed out after 10 s".into())),
+            Err(_) => Err(RevokeError::Redis(format!(
+                "timed out after {PRUNE_TIMEOUT:?}"
+            ))),
         }
     }
 
@@ -69,7 +77,7 @@ impl Revoker {
     pub async fn revoke(&self, subjects: &[Subject], at: i64) -> Result<(), RevokeError> {
         let client = self.client.as_ref().ok_or(RevokeError::NotConfigured)?;
         let work = async {
-            let mut con = client.get_multiplexed_async_connection().await?;
+            let mut con = redis_conn::multiplexed(client, REVOKE_TIMEOUT).await?;
             let key = redis_keys::revocations(&self.namespace);
             let chan = redis_keys::revocations_channel(&self.namespace);
             let mut pipe = redis::pipe();
@@ -86,10 +94,12 @@ impl Revoker {
             }
             pipe.query_async::<()>(&mut con).await
         };
-        match tokio::time::timeout(Duration::from_secs(3), work).await {
+        match tokio::time::timeout(REVOKE_TIMEOUT, work).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(RevokeError::Redis(e.to_string())),
-            Err(_) => Err(RevokeError::Redis("timed out after 3 s".into())),
+            Err(_) => Err(RevokeError::Redis(format!(
+                "timed out after {REVOKE_TIMEOUT:?}"
+            ))),
         }
     }
 }

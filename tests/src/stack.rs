@@ -515,9 +515,9 @@ impl Stack {
             ..Default::default()
         };
         appproxy_common::tls::install_provider();
-        appproxy_common::tls::redis_client(&self.redis_url(), &tls)
-            .expect("redis url")
-            .get_multiplexed_async_connection()
+        let client =
+            appproxy_common::tls::redis_client(&self.redis_url(), &tls).expect("redis url");
+        appproxy_common::redis_conn::multiplexed(&client, Duration::from_secs(10))
             .await
             .expect("redis connect")
     }
@@ -527,6 +527,25 @@ impl Stack {
         if let Some(mut p) = self.redis.take() {
             p.kill();
         }
+    }
+
+    /// Hold this stack's Redis busy for `ms` milliseconds (a script spinning on `TIME`: every
+    /// other client waits, as behind a slow disk or a long command); returns when it is free.
+    pub async fn stall_redis(&self, ms: u64) {
+        let mut con = self.redis().await;
+        let script = "local t0 = redis.call('TIME') \
+            local start = t0[1] * 1000000 + t0[2] \
+            while true do \
+              local t = redis.call('TIME') \
+              if t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1]) then return 1 end \
+            end";
+        let _: i64 = redis::cmd("EVAL")
+            .arg(script)
+            .arg(0)
+            .arg(ms * 1000)
+            .query_async(&mut con)
+            .await
+            .expect("stall redis");
     }
 
     /// Start this stack's Redis again on the same port (after `kill_redis`).

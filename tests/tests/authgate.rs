@@ -1761,6 +1761,83 @@ async fn setup_is_rate_limited_per_client_address() {
     );
 }
 
+/// A Redis that stalls (a script holds it for 1.5 s) delays setups and revocations but fails
+/// neither. The setup rate limit and the link's use count fail closed, so they wait out a
+/// stall up to their own deadline (2 s) rather than the fail-open 300 ms, and ignore the
+/// fail-open back-off (a second of instant failures after a timeout, so a dead Redis does not
+/// cost every let-through request its wait); and no connection keeps the redis crate's hidden
+/// 500 ms response timeout. Found in CI: 50 concurrent uses of one link on a loaded machine
+/// got seven 503s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_delays_setups_but_refuses_none() {
+    use appproxy_common::ratelimit::{Limit, LimitError, Limiter, Policy, Verdict};
+    let e = env().await;
+    let l = e.launch().await;
+    let uses = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (http, url) = (e.http.clone(), l.setup_url.clone());
+                tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for t in tasks {
+            codes.push(t.await.unwrap().unwrap());
+        }
+        codes
+    };
+    let revoke = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let body = json!({"user_id": Uuid::new_v4()});
+        e.stack
+            .manager(Method::POST, "/v2/revocations", Some(&body))
+            .await
+    };
+    let ((), codes, (s, v)) = tokio::join!(e.stack.stall_redis(1500), uses, revoke);
+    // Three uses per link (the worker's `setup_max_uses`), counted exactly through the stall.
+    assert_eq!(codes.iter().filter(|c| **c == 302).count(), 3, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 401).count(), 17, "{codes:?}");
+    assert_eq!(s, 200, "revocation during a stall: {v}");
+
+    // The limiter's two policies, against the same kind of stall.
+    let limiter = Limiter::new(redis::Client::open(e.stack.redis_url()).unwrap(), "stall");
+    let limit = Limit::per_minute(100);
+    assert_eq!(
+        limiter
+            .check("s", "a", &limit, Policy::FailOpen)
+            .await
+            .unwrap(),
+        Verdict::Allow
+    );
+    let checks = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = Instant::now();
+        let open = limiter.check("s", "a", &limit, Policy::FailOpen).await;
+        let waited = t0.elapsed();
+        let backed_off = limiter.check("s", "a", &limit, Policy::FailOpen).await;
+        let closed = limiter.check("s", "a", &limit, Policy::FailClosed).await;
+        (open, waited, backed_off, closed, t0.elapsed())
+    };
+    let ((), (open, waited, backed_off, closed, total)) =
+        tokio::join!(e.stack.stall_redis(1500), checks);
+    assert!(matches!(open, Err(LimitError::Timeout(_))), "{open:?}");
+    assert!(
+        waited < Duration::from_millis(800),
+        "fail-open waited {waited:?}"
+    );
+    assert!(
+        matches!(backed_off, Err(LimitError::Backoff)),
+        "{backed_off:?}"
+    );
+    assert_eq!(
+        closed.unwrap(),
+        Verdict::Allow,
+        "fail-closed waits the stall out"
+    );
+    assert!(total >= Duration::from_millis(1200), "{total:?}");
+}
+
 /// authgate's `/metrics` carries the Backend.AI worker's names beside ours (circuits by
 /// protocol, `backendai_api_request_*` per route pattern) and our per-route histogram; it
 /// answers only `[metrics] allowed_networks` or its token.

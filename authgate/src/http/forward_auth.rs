@@ -15,7 +15,7 @@ use axum::{
 };
 use uuid::Uuid;
 
-use appproxy_common::ratelimit::{Limit, Verdict};
+use appproxy_common::ratelimit::{Limit, Policy, Verdict};
 
 use super::Gate;
 use crate::{
@@ -85,7 +85,7 @@ fn rate_limit(q: &HashMap<String, String>) -> Result<Option<Limit>, ()> {
 async fn within_limit(g: &Gate, t: Target, limit: &Limit) -> Result<(), GateError> {
     match g
         .limiter
-        .check("endpoint", &t.circuit.to_string(), limit)
+        .check("endpoint", &t.circuit.to_string(), limit, Policy::FailOpen)
         .await
     {
         Ok(Verdict::Allow) => Ok(()),

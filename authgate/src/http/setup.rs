@@ -4,7 +4,7 @@
 
 use appproxy_common::{
     auth::{SETUP_PATH, SetupClaims, safe_redirect},
-    ratelimit::{self, Verdict},
+    ratelimit::{self, Policy, Verdict},
     tls::PeerAddr,
 };
 use axum::{
@@ -79,7 +79,7 @@ async fn admit(
     let client = ratelimit::client_addr(peer, headers, &cfg.trusted(via_traefik));
     match g
         .limiter
-        .check("setup-addr", &client.to_string(), limit)
+        .check("setup-addr", &client.to_string(), limit, Policy::FailClosed)
         .await
     {
         Ok(Verdict::Allow) => Ok(()),

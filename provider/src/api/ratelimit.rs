@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use appproxy_common::ratelimit::{self, Limit, Verdict};
+use appproxy_common::ratelimit::{self, Limit, Policy, Verdict};
 use axum::http::HeaderMap;
 
 use crate::{config::RateLimitConfig, error::ApiError};
@@ -53,7 +53,7 @@ pub(super) async fn admit(
     let Some((limit, scope, id)) = subject(route, headers, client, cfg) else {
         return Ok(());
     };
-    match limiter.check(scope, &id, limit).await {
+    match limiter.check(scope, &id, limit, Policy::FailOpen).await {
         Ok(Verdict::Allow) => Ok(()),
         Ok(Verdict::Deny { retry_after }) => {
             state.metrics.rate_limited.with_label_values(&[scope]).inc();
