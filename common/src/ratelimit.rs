@@ -43,6 +43,7 @@ impl Policy {
 
 /// `requests` per `window_seconds`; `requests = 0` turns the limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
     pub requests: u64,

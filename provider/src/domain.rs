@@ -149,7 +149,7 @@ pub fn normalize_origins(list: &[String]) -> Result<Vec<String>, String> {
 }
 
 /// Backend.AI's `ModelHealthCheck` (field names, defaults and units as on the wire: seconds).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthCheck {
     #[serde(default)]
     pub enable: bool,
@@ -222,7 +222,7 @@ pub struct Balancing {
 
 /// Which replica takes the next request (an endpoint option, appproxy's extension; the three
 /// Backend.AI documents). Each is one of Traefik 3.7's `loadBalancer/strategy` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadBalancing {
     /// Weighted round robin (`wrr`, Traefik's default): replicas by `traffic_ratio`.

@@ -1,13 +1,33 @@
 //! `ApiError`: the provider's only mapping from failures to HTTP statuses and Backend.AI
 //! error bodies (`{type, title, error_code, msg}`, `application/problem+json`).
 
+use crate::store::StoreError;
 use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
 
-use crate::store::StoreError;
+/// Backend.AI's error body, sent as `application/problem+json` with every error status.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `https://api.backend.ai/probs/<kind>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    /// Backend.AI's error code, e.g. `E20001`.
+    pub error_code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msg: Option<String>,
+}
+
+/// Any other status than those an operation lists: an error with Backend.AI's body.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = "default",
+    description = "An error, with Backend.AI's body",
+    content_type = "application/problem+json"
+)]
+pub struct ErrorResponses(#[allow(dead_code)] ErrorBody);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -152,15 +172,14 @@ impl IntoResponse for ApiError {
             }
             other => tracing::debug!(error = %other, "Request rejected"),
         }
-        let mut body = json!({
-            "type": format!("https://api.backend.ai/probs/{}", b.kind),
-            "title": b.title,
-            "error_code": b.code,
-        });
-        if let Some(msg) = self.msg() {
-            body["msg"] = msg.into();
-        }
-        let mut resp = (b.status, body.to_string()).into_response();
+        let body = ErrorBody {
+            kind: format!("https://api.backend.ai/probs/{}", b.kind),
+            title: b.title,
+            error_code: b.code.to_string(),
+            msg: self.msg(),
+        };
+        let text = serde_json::to_string(&body).unwrap_or_default();
+        let mut resp = (b.status, text).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -11,6 +11,7 @@ pub mod backends;
 pub mod browser;
 pub mod etcd;
 mod gate;
+pub mod openapi;
 pub mod pki;
 mod procs;
 mod stack;

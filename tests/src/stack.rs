@@ -632,7 +632,8 @@ impl Stack {
         }
     }
 
-    /// A request with a token; returns status and JSON body (`Null` when not JSON).
+    /// A request with a token; returns status and JSON body (`Null` when not JSON). The answer
+    /// is recorded for the OpenAPI check when recording is on (`crate::openapi`).
     pub async fn call(
         &self,
         token: Option<&str>,
@@ -640,19 +641,47 @@ impl Stack {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.provider_url()));
+        let a = self.ask(&self.http, token, method, path, body, &[]).await;
+        (a.status, a.body)
+    }
+
+    /// A request to the provider through `http`, with a token and headers; the whole answer,
+    /// recorded for the OpenAPI check when recording is on.
+    pub async fn ask(
+        &self,
+        http: &reqwest::Client,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> crate::openapi::Answer {
+        let mut req = http.request(method.clone(), format!("{}{path}", self.provider_url()));
         if let Some(t) = token {
             req = req.header("X-BackendAI-Token", t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         if let Some(b) = body {
             req = req.json(b);
         }
         let resp = req.send().await.expect("provider request");
         let status = resp.status().as_u16();
+        let content_type = (resp.headers().get("content-type"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let a = crate::openapi::Answer {
+            method: method.to_string(),
+            path: path.split('?').next().unwrap_or(path).to_string(),
+            status,
+            content_type,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        };
+        crate::openapi::record(&a);
+        a
     }
 
     pub async fn manager(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::{AppMode, AuthPlugin, FrontendMode, Protocol};
 
 /// One backend replica of a circuit (Backend.AI's `RouteInfo`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     pub route_id: Option<Uuid>,
@@ -38,6 +39,23 @@ impl<'de> Deserialize<'de> for IpList {
     }
 }
 
+/// A comma-separated string or a list of CIDRs.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for IpList {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(String::schema())
+            .item(Vec::<String>::schema())
+            .description(Some(
+                "Client CIDRs: a list, or Backend.AI's comma-separated string",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for IpList {}
+
 impl Serialize for IpList {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
@@ -45,6 +63,7 @@ impl Serialize for IpList {
 }
 
 /// One route of `POST /v2/circuits`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRequest {
@@ -82,6 +101,7 @@ impl RouteRequest {
 }
 
 /// `POST /v2/circuits`: an interactive circuit, created directly.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCircuitRequest {
@@ -151,6 +171,7 @@ impl CreateCircuitRequest {
 }
 
 /// Backend.AI's `SerializableCircuit`, plus `generation`, `idle_timeout` and `url`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CircuitResponse {
     pub id: Uuid,
@@ -181,6 +202,7 @@ pub struct CircuitResponse {
     pub updated_at: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FrontendResponse {
     pub mode: FrontendMode,
@@ -189,6 +211,7 @@ pub struct FrontendResponse {
 }
 
 /// The answer to `POST /v2/circuits`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateCircuitResponse {
     pub id: Uuid,

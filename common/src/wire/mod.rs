@@ -26,6 +26,19 @@ macro_rules! wire_enum {
     ($name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum $name { $(#[serde(rename = $text)] $variant),+ }
+        /// Its names, as a string enum.
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                use utoipa::openapi::schema::{ObjectBuilder, Type};
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
         impl $name {
             /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$(Self::$variant),+];
@@ -67,6 +80,7 @@ pub fn validate_authority(authority: &str) -> Result<(), String> {
 pub const MAX_PORTS_PER_WORKER: u32 = 4096;
 
 /// An app filter of a worker (`filtered_apps_only`): a property the circuit must have.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppFilter {
@@ -76,6 +90,7 @@ pub struct AppFilter {
 
 /// What a worker registers with (`PUT /api/worker`), Backend.AI's worker fields plus
 /// `authgate_url`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSpec {
@@ -261,6 +276,7 @@ impl WorkerSpec {
 }
 
 /// How fresh a worker's activity data in Redis is (the idle reaper trusts only fresh data).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct IngestHealth {
     pub redis_ok: bool,
@@ -270,6 +286,7 @@ pub struct IngestHealth {
 }
 
 /// `PATCH /api/worker/{id}` body (optional).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     #[serde(default)]
@@ -278,6 +295,7 @@ pub struct Heartbeat {
 
 /// `auth_plugin` of a circuit or endpoint: a plugin of the worker's plugin directory and its
 /// JSON config (kept in SQL, handed to authgate over the worker API, never written to etcd).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthPlugin {
@@ -311,6 +329,7 @@ impl AuthPlugin {
 }
 
 /// What authgate needs of a circuit (`GET /api/worker/{id}/circuits?view=map`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CircuitMapEntry {
     pub id: Uuid,
@@ -333,6 +352,7 @@ pub struct CircuitMapEntry {
 
 /// A circuit that recently left a worker (deleted, reclaimed, its session ended, moved away):
 /// where its connections went, so authgate cuts them even if it never saw the circuit.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndedCircuit {
     pub id: Uuid,
@@ -345,6 +365,7 @@ pub struct EndedCircuit {
 
 /// `GET /api/worker/{id}/circuits?view=map`: the worker's circuits and the ones that
 /// recently ended.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerMap {
     pub circuits: Vec<CircuitMapEntry>,
@@ -353,6 +374,7 @@ pub struct WorkerMap {
 }
 
 /// `{"circuits": [...]}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CircuitList<T> {
     pub circuits: Vec<T>,
@@ -360,6 +382,7 @@ pub struct CircuitList<T> {
 
 /// `PUT /api/worker/{id}/route-health`: circuit → server URL → `UP`/`DOWN`, replacing the
 /// worker's last report.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteHealthReport {

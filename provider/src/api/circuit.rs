@@ -6,27 +6,31 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
 
 use super::{
     AppState,
     extract::{IdPath, JsonBody, ManagerAuth, Params, QueryParams, WorkerAuth},
 };
 use crate::{
-    error::ApiError,
+    error::{ApiError, ErrorResponses},
     models::{
         BulkDeleteRequest, CircuitList, CircuitResponse, CreateCircuitRequest,
-        CreateCircuitResponse, ListCircuitsQuery, circuit_response, create_response,
-        validate_create,
+        CreateCircuitResponse, ListCircuitsQuery,
+        answers::{CircuitStatistics, SessionEnded, Success},
+        circuit_response, create_response, validate_create,
     },
     service::{NewInteractive, circuits::Listing, links},
     tokens::SetupRequest,
 };
 
-fn success() -> Json<Value> {
-    Json(json!({ "success": true }))
+fn success() -> Json<Success> {
+    Json(Success::YES)
 }
 
+/// Backend.AI's circuit view (a worker's credential: only its own circuits).
+#[utoipa::path(get, path = "/api/circuit/{circuit_id}", operation_id = "get_circuit", tag = "worker API",
+    params(("circuit_id" = uuid::Uuid, Path)), security(("worker_token" = [])),
+    responses((status = 200, body = CircuitResponse), ErrorResponses))]
 pub(super) async fn get_one(
     State(state): State<AppState>,
     caller: WorkerAuth,
@@ -39,43 +43,58 @@ pub(super) async fn get_one(
 /// Backend.AI's `GET /api/circuit/{id}/statistics`: the circuit plus `requests`,
 /// `last_access` (epoch ms) and `ttl` (seconds until the idle reaper may take it; `null` for
 /// inference circuits).
+#[utoipa::path(get, path = "/api/circuit/{circuit_id}/statistics", tag = "worker API",
+    params(("circuit_id" = uuid::Uuid, Path)), security(("worker_token" = [])),
+    responses((status = 200, body = CircuitStatistics), ErrorResponses))]
 pub(super) async fn statistics(
     State(state): State<AppState>,
     caller: WorkerAuth,
     IdPath(id): IdPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CircuitStatistics>, ApiError> {
     let idle = state.config.reaper.default_idle_timeout_seconds;
     let s = state
         .circuits()
         .statistics(caller.authority(), id, idle)
         .await?;
-    let mut v = serde_json::to_value(circuit_response(&s.circuit, s.worker.as_ref()))
-        .map_err(|e| ApiError::InvalidParams(e.to_string()))?;
-    v["requests"] = json!(s.requests);
-    v["last_access"] = json!(s.last_access_ms);
-    v["ttl"] = json!(s.ttl);
-    Ok(Json(v))
+    Ok(Json(CircuitStatistics {
+        circuit: circuit_response(&s.circuit, s.worker.as_ref()),
+        requests: s.requests,
+        last_access: s.last_access_ms,
+        ttl: s.ttl,
+    }))
 }
 
+/// Remove one circuit (Backend.AI's worker-side delete).
+#[utoipa::path(delete, path = "/api/circuit/{circuit_id}", operation_id = "delete_circuit", tag = "worker API",
+    params(("circuit_id" = uuid::Uuid, Path)), security(("worker_token" = [])),
+    responses((status = 200, body = Success), ErrorResponses))]
 pub(super) async fn delete_one(
     State(state): State<AppState>,
     caller: WorkerAuth,
     IdPath(id): IdPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Success>, ApiError> {
     state.circuits().remove_one(caller.authority(), id).await?;
     Ok(success())
 }
 
+/// Remove several circuits (`circuit_ids` in the JSON body, or in the query string).
+#[utoipa::path(delete, path = "/api/circuit/_/bulk", operation_id = "delete_circuits", tag = "worker API",
+    request_body = BulkDeleteRequest, security(("worker_token" = [])),
+    responses((status = 200, body = Success), ErrorResponses))]
 pub(super) async fn delete_bulk(
     State(state): State<AppState>,
     caller: WorkerAuth,
     Params(req): Params<BulkDeleteRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Success>, ApiError> {
     let ids = &req.circuit_ids.0;
     state.circuits().remove(caller.authority(), ids).await?;
     Ok(success())
 }
 
+/// A circuit, with its URL.
+#[utoipa::path(get, path = "/v2/circuits/{circuit_id}", tag = "circuits",
+    params(("circuit_id" = uuid::Uuid, Path)), security(("manager_token" = [])),
+    responses((status = 200, body = CircuitResponse), ErrorResponses))]
 pub(super) async fn get_v2(
     State(state): State<AppState>,
     _: ManagerAuth,
@@ -85,28 +104,45 @@ pub(super) async fn get_v2(
     Ok(Json(circuit_response(&c, w.as_ref())))
 }
 
+/// Remove a circuit: its route leaves Traefik, its cookies stop working, its sockets close.
+#[utoipa::path(delete, path = "/v2/circuits/{circuit_id}", tag = "circuits",
+    params(("circuit_id" = uuid::Uuid, Path)), security(("manager_token" = [])),
+    responses((status = 200, body = Success), ErrorResponses))]
 pub(super) async fn delete_v2(
     State(state): State<AppState>,
     _: ManagerAuth,
     IdPath(id): IdPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Success>, ApiError> {
     state.circuits().remove_one(None, id).await?;
     Ok(success())
 }
 
+/// A compute session ended: remove every circuit that routes to it.
+#[utoipa::path(delete, path = "/v2/sessions/{session_id}", tag = "circuits",
+    params(("session_id" = uuid::Uuid, Path)), security(("manager_token" = [])),
+    responses((status = 200, body = SessionEnded), ErrorResponses))]
 pub(super) async fn delete_session(
     State(state): State<AppState>,
     _: ManagerAuth,
     IdPath(session_id): IdPath,
-) -> Result<Json<Value>, ApiError> {
-    let ids = state.circuits().end_session(session_id).await?;
-    Ok(Json(json!({ "success": true, "deleted_circuit_ids": ids })))
+) -> Result<Json<SessionEnded>, ApiError> {
+    let deleted_circuit_ids = state.circuits().end_session(session_id).await?;
+    Ok(Json(SessionEnded {
+        success: true,
+        deleted_circuit_ids,
+    }))
 }
 
 /// Circuits per page of a listing: `GET /v2/circuits` streams its answer a page at a time,
 /// so listing 10k circuits holds one page in memory, not the whole list twice (rows and JSON).
 const LIST_PAGE: i64 = 256;
 
+/// Circuits, filtered by session, user or worker (streamed a page at a time).
+#[utoipa::path(get, path = "/v2/circuits", operation_id = "list_circuits", tag = "circuits",
+    params(("session_id" = Option<uuid::Uuid>, Query), ("user_id" = Option<uuid::Uuid>, Query),
+        ("worker" = Option<String>, Query, description = "A worker's authority")),
+    security(("manager_token" = [])),
+    responses((status = 200, body = CircuitList<CircuitResponse>), ErrorResponses))]
 pub(super) async fn list(
     State(state): State<AppState>,
     _: ManagerAuth,
@@ -183,6 +219,11 @@ impl ListPages {
     }
 }
 
+/// Create an interactive circuit: placed on a worker, served by its Traefik, with a setup
+/// link that gives the owner's browser its cookie.
+#[utoipa::path(post, path = "/v2/circuits", tag = "circuits", request_body = CreateCircuitRequest,
+    security(("manager_token" = [])),
+    responses((status = 201, body = CreateCircuitResponse), ErrorResponses))]
 pub(super) async fn create(
     State(state): State<AppState>,
     _: ManagerAuth,

@@ -15,6 +15,7 @@ mod extract;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod openapi;
 mod proxy;
 mod ratelimit;
 #[cfg(test)]
@@ -29,8 +30,9 @@ use axum::{
     http::{HeaderValue, header},
     middleware::{self, Next},
     response::Response,
-    routing::{delete, get, post, put},
 };
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     config::Config,
@@ -120,11 +122,8 @@ impl Shared {
 /// The provider's router.
 pub fn app(state: AppState) -> Router<()> {
     let limit = state.config.limits.max_body_bytes;
-    Router::new()
-        .merge(health_routes())
-        .merge(worker_routes())
-        .merge(manager_routes())
-        .merge(launch_routes())
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::UrlNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
@@ -139,100 +138,81 @@ pub fn app(state: AppState) -> Router<()> {
         .with_state(state)
 }
 
-/// Probes, metrics and Backend.AI's `/health/*` views.
-fn health_routes() -> Router<AppState> {
-    Router::new()
-        .route("/status", get(health::status))
-        .route("/health", get(health::health))
-        .route("/health/livez", get(health::livez))
-        .route("/health/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/health/status", get(health::worker_status))
-        .route("/health/summary", get(health::summary))
-        .route("/health/endpoints", get(health::endpoints))
-        .route("/health/circuits/{circuit_id}", get(health::circuit))
+/// The OpenAPI document of every route [`app`] serves (`GET /openapi.json`).
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(routes().split_for_parts().1).unwrap_or_default();
+    openapi::serde_semantics(&mut doc);
+    openapi::describe_answers(&mut doc);
+    doc
+}
+
+/// Every route with its description: the one list the router and the document come from.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::Doc::openapi())
+        .merge(health_routes())
+        .merge(worker_routes())
+        .merge(manager_routes())
+        .merge(launch_routes())
+}
+
+/// Probes, metrics, this API's document and Backend.AI's `/health/*` views.
+fn health_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::status))
+        .routes(routes!(health::health))
+        .routes(routes!(health::livez))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::document))
+        .routes(routes!(health::worker_status))
+        .routes(routes!(health::summary))
+        .routes(routes!(health::endpoints))
+        .routes(routes!(health::circuit))
 }
 
 /// What workers (authgate) call: registration, heartbeats, their circuits, reports.
-fn worker_routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/worker/{worker_id}/route-health",
-            put(worker::route_health),
-        )
-        .route("/api/worker", put(worker::register).get(worker::list))
-        .route(
-            "/api/worker/{worker_id}",
-            get(worker::get_one)
-                .patch(worker::heartbeat)
-                .delete(worker::deregister),
-        )
-        .route("/api/worker/{worker_id}/circuits", get(worker::circuits))
-        .route("/api/slots", get(worker::slots))
-        .route("/api/circuit/_/bulk", delete(circuit::delete_bulk))
-        .route(
-            "/api/circuit/{circuit_id}",
-            get(circuit::get_one).delete(circuit::delete_one),
-        )
-        .route(
-            "/api/circuit/{circuit_id}/statistics",
-            get(circuit::statistics),
-        )
+fn worker_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(worker::route_health))
+        .routes(routes!(worker::register, worker::list))
+        .routes(routes!(
+            worker::get_one,
+            worker::heartbeat,
+            worker::deregister
+        ))
+        .routes(routes!(worker::circuits))
+        .routes(routes!(worker::slots))
+        .routes(routes!(circuit::delete_bulk))
+        .routes(routes!(circuit::get_one, circuit::delete_one))
+        .routes(routes!(circuit::statistics))
 }
 
 /// What the manager calls: circuits, links, revocations, credentials, sessions, endpoints.
-fn manager_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v2/circuits", get(circuit::list).post(circuit::create))
-        .route(
-            "/v2/circuits/{circuit_id}",
-            get(circuit::get_v2).delete(circuit::delete_v2),
-        )
-        .route(
-            "/v2/circuits/{circuit_id}/setup-link",
-            post(auth::create_link),
-        )
-        .route("/v2/revocations", post(auth::revoke))
-        .route(
-            "/v2/workers/credentials",
-            post(credentials::enrol).get(credentials::list),
-        )
-        .route(
-            "/v2/workers/credentials/{credential_id}",
-            delete(credentials::revoke),
-        )
-        .route("/v2/workers/{authority}/drain", post(worker::drain))
-        .route("/v2/sessions/{session_id}", delete(circuit::delete_session))
-        .route(
-            "/v2/endpoints/bulk",
-            post(endpoint::create_bulk).delete(endpoint::delete_bulk),
-        )
-        .route("/v2/endpoints/bulk/routes", post(endpoint::routes_replace))
-        .route(
-            "/v2/endpoints/bulk/routes/register",
-            post(endpoint::routes_register),
-        )
-        .route(
-            "/v2/endpoints/bulk/routes/unregister",
-            post(endpoint::routes_unregister),
-        )
-        .route(
-            "/v2/endpoints/{endpoint_id}",
-            post(endpoint::create_one).delete(endpoint::delete_one),
-        )
-        .route(
-            "/v2/endpoints/{endpoint_id}/health-check",
-            put(endpoint::health_check),
-        )
-        .route("/v2/endpoints/{endpoint_id}/token", post(endpoint::token))
+fn manager_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(circuit::list, circuit::create))
+        .routes(routes!(circuit::get_v2, circuit::delete_v2))
+        .routes(routes!(auth::create_link))
+        .routes(routes!(auth::revoke))
+        .routes(routes!(credentials::enrol, credentials::list))
+        .routes(routes!(credentials::revoke))
+        .routes(routes!(worker::drain))
+        .routes(routes!(circuit::delete_session))
+        .routes(routes!(endpoint::create_bulk, endpoint::delete_bulk))
+        .routes(routes!(endpoint::routes_replace))
+        .routes(routes!(endpoint::routes_register))
+        .routes(routes!(endpoint::routes_unregister))
+        .routes(routes!(endpoint::create_one, endpoint::delete_one))
+        .routes(routes!(endpoint::health_check))
+        .routes(routes!(endpoint::token))
 }
 
 /// Backend.AI's launch flow (the WebUI and the Manager).
-fn launch_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v2/conf", post(proxy::conf))
-        .route("/v2/proxy/{token}/{session_id}/add", get(proxy::add))
-        .route("/v2/proxy/auth", get(proxy::auth))
+fn launch_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(proxy::conf))
+        .routes(routes!(proxy::add))
+        .routes(routes!(proxy::auth))
 }
 
 /// `Server: BackendAI`, CORS per route group (`cors`: preflights answered here), rate limits

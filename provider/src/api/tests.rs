@@ -636,3 +636,38 @@ async fn listings_stream_page_by_page_and_stay_whole() {
         .await;
     assert_eq!(v["circuits"].as_array().unwrap().len(), n);
 }
+
+/// Every operation of the OpenAPI document reaches its handler (the router's fallbacks answer
+/// nothing the document names), with or without a token, whatever the body.
+#[tokio::test]
+async fn every_operation_of_the_document_is_served() {
+    let api = api().await;
+    let doc = super::document();
+    let mut n = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete: Vec<String> = (path.split('/'))
+            .map(|s| match s.starts_with('{') {
+                true => Uuid::new_v4().to_string(),
+                false => s.to_string(),
+            })
+            .collect();
+        let concrete = concrete.join("/");
+        for method in item.as_object().unwrap().keys() {
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            for (token, body) in [
+                (None, None),
+                (None, Some("{}")),
+                (Some(MANAGER), Some("{}")),
+            ] {
+                let (status, v, _) = api.call(token, m.clone(), &concrete, body, &[]).await;
+                let kind = v["type"].as_str().unwrap_or("");
+                assert!(
+                    !kind.ends_with("/url-not-found") && !kind.ends_with("/method-not-allowed"),
+                    "{method} {path} ({concrete}) is not served: {status} {v}"
+                );
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 90, "{n}");
+}

@@ -7,20 +7,27 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
 
 use super::{
     AppState,
     extract::{IdPath, JsonBody, ManagerAuth, QueryParams, WorkerAuth},
 };
 use crate::{
-    error::ApiError,
-    models::{CircuitList, SlotsQuery, WorkerResponse, WorkerSpec, circuit_response, map_entry},
+    error::{ApiError, ErrorResponses},
+    models::{
+        CircuitList, SlotsQuery, WorkerResponse, WorkerSpec,
+        answers::{SlotList, Success, WorkerCircuits, WorkerList},
+        circuit_response, map_entry,
+    },
 };
 use appproxy_common::wire::{Heartbeat, RouteHealthReport, WorkerMap};
 
 /// `POST /v2/workers/{authority}/drain {"drain": bool}` (default true): the manager drains a
 /// worker (no new circuits; existing ones kept) or stops draining it.
+#[utoipa::path(post, path = "/v2/workers/{authority}/drain", tag = "workers",
+    params(("authority" = String, Path)), request_body = DrainRequest,
+    security(("manager_token" = [])),
+    responses((status = 200, body = WorkerResponse), ErrorResponses))]
 pub(super) async fn drain(
     State(state): State<AppState>,
     _: ManagerAuth,
@@ -32,10 +39,12 @@ pub(super) async fn drain(
     Ok(Json(workers.describe(&w, false).await?))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DrainRequest {
+    /// `false` stops draining.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     drain: bool,
 }
 
@@ -43,6 +52,10 @@ fn yes() -> bool {
     true
 }
 
+/// A worker registers (again) with its spec; answers with its slots.
+#[utoipa::path(put, path = "/api/worker", tag = "worker API", request_body = WorkerSpec,
+    security(("worker_token" = [])),
+    responses((status = 200, body = WorkerResponse), ErrorResponses))]
 pub(super) async fn register(
     State(state): State<AppState>,
     caller: WorkerAuth,
@@ -54,14 +67,21 @@ pub(super) async fn register(
     Ok(Json(workers.describe(&w, true).await?))
 }
 
+/// The workers (a worker's own credential: only itself).
+#[utoipa::path(get, path = "/api/worker", operation_id = "list_workers", tag = "worker API", security(("worker_token" = [])),
+    responses((status = 200, body = WorkerList), ErrorResponses))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: WorkerAuth,
-) -> Result<Json<Value>, ApiError> {
-    let list = state.workers().list(caller.authority()).await?;
-    Ok(Json(json!({ "workers": list })))
+) -> Result<Json<WorkerList>, ApiError> {
+    let workers = state.workers().list(caller.authority()).await?;
+    Ok(Json(WorkerList { workers }))
 }
 
+/// One worker, with its slots.
+#[utoipa::path(get, path = "/api/worker/{worker_id}", operation_id = "get_worker", tag = "worker API",
+    params(("worker_id" = uuid::Uuid, Path)), security(("worker_token" = [])),
+    responses((status = 200, body = WorkerResponse), ErrorResponses))]
 pub(super) async fn get_one(
     State(state): State<AppState>,
     caller: WorkerAuth,
@@ -74,6 +94,10 @@ pub(super) async fn get_one(
 
 /// Heartbeat. The body is optional; authgate puts its ingest health there (`{"ingest":
 /// {redis_ok, last_flush_ms, lag_seconds}}`), which gates the idle reaper.
+#[utoipa::path(patch, path = "/api/worker/{worker_id}", tag = "worker API",
+    params(("worker_id" = uuid::Uuid, Path)), request_body(content = Heartbeat),
+    security(("worker_token" = [])),
+    responses((status = 200, body = WorkerResponse), ErrorResponses))]
 pub(super) async fn heartbeat(
     State(state): State<AppState>,
     caller: WorkerAuth,
@@ -94,15 +118,19 @@ pub(super) async fn heartbeat(
     Ok(Json(workers.describe(&w, false).await?))
 }
 
+/// A worker leaves (its circuits are rescheduled or removed).
+#[utoipa::path(delete, path = "/api/worker/{worker_id}", tag = "worker API",
+    params(("worker_id" = uuid::Uuid, Path)), security(("worker_token" = [])),
+    responses((status = 200, body = Success), ErrorResponses))]
 pub(super) async fn deregister(
     State(state): State<AppState>,
     caller: WorkerAuth,
     IdPath(id): IdPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Success>, ApiError> {
     let workers = state.workers();
     workers.owned(caller.authority(), id).await?;
     workers.deregister(id).await?;
-    Ok(Json(json!({ "success": true })))
+    Ok(Json(Success::YES))
 }
 
 /// A worker's circuits (`?view=map`: only what authgate needs, with the circuits that left
@@ -111,6 +139,16 @@ pub(super) async fn deregister(
 /// provider made it, read before loading, so a change that races with the load yields a new
 /// tag after; the view is part of the tag), and `If-None-Match` with the current one gets
 /// `304` without loading.
+#[utoipa::path(get, path = "/api/worker/{worker_id}/circuits", tag = "worker API",
+    params(("worker_id" = uuid::Uuid, Path),
+        ("view" = Option<String>, Query, description = "`map`: the slim map authgate polls"),
+        ("If-None-Match" = Option<String>, Header)),
+    security(("worker_token" = [])),
+    responses(
+        (status = 200, description = "The circuits (`view=map`: the map)",
+         headers(("ETag" = String)), body = WorkerCircuits),
+        (status = 304, description = "Unchanged since the `ETag` sent"),
+        ErrorResponses))]
 pub(super) async fn circuits(
     State(state): State<AppState>,
     caller: WorkerAuth,
@@ -131,34 +169,47 @@ pub(super) async fn circuits(
         let circuits = circuits.iter().map(map_entry).collect();
         let since = crate::store::now_ms() - crate::store::ENDED_LISTED_MS;
         let ended = state.store.ended_since(w.id, since).await?;
-        (etag, Json(WorkerMap { circuits, ended })).into_response()
+        (
+            etag,
+            Json(WorkerCircuits::Map(WorkerMap { circuits, ended })),
+        )
+            .into_response()
     } else {
         let circuits = (circuits.iter())
             .map(|c| circuit_response(c, Some(&w)))
             .collect();
-        (etag, Json(CircuitList { circuits })).into_response()
+        (etag, Json(WorkerCircuits::Full(CircuitList { circuits }))).into_response()
     })
 }
 
+/// A worker's slots (ports or subdomains), optionally only those in use or free.
+#[utoipa::path(get, path = "/api/slots", tag = "worker API",
+    params(("wsproxy_host" = String, Query), ("in_use" = Option<bool>, Query)),
+    security(("worker_token" = [])),
+    responses((status = 200, body = SlotList), ErrorResponses))]
 pub(super) async fn slots(
     State(state): State<AppState>,
     caller: WorkerAuth,
     QueryParams(q): QueryParams<SlotsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SlotList>, ApiError> {
     caller.may_act_for(&q.wsproxy_host)?;
     let slots = state.workers().slots(&q.wsproxy_host, q.in_use).await?;
-    Ok(Json(json!({ "slots": slots })))
+    Ok(Json(SlotList { slots }))
 }
 
 /// `PUT /api/worker/{id}/route-health` from the worker's authgate:
 /// `{"circuits": {"<circuit id>": {"<server url>": "UP"|"DOWN"}}}` replaces its last report.
+#[utoipa::path(put, path = "/api/worker/{worker_id}/route-health", tag = "worker API",
+    params(("worker_id" = uuid::Uuid, Path)), request_body = RouteHealthReport,
+    security(("worker_token" = [])),
+    responses((status = 200, body = Success), ErrorResponses))]
 pub(super) async fn route_health(
     State(state): State<AppState>,
     caller: WorkerAuth,
     IdPath(id): IdPath,
     JsonBody(req): JsonBody<RouteHealthReport>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Success>, ApiError> {
     state.workers().owned(caller.authority(), id).await?;
     state.store.record_route_health(id, &req.circuits).await?;
-    Ok(Json(json!({ "success": true })))
+    Ok(Json(Success::YES))
 }

@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// `tags.endpoint` of an endpoint item.
-#[derive(Debug, Default, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Default, Deserialize)]
 pub struct EndpointTag {
     #[serde(default)]
     pub id: Option<Uuid>,
@@ -22,7 +22,7 @@ pub struct EndpointTag {
     pub existing_url: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Default, Deserialize)]
 pub struct EndpointTags {
     #[serde(default)]
     pub session: serde_json::Map<String, Value>,
@@ -32,7 +32,7 @@ pub struct EndpointTags {
 
 /// Backend.AI's `CreateEndpointItem` / `EndpointCreationRequestModel`, plus `sticky`,
 /// `load_balancing`, `rate_limit` and `auth_plugin`.
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct EndpointItem {
     #[serde(default, alias = "endpoint_id")]
     pub deployment_id: Option<Uuid>,
@@ -112,24 +112,24 @@ impl EndpointItem {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct BulkCreate {
     pub endpoints: Vec<EndpointItem>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct DeploymentRef {
     #[serde(alias = "endpoint_id")]
     pub deployment_id: Uuid,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct BulkDelete {
     pub endpoints: Vec<DeploymentRef>,
 }
 
 /// `RouteEntry` (plus the optional `traffic_ratio` Backend.AI does not send).
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct RouteEntry {
     pub session_id: Uuid,
     pub route_id: Uuid,
@@ -176,7 +176,7 @@ pub fn routes_of(entries: &[RouteEntry]) -> Result<Vec<Route>, String> {
         .collect()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct RoutesItem {
     #[serde(alias = "endpoint_id")]
     pub deployment_id: Uuid,
@@ -186,12 +186,12 @@ pub struct RoutesItem {
     pub route_ids: Vec<Uuid>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct BulkRoutes {
     pub endpoints: Vec<RoutesItem>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct HealthCheckUpdate {
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
@@ -228,7 +228,7 @@ fn exp_any<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct TokenRequest {
     pub user_uuid: Uuid,
     #[serde(deserialize_with = "exp_any")]

@@ -10,7 +10,7 @@ use super::IpList;
 use crate::{domain::Protocol, error::ApiError};
 
 /// `session` of `POST /v2/conf` (`project_id` is accepted as an alias of `group_id`).
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct ConfSession {
     pub id: Option<Uuid>,
     pub user_uuid: Uuid,
@@ -22,7 +22,7 @@ pub struct ConfSession {
 }
 
 /// `POST /v2/conf` (Backend.AI's `ConfRequestModel`; extra fields are ignored as there).
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 pub struct ConfRequest {
     #[serde(default)]
     pub login_session_token: Option<String>,
@@ -48,11 +48,15 @@ fn envs_any<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Map<String, V
 
 /// Query of `/v2/proxy/{token}/{session}/add` and `/v2/proxy/auth` (Backend.AI's
 /// `AddRequestModel` / `ProxyRequestModel`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ProxyQuery {
     pub app: String,
+    /// `http`, `preopen`, `grpc`, `h2`, `tcp`, `vnc` or `rdp`.
     pub protocol: String,
+    /// A JSON object, as text.
     #[serde(default, deserialize_with = "envs_any")]
+    #[param(value_type = Option<String>)]
     pub envs: serde_json::Map<String, Value>,
     #[serde(default)]
     pub args: Option<String>,

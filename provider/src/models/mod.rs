@@ -3,6 +3,7 @@
 //! Response models follow Backend.AI's `WorkerResponseModel` and `SerializableCircuit`, plus
 //! our extensions. The worker API's types come from `appproxy_common::wire`.
 
+pub mod answers;
 pub mod endpoint;
 pub mod launch;
 
@@ -22,7 +23,7 @@ pub use appproxy_common::wire::{
     FrontendResponse, IpList, RouteRequest, WorkerSpec,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Serialize)]
 pub struct SlotResponse {
     pub frontend_mode: FrontendMode,
     pub in_use: bool,
@@ -32,10 +33,11 @@ pub struct SlotResponse {
 }
 
 /// Backend.AI's `WorkerResponseModel`: the registered spec plus identity, load and lifecycle.
-#[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Serialize)]
 pub struct WorkerResponse {
     pub id: Uuid,
     #[serde(flatten)]
+    #[schema(inline)]
     pub spec: WorkerSpec,
     pub available_slots: i64,
     pub occupied_slots: i64,
@@ -55,7 +57,7 @@ pub struct WorkerResponse {
 }
 
 /// A worker's activity ingestion, as its last heartbeat reported it.
-#[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Serialize)]
 pub struct IngestResponse {
     pub reported_at: String,
     /// Whether authgate reached Redis at its last flush.
@@ -187,6 +189,25 @@ impl<'de> Deserialize<'de> for UuidList {
     }
 }
 
+/// A list of uuids or a comma-separated string of them.
+impl utoipa::PartialSchema for UuidList {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        let uuid = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)));
+        OneOfBuilder::new()
+            .item(ArrayBuilder::new().items(uuid))
+            .item(String::schema())
+            .description(Some("UUIDs: a list, or a comma-separated string"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for UuidList {}
+
 /// A `POST /v2/circuits` request that passed every check.
 pub struct ValidCreate {
     pub routes: Vec<Route>,
@@ -283,7 +304,7 @@ pub fn create_response(
 }
 
 /// `GET /v2/circuits` filters.
-#[derive(Debug, Deserialize, Default)]
+#[derive(utoipa::ToSchema, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ListCircuitsQuery {
     #[serde(default)]
@@ -296,7 +317,7 @@ pub struct ListCircuitsQuery {
 }
 
 /// `GET /api/slots`.
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlotsQuery {
     pub wsproxy_host: String,
@@ -305,14 +326,14 @@ pub struct SlotsQuery {
 }
 
 /// `DELETE /api/circuit/_/bulk`.
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BulkDeleteRequest {
     pub circuit_ids: UuidList,
 }
 
 /// `POST /v2/circuits/{id}/setup-link`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetupLinkRequest {
     /// Must be the circuit's owner when given.
@@ -329,7 +350,7 @@ pub struct SetupLinkRequest {
     pub state: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Serialize)]
 pub struct SetupLinkResponse {
     pub setup_url: String,
     /// Epoch seconds.
@@ -337,7 +358,7 @@ pub struct SetupLinkResponse {
 }
 
 /// `POST /v2/revocations`.
-#[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationRequest {
     #[serde(default)]

@@ -2,14 +2,17 @@
 //! `existing_url`), delete, declarative and delta route sync, health-check configuration
 //! (published at once) and API tokens for authgate.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use super::Circuits;
 use crate::{
     domain::{AppMode, Circuit, FrontendMode, HealthCheck, Protocol, Route, Worker},
     error::ApiError,
-    models::endpoint::{BulkRoutes, EndpointItem, routes_of},
+    models::{
+        answers::{RoutesOfEndpoint, RoutesSynced},
+        endpoint::{BulkRoutes, EndpointItem, routes_of},
+    },
     placement::{self, Ask},
     store::{NewCircuit, StoreError},
     tokens::{Signer, now_secs},
@@ -173,7 +176,11 @@ impl Endpoints<'_> {
 
     /// Apply `op` to every entry; per-entry failures are reported, not raised (Backend.AI).
     /// Everything is validated first: bad input changes nothing.
-    pub async fn sync_routes(&self, req: &BulkRoutes, op: RouteOp) -> Result<Value, ApiError> {
+    pub async fn sync_routes(
+        &self,
+        req: &BulkRoutes,
+        op: RouteOp,
+    ) -> Result<RoutesSynced, ApiError> {
         let mut parsed = Vec::new();
         for item in &req.endpoints {
             parsed.push(routes_of(&item.routes).map_err(ApiError::InvalidParams)?);
@@ -185,7 +192,7 @@ impl Endpoints<'_> {
                     .await?,
             );
         }
-        Ok(json!({ "endpoints": out }))
+        Ok(RoutesSynced { endpoints: out })
     }
 
     async fn routes_of_one(
@@ -194,32 +201,37 @@ impl Endpoints<'_> {
         routes: &[Route],
         route_ids: &[Uuid],
         op: RouteOp,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<RoutesOfEndpoint, ApiError> {
         let store = self.circuits.store;
-        let Some(c) = store.circuit_of_endpoint(id).await? else {
-            return Ok(json!({ "deployment_id": id, "success": false,
-                              "error": "No circuit registered for this endpoint yet." }));
+        let mut entry = RoutesOfEndpoint {
+            deployment_id: id,
+            ..RoutesOfEndpoint::default()
         };
-        let mut entry = json!({ "deployment_id": id, "success": true });
+        let Some(c) = store.circuit_of_endpoint(id).await? else {
+            entry.error = Some("No circuit registered for this endpoint yet.".into());
+            return Ok(entry);
+        };
         let result = match op {
             RouteOp::Replace => store.replace_routes(c.id, routes).await,
             RouteOp::Register => store.register_routes(c.id, routes).await.map(|(a, b)| {
-                entry["registered_route_ids"] = json!(a);
-                entry["already_registered_route_ids"] = json!(b);
+                entry.registered_route_ids = Some(a);
+                entry.already_registered_route_ids = Some(b);
             }),
             RouteOp::Unregister => store
                 .unregister_routes(c.id, route_ids)
                 .await
                 .map(|(a, b)| {
-                    entry["unregistered_route_ids"] = json!(a);
-                    entry["already_absent_route_ids"] = json!(b);
+                    entry.unregistered_route_ids = Some(a);
+                    entry.already_absent_route_ids = Some(b);
                 }),
         };
         match result {
-            Ok(()) => self.circuits.changed(&c),
+            Ok(()) => {
+                entry.success = true;
+                self.circuits.changed(&c);
+            }
             Err(StoreError::DuplicateRoute(r)) => {
-                entry["success"] = json!(false);
-                entry["error"] = json!(format!("route_id {r} appears twice"));
+                entry.error = Some(format!("route_id {r} appears twice"));
             }
             Err(e) => return Err(e.into()),
         }
