@@ -20,6 +20,10 @@ struct Cli {
     /// Validate the configuration, print the problems, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Print the API's OpenAPI 3.1 document (what `GET /openapi.json` serves) and exit; needs
+    /// no configuration.
+    #[arg(long)]
+    openapi: bool,
     /// Log lines as `text` or `json` (one object a line).
     #[arg(long, value_enum, default_value_t, env = "APPPROXY_LOG_FORMAT")]
     log_format: startup::LogFormat,
@@ -28,6 +32,16 @@ struct Cli {
 fn main() -> ExitCode {
     appproxy_common::alloc::reexec_with_allocator_settings();
     let cli = Cli::parse();
+    if cli.openapi {
+        use std::io::Write;
+        let doc = format!("{:#}\n", appproxy_provider::api::document());
+        // A closed pipe (`| head`) is the reader's choice, not a failure worth a panic.
+        return match std::io::stdout().write_all(doc.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     let path = cli.config.as_deref();
     let config = match startup::load_config(
         |env| appproxy_provider::Config::load(path, env),
