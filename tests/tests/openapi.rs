@@ -61,6 +61,25 @@ async fn the_document_names_every_route_and_answers_fit_it() {
     assert!(printed.status.success());
     let printed: Value = serde_json::from_slice(&printed.stdout).unwrap();
     assert_eq!(printed, served.body, "--openapi prints the served document");
+    // A validator nobody here wrote agrees it is an OpenAPI 3.1 document.
+    let file = stack.dir.path().join("openapi.json");
+    std::fs::write(&file, served.body.to_string()).unwrap();
+    let validator = e2e::repo_root().join(".venv/bin/openapi-spec-validator");
+    let out = std::process::Command::new(&validator)
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (deploy/lib.sh install_deps installs it)",
+                validator.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc = served.body.clone();
     assert_eq!(doc["openapi"], "3.1.0");
     for scheme in ["manager_token", "worker_token", "metrics_token"] {
