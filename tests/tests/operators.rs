@@ -678,6 +678,29 @@ fn packages_build_their_units_verify_and_their_shipped_configs_check() {
     );
     let key = std::fs::read_to_string(r("var/lib/appproxy/signing.pem")).unwrap();
     assert!(key.contains("PRIVATE KEY"));
+    // What the service user (group `appproxy` on a real install: make-secrets sets owners only
+    // there) must reach: its state directories, traversable by the group and made before
+    // anything writes into them (Traefik's config is written there as that user), and the
+    // configs, readable by the group (found by installing the packages on a machine: the
+    // configs were root's alone and the key's directory 0700).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(r(p)).unwrap().permissions().mode() & 0o7777;
+    for dir in [
+        "var/lib/appproxy",
+        "var/lib/appproxy-authgate",
+        "var/lib/appproxy-traefik",
+    ] {
+        assert_eq!(mode(dir), 0o750, "{dir}");
+    }
+    for file in [
+        "etc/appproxy/provider.toml",
+        "etc/appproxy/authgate.toml",
+        "etc/appproxy/provider.env",
+        "etc/appproxy/authgate.env",
+        "var/lib/appproxy/signing.pem",
+    ] {
+        assert_eq!(mode(file), 0o640, "{file}");
+    }
     // A second run keeps what is there.
     must(
         r("usr/lib/appproxy-provider/make-secrets")
