@@ -247,7 +247,11 @@ impl Limiter {
             }
             Err(_) => {
                 failed();
-                *self.conn.lock().await = None;
+                // Drop the (maybe hung) connection, but never wait past the deadline for it:
+                // a held slot is another check connecting afresh.
+                if let Ok(mut slot) = self.conn.try_lock() {
+                    *slot = None;
+                }
                 Err(LimitError::Timeout(policy.timeout()))
             }
         }

@@ -1836,6 +1836,28 @@ async fn a_stalled_redis_delays_setups_but_refuses_none() {
         "fail-closed waits the stall out"
     );
     assert!(total >= Duration::from_millis(1200), "{total:?}");
+
+    // A fresh limiter, connecting during a stall: a fail-closed check holds the connection
+    // slot while it connects (up to 2 s); a fail-open check beside it still gives up in time.
+    let fresh = Limiter::new(redis::Client::open(e.stack.redis_url()).unwrap(), "stall");
+    let checks = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let closed = fresh.check("s", "b", &limit, Policy::FailClosed);
+        let open = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let t0 = Instant::now();
+            let r = fresh.check("s", "b", &limit, Policy::FailOpen).await;
+            (r, t0.elapsed())
+        };
+        tokio::join!(closed, open)
+    };
+    let ((), (closed, (open, waited))) = tokio::join!(e.stack.stall_redis(1500), checks);
+    assert!(open.is_err(), "{open:?}");
+    assert!(
+        waited < Duration::from_millis(800),
+        "fail-open waited {waited:?} on another check's connect"
+    );
+    assert_eq!(closed.unwrap(), Verdict::Allow);
 }
 
 /// authgate's `/metrics` carries the Backend.AI worker's names beside ours (circuits by
