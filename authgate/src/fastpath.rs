@@ -315,24 +315,40 @@ fn count_once(
     seen.retain(|name, _| present.contains(name));
 }
 
-/// Count the fast path's requests every second until shutdown (a last look then).
+/// Count the fast path's requests every second until shutdown (a last look then). Each look
+/// (a `stat` per count file: hundreds with `scope = "all"`) runs on the blocking pool, not on
+/// a thread that serves ForwardAuth.
 pub async fn counter(
     fp: Arc<FastPath>,
     activity: Arc<crate::activity::Activity>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let dir = fp.dir.join("counts");
-    let mut seen = HashMap::new();
-    let mut first = true;
+    // `None`: the next look counts files from their present length (at start, and after a
+    // look that panicked — none is known — rather than counting their contents twice).
+    let look = |seen: Option<HashMap<String, Seen>>| {
+        let (dir, activity) = (dir.clone(), activity.clone());
+        async move {
+            let now = crate::activity::now_ms();
+            let first = seen.is_none();
+            let mut seen = seen.unwrap_or_default();
+            tokio::task::spawn_blocking(move || {
+                count_once(&dir, &mut seen, &activity, now, first);
+                seen
+            })
+            .await
+            .ok()
+        }
+    };
+    let mut seen = None;
     loop {
-        count_once(&dir, &mut seen, &activity, crate::activity::now_ms(), first);
-        first = false;
+        seen = look(seen).await;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => break,
         }
     }
-    count_once(&dir, &mut seen, &activity, crate::activity::now_ms(), false);
+    look(seen).await;
 }
 
 /// Keep `state.json` and `alive` current until shutdown; then remove `alive`, so the plugin
