@@ -138,7 +138,9 @@ pub struct RouteEntry {
     #[serde(default = "localhost")]
     pub kernel_host: String,
     pub kernel_port: u16,
+    /// `null` or absent: 1.
     #[serde(default = "one", deserialize_with = "ratio")]
+    #[schema(value_type = Option<f64>, default = 1.0)]
     pub traffic_ratio: f64,
 }
 
@@ -232,7 +234,20 @@ fn exp_any<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 pub struct TokenRequest {
     pub user_uuid: Uuid,
     #[serde(deserialize_with = "exp_any")]
+    #[schema(schema_with = exp_schema)]
     pub exp: i64,
+}
+
+/// What [`exp_any`] takes: epoch seconds, or an ISO 8601 date-time (UTC without an offset).
+fn exp_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Schema, Type};
+    Schema::AnyOf(
+        AnyOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .description(Some("Epoch seconds, or an ISO 8601 date-time"))
+            .build(),
+    )
 }
 
 #[cfg(test)]
