@@ -64,6 +64,13 @@ pub fn recorded(dir: &Path) -> Vec<Answer> {
     out
 }
 
+/// Whether `a` is the router's own fallback of kind `kind` (`url-not-found`,
+/// `method-not-allowed`): what it answers for a path or method no handler serves.
+pub fn is_fallback(a: &Answer, kind: &str) -> bool {
+    (a.body["type"].as_str())
+        .is_some_and(|t| t.strip_suffix(kind).is_some_and(|p| p.ends_with('/')))
+}
+
 /// Matches answers to the document's operations and validates their bodies.
 pub struct Checker {
     doc: Value,
@@ -122,11 +129,7 @@ impl Checker {
     /// `Ok(None)` when it is the router's fallback for an undescribed path or method.
     pub fn check(&self, a: &Answer) -> Result<Option<String>, String> {
         let what = format!("{} {} → {}", a.method, a.path, a.status);
-        let fallback = |kind: &str| {
-            a.body["type"]
-                .as_str()
-                .is_some_and(|t| t.ends_with(&format!("/{kind}")))
-        };
+        let fallback = |kind: &str| is_fallback(a, kind);
         let Some(template) = self.template(&a.path) else {
             return if fallback("url-not-found") {
                 Ok(None)

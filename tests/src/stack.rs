@@ -684,6 +684,17 @@ impl Stack {
         a
     }
 
+    /// The registered worker `authority` as `GET /api/worker` lists it (`Null` when absent);
+    /// fails the test unless the listing answers 200.
+    pub async fn worker_record(&self, authority: &str) -> Value {
+        let (s, v) = self.manager(Method::GET, "/api/worker", None).await;
+        assert_eq!(s, 200, "{v}");
+        (v["workers"].as_array().into_iter().flatten())
+            .find(|w| w["authority"] == authority)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub async fn manager(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
         self.call(Some(&self.manager_token.clone()), method, path, body)
             .await

@@ -1560,14 +1560,7 @@ async fn a_worker_credential_acts_only_for_its_own_worker() {
         401,
         "auth still on"
     );
-    let (_, list) = stack.manager(Method::GET, "/api/worker", None).await;
-    let b_now = list["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["authority"] == "cred-b")
-        .cloned()
-        .unwrap();
+    let b_now = stack.worker_record("cred-b").await;
     assert_eq!(b_now["status"], "ALIVE", "{b_now}");
 
     // For its own worker it works; it sees only itself; it is no manager.

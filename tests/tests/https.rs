@@ -255,11 +255,7 @@ async fn port_mode_https_with_an_acme_certificate_by_tls_alpn() {
 
     // The worker API users and the Manager reach is authgate's HTTPS listener: registered as
     // the worker's api_port, with setup and health only (no ForwardAuth, no metrics).
-    let (_, workers) = stack.manager(Method::GET, "/api/worker", None).await;
-    let me = (workers["workers"].as_array().into_iter().flatten())
-        .find(|w| w["authority"] == "https-port")
-        .cloned()
-        .unwrap_or_default();
+    let me = stack.worker_record("https-port").await;
     assert_eq!(me["api_port"], api_port, "{me}");
     let ca = std::fs::read(pki_ca).unwrap();
     let api = e2e::client_builder()

@@ -22,15 +22,8 @@ fn liveness_patience() -> Duration {
 }
 
 async fn status_of(stack: &Stack, authority: &str) -> String {
-    let (s, v) = stack.manager(Method::GET, "/api/worker", None).await;
-    assert_eq!(s, 200, "{v}");
-    v["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["authority"] == authority)
-        .map(|w| w["status"].as_str().unwrap().to_string())
-        .unwrap_or_default()
+    let w = stack.worker_record(authority).await;
+    w["status"].as_str().unwrap_or_default().to_string()
 }
 
 async fn wait_status(stack: &Stack, authority: &str, want: &str) {
